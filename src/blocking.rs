@@ -1,0 +1,101 @@
+//! The blocking facade: memoized functions and barriers for plain threads, no runtime needed.
+//!
+//! It is thin on purpose. A hit runs the same synchronous fast path as the async facade; anything
+//! else polls the shared engine's slow path to completion on the calling thread
+//! (`futures::executor::block_on`), where waiting parks the thread instead of awaiting a timer.
+
+use crate::engine::{Contention, Engine, Fast};
+use crate::error::Error;
+use crate::memoize::BlockingLayer;
+use crate::stats::StatsSnapshot;
+use crate::store::Store;
+use std::hash::Hash;
+use std::sync::Arc;
+
+/// A memoized synchronous function. Cheap to clone; clones share everything.
+///
+/// ```
+/// use herdless::{memoize_stampede, MemoryStore};
+/// use std::time::Duration;
+/// let store = MemoryStore::<String, String>::new(1000).unwrap();
+/// let page = memoize_stampede(&store, Duration::from_secs(1))
+///     .name("landing_page")
+///     .build_blocking_infallible(|k: &String| format!("<html>{k}</html>"))
+///     .unwrap();
+/// let threads: Vec<_> = (0..4)
+///     .map(|_| {
+///         let page = page.clone();
+///         std::thread::spawn(move || page.get(&"home".to_string()).unwrap())
+///     })
+///     .collect();
+/// for t in threads {
+///     assert_eq!(t.join().unwrap(), "<html>home</html>");
+/// }
+/// assert_eq!(page.stats().computations, 1);
+/// ```
+pub struct BlockingMemoized<K, V, E, S> {
+    engine: Arc<Engine<K, V, E, S>>,
+}
+
+impl<K, V, E, S> Clone for BlockingMemoized<K, V, E, S> {
+    fn clone(&self) -> Self {
+        BlockingMemoized {
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl<K, V, E, S> BlockingMemoized<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    pub(crate) fn new(engine: Arc<Engine<K, V, E, S>>) -> Self {
+        BlockingMemoized { engine }
+    }
+
+    /// The value for `key`, under the function's contention policy.
+    #[inline]
+    pub fn get(&self, key: &K) -> Result<V, Error<E>> {
+        match self.engine.fast(key) {
+            Fast::Hit(v) => Ok(v),
+            seen => futures::executor::block_on(self.engine.slow(
+                key,
+                seen,
+                self.engine.cfg.contention,
+            )),
+        }
+    }
+
+    /// The value for `key`, with this call's own contention policy.
+    pub fn get_with(&self, key: &K, contention: Contention) -> Result<V, Error<E>> {
+        match self.engine.fast(key) {
+            Fast::Hit(v) => Ok(v),
+            seen => futures::executor::block_on(self.engine.slow(key, seen, contention)),
+        }
+    }
+
+    /// A snapshot of this function's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.engine.stats.snapshot()
+    }
+
+    /// The function's name (its namespace in the store).
+    pub fn name(&self) -> &str {
+        self.engine.ns.name()
+    }
+}
+
+impl<K, V, E, S> BlockingLayer<K, V, E> for BlockingMemoized<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    fn call(&self, key: &K) -> Result<V, Error<E>> {
+        self.get(key)
+    }
+}

@@ -1,0 +1,496 @@
+//! The one engine behind every memoizing layer, async and blocking alike.
+//!
+//! A call first tries the synchronous hit path ([`Engine::fast`]): one store probe, one cheap
+//! clock read, one comparison. Only a value within XFetch reach of its expiry (or a miss) takes
+//! the slow path ([`Engine::slow`]), an `async fn` that both facades drive: async callers await
+//! it, the blocking facade polls it to completion on the calling thread. What differs between
+//! the two is captured by [`WaitMode`] (how to wait) and [`ComputeFn`] (how to run the closure).
+
+use crate::clock::Clock;
+use crate::entry::Entry;
+use crate::error::Error;
+use crate::lock::local::{FlightMap, Joined, RefreshSlots, Waited};
+use crate::lock::WaitMode;
+use crate::stats::Stats;
+use crate::store::{LockOutcome, Namespace, RefreshOutcome, Store, Written};
+use crate::xfetch::{self, Decision};
+use futures::future::BoxFuture;
+use rand::{rngs::StdRng, RngCore, SeedableRng};
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What to do on a hard miss while another caller computes the same key.
+///
+/// ```
+/// use herdless::Contention;
+/// use std::time::Duration;
+/// assert_eq!(Contention::default(), Contention::Wait(Duration::from_secs(30)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contention {
+    /// Wait for the other caller's result, at most this long, then return
+    /// [`Error::WaitTimeout`]. The default waits 30 s.
+    Wait(Duration),
+    /// Wait at most this long, then compute anyway (a second computation, but an answer).
+    ComputeAfter(Duration),
+    /// Return [`Error::Busy`] at once.
+    FailFast,
+}
+
+impl Default for Contention {
+    fn default() -> Self {
+        Contention::Wait(Duration::from_secs(30))
+    }
+}
+
+/// The innermost callable: the user's closure or an inner layer, type-erased once at build time
+/// (the hit path never touches it, so the indirection costs nothing there).
+pub(crate) enum ComputeFn<K, V, E> {
+    Async(Arc<dyn Fn(&K) -> BoxFuture<'static, Result<V, Error<E>>> + Send + Sync>),
+    Blocking(Arc<dyn Fn(&K) -> Result<V, Error<E>> + Send + Sync>),
+}
+
+impl<K, V, E> ComputeFn<K, V, E> {
+    fn mode(&self) -> WaitMode {
+        match self {
+            ComputeFn::Async(_) => WaitMode::Async,
+            ComputeFn::Blocking(_) => WaitMode::Blocking,
+        }
+    }
+}
+
+/// Where the exponential draws come from.
+pub(crate) enum Draws {
+    Thread,
+    Seeded(Mutex<StdRng>),
+}
+
+impl Draws {
+    pub(crate) fn seeded(seed: u64) -> Self {
+        Draws::Seeded(Mutex::new(StdRng::seed_from_u64(seed)))
+    }
+    fn exp1(&self) -> f64 {
+        let bits = match self {
+            Draws::Thread => rand::rng().next_u64(),
+            Draws::Seeded(m) => m.lock().unwrap_or_else(|p| p.into_inner()).next_u64(),
+        };
+        xfetch::exp1_from_bits(bits)
+    }
+}
+
+/// Validated configuration of one memoized function.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// How long a written value lives; zero = look up, never store.
+    pub ttl: Duration,
+    /// XFetch β (0 = no early refresh).
+    pub beta: f64,
+    /// Hard misses coalesce onto one computation per key (false for the plain memoize layer).
+    pub single_flight: bool,
+    pub contention: Contention,
+    pub serve_stale: bool,
+    pub refresh_backoff: Duration,
+    pub lease_min: Duration,
+    pub lease_max: Duration,
+}
+
+/// What the hit path saw.
+pub(crate) enum Fast<V> {
+    Hit(V),
+    Near(Entry<V>),
+    Miss,
+    Unknown,
+}
+
+pub(crate) struct Engine<K, V, E, S> {
+    pub(crate) store: S,
+    pub(crate) ns: Namespace,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) draws: Draws,
+    pub(crate) compute: ComputeFn<K, V, E>,
+    pub(crate) cfg: Config,
+    /// `β · E_MAX · 1000`: multiplied by delta (µs) gives XFetch's reach in ns.
+    reach_ns_per_us: f64,
+    /// How far the cheap clock may lag.
+    lag: u64,
+    flights: Arc<FlightMap<K, Result<V, Error<E>>>>,
+    refreshes: RefreshSlots<K>,
+    pub(crate) stats: Stats,
+    _types: PhantomData<fn() -> (K, V, E)>,
+}
+
+impl<K, V, E, S> Engine<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    pub(crate) fn new(
+        store: S,
+        ns: Namespace,
+        clock: Arc<dyn Clock>,
+        draws: Draws,
+        compute: ComputeFn<K, V, E>,
+        cfg: Config,
+    ) -> Self {
+        let lag = clock.recent_lag();
+        Engine {
+            reach_ns_per_us: cfg.beta * xfetch::E_MAX * 1000.0,
+            lag,
+            store,
+            ns,
+            clock,
+            draws,
+            compute,
+            cfg,
+            flights: Arc::new(FlightMap::new()),
+            refreshes: RefreshSlots::new(),
+            stats: Stats::default(),
+            _types: PhantomData,
+        }
+    }
+
+    /// The hit path: no allocation, no lock, no precise clock read for values far from expiry.
+    #[inline]
+    pub(crate) fn fast(&self, key: &K) -> Fast<V> {
+        match self.store.get_now(&self.ns, key) {
+            None => Fast::Unknown,
+            Some(None) => Fast::Miss,
+            Some(Some(entry)) => {
+                // `recent + lag ≥ now`, so a positive gap here is a positive gap now, and a gap
+                // beyond δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed).
+                let worst_now = self.clock.recent().saturating_add(self.lag);
+                let gap = entry.expires_at.saturating_sub(worst_now);
+                if gap > 0 && gap as f64 > entry.delta_us as f64 * self.reach_ns_per_us {
+                    self.stats.hit();
+                    Fast::Hit(entry.value)
+                } else {
+                    Fast::Near(entry)
+                }
+            }
+        }
+    }
+
+    /// Everything that is not a plain hit.
+    pub(crate) async fn slow(
+        self: &Arc<Self>,
+        key: &K,
+        seen: Fast<V>,
+        contention: Contention,
+    ) -> Result<V, Error<E>> {
+        Stats::inc(&self.stats.c.slow_calls);
+        let now = self.clock.now();
+        let entry = match seen {
+            Fast::Hit(v) => return Ok(v),
+            Fast::Near(e) => Some(e),
+            Fast::Miss => None,
+            Fast::Unknown => match self.store.get(&self.ns, key, now).await {
+                Ok(e) => e,
+                Err(err) => {
+                    Stats::inc(&self.stats.c.store_errors);
+                    tracing::debug!(name = %self.ns.name, error = %err, "store read failed; treating as a miss");
+                    None
+                }
+            },
+        };
+        let mut stale = None;
+        if let Some(e) = entry {
+            match self.decide(&e, now) {
+                Decision::Fresh => {
+                    Stats::inc(&self.stats.c.slow_hits);
+                    return Ok(e.value);
+                }
+                Decision::RefreshEarly => {
+                    Stats::inc(&self.stats.c.slow_hits);
+                    self.trigger_refresh(key, e.expires_at, now);
+                    return Ok(e.value);
+                }
+                Decision::Expired => stale = Some(e.value),
+            }
+        }
+        Stats::inc(&self.stats.c.hard_misses);
+        let out = if self.cfg.single_flight {
+            self.hard_miss(key, stale, contention).await
+        } else {
+            self.compute_and_store(key, None).await
+        };
+        if out.is_err() {
+            Stats::inc(&self.stats.c.errors);
+        }
+        out
+    }
+
+    fn decide(&self, e: &Entry<V>, now: u64) -> Decision {
+        let gap_us = (e.expires_at as f64 - now as f64) / 1000.0;
+        let delta = e.delta_us as f64;
+        if !xfetch::draw_needed(gap_us, delta, self.cfg.beta) {
+            return Decision::Fresh;
+        }
+        xfetch::decide(gap_us, delta, self.cfg.beta, self.draws.exp1())
+    }
+
+    /// One computation per key in this process; across processes, the store's lock.
+    async fn hard_miss(
+        self: &Arc<Self>,
+        key: &K,
+        mut stale: Option<V>,
+        contention: Contention,
+    ) -> Result<V, Error<E>> {
+        let max_wait = match contention {
+            Contention::Wait(d) | Contention::ComputeAfter(d) => Some(d),
+            Contention::FailFast => None,
+        };
+        let deadline = max_wait.map(|d| Instant::now() + d);
+        loop {
+            match self.flights.join(key) {
+                Joined::Leader(leader) => {
+                    let out = self.lead(key, deadline, contention).await;
+                    leader.finish(out.clone());
+                    return out;
+                }
+                Joined::Follower(flight) => {
+                    if self.cfg.serve_stale {
+                        if let Some(v) = stale.take() {
+                            Stats::inc(&self.stats.c.stale_served);
+                            return Ok(v);
+                        }
+                    }
+                    if contention == Contention::FailFast {
+                        return Err(Error::Busy);
+                    }
+                    tracing::debug!(name = %self.ns.name, "waiting for another caller's computation");
+                    match flight.wait(self.compute.mode(), deadline).await {
+                        Waited::Done(out) => {
+                            Stats::inc(&self.stats.c.coalesced_waiters);
+                            return out;
+                        }
+                        Waited::Abandoned => {
+                            Stats::inc(&self.stats.c.takeovers);
+                            tracing::warn!(name = %self.ns.name, "computing caller panicked or was cancelled; taking over");
+                        }
+                        Waited::TimedOut => {
+                            if let Contention::ComputeAfter(_) = contention {
+                                return self.compute_and_store(key, None).await;
+                            }
+                            return Err(Error::WaitTimeout(max_wait.unwrap_or_default()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The in-process leader of a hard miss: ask the store who computes, then compute or wait.
+    async fn lead(
+        self: &Arc<Self>,
+        key: &K,
+        deadline: Option<Instant>,
+        contention: Contention,
+    ) -> Result<V, Error<E>> {
+        let mut poll = Duration::from_millis(2);
+        loop {
+            let now = self.clock.now();
+            match self
+                .store
+                .lock_or_get(&self.ns, key, self.lease(None), now)
+                .await
+            {
+                Ok(LockOutcome::Found(e)) if e.expires_at > now => return Ok(e.value),
+                Ok(LockOutcome::Found(_)) | Ok(LockOutcome::Local) => {
+                    return self.compute_and_store(key, None).await
+                }
+                Ok(LockOutcome::Acquired(lock)) => return self.compute_and_store(key, Some(lock)).await,
+                Ok(LockOutcome::Busy) => {
+                    Stats::inc(&self.stats.c.remote_waits);
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    match (left, contention) {
+                        (_, Contention::FailFast) => return Err(Error::Busy),
+                        (Some(l), Contention::ComputeAfter(_)) if l.is_zero() => {
+                            return self.compute_and_store(key, None).await
+                        }
+                        (Some(l), _) if l.is_zero() => {
+                            return Err(Error::WaitTimeout(match contention {
+                                Contention::Wait(d) => d,
+                                _ => Duration::ZERO,
+                            }))
+                        }
+                        _ => {}
+                    }
+                    // Wake on the holder's publish; re-ask at a growing interval in case the
+                    // message is lost or the holder died (its lease then lapses).
+                    let wait = left.map_or(poll, |l| l.min(poll));
+                    if let Err(err) = self.store.wait_for_value(&self.ns, key, wait).await {
+                        Stats::inc(&self.stats.c.store_errors);
+                        tracing::debug!(name = %self.ns.name, error = %err, "waiting on the store failed");
+                        self.compute.mode().sleep(wait).await;
+                    }
+                    poll = (poll * 2).min(Duration::from_millis(100));
+                }
+                Err(err) => {
+                    Stats::inc(&self.stats.c.store_errors);
+                    tracing::debug!(name = %self.ns.name, error = %err, "store lock failed; computing locally");
+                    return self.compute_and_store(key, None).await;
+                }
+            }
+        }
+    }
+
+    /// The lease for a distributed lock: a few times the last delta, within the configured bounds.
+    fn lease(&self, delta_us: Option<u64>) -> Duration {
+        let guess = Duration::from_micros(delta_us.unwrap_or(0).saturating_mul(4));
+        guess.clamp(self.cfg.lease_min, self.cfg.lease_max)
+    }
+
+    /// Runs the closure, measures delta, stores the value (fenced by `lock` if held).
+    async fn compute_and_store(&self, key: &K, lock: Option<S::Lock>) -> Result<V, Error<E>> {
+        Stats::inc(&self.stats.c.computations);
+        let t0 = self.clock.now();
+        let out = match &self.compute {
+            ComputeFn::Async(f) => f(key).await,
+            ComputeFn::Blocking(f) => f(key),
+        };
+        let t1 = self.clock.now();
+        let value = out?;
+        if !self.cfg.ttl.is_zero() {
+            let entry = Entry {
+                value: value.clone(),
+                delta_us: t1.saturating_sub(t0).div_ceil(1000),
+                expires_at: t1.saturating_add(self.cfg.ttl.as_nanos() as u64),
+            };
+            match self
+                .store
+                .set(&self.ns, key, entry, self.cfg.ttl, lock)
+                .await
+            {
+                Ok(Written::Stored) => {}
+                Ok(Written::Fenced) => {
+                    Stats::inc(&self.stats.c.fenced_writes);
+                    tracing::info!(name = %self.ns.name, "lock lost before the write; kept the newer value");
+                }
+                Err(err) => {
+                    Stats::inc(&self.stats.c.store_errors);
+                    tracing::debug!(name = %self.ns.name, error = %err, "store write failed");
+                }
+            }
+        }
+        self.refreshes.clear_backoff(key);
+        Ok(value)
+    }
+
+    /// An XFetch trigger: claim the key's refresh slot without waiting and refresh in the
+    /// background. A claimed slot is held until the refresh ends, however long it takes.
+    fn trigger_refresh(self: &Arc<Self>, key: &K, seen_expires_at: u64, now: u64) {
+        if !self.refreshes.try_begin(key, now) {
+            Stats::inc(&self.stats.c.early_refreshes_skipped);
+            return;
+        }
+        let claim = RefreshClaim {
+            engine: self.clone(),
+            key: key.clone(),
+            backoff_until: now.saturating_add(self.cfg.refresh_backoff.as_nanos() as u64),
+            armed: true,
+        };
+        let task = claim.run(seen_expires_at);
+        match &self.compute {
+            ComputeFn::Async(_) => match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(task);
+                }
+                Err(_) => spawn_thread(task),
+            },
+            ComputeFn::Blocking(_) => spawn_thread(task),
+        }
+    }
+}
+
+/// A claimed refresh slot. It is released when the refresh ends; if the task panics, is dropped
+/// or never runs, dropping the claim releases the slot with a backoff, like a failure.
+struct RefreshClaim<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    engine: Arc<Engine<K, V, E, S>>,
+    key: K,
+    backoff_until: u64,
+    armed: bool,
+}
+
+impl<K, V, E, S> Drop for RefreshClaim<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    fn drop(&mut self) {
+        if self.armed {
+            self.engine.refreshes.back_off(&self.key, self.backoff_until);
+        }
+    }
+}
+
+impl<K, V, E, S> RefreshClaim<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    fn release(mut self) {
+        self.armed = false;
+        self.engine.refreshes.clear(&self.key);
+    }
+
+    async fn run(self, seen_expires_at: u64) {
+        let e = self.engine.clone();
+        let now = e.clock.now();
+        let lock = match e
+            .store
+            .try_lock_refresh(&e.ns, &self.key, seen_expires_at, e.lease(None), now)
+            .await
+        {
+            Ok(RefreshOutcome::Acquired(l)) => Some(l),
+            Ok(RefreshOutcome::Local) => None,
+            Ok(RefreshOutcome::Skip) => {
+                Stats::inc(&e.stats.c.early_refreshes_skipped);
+                return self.release();
+            }
+            Err(err) => {
+                // The store is unreachable: a refresh could not be shared anyway. Keep serving
+                // the current value; the claim backs off when dropped.
+                Stats::inc(&e.stats.c.store_errors);
+                tracing::debug!(name = %e.ns.name, error = %err, "refresh lock failed; backing off");
+                return;
+            }
+        };
+        Stats::inc(&e.stats.c.early_refreshes_started);
+        tracing::debug!(name = %e.ns.name, "early refresh started");
+        match e.compute_and_store(&self.key, lock).await {
+            Ok(_) => {
+                Stats::inc(&e.stats.c.early_refreshes_completed);
+                tracing::debug!(name = %e.ns.name, "early refresh completed");
+                self.release();
+            }
+            Err(_) => {
+                Stats::inc(&e.stats.c.early_refreshes_failed);
+                tracing::warn!(name = %e.ns.name, backoff = ?e.cfg.refresh_backoff, "early refresh failed; serving the current value until expiry");
+            }
+        }
+    }
+}
+
+/// Runs a background refresh on its own thread, polled to completion there.
+fn spawn_thread(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("herdless-refresh".into())
+        .spawn(move || futures::executor::block_on(task));
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "could not spawn a refresh thread");
+    }
+}

@@ -1,0 +1,88 @@
+//! # herdless — cache-stampede prevention
+//!
+//! Wrap an expensive function so that, however many callers ask for the same key, it runs about
+//! once per expiry and almost nobody waits for it. Three mechanisms, composed:
+//!
+//! 1. **Memoize**: the store keeps `value`, `delta` (how long the computation took, monotonic
+//!    clock, µs) and `expiry` together ([`Entry`]).
+//! 2. **XFetch** early recomputation (Vattani, Chierichetti, Lowenstein, PVLDB 2015): a hit with
+//!    `gap` left before expiry refreshes early with probability `exp(−gap/(δβ))`
+//!    ([`xfetch`]). The refresh runs in the background; the caller is served at once.
+//! 3. **Barrier**: on a hard miss exactly one caller per key computes and the others wait for its
+//!    result (or fail fast, or get the stale value, by [`Contention`] policy).
+//!
+//! What the peers do not do: the early refresh is single-flight too. A trigger *tries* the
+//! key's refresh slot without waiting; XFetch decides who tries and when, the slot decides who
+//! computes: one refresh per cycle.
+//!
+//! ## Quick start (async)
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use herdless::{memoize_stampede, MemoryStore};
+//! use std::time::Duration;
+//!
+//! let store = MemoryStore::<String, String>::new(10_000).unwrap();
+//! let page = memoize_stampede(&store, Duration::from_secs(1))
+//!     .name("landing_page")
+//!     .build(|key: &String| {
+//!         let key = key.clone();
+//!         async move { Ok::<_, std::io::Error>(format!("<html>{key}</html>")) }
+//!     })
+//!     .unwrap();
+//! assert_eq!(page.get(&"home".to_string()).await.unwrap(), "<html>home</html>");
+//! # }
+//! ```
+//!
+//! ## Quick start (plain threads, no runtime)
+//! ```
+//! use herdless::{memoize_stampede, MemoryStore};
+//! use std::time::Duration;
+//!
+//! let store = MemoryStore::<u64, u64>::new(10_000).unwrap();
+//! let slow_square = memoize_stampede(&store, Duration::from_secs(60))
+//!     .build_blocking_infallible(|k: &u64| k * k)
+//!     .unwrap();
+//! assert_eq!(slow_square.get(&9).unwrap(), 81);
+//! ```
+//!
+//! ## Design and cost
+//! - One engine serves both facades. A hit is one `quick_cache` probe, one relaxed load of a
+//!   coarse clock and one comparison: values whose gap exceeds `δ·β·E_MAX` cannot trigger
+//!   XFetch whatever the draw ([`xfetch::E_MAX`]), so neither the precise clock nor the RNG is
+//!   read. Only near expiry does a call read `Instant::now()` and draw.
+//! - Memory: per entry, key + value + 16 bytes (`delta`, `expiry`) + a 4-byte namespace id +
+//!   quick_cache's slot overhead. Per memoized function: 2 × 64 small mutex-guarded maps, holding
+//!   only keys being computed or refreshed (and keys whose refresh failed, until they succeed).
+//! - The clock and the RNG are injected ([`Clock`], [`Builder::rng_seed`]); tests are exact.
+//! - Errors are never cached; a panicking or cancelled computing caller hands over to a waiter.
+//!
+//! See `paper-notes.md` for the maths and how herdless differs from the paper and DiskCache.
+
+#![warn(missing_docs)]
+
+mod barrier;
+pub mod blocking;
+mod clock;
+mod engine;
+mod entry;
+mod error;
+mod lock;
+mod memoize;
+pub mod sim;
+mod stampede;
+mod stats;
+pub mod store;
+pub mod tune;
+pub mod xfetch;
+
+pub use barrier::{barrier, Barrier, BarrierBuilder, BlockingBarrier};
+pub use blocking::BlockingMemoized;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::Contention;
+pub use entry::Entry;
+pub use error::{ConfigError, Error};
+pub use lock::{LocalGuard, LocalLock, Lock, LockError, WaitMode};
+pub use memoize::{memoize, BlockingLayer, Builder, Layer, Memoized};
+pub use stampede::memoize_stampede;
+pub use stats::StatsSnapshot;
+pub use store::{MemoryStore, Store};

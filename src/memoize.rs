@@ -1,0 +1,396 @@
+//! The memoizing layers: [`memoize`] (plain TTL cache) and the builder shared with
+//! [`memoize_stampede`](crate::memoize_stampede).
+
+use crate::blocking::BlockingMemoized;
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{ComputeFn, Config, Contention, Draws, Engine, Fast};
+use crate::error::{ConfigError, Error};
+use crate::stats::StatsSnapshot;
+use crate::store::Store;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Something async callable with a key: a memoized function or a barrier. Layers nest through
+/// [`Builder::wrap`] and [`BarrierBuilder::wrap`](crate::BarrierBuilder::wrap).
+pub trait Layer<K, V, E>: Send + Sync + 'static {
+    /// Calls the layer.
+    fn call(&self, key: &K) -> BoxFuture<'static, Result<V, Error<E>>>;
+}
+
+/// Something synchronously callable with a key: the blocking counterpart of [`Layer`].
+pub trait BlockingLayer<K, V, E>: Send + Sync + 'static {
+    /// Calls the layer on the current thread.
+    fn call(&self, key: &K) -> Result<V, Error<E>>;
+}
+
+/// A plain memoizing layer: look up, else compute and store for `ttl`. No early refresh, no
+/// single-flight (compose with [`barrier`](crate::barrier) for that, or use
+/// [`memoize_stampede`](crate::memoize_stampede)). A `ttl` of zero looks up and never stores:
+/// the optimistic outer layer of double-checked locking.
+///
+/// ```
+/// use herdless::{barrier, memoize, LocalLock, MemoryStore};
+/// use std::time::Duration;
+/// // DiskCache's recipe: memoize(expire=0)(barrier(Lock)(memoize(expire=1)(f)))
+/// let store = MemoryStore::<String, String>::new(1000).unwrap();
+/// let inner = memoize(&store, Duration::from_secs(1))
+///     .name("page")
+///     .build_blocking_infallible(|k: &String| format!("<h1>{k}</h1>"))
+///     .unwrap();
+/// let locked = barrier(LocalLock::new()).wrap_blocking(inner);
+/// let page = memoize(&store, Duration::ZERO).name("page").wrap_blocking(locked).unwrap();
+/// assert_eq!(page.get(&"home".to_string()).unwrap(), "<h1>home</h1>");
+/// ```
+pub fn memoize<K, V, S>(store: &S, ttl: Duration) -> Builder<K, V, S>
+where
+    S: Store<K, V>,
+{
+    Builder::new(store.clone(), ttl, false)
+}
+
+/// Configures a memoized function; finish with one of the `build*` or `wrap*` methods.
+pub struct Builder<K, V, S> {
+    store: S,
+    ttl: Duration,
+    stampede: bool,
+    name: Option<String>,
+    beta: f64,
+    contention: Contention,
+    serve_stale: bool,
+    refresh_backoff: Duration,
+    lease: (Duration, Duration),
+    clock: Option<Arc<dyn Clock>>,
+    seed: Option<u64>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+fn anonymous_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("anonymous#{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl<K, V, S> Builder<K, V, S>
+where
+    S: Store<K, V>,
+{
+    pub(crate) fn new(store: S, ttl: Duration, stampede: bool) -> Self {
+        Builder {
+            store,
+            ttl,
+            stampede,
+            name: None,
+            beta: if stampede { 1.0 } else { 0.0 },
+            contention: Contention::default(),
+            serve_stale: false,
+            refresh_backoff: Duration::from_secs(1),
+            lease: (Duration::from_millis(500), Duration::from_secs(60)),
+            clock: None,
+            seed: None,
+            _types: PhantomData,
+        }
+    }
+
+    /// The function's name: its namespace in the store. Layers that must see each other's
+    /// entries (the outer and inner `memoize` of a barrier recipe) use the same name. Without a
+    /// name, the function gets a private anonymous namespace.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// XFetch β (default 1.0 for `memoize_stampede`): larger refreshes earlier. `0` disables
+    /// early refresh; `f64::INFINITY` refreshes on every hit. Negative or NaN is rejected.
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+
+    /// What a hard miss does while another caller computes the key (default: wait up to 30 s).
+    /// Each call can override it ([`Memoized::get_with`]).
+    pub fn contention(mut self, policy: Contention) -> Self {
+        self.contention = policy;
+        self
+    }
+
+    /// While another caller recomputes an expired key, answer with the expired value (if the
+    /// store still has it) instead of waiting. Off by default.
+    pub fn serve_stale(mut self, yes: bool) -> Self {
+        self.serve_stale = yes;
+        self
+    }
+
+    /// After a failed background refresh, no new refresh of that key starts for this long
+    /// (default 1 s); the current value keeps being served until it expires.
+    pub fn refresh_backoff(mut self, backoff: Duration) -> Self {
+        self.refresh_backoff = backoff;
+        self
+    }
+
+    /// Bounds of the distributed lock lease (default 500 ms to 60 s). Ignored by stores that
+    /// do not lock across processes.
+    pub fn lease_bounds(mut self, min: Duration, max: Duration) -> Self {
+        self.lease = (min, max);
+        self
+    }
+
+    /// Replaces the system clock (tests use [`ManualClock`](crate::ManualClock)).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Seeds the XFetch draws, for reproducible tests and simulations.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    fn validate(&self) -> Result<Config, ConfigError> {
+        if self.beta.is_nan() || self.beta < 0.0 {
+            return Err(ConfigError::new(
+                "beta",
+                format!("must be ≥ 0 (0 disables early refresh), got {}", self.beta),
+            ));
+        }
+        if self.stampede && self.ttl.is_zero() {
+            return Err(ConfigError::new(
+                "ttl",
+                "memoize_stampede needs a TTL > 0 (a zero TTL never stores, so nothing could be refreshed)",
+            ));
+        }
+        if self.name.as_deref() == Some("") {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        if self.lease.0.is_zero() || self.lease.0 > self.lease.1 {
+            return Err(ConfigError::new(
+                "lease_bounds",
+                format!("need 0 < min ≤ max, got {:?}..{:?}", self.lease.0, self.lease.1),
+            ));
+        }
+        Ok(Config {
+            ttl: self.ttl,
+            beta: self.beta,
+            single_flight: self.stampede,
+            contention: self.contention,
+            serve_stale: self.serve_stale,
+            refresh_backoff: self.refresh_backoff,
+            lease_min: self.lease.0,
+            lease_max: self.lease.1,
+        })
+    }
+
+    fn engine<E>(self, compute: ComputeFn<K, V, E>) -> Result<Arc<Engine<K, V, E, S>>, ConfigError>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+    {
+        let cfg = self.validate()?;
+        let name = self.name.unwrap_or_else(anonymous_name);
+        let ns = self.store.namespace(&name);
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let draws = self.seed.map_or(Draws::Thread, Draws::seeded);
+        Ok(Arc::new(Engine::new(self.store, ns, clock, draws, compute, cfg)))
+    }
+}
+
+impl<K, V, S> Builder<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    /// Memoizes an async closure returning `Result<V, E>`.
+    ///
+    /// The future must own what it needs (`'static`): clone the key into it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u64, u64>::new(1000).unwrap();
+    /// let square = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build(|k: &u64| {
+    ///         let k = *k;
+    ///         async move { Ok::<_, std::io::Error>(k * k) }
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(square.get(&12).await.unwrap(), 144);
+    /// # }
+    /// ```
+    pub fn build<E, F, Fut>(self, f: F) -> Result<Memoized<K, V, E, S>, ConfigError>
+    where
+        E: Send + Sync + 'static,
+        F: Fn(&K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let compute = ComputeFn::Async(Arc::new(move |k: &K| {
+            f(k).map(|r| r.map_err(|e| Error::Compute(Arc::new(e))))
+                .boxed()
+        }));
+        Ok(Memoized {
+            engine: self.engine(compute)?,
+        })
+    }
+
+    /// Memoizes an async closure that cannot fail.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<String, usize>::new(1000).unwrap();
+    /// let len = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_infallible(|k: &String| std::future::ready(k.len()))
+    ///     .unwrap();
+    /// assert_eq!(len.get(&"four".to_string()).await.unwrap(), 4);
+    /// # }
+    /// ```
+    pub fn build_infallible<F, Fut>(self, f: F) -> Result<Memoized<K, V, Infallible, S>, ConfigError>
+    where
+        F: Fn(&K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        self.build(move |k: &K| f(k).map(Ok::<V, Infallible>))
+    }
+
+    /// Memoizes another async layer (a [`Memoized`] or a [`Barrier`](crate::Barrier)).
+    pub fn wrap<E, L>(self, inner: L) -> Result<Memoized<K, V, E, S>, ConfigError>
+    where
+        E: Send + Sync + 'static,
+        L: Layer<K, V, E>,
+    {
+        let compute = ComputeFn::Async(Arc::new(move |k: &K| inner.call(k)));
+        Ok(Memoized {
+            engine: self.engine(compute)?,
+        })
+    }
+
+    /// Memoizes a plain synchronous closure; the result is called from ordinary threads and
+    /// needs no async runtime. Background refreshes run on a worker thread.
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, String>::new(100).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(5))
+    ///     .build_blocking(|k: &u32| if *k > 0 { Ok(k.to_string()) } else { Err("zero") })
+    ///     .unwrap();
+    /// assert_eq!(f.get(&7).unwrap(), "7");
+    /// assert_eq!(*f.get(&0).unwrap_err().compute_error().unwrap(), "zero");
+    /// ```
+    pub fn build_blocking<E, F>(self, f: F) -> Result<BlockingMemoized<K, V, E, S>, ConfigError>
+    where
+        E: Send + Sync + 'static,
+        F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+    {
+        let compute =
+            ComputeFn::Blocking(Arc::new(move |k: &K| f(k).map_err(|e| Error::Compute(Arc::new(e)))));
+        Ok(BlockingMemoized::new(self.engine(compute)?))
+    }
+
+    /// Memoizes a plain synchronous closure that cannot fail.
+    pub fn build_blocking_infallible<F>(
+        self,
+        f: F,
+    ) -> Result<BlockingMemoized<K, V, Infallible, S>, ConfigError>
+    where
+        F: Fn(&K) -> V + Send + Sync + 'static,
+    {
+        self.build_blocking(move |k: &K| Ok::<V, Infallible>(f(k)))
+    }
+
+    /// Memoizes another blocking layer (a [`BlockingMemoized`] or a
+    /// [`BlockingBarrier`](crate::BlockingBarrier)).
+    pub fn wrap_blocking<E, L>(self, inner: L) -> Result<BlockingMemoized<K, V, E, S>, ConfigError>
+    where
+        E: Send + Sync + 'static,
+        L: BlockingLayer<K, V, E>,
+    {
+        let compute = ComputeFn::Blocking(Arc::new(move |k: &K| inner.call(k)));
+        Ok(BlockingMemoized::new(self.engine(compute)?))
+    }
+}
+
+/// An async memoized function. Cheap to clone; clones share everything.
+///
+/// See [`memoize_stampede`](crate::memoize_stampede) for the full example.
+pub struct Memoized<K, V, E, S> {
+    pub(crate) engine: Arc<Engine<K, V, E, S>>,
+}
+
+impl<K, V, E, S> Clone for Memoized<K, V, E, S> {
+    fn clone(&self) -> Self {
+        Memoized {
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl<K, V, E, S> Memoized<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    /// The value for `key`, under the function's contention policy.
+    #[inline]
+    pub async fn get(&self, key: &K) -> Result<V, Error<E>> {
+        match self.engine.fast(key) {
+            Fast::Hit(v) => Ok(v),
+            seen => self.engine.slow(key, seen, self.engine.cfg.contention).await,
+        }
+    }
+
+    /// The value for `key`, with this call's own contention policy.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, Contention, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u8, u8>::new(10).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(1))
+    ///     .build_infallible(|k: &u8| std::future::ready(*k))
+    ///     .unwrap();
+    /// assert_eq!(f.get_with(&3, Contention::FailFast).await.unwrap(), 3);
+    /// # }
+    /// ```
+    pub async fn get_with(&self, key: &K, contention: Contention) -> Result<V, Error<E>> {
+        match self.engine.fast(key) {
+            Fast::Hit(v) => Ok(v),
+            seen => self.engine.slow(key, seen, contention).await,
+        }
+    }
+
+    /// A snapshot of this function's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.engine.stats.snapshot()
+    }
+
+    /// The function's name (its namespace in the store).
+    pub fn name(&self) -> &str {
+        self.engine.ns.name()
+    }
+}
+
+impl<K, V, E, S> Layer<K, V, E> for Memoized<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    fn call(&self, key: &K) -> BoxFuture<'static, Result<V, Error<E>>> {
+        let this = self.clone();
+        let key = key.clone();
+        async move { this.get(&key).await }.boxed()
+    }
+}
