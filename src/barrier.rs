@@ -199,7 +199,7 @@ where
     /// assert_eq!(guarded.get(&1).unwrap(), 2);
     /// ```
     pub fn get(&self, key: &K) -> Result<V, Error<E>> {
-        futures::executor::block_on(self.inner.call(key, WaitMode::Blocking))
+        crate::blocking::block_on(self.inner.call(key, WaitMode::Blocking))
     }
 }
 

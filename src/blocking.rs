@@ -2,7 +2,7 @@
 //!
 //! It is thin on purpose. A hit runs the same synchronous fast path as the async facade; anything
 //! else polls the shared engine's slow path to completion on the calling thread
-//! (`futures::executor::block_on`), where waiting parks the thread instead of awaiting a timer.
+//! (a small nesting-safe `block_on`), where waiting parks the thread instead of awaiting a timer.
 
 use crate::engine::{Contention, Engine, Fast};
 use crate::error::Error;
@@ -61,7 +61,7 @@ where
     pub fn get(&self, key: &K) -> Result<V, Error<E>> {
         match self.engine.fast(key) {
             Fast::Hit(v) => Ok(v),
-            seen => futures::executor::block_on(self.engine.slow(
+            seen => crate::blocking::block_on(self.engine.slow(
                 key,
                 seen,
                 self.engine.cfg.contention,
@@ -73,7 +73,7 @@ where
     pub fn get_with(&self, key: &K, contention: Contention) -> Result<V, Error<E>> {
         match self.engine.fast(key) {
             Fast::Hit(v) => Ok(v),
-            seen => futures::executor::block_on(self.engine.slow(key, seen, contention)),
+            seen => crate::blocking::block_on(self.engine.slow(key, seen, contention)),
         }
     }
 
@@ -97,5 +97,31 @@ where
 {
     fn call(&self, key: &K) -> Result<V, Error<E>> {
         self.get(key)
+    }
+}
+
+/// Polls a future to completion on this thread, parking between wake-ups.
+///
+/// Unlike `futures::executor::block_on` it may nest (a blocking layer calling a blocking layer
+/// calls it again from inside), which the layered recipes need.
+pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
     }
 }

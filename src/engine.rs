@@ -489,7 +489,7 @@ where
 fn spawn_thread(task: impl std::future::Future<Output = ()> + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("herdless-refresh".into())
-        .spawn(move || futures::executor::block_on(task));
+        .spawn(move || crate::blocking::block_on(task));
     if let Err(err) = spawned {
         tracing::warn!(error = %err, "could not spawn a refresh thread");
     }

@@ -72,7 +72,8 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for Error<E> {}
 /// let err = memoize_stampede(&store, Duration::from_secs(1))
 ///     .beta(-1.0)
 ///     .build_blocking_infallible(|_k: &String| 1)
-///     .unwrap_err();
+///     .err()
+///     .unwrap();
 /// assert_eq!(err.field(), "beta");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
