@@ -249,6 +249,7 @@ where
                 Joined::Leader(leader) => {
                     let out = self.lead(key, deadline, contention).await;
                     leader.finish(out.clone());
+                    self.compute.mode().hand_off();
                     return out;
                 }
                 Joined::Follower(flight) => {
@@ -265,6 +266,7 @@ where
                     match flight.wait(self.compute.mode(), deadline).await {
                         Waited::Done(out) => {
                             Stats::inc(&self.stats.c.coalesced_waiters);
+                            self.compute.mode().hand_off();
                             return out;
                         }
                         Waited::Abandoned => {

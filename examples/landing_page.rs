@@ -1,0 +1,335 @@
+//! DiskCache's landing-page case study, in Rust.
+//!
+//! Worker threads call a slow `generate_landing_page()` (sleeps `--compute-ms`) in a tight loop
+//! for `--duration` seconds, through each caching strategy in turn, and we count how often the
+//! body really ran, how many ran at once, and how long callers waited.
+//!
+//! ```text
+//! cargo run --release --example landing_page -- --duration 10 --threads 10 --json
+//! ```
+
+use herdless::{barrier, memoize, memoize_stampede, LocalLock, MemoryStore};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Debug)]
+struct Args {
+    duration: f64,
+    threads: usize,
+    compute_ms: u64,
+    ttl_ms: u64,
+    strategies: Vec<String>,
+    json: bool,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: landing_page [--duration SECS] [--threads N] [--compute-ms MS] [--ttl-ms MS]\n\
+         \x20                   [--strategies none,traditional,barrier,stampede=BETA,...] [--json]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        duration: 10.0,
+        threads: 10,
+        compute_ms: 200,
+        ttl_ms: 1000,
+        strategies: "none,traditional,barrier,stampede=1,stampede=0.5,stampede=0.3"
+            .split(',')
+            .map(String::from)
+            .collect(),
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--duration" => a.duration = val().parse().unwrap_or_else(|_| usage()),
+            "--threads" => a.threads = val().parse().unwrap_or_else(|_| usage()),
+            "--compute-ms" => a.compute_ms = val().parse().unwrap_or_else(|_| usage()),
+            "--ttl-ms" => a.ttl_ms = val().parse().unwrap_or_else(|_| usage()),
+            "--strategies" => a.strategies = val().split(',').map(String::from).collect(),
+            "--json" => a.json = true,
+            "-h" | "--help" => usage(),
+            _ => {
+                eprintln!("unknown flag {flag}");
+                usage()
+            }
+        }
+    }
+    if a.threads == 0 || a.duration <= 0.0 || a.compute_ms == 0 || a.ttl_ms == 0 {
+        eprintln!("--threads, --duration, --compute-ms and --ttl-ms must be positive");
+        std::process::exit(2);
+    }
+    for s in &a.strategies {
+        if Strategy::parse(s).is_none() {
+            eprintln!("unknown strategy {s:?}");
+            usage()
+        }
+    }
+    a
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Strategy {
+    None,
+    Traditional,
+    Barrier,
+    Stampede(f64),
+}
+
+impl Strategy {
+    fn parse(s: &str) -> Option<Strategy> {
+        match s {
+            "none" => Some(Strategy::None),
+            "traditional" => Some(Strategy::Traditional),
+            "barrier" => Some(Strategy::Barrier),
+            _ => {
+                let beta: f64 = s.strip_prefix("stampede=")?.parse().ok()?;
+                (beta >= 0.0).then_some(Strategy::Stampede(beta))
+            }
+        }
+    }
+}
+
+/// Latency histogram: log-linear buckets (64 per power of two, < 1.6 % error), exact max.
+struct Histogram {
+    counts: Vec<u64>,
+    max_ns: u64,
+    total: u64,
+}
+
+const SUB: u64 = 64;
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            counts: vec![0; 64 * SUB as usize],
+            max_ns: 0,
+            total: 0,
+        }
+    }
+    fn index(ns: u64) -> usize {
+        if ns < SUB {
+            return ns as usize;
+        }
+        let exp = 63 - ns.leading_zeros() as u64; // ≥ 6
+        let sub = (ns >> (exp - 6)) - SUB; // 0..64
+        ((exp - 5) * SUB + sub) as usize
+    }
+    fn lower_bound(idx: usize) -> u64 {
+        let idx = idx as u64;
+        if idx < SUB {
+            return idx;
+        }
+        let exp = idx / SUB + 5;
+        let sub = idx % SUB;
+        (SUB + sub) << (exp - 6)
+    }
+    fn record(&mut self, ns: u64) {
+        self.counts[Self::index(ns)] += 1;
+        self.max_ns = self.max_ns.max(ns);
+        self.total += 1;
+    }
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.max_ns = self.max_ns.max(other.max_ns);
+        self.total += other.total;
+    }
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let target = ((self.total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                let lo = Self::lower_bound(i);
+                let hi = Self::lower_bound(i + 1).max(lo + 1);
+                return ((lo + hi) as f64 / 2.0).min(self.max_ns as f64) / 1e6;
+            }
+        }
+        self.max_ns as f64 / 1e6
+    }
+}
+
+/// The function under test: sleeps `compute` and records when it ran.
+#[derive(Clone)]
+struct Body {
+    compute: Duration,
+    running: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
+    intervals: Arc<Mutex<Vec<(u64, u64)>>>,
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Body {
+    fn new(compute: Duration) -> Self {
+        Body {
+            compute,
+            running: Arc::default(),
+            peak: Arc::default(),
+            intervals: Arc::default(),
+        }
+    }
+    fn generate_landing_page(&self, key: &str) -> String {
+        let start = wall_ns();
+        let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now_running, Ordering::SeqCst);
+        std::thread::sleep(self.compute);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.intervals.lock().unwrap().push((start, wall_ns()));
+        format!("<html><body>{key} rendered at {start}</body></html>")
+    }
+}
+
+struct Row {
+    strategy: String,
+    calls: u64,
+    runs: u64,
+    peak: u64,
+    slow: u64,
+    hist: Histogram,
+    duration_s: f64,
+}
+
+type Call = Arc<dyn Fn(&String) -> String + Send + Sync>;
+
+fn build(strategy: Strategy, body: &Body, ttl: Duration) -> Call {
+    let store = MemoryStore::<String, String>::new(1024).expect("capacity");
+    let b = body.clone();
+    let f = move |k: &String| b.generate_landing_page(k);
+    match strategy {
+        Strategy::None => Arc::new(move |k: &String| f(k)),
+        Strategy::Traditional => {
+            let m = memoize(&store, ttl)
+                .name("landing")
+                .build_blocking_infallible(f)
+                .expect("config");
+            Arc::new(move |k: &String| m.get(k).expect("infallible"))
+        }
+        Strategy::Barrier => {
+            let inner = memoize(&store, ttl)
+                .name("landing")
+                .build_blocking_infallible(f)
+                .expect("config");
+            let locked = barrier(LocalLock::new()).wrap_blocking(inner);
+            let outer = memoize(&store, Duration::ZERO)
+                .name("landing")
+                .wrap_blocking(locked)
+                .expect("config");
+            Arc::new(move |k: &String| outer.get(k).expect("barrier call"))
+        }
+        Strategy::Stampede(beta) => {
+            let m = memoize_stampede(&store, ttl)
+                .name("landing")
+                .beta(beta)
+                .build_blocking_infallible(f)
+                .expect("config");
+            Arc::new(move |k: &String| m.get(k).expect("stampede call"))
+        }
+    }
+}
+
+fn run(args: &Args, name: &str) -> Row {
+    let strategy = Strategy::parse(name).expect("validated");
+    let compute = Duration::from_millis(args.compute_ms);
+    let body = Body::new(compute);
+    let call = build(strategy, &body, Duration::from_millis(args.ttl_ms));
+    let slow_ns = (compute.as_nanos() as u64) * 9 / 10;
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = "landing".to_string();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.threads)
+        .map(|_| {
+            let (call, stop, key) = (call.clone(), stop.clone(), key.clone());
+            std::thread::spawn(move || {
+                let mut hist = Histogram::new();
+                let mut slow = 0u64;
+                let mut sink = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let page = call(&key);
+                    let ns = t0.elapsed().as_nanos() as u64;
+                    sink = sink.wrapping_add(page.len());
+                    hist.record(ns);
+                    if ns >= slow_ns {
+                        slow += 1;
+                        if std::env::var_os("LP_DEBUG").is_some() {
+                            eprintln!("slow call {:.1} ms ending at {:.1} ms", ns as f64 / 1e6, started.elapsed().as_secs_f64() * 1e3);
+                        }
+                    }
+                }
+                std::hint::black_box(sink);
+                (hist, slow)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(args.duration));
+    stop.store(true, Ordering::Relaxed);
+    let mut hist = Histogram::new();
+    let mut slow = 0;
+    for w in workers {
+        let (h, s) = w.join().expect("worker panicked");
+        hist.merge(&h);
+        slow += s;
+    }
+    let duration_s = started.elapsed().as_secs_f64();
+    // Background refreshes still running finish before we count.
+    let wait_until = Instant::now() + compute * 5;
+    while body.running.load(Ordering::SeqCst) > 0 && Instant::now() < wait_until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let intervals = body.intervals.lock().unwrap().clone();
+    Row {
+        strategy: name.to_string(),
+        calls: hist.total,
+        runs: intervals.len() as u64,
+        peak: body.peak.load(Ordering::SeqCst),
+        slow,
+        hist,
+        duration_s,
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    if !args.json {
+        println!(
+            "landing page: {} threads, {} ms compute, {} ms TTL, {} s per strategy",
+            args.threads, args.compute_ms, args.ttl_ms, args.duration
+        );
+        println!(
+            "{:<14} {:>10} {:>6} {:>5} {:>6} {:>9} {:>9} {:>9}",
+            "strategy", "calls", "runs", "peak", "slow", "p50 ms", "p99 ms", "max ms"
+        );
+    }
+    for name in &args.strategies {
+        let row = run(&args, name);
+        let (p50, p99, max) = (
+            row.hist.quantile_ms(0.50),
+            row.hist.quantile_ms(0.99),
+            row.hist.max_ns as f64 / 1e6,
+        );
+        if args.json {
+            println!(
+                "{{\"strategy\":\"{}\",\"calls\":{},\"runs\":{},\"peak_concurrent_runs\":{},\"slow_calls\":{},\"p50_ms\":{:.6},\"p99_ms\":{:.6},\"max_ms\":{:.3},\"duration_s\":{:.3}}}",
+                row.strategy, row.calls, row.runs, row.peak, row.slow, p50, p99, max, row.duration_s
+            );
+        } else {
+            println!(
+                "{:<14} {:>10} {:>6} {:>5} {:>6} {:>9.4} {:>9.4} {:>9.1}",
+                row.strategy, row.calls, row.runs, row.peak, row.slow, p50, p99, max
+            );
+        }
+    }
+}
