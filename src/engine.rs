@@ -205,7 +205,7 @@ where
                 }
                 Decision::RefreshEarly => {
                     Stats::inc(&self.stats.c.slow_hits);
-                    self.trigger_refresh(key, e.expires_at, now);
+                    self.trigger_refresh(key, e.expires_at, e.delta_us, now);
                     return Ok(e.value);
                 }
                 Decision::Expired => stale = Some(e.value),
@@ -323,8 +323,12 @@ where
                     }
                     // Wake on the holder's publish; re-ask at a growing interval in case the
                     // message is lost or the holder died (its lease then lapses).
-                    let wait = left.map_or(poll, |l| l.min(poll));
-                    if let Err(err) = self.store.wait_for_value(&self.ns, key, wait).await {
+                    let wait = crate::store::redis::jitter(left.map_or(poll, |l| l.min(poll)));
+                    if let Err(err) = self
+                        .store
+                        .wait_for_value(&self.ns, key, wait, self.compute.mode())
+                        .await
+                    {
                         Stats::inc(&self.stats.c.store_errors);
                         tracing::debug!(name = %self.ns.name, error = %err, "waiting on the store failed");
                         self.compute.mode().sleep(wait).await;
@@ -384,7 +388,7 @@ where
 
     /// An XFetch trigger: claim the key's refresh slot without waiting and refresh in the
     /// background. A claimed slot is held until the refresh ends, however long it takes.
-    fn trigger_refresh(self: &Arc<Self>, key: &K, seen_expires_at: u64, now: u64) {
+    fn trigger_refresh(self: &Arc<Self>, key: &K, seen_expires_at: u64, delta_us: u64, now: u64) {
         if !self.refreshes.try_begin(key, now) {
             Stats::inc(&self.stats.c.early_refreshes_skipped);
             return;
@@ -395,7 +399,7 @@ where
             backoff_until: now.saturating_add(self.cfg.refresh_backoff.as_nanos() as u64),
             armed: true,
         };
-        let task = claim.run(seen_expires_at);
+        let task = claim.run(seen_expires_at, delta_us);
         match &self.compute {
             ComputeFn::Async(_) => match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
@@ -449,12 +453,12 @@ where
         self.engine.refreshes.clear(&self.key);
     }
 
-    async fn run(self, seen_expires_at: u64) {
+    async fn run(self, seen_expires_at: u64, delta_us: u64) {
         let e = self.engine.clone();
         let now = e.clock.now();
         let lock = match e
             .store
-            .try_lock_refresh(&e.ns, &self.key, seen_expires_at, e.lease(None), now)
+            .try_lock_refresh(&e.ns, &self.key, seen_expires_at, e.lease(Some(delta_us)), now)
             .await
         {
             Ok(RefreshOutcome::Acquired(l)) => Some(l),

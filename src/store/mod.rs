@@ -6,6 +6,7 @@
 //! single-flight; a remote store (Redis) adds a distributed lock on top.
 
 pub mod memory;
+pub mod redis;
 
 use crate::entry::Entry;
 use std::future::Future;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+pub use self::redis::{RedisLock, RedisStore, RedisStoreBuilder};
 
 /// A memoized function's private part of a store, resolved once at build time.
 ///
@@ -163,8 +165,9 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
         ns: &Namespace,
         key: &K,
         max: Duration,
+        mode: crate::lock::WaitMode,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let _ = (ns, key, max);
+        let _ = (ns, key, max, mode);
         async { Ok(()) }
     }
 }

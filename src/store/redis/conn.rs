@@ -1,0 +1,275 @@
+//! The connection side of the Redis store: a private runtime, a self-healing connection, a
+//! timeout on every call, a circuit breaker, and the pub/sub dispatcher that wakes waiters.
+
+use super::RedisStats;
+use crate::store::StoreError;
+use event_listener::Event;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Trips after `threshold` consecutive failures; while open, calls fail at once instead of
+/// paying a timeout each. After `cooldown` one probe is let through (half-open); its success
+/// closes the circuit, its failure re-opens it.
+pub(super) struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    origin: Instant,
+    failures: AtomicU32,
+    /// Nanoseconds since `origin` until which the circuit is open; 0 = closed.
+    open_until: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl Breaker {
+    pub(super) fn new(threshold: u32, cooldown: Duration) -> Self {
+        Breaker {
+            threshold,
+            cooldown,
+            origin: Instant::now(),
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+    /// May a call go to the server now?
+    pub(super) fn allow(&self) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if self.now() < until {
+            return false;
+        }
+        // Half-open: exactly one probe at a time.
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+    pub(super) fn success(&self) {
+        self.failures.store(0, Ordering::Release);
+        self.open_until.store(0, Ordering::Release);
+        self.probing.store(false, Ordering::Release);
+    }
+    /// Returns true when this failure opened the circuit.
+    pub(super) fn failure(&self) -> bool {
+        let f = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let was_probe = self.probing.swap(false, Ordering::AcqRel);
+        if f >= self.threshold || was_probe {
+            let until = self.now() + self.cooldown.as_nanos() as u64;
+            self.open_until.store(until.max(1), Ordering::Release);
+            return true;
+        }
+        false
+    }
+    pub(super) fn is_open(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) != 0
+    }
+}
+
+/// Waiters per channel, woken by the pub/sub dispatcher.
+#[derive(Default)]
+pub(super) struct Wakeups {
+    channels: Mutex<HashMap<Vec<u8>, Weak<Event>>>,
+    /// True while the pattern subscription is live (else waiters poll).
+    pub(super) live: AtomicBool,
+}
+
+impl Wakeups {
+    pub(super) fn event(&self, channel: &[u8]) -> Arc<Event> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get(channel).and_then(Weak::upgrade) {
+            return e;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let e = Arc::new(Event::new());
+        map.insert(channel.to_vec(), Arc::downgrade(&e));
+        e
+    }
+    fn wake(&self, channel: &[u8]) {
+        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get(channel).and_then(Weak::upgrade) {
+            e.notify(usize::MAX);
+        }
+    }
+    fn wake_all(&self) {
+        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        for e in map.values().filter_map(Weak::upgrade) {
+            e.notify(usize::MAX);
+        }
+    }
+}
+
+pub(super) struct Conn {
+    rt: Option<tokio::runtime::Runtime>,
+    pub(super) handle: tokio::runtime::Handle,
+    client: redis::Client,
+    manager: tokio::sync::Mutex<Option<ConnectionManager>>,
+    pub(super) op_timeout: Duration,
+    pub(super) breaker: Breaker,
+    pub(super) stats: Arc<RedisStats>,
+    pub(super) wakeups: Arc<Wakeups>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside async code; this does not block.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Conn {
+    pub(super) fn new(
+        client: redis::Client,
+        op_timeout: Duration,
+        breaker: Breaker,
+        pattern: String,
+    ) -> std::io::Result<Arc<Self>> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("herdless-redis")
+            .enable_all()
+            .build()?;
+        let conn = Arc::new(Conn {
+            handle: rt.handle().clone(),
+            rt: Some(rt),
+            client,
+            manager: tokio::sync::Mutex::new(None),
+            op_timeout,
+            breaker,
+            stats: Arc::default(),
+            wakeups: Arc::default(),
+        });
+        conn.handle.spawn(subscriber(
+            conn.client.clone(),
+            pattern,
+            Arc::downgrade(&conn.wakeups),
+        ));
+        Ok(conn)
+    }
+
+    async fn manager(&self) -> Result<ConnectionManager, StoreError> {
+        let mut slot = self.manager.lock().await;
+        if let Some(m) = &*slot {
+            return Ok(m.clone());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.op_timeout)
+            .set_response_timeout(self.op_timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(200);
+        let mut m = ConnectionManager::new_with_config(self.client.clone(), cfg)
+            .await
+            .map_err(|e| StoreError(format!("connect: {e}")))?;
+        // Load every script now so that the first real call is one round trip (EVALSHA).
+        for s in super::scripts::all() {
+            s.prepare_invoke()
+                .load_async(&mut m)
+                .await
+                .map_err(|e| StoreError(format!("script load: {e}")))?;
+        }
+        Stats::inc(&self.stats.connects);
+        *slot = Some(m.clone());
+        Ok(m)
+    }
+
+    /// Runs one request (one round trip) under the timeout and the breaker, on the store's own
+    /// runtime so that callers on any executor, or none, can await it.
+    pub(super) async fn call<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
+    {
+        if !self.breaker.allow() {
+            Stats::inc(&self.stats.rejected_open);
+            return Err(StoreError("circuit open".into()));
+        }
+        let this = self.clone();
+        let task = self.handle.spawn(async move {
+            let deadline = this.op_timeout * 2;
+            let run = async {
+                let m = this.manager().await?;
+                f(m).await.map_err(|e| StoreError(e.to_string()))
+            };
+            match tokio::time::timeout(deadline, run).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError("timed out".into())),
+            }
+        });
+        Stats::inc(&self.stats.round_trips);
+        let out = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError(format!("store task failed: {e}"))),
+        };
+        match &out {
+            Ok(_) => self.breaker.success(),
+            Err(e) => {
+                Stats::inc(&self.stats.errors);
+                if e.0.contains("timed out") {
+                    Stats::inc(&self.stats.timeouts);
+                }
+                if self.breaker.failure() {
+                    Stats::inc(&self.stats.circuit_opens);
+                    tracing::warn!(error = %e, "redis unavailable; circuit open, computing locally");
+                }
+            }
+        }
+        out
+    }
+}
+
+struct Stats;
+impl Stats {
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps one pattern subscription to every herdless channel of this prefix and wakes local
+/// waiters of the channel a message arrives on. Reconnects with backoff when the connection
+/// drops; while it is down waiters fall back to polling.
+async fn subscriber(client: redis::Client, pattern: String, wakeups: Weak<Wakeups>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(w) = wakeups.upgrade() else { return };
+        let connected = async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.psubscribe(&pattern).await?;
+            redis::RedisResult::Ok(ps)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), connected).await {
+            Ok(Ok(ps)) => {
+                backoff = Duration::from_millis(50);
+                w.live.store(true, Ordering::Release);
+                // Anything published while we were down was missed: let waiters re-check.
+                w.wake_all();
+                drop(w);
+                let mut stream = ps.into_on_message();
+                while let Some(msg) = stream.next().await {
+                    let Some(w) = wakeups.upgrade() else { return };
+                    w.wake(msg.get_channel_name().as_bytes());
+                }
+                if let Some(w) = wakeups.upgrade() {
+                    w.live.store(false, Ordering::Release);
+                    w.wake_all();
+                }
+            }
+            _ => {
+                w.live.store(false, Ordering::Release);
+                drop(w);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The Redis (or Valkey) store: one computation per key across processes and hosts.
+//!
+//! - **Reads** are one round trip (a Lua script returning the record and its `PTTL`). Expiry is
+//!   the *remaining* TTL measured by the server, rebuilt on the reader's own monotonic clock, so
+//!   clock skew between hosts cannot matter.
+//! - **Locks** are `SET lock token NX PX lease` with a random 128-bit owner token, renewed while
+//!   the holder computes (bounded by the maximum lease), released only by the owner.
+//! - **Writes** with the lock are one script: write if still the owner, release, publish. A
+//!   holder paused past its lease cannot overwrite a newer value (fencing).
+//! - **Waiters** are woken by pub/sub (one pattern subscription per store) and re-ask at a
+//!   growing, jittered interval in case a message is lost.
+//! - **Fail-open**: every call has a timeout, a circuit breaker stops paying timeouts while the
+//!   server is down, the connection heals itself, and the engine computes locally meanwhile.
+//! - **Untrusted bytes**: a record that is not ours (magic, version), truncated, oversized or of
+//!   the wrong Redis type is a miss, counted in [`RedisStats`], never a panic.
+//!
+//! Key layout (Cluster-ready: one hash tag per (function, key)):
+//! `<prefix>:{<hex(name)>.<hex(msgpack(key))>}:v` (value), `...:l` (lock), `...:c` (channel).
+//! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
+
+mod conn;
+mod scripts;
+
+use super::{LockOutcome, Namespace, RefreshOutcome, Store, StoreError, Written};
+use crate::entry::Entry;
+use crate::error::ConfigError;
+use crate::lock::{Lock, LockError, WaitMode};
+use conn::{Breaker, Conn};
+use redis::aio::ConnectionManager;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Magic bytes and version that open every record herdless writes.
+const MAGIC: [u8; 3] = *b"HL\x01";
+
+/// Counters of one [`RedisStore`] (all functions using it).
+#[derive(Debug, Default)]
+pub struct RedisStats {
+    /// Requests sent (each is one round trip).
+    pub round_trips: AtomicU64,
+    /// Requests that failed or timed out.
+    pub errors: AtomicU64,
+    /// Requests that timed out.
+    pub timeouts: AtomicU64,
+    /// Times the circuit breaker opened.
+    pub circuit_opens: AtomicU64,
+    /// Requests refused at once because the circuit was open.
+    pub rejected_open: AtomicU64,
+    /// Connections established (the first one and every reconnect).
+    pub connects: AtomicU64,
+    /// Records that were not ours, truncated, oversized or of the wrong type (read as misses).
+    pub decode_errors: AtomicU64,
+    /// Writes refused because the writer no longer held the lock.
+    pub fenced_writes: AtomicU64,
+}
+
+/// Configures a [`RedisStore`]; see [`RedisStore::builder`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    op_timeout: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    max_value_bytes: usize,
+}
+
+impl RedisStoreBuilder {
+    /// Key prefix (default `herdless`); must not contain `{`, `}` or be empty.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
+    }
+    /// Timeout of every Redis call (default 250 ms).
+    pub fn op_timeout(mut self, t: Duration) -> Self {
+        self.op_timeout = t;
+        self
+    }
+    /// Consecutive failures that open the circuit (default 3) and how long it stays open before
+    /// one probe (default 1 s).
+    pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
+        self.breaker_threshold = threshold;
+        self.breaker_cooldown = cooldown;
+        self
+    }
+    /// Records larger than this are treated as misses (default 64 MiB).
+    pub fn max_value_bytes(mut self, n: usize) -> Self {
+        self.max_value_bytes = n;
+        self
+    }
+    /// Builds the store. It connects in the background: a server that is down now is not an
+    /// error (calls compute locally until it is back), an invalid URL or setting is.
+    pub fn build(self) -> Result<RedisStore, ConfigError> {
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err(ConfigError::new(
+                "prefix",
+                "must be non-empty and must not contain '{' or '}' (they delimit the hash tag)",
+            ));
+        }
+        if self.op_timeout.is_zero() {
+            return Err(ConfigError::new("op_timeout", "must be positive"));
+        }
+        if self.breaker_threshold == 0 {
+            return Err(ConfigError::new("circuit_breaker", "threshold must be at least 1"));
+        }
+        if self.max_value_bytes == 0 {
+            return Err(ConfigError::new("max_value_bytes", "must be positive"));
+        }
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| ConfigError::new("url", e.to_string()))?;
+        let pattern = format!("{}:{{*}}:c", self.prefix);
+        let conn = Conn::new(
+            client,
+            self.op_timeout,
+            Breaker::new(self.breaker_threshold, self.breaker_cooldown),
+            pattern,
+        )
+        .map_err(|e| ConfigError::new("runtime", e.to_string()))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: self.prefix,
+                max_value_bytes: self.max_value_bytes,
+                names: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    conn: Arc<Conn>,
+    prefix: String,
+    max_value_bytes: usize,
+    names: Mutex<HashMap<String, u32>>,
+}
+
+/// A store shared by every process that points at the same Redis.
+///
+/// ```no_run
+/// use herdless::{memoize_stampede, store::RedisStore};
+/// use std::time::Duration;
+/// let store = RedisStore::new("redis://127.0.0.1:6379/").unwrap();
+/// let page = memoize_stampede(&store, Duration::from_secs(1))
+///     .name("landing_page")
+///     .build_blocking_infallible(|k: &String| format!("<html>{k}</html>"))
+///     .unwrap();
+/// println!("{}", page.get(&"home".to_string()).unwrap());
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .finish()
+    }
+}
+
+/// The keys of one (function, key) pair.
+pub(crate) struct Keys {
+    value: Vec<u8>,
+    lock: Vec<u8>,
+    channel: Vec<u8>,
+}
+
+fn hex(bytes: &[u8], out: &mut Vec<u8>) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 15) as usize]);
+    }
+}
+
+impl RedisStore {
+    /// A store with default settings (prefix `herdless`, 250 ms timeouts).
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        Self::builder(url).build()
+    }
+
+    /// A builder for the other settings.
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.to_string(),
+            prefix: "herdless".into(),
+            op_timeout: Duration::from_millis(250),
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(1),
+            max_value_bytes: 64 << 20,
+        }
+    }
+
+    /// This store's counters.
+    pub fn stats(&self) -> &RedisStats {
+        &self.inner.conn.stats
+    }
+
+    /// True while the circuit breaker keeps calls away from the server.
+    pub fn circuit_open(&self) -> bool {
+        self.inner.conn.breaker.is_open()
+    }
+
+    /// The Redis key under which `key` of function `name` is stored (for tools and tests).
+    pub fn value_key<K: Serialize>(&self, name: &str, key: &K) -> Vec<u8> {
+        self.keys(name, key).value
+    }
+
+    /// A cross-process per-key lock for [`barrier`](crate::barrier), named like a function.
+    pub fn lock(&self, name: &str) -> RedisLock {
+        RedisLock {
+            store: self.clone(),
+            name: name.to_string(),
+            lease: Duration::from_secs(5),
+        }
+    }
+
+    pub(crate) fn keys<K: Serialize>(&self, name: &str, key: &K) -> Keys {
+        let encoded = rmp_serde::to_vec(key).unwrap_or_default();
+        let mut base = Vec::with_capacity(self.inner.prefix.len() + 4 + 2 * (name.len() + encoded.len()));
+        base.extend_from_slice(self.inner.prefix.as_bytes());
+        base.extend_from_slice(b":{");
+        hex(name.as_bytes(), &mut base);
+        base.push(b'.');
+        hex(&encoded, &mut base);
+        base.push(b'}');
+        let with = |suffix: &[u8]| {
+            let mut k = base.clone();
+            k.extend_from_slice(suffix);
+            k
+        };
+        Keys {
+            value: with(b":v"),
+            lock: with(b":l"),
+            channel: with(b":c"),
+        }
+    }
+
+    fn encode<V: Serialize>(&self, entry: &Entry<V>) -> Option<Vec<u8>> {
+        let mut out = MAGIC.to_vec();
+        rmp_serde::encode::write(&mut out, &(entry.delta_us, &entry.value)).ok()?;
+        Some(out)
+    }
+
+    /// Bytes from Redis are untrusted: anything but a well-formed record of ours is a miss.
+    fn decode<V: DeserializeOwned>(&self, bytes: &[u8], pttl: i64, now: u64) -> Option<Entry<V>> {
+        let ok = bytes.len() <= self.inner.max_value_bytes && bytes.starts_with(&MAGIC) && pttl > 0;
+        let parsed = ok
+            .then(|| rmp_serde::from_slice::<(u64, V)>(&bytes[MAGIC.len()..]).ok())
+            .flatten();
+        match parsed {
+            Some((delta_us, value)) => Some(Entry {
+                value,
+                delta_us,
+                expires_at: now.saturating_add(pttl as u64 * 1_000_000),
+            }),
+            None => {
+                self.inner.conn.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(len = bytes.len(), "undecodable record in redis; treating as a miss");
+                None
+            }
+        }
+    }
+
+    fn token() -> Vec<u8> {
+        let mut t = Vec::with_capacity(32);
+        hex(&rand::random::<u128>().to_le_bytes(), &mut t);
+        t
+    }
+
+    fn held(&self, keys: Keys, token: Vec<u8>, lease: Duration, max_hold: Duration) -> HeldLock {
+        HeldLock::new(self.clone(), keys.lock, keys.channel, token, lease, max_hold)
+    }
+
+    /// Waits for a publish on `channel` (or `max`). Subscribed before the caller re-checks.
+    async fn wait_channel(&self, channel: &[u8], value_key: Option<&[u8]>, max: Duration, mode: WaitMode) {
+        let wakeups = &self.inner.conn.wakeups;
+        if !wakeups.live.load(Ordering::Acquire) {
+            mode.sleep(max).await;
+            return;
+        }
+        let event = wakeups.event(channel);
+        let listener = event.listen();
+        // Re-check after listening: a publish between the caller's last look and now is not lost.
+        if let Some(vk) = value_key {
+            let vk = vk.to_vec();
+            let exists: Result<bool, _> = self
+                .inner
+                .conn
+                .call(move |mut m: ConnectionManager| async move {
+                    redis::cmd("EXISTS").arg(vk).query_async(&mut m).await
+                })
+                .await;
+            if exists.unwrap_or(false) {
+                return;
+            }
+        }
+        mode.wait(listener, Some(Instant::now() + max)).await;
+    }
+}
+
+/// A held distributed lock: renewed in the background while held, released (by the owner only)
+/// when dropped without a write.
+pub struct HeldLock {
+    store: RedisStore,
+    lock_key: Vec<u8>,
+    channel: Vec<u8>,
+    token: Vec<u8>,
+    renewal: Option<tokio::task::JoinHandle<()>>,
+    armed: bool,
+}
+
+impl HeldLock {
+    fn new(store: RedisStore, lock_key: Vec<u8>, channel: Vec<u8>, token: Vec<u8>, lease: Duration, max_hold: Duration) -> Self {
+        let conn = store.inner.conn.clone();
+        let (k, t) = (lock_key.clone(), token.clone());
+        let renewal = conn.handle.clone().spawn(async move {
+            let started = Instant::now();
+            let every = lease / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                if started.elapsed() + lease > max_hold {
+                    tracing::warn!("lock held for the maximum; no more renewals");
+                    return;
+                }
+                let (k, t) = (k.clone(), t.clone());
+                let ms = lease.as_millis() as u64;
+                let renewed: Result<i64, _> = conn
+                    .call(move |mut m| async move {
+                        scripts::RENEW.key(k).arg(t).arg(ms).invoke_async(&mut m).await
+                    })
+                    .await;
+                if matches!(renewed, Ok(0)) {
+                    return; // lost: someone else owns it now
+                }
+            }
+        });
+        HeldLock { store, lock_key, channel, token, renewal: Some(renewal), armed: true }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+        if self.armed {
+            let conn = self.store.inner.conn.clone();
+            let (k, t, c) = (self.lock_key.clone(), self.token.clone(), self.channel.clone());
+            conn.handle.clone().spawn(async move {
+                let _ = conn
+                    .call(move |mut m| async move {
+                        scripts::RELEASE.key(k).arg(t).arg(c).invoke_async::<i64>(&mut m).await
+                    })
+                    .await;
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for HeldLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldLock")
+    }
+}
+
+impl<K, V> Store<K, V> for RedisStore
+where
+    K: Serialize + Send + Sync + 'static,
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    type Lock = HeldLock;
+
+    fn namespace(&self, name: &str) -> Namespace {
+        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
+        let next = names.len() as u32;
+        let id = *names.entry(name.to_string()).or_insert(next);
+        Namespace::new(id, name)
+    }
+
+    async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
+        let k = self.keys(ns.name(), key).value;
+        let (bytes, pttl): (Option<Vec<u8>>, i64) = self
+            .inner
+            .conn
+            .call(move |mut m| async move { scripts::READ.key(k).invoke_async(&mut m).await })
+            .await?;
+        if pttl == -3 {
+            self.inner.conn.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("value key holds another redis type; treating as a miss");
+            return Ok(None);
+        }
+        Ok(bytes.and_then(|b| self.decode(&b, pttl, now)))
+    }
+
+    async fn set(&self, ns: &Namespace, key: &K, entry: Entry<V>, ttl: Duration, lock: Option<HeldLock>) -> Result<Written, StoreError> {
+        let keys = self.keys(ns.name(), key);
+        let Some(record) = self.encode(&entry) else {
+            return Err(StoreError("value could not be encoded".into()));
+        };
+        let ms = ttl.as_millis().max(1) as u64;
+        match lock {
+            Some(mut held) => {
+                held.disarm();
+                let (v, l, t, c) = (keys.value, keys.lock, held.token.clone(), keys.channel);
+                let written: i64 = self
+                    .inner
+                    .conn
+                    .call(move |mut m| async move {
+                        scripts::WRITE_RELEASE.key(v).key(l).arg(t).arg(record).arg(ms).arg(c).invoke_async(&mut m).await
+                    })
+                    .await?;
+                if written == 1 {
+                    Ok(Written::Stored)
+                } else {
+                    self.inner.conn.stats.fenced_writes.fetch_add(1, Ordering::Relaxed);
+                    Ok(Written::Fenced)
+                }
+            }
+            None => {
+                let v = keys.value;
+                self.inner
+                    .conn
+                    .call(move |mut m| async move {
+                        redis::cmd("SET").arg(v).arg(record).arg("PX").arg(ms).query_async::<()>(&mut m).await
+                    })
+                    .await?;
+                Ok(Written::Stored)
+            }
+        }
+    }
+
+    async fn lock_or_get(&self, ns: &Namespace, key: &K, lease: Duration, now: u64) -> Result<LockOutcome<V, HeldLock>, StoreError> {
+        let keys = self.keys(ns.name(), key);
+        let token = Self::token();
+        let (v, l, t, ms) = (keys.value.clone(), keys.lock.clone(), token.clone(), lease.as_millis() as u64);
+        let reply: redis::Value = self
+            .inner
+            .conn
+            .call(move |mut m| async move { scripts::LOCK_OR_GET.key(v).key(l).arg(t).arg(ms).invoke_async(&mut m).await })
+            .await?;
+        let items = match reply {
+            redis::Value::Array(items) => items,
+            _ => return Err(StoreError("unexpected reply to lock_or_get".into())),
+        };
+        match items.first() {
+            Some(redis::Value::Int(1)) => {
+                let bytes = match items.get(1) {
+                    Some(redis::Value::BulkString(b)) => b.as_slice(),
+                    _ => &[],
+                };
+                let pttl = match items.get(2) {
+                    Some(redis::Value::Int(p)) => *p,
+                    _ => -1,
+                };
+                match self.decode(bytes, pttl, now) {
+                    Some(e) => Ok(LockOutcome::Found(e)),
+                    // Garbage at the value key: nobody holds the lock for it, so compute and
+                    // overwrite without one (the write replaces the garbage).
+                    None => Ok(LockOutcome::Local),
+                }
+            }
+            Some(redis::Value::Int(2)) => Ok(LockOutcome::Acquired(self.held(keys, token, lease, lease.max(Duration::from_secs(60))))),
+            Some(redis::Value::Int(3)) => Ok(LockOutcome::Busy),
+            _ => Err(StoreError("unexpected reply to lock_or_get".into())),
+        }
+    }
+
+    async fn try_lock_refresh(&self, ns: &Namespace, key: &K, seen_expires_at: u64, lease: Duration, now: u64) -> Result<RefreshOutcome<HeldLock>, StoreError> {
+        let keys = self.keys(ns.name(), key);
+        let token = Self::token();
+        // A replaced value has a PTTL well above what the reader saw; 2 ms absorbs the read's
+        // own latency.
+        let seen_ms = seen_expires_at.saturating_sub(now) / 1_000_000 + 2;
+        let (v, l, t, ms) = (keys.value.clone(), keys.lock.clone(), token.clone(), lease.as_millis() as u64);
+        let got: i64 = self
+            .inner
+            .conn
+            .call(move |mut m| async move { scripts::TRY_LOCK_REFRESH.key(v).key(l).arg(t).arg(ms).arg(seen_ms).invoke_async(&mut m).await })
+            .await?;
+        Ok(if got == 1 {
+            RefreshOutcome::Acquired(self.held(keys, token, lease, lease.max(Duration::from_secs(60))))
+        } else {
+            RefreshOutcome::Skip
+        })
+    }
+
+    async fn wait_for_value(&self, ns: &Namespace, key: &K, max: Duration, mode: WaitMode) -> Result<(), StoreError> {
+        let keys = self.keys(ns.name(), key);
+        self.wait_channel(&keys.channel, Some(&keys.value), max, mode).await;
+        Ok(())
+    }
+}
+
+/// A cross-process per-key lock in Redis, for [`barrier`](crate::barrier).
+///
+/// Waiters are woken by the releasing holder's publish; a holder that dies frees the key when
+/// its lease lapses (it is renewed while held).
+#[derive(Clone)]
+pub struct RedisLock {
+    store: RedisStore,
+    name: String,
+    lease: Duration,
+}
+
+impl RedisLock {
+    /// The lease of one hold (default 5 s), renewed while held.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+}
+
+/// A held [`RedisLock`] (released on drop). If Redis is unreachable the barrier fails open:
+/// the guard is empty and the caller proceeds.
+pub struct RedisGuard(#[allow(dead_code)] Option<HeldLock>);
+
+impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
+    type Guard = RedisGuard;
+
+    async fn acquire(&self, key: &K, max_wait: Option<Duration>, mode: WaitMode) -> Result<RedisGuard, LockError> {
+        let keys = self.store.keys(&format!("barrier:{}", self.name), key);
+        let deadline = max_wait.map(|d| Instant::now() + d);
+        let mut poll = Duration::from_millis(2);
+        loop {
+            let token = RedisStore::token();
+            let (l, t, ms) = (keys.lock.clone(), token.clone(), self.lease.as_millis() as u64);
+            let got: Result<i64, _> = self
+                .store
+                .inner
+                .conn
+                .call(move |mut m| async move { scripts::TRY_LOCK.key(l).arg(t).arg(ms).invoke_async(&mut m).await })
+                .await;
+            match got {
+                Ok(1) => {
+                    let k = Keys { value: keys.value.clone(), lock: keys.lock.clone(), channel: keys.channel.clone() };
+                    return Ok(RedisGuard(Some(self.store.held(k, token, self.lease, Duration::from_secs(3600)))));
+                }
+                Ok(_) => {}
+                Err(_) => return Ok(RedisGuard(None)), // fail-open
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if max_wait == Some(Duration::ZERO) {
+                return Err(LockError::Busy);
+            }
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(LockError::Timeout(max_wait.unwrap_or_default()));
+            }
+            let wait = left.map_or(poll, |l| l.min(poll));
+            self.store.wait_channel(&keys.channel, None, jitter(wait), mode).await;
+            poll = (poll * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+/// ±25 % jitter so that pollers that started together do not stay in step.
+pub(crate) fn jitter(d: Duration) -> Duration {
+    let f = 0.75 + rand::random::<f64>() * 0.5;
+    d.mul_f64(f)
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<RedisStore>();
+    let _ = PhantomData::<HeldLock>;
+}
