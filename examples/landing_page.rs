@@ -21,12 +21,19 @@ struct Args {
     ttl_ms: u64,
     strategies: Vec<String>,
     json: bool,
+    store: String,
+    redis_url: String,
+    procs: usize,
+    /// Internal: run one strategy's threads and print raw measurements (used by --procs).
+    worker: bool,
+    prefix: String,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: landing_page [--duration SECS] [--threads N] [--compute-ms MS] [--ttl-ms MS]\n\
-         \x20                   [--strategies none,traditional,barrier,stampede=BETA,...] [--json]"
+         \x20                   [--strategies none,traditional,barrier,stampede=BETA,...] [--json]\n\
+         \x20                   [--store memory|redis] [--redis-url URL] [--procs N]"
     );
     std::process::exit(2)
 }
@@ -42,6 +49,11 @@ fn parse_args() -> Args {
             .map(String::from)
             .collect(),
         json: false,
+        store: "memory".into(),
+        redis_url: "redis://127.0.0.1:6379/".into(),
+        procs: 1,
+        worker: false,
+        prefix: format!("landing{}", std::process::id()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,6 +65,11 @@ fn parse_args() -> Args {
             "--ttl-ms" => a.ttl_ms = val().parse().unwrap_or_else(|_| usage()),
             "--strategies" => a.strategies = val().split(',').map(String::from).collect(),
             "--json" => a.json = true,
+            "--store" => a.store = val(),
+            "--redis-url" => a.redis_url = val(),
+            "--procs" => a.procs = val().parse().unwrap_or_else(|_| usage()),
+            "--worker" => a.worker = true,
+            "--prefix" => a.prefix = val(),
             "-h" | "--help" => usage(),
             _ => {
                 eprintln!("unknown flag {flag}");
@@ -60,7 +77,15 @@ fn parse_args() -> Args {
             }
         }
     }
-    if a.threads == 0 || a.duration <= 0.0 || a.compute_ms == 0 || a.ttl_ms == 0 {
+    if a.store != "memory" && a.store != "redis" {
+        eprintln!("--store must be memory or redis");
+        usage()
+    }
+    if a.procs > 1 && a.store == "memory" {
+        eprintln!("--procs needs --store redis (processes share nothing in memory)");
+        std::process::exit(2);
+    }
+    if a.threads == 0 || a.procs == 0 || a.duration <= 0.0 || a.compute_ms == 0 || a.ttl_ms == 0 {
         eprintln!("--threads, --duration, --compute-ms and --ttl-ms must be positive");
         std::process::exit(2);
     }
@@ -161,7 +186,6 @@ impl Histogram {
 struct Body {
     compute: Duration,
     running: Arc<AtomicU64>,
-    peak: Arc<AtomicU64>,
     intervals: Arc<Mutex<Vec<(u64, u64)>>>,
 }
 
@@ -177,14 +201,12 @@ impl Body {
         Body {
             compute,
             running: Arc::default(),
-            peak: Arc::default(),
             intervals: Arc::default(),
         }
     }
     fn generate_landing_page(&self, key: &str) -> String {
         let start = wall_ns();
-        let now_running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now_running, Ordering::SeqCst);
+        self.running.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(self.compute);
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.intervals.lock().unwrap().push((start, wall_ns()));
@@ -192,20 +214,108 @@ impl Body {
     }
 }
 
-struct Row {
-    strategy: String,
-    calls: u64,
-    runs: u64,
-    peak: u64,
-    slow: u64,
+/// One strategy's measurements from one process (or merged from several).
+struct Raw {
     hist: Histogram,
+    slow: u64,
+    intervals: Vec<(u64, u64)>,
     duration_s: f64,
+}
+
+impl Raw {
+    fn to_json(&self) -> String {
+        let buckets: Vec<String> = self
+            .hist
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| format!("[{i},{c}]"))
+            .collect();
+        let intervals: Vec<String> = self
+            .intervals
+            .iter()
+            .map(|(a, b)| format!("[{a},{b}]"))
+            .collect();
+        format!(
+            "{{\"buckets\":[{}],\"max_ns\":{},\"slow\":{},\"intervals\":[{}],\"duration_s\":{}}}",
+            buckets.join(","),
+            self.hist.max_ns,
+            self.slow,
+            intervals.join(","),
+            self.duration_s
+        )
+    }
+
+    fn from_json(line: &str) -> Option<Raw> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let mut hist = Histogram::new();
+        for b in v["buckets"].as_array()? {
+            let (i, c) = (b[0].as_u64()? as usize, b[1].as_u64()?);
+            *hist.counts.get_mut(i)? += c;
+            hist.total += c;
+        }
+        hist.max_ns = v["max_ns"].as_u64()?;
+        let intervals = v["intervals"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
+            .collect();
+        Some(Raw {
+            hist,
+            slow: v["slow"].as_u64()?,
+            intervals,
+            duration_s: v["duration_s"].as_f64()?,
+        })
+    }
+
+    fn merge(&mut self, other: Raw) {
+        self.hist.merge(&other.hist);
+        self.slow += other.slow;
+        self.intervals.extend(other.intervals);
+        self.duration_s = self.duration_s.max(other.duration_s);
+    }
+
+    /// The most executions that overlapped in time (across processes: wall-clock intervals).
+    fn peak(&self) -> u64 {
+        let mut events: Vec<(u64, i64)> = Vec::with_capacity(self.intervals.len() * 2);
+        for &(a, b) in &self.intervals {
+            events.push((a, 1));
+            events.push((b, -1));
+        }
+        // Ends sort before starts at the same instant: back-to-back runs do not overlap.
+        events.sort();
+        let (mut now, mut peak) = (0i64, 0i64);
+        for (_, d) in events {
+            now += d;
+            peak = peak.max(now);
+        }
+        peak as u64
+    }
 }
 
 type Call = Arc<dyn Fn(&String) -> String + Send + Sync>;
 
-fn build(strategy: Strategy, body: &Body, ttl: Duration) -> Call {
-    let store = MemoryStore::<String, String>::new(1024).expect("capacity");
+fn build(args: &Args, strategy: Strategy, body: &Body) -> Call {
+    let ttl = Duration::from_millis(args.ttl_ms);
+    if args.store == "redis" {
+        let store = herdless::store::RedisStore::builder(&args.redis_url)
+            .prefix(&args.prefix)
+            .build()
+            .expect("redis store config");
+        let lock = store.lock("landing");
+        build_with(strategy, body, ttl, store, lock)
+    } else {
+        let store = MemoryStore::<String, String>::new(1024).expect("capacity");
+        build_with(strategy, body, ttl, store, LocalLock::new())
+    }
+}
+
+fn build_with<S, L>(strategy: Strategy, body: &Body, ttl: Duration, store: S, lock: L) -> Call
+where
+    S: herdless::Store<String, String>,
+    L: herdless::Lock<String>,
+{
     let b = body.clone();
     let f = move |k: &String| b.generate_landing_page(k);
     match strategy {
@@ -222,7 +332,7 @@ fn build(strategy: Strategy, body: &Body, ttl: Duration) -> Call {
                 .name("landing")
                 .build_blocking_infallible(f)
                 .expect("config");
-            let locked = barrier(LocalLock::new()).wrap_blocking(inner);
+            let locked = barrier(lock).wrap_blocking(inner);
             let outer = memoize(&store, Duration::ZERO)
                 .name("landing")
                 .wrap_blocking(locked)
@@ -240,11 +350,12 @@ fn build(strategy: Strategy, body: &Body, ttl: Duration) -> Call {
     }
 }
 
-fn run(args: &Args, name: &str) -> Row {
+/// Runs one strategy's worker threads in this process.
+fn run_local(args: &Args, name: &str) -> Raw {
     let strategy = Strategy::parse(name).expect("validated");
     let compute = Duration::from_millis(args.compute_ms);
     let body = Body::new(compute);
-    let call = build(strategy, &body, Duration::from_millis(args.ttl_ms));
+    let call = build(args, strategy, &body);
     let slow_ns = (compute.as_nanos() as u64) * 9 / 10;
     let stop = Arc::new(AtomicBool::new(false));
     let key = "landing".to_string();
@@ -265,7 +376,11 @@ fn run(args: &Args, name: &str) -> Row {
                     if ns >= slow_ns {
                         slow += 1;
                         if std::env::var_os("LP_DEBUG").is_some() {
-                            eprintln!("slow call {:.1} ms ending at {:.1} ms", ns as f64 / 1e6, started.elapsed().as_secs_f64() * 1e3);
+                            eprintln!(
+                                "slow call {:.1} ms ending at {:.1} ms",
+                                ns as f64 / 1e6,
+                                started.elapsed().as_secs_f64() * 1e3
+                            );
                         }
                     }
                 }
@@ -290,45 +405,89 @@ fn run(args: &Args, name: &str) -> Row {
         std::thread::sleep(Duration::from_millis(5));
     }
     let intervals = body.intervals.lock().unwrap().clone();
-    Row {
-        strategy: name.to_string(),
-        calls: hist.total,
-        runs: intervals.len() as u64,
-        peak: body.peak.load(Ordering::SeqCst),
-        slow,
+    Raw {
         hist,
+        slow,
+        intervals,
         duration_s,
     }
 }
 
+/// Runs one strategy in `--procs` worker processes and merges what they measured.
+fn run_procs(args: &Args, name: &str, prefix: &str) -> Raw {
+    let exe = std::env::current_exe().expect("own path");
+    let children: Vec<_> = (0..args.procs)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["--worker", "--strategies", name, "--store", &args.store])
+                .args(["--redis-url", &args.redis_url, "--prefix", prefix])
+                .args(["--duration", &args.duration.to_string()])
+                .args(["--threads", &args.threads.to_string()])
+                .args(["--compute-ms", &args.compute_ms.to_string()])
+                .args(["--ttl-ms", &args.ttl_ms.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn worker process")
+        })
+        .collect();
+    let mut merged: Option<Raw> = None;
+    for child in children {
+        let out = child.wait_with_output().expect("worker process");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let raw = text
+            .lines()
+            .find_map(Raw::from_json)
+            .unwrap_or_else(|| panic!("worker printed no measurements (status {})", out.status));
+        match &mut merged {
+            Some(m) => m.merge(raw),
+            None => merged = Some(raw),
+        }
+    }
+    merged.expect("at least one process")
+}
+
 fn main() {
     let args = parse_args();
+    if args.worker {
+        let name = args.strategies.first().expect("one strategy").clone();
+        println!("{}", run_local(&args, &name).to_json());
+        return;
+    }
     if !args.json {
         println!(
-            "landing page: {} threads, {} ms compute, {} ms TTL, {} s per strategy",
-            args.threads, args.compute_ms, args.ttl_ms, args.duration
+            "landing page: {} process(es) x {} threads, {} ms compute, {} ms TTL, {} s per strategy, {} store",
+            args.procs, args.threads, args.compute_ms, args.ttl_ms, args.duration, args.store
         );
         println!(
             "{:<14} {:>10} {:>6} {:>5} {:>6} {:>9} {:>9} {:>9}",
             "strategy", "calls", "runs", "peak", "slow", "p50 ms", "p99 ms", "max ms"
         );
     }
-    for name in &args.strategies {
-        let row = run(&args, name);
+    for (i, name) in args.strategies.iter().enumerate() {
+        // A fresh key space per strategy, so no run inherits the previous one's value or lock.
+        let prefix = format!("{}s{}", args.prefix, i);
+        let raw = if args.procs > 1 {
+            run_procs(&args, name, &prefix)
+        } else {
+            let mut a = args.clone();
+            a.prefix = prefix;
+            run_local(&a, name)
+        };
         let (p50, p99, max) = (
-            row.hist.quantile_ms(0.50),
-            row.hist.quantile_ms(0.99),
-            row.hist.max_ns as f64 / 1e6,
+            raw.hist.quantile_ms(0.50),
+            raw.hist.quantile_ms(0.99),
+            raw.hist.max_ns as f64 / 1e6,
         );
+        let (calls, runs, peak) = (raw.hist.total, raw.intervals.len(), raw.peak());
         if args.json {
             println!(
-                "{{\"strategy\":\"{}\",\"calls\":{},\"runs\":{},\"peak_concurrent_runs\":{},\"slow_calls\":{},\"p50_ms\":{:.6},\"p99_ms\":{:.6},\"max_ms\":{:.3},\"duration_s\":{:.3}}}",
-                row.strategy, row.calls, row.runs, row.peak, row.slow, p50, p99, max, row.duration_s
+                "{{\"strategy\":\"{name}\",\"calls\":{calls},\"runs\":{runs},\"peak_concurrent_runs\":{peak},\"slow_calls\":{},\"p50_ms\":{p50:.6},\"p99_ms\":{p99:.6},\"max_ms\":{max:.3},\"duration_s\":{:.3}}}",
+                raw.slow, raw.duration_s
             );
         } else {
             println!(
-                "{:<14} {:>10} {:>6} {:>5} {:>6} {:>9.4} {:>9.4} {:>9.1}",
-                row.strategy, row.calls, row.runs, row.peak, row.slow, p50, p99, max
+                "{name:<14} {calls:>10} {runs:>6} {peak:>5} {:>6} {p50:>9.4} {p99:>9.4} {max:>9.1}",
+                raw.slow
             );
         }
     }
