@@ -1,0 +1,156 @@
+//! Redis paths, side by side with raw redis-rs in the same run: `cargo bench --bench redis_path`.
+//!
+//! - `herdless_redis_hit`: a memoized hit through `RedisStore` (one round trip: value + PTTL);
+//! - `redis_get`: a raw `GET` over the same connection type (`ConnectionManager`);
+//! - `waiter_wakeup`: from the moment the lock winner's computation returns to the moment a
+//!   waiter on another connection (another store, as another process would be) returns.
+//!
+//! Starts its own redis-server on a free port and stops it afterwards.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use herdless::{memoize_stampede, store::RedisStore};
+use std::hint::black_box;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Server(Child, u16);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server() -> Option<Server> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
+    let server = Server(child, port);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(server);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn redis_path(c: &mut Criterion) {
+    let Some(server) = start_server() else {
+        println!("skipping redis_path: redis-server not found on PATH");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}/", server.1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let value = Arc::new("x".repeat(1024));
+    let key = "landing_page:/home".to_string();
+    let mut g = c.benchmark_group("redis_path");
+
+    let store = RedisStore::builder(&url).prefix("bench").build().unwrap();
+    let v = value.clone();
+    let f = memoize_stampede(&store, Duration::from_secs(3600))
+        .name("hit")
+        .build_infallible(move |_k: &String| std::future::ready((*v).clone()))
+        .unwrap();
+    rt.block_on(f.get(&key)).unwrap();
+    g.bench_function("herdless_redis_hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(f.get(black_box(&key)).await.unwrap()) })
+    });
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = rt
+        .block_on(redis::aio::ConnectionManager::new(client))
+        .unwrap();
+    rt.block_on(async {
+        redis::cmd("SET")
+            .arg("raw")
+            .arg(value.as_str())
+            .query_async::<()>(&mut conn)
+            .await
+    })
+    .unwrap();
+    g.bench_function("redis_get", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = conn.clone();
+            async move {
+                let v: Vec<u8> = redis::cmd("GET")
+                    .arg("raw")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(v)
+            }
+        })
+    });
+
+    // Winner and waiter use different stores (different connections), like two processes.
+    let winner_store = RedisStore::builder(&url).prefix("wake").build().unwrap();
+    let waiter_store = RedisStore::builder(&url).prefix("wake").build().unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g2 = gate.clone();
+    let winner = memoize_stampede(&winner_store, Duration::from_secs(3600))
+        .name("wake")
+        .build_infallible(move |k: &String| {
+            let (g2, k) = (g2.clone(), k.clone());
+            async move {
+                g2.acquire().await.unwrap().forget();
+                k
+            }
+        })
+        .unwrap();
+    let waiter = memoize_stampede(&waiter_store, Duration::from_secs(3600))
+        .name("wake")
+        .build_infallible(|k: &String| std::future::ready(format!("waiter computed {k}")))
+        .unwrap();
+    let mut round = 0u64;
+    g.sample_size(30);
+    g.bench_function("waiter_wakeup", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                round += 1;
+                let key = format!("k{round}");
+                total += rt.block_on(async {
+                    let w = winner.clone();
+                    let k = key.clone();
+                    let win = tokio::spawn(async move { w.get(&k).await });
+                    // Let the winner take the lock, then the waiter start waiting on it.
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    let wt = waiter.clone();
+                    let k = key.clone();
+                    let wait = tokio::spawn(async move {
+                        let r = wt.get(&k).await;
+                        (r, Instant::now())
+                    });
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let released = Instant::now();
+                    gate.add_permits(1);
+                    let (got, woke) = wait.await.unwrap();
+                    assert_eq!(got.unwrap(), key, "the waiter must get the winner's value");
+                    win.await.unwrap().unwrap();
+                    woke.saturating_duration_since(released)
+                });
+            }
+            total
+        })
+    });
+    g.finish();
+    drop(server);
+}
+
+criterion_group!(benches, redis_path);
+criterion_main!(benches);
