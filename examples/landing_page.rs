@@ -32,7 +32,7 @@ struct Args {
 fn usage() -> ! {
     eprintln!(
         "usage: landing_page [--duration SECS] [--threads N] [--compute-ms MS] [--ttl-ms MS]\n\
-         \x20                   [--strategies none,traditional,barrier,stampede=BETA,...] [--json]\n\
+         \x20                   [--strategies none,traditional,barrier,stampede=BETA,auto,...] [--json]\n\
          \x20                   [--store memory|redis] [--redis-url URL] [--procs N]"
     );
     std::process::exit(2)
@@ -104,6 +104,8 @@ enum Strategy {
     Traditional,
     Barrier,
     Stampede(f64),
+    /// memoize_stampede with automatic β (lead ≈ 1.25 δ from the measured rate).
+    Auto,
 }
 
 impl Strategy {
@@ -112,6 +114,7 @@ impl Strategy {
             "none" => Some(Strategy::None),
             "traditional" => Some(Strategy::Traditional),
             "barrier" => Some(Strategy::Barrier),
+            "auto" => Some(Strategy::Auto),
             _ => {
                 let beta: f64 = s.strip_prefix("stampede=")?.parse().ok()?;
                 (beta >= 0.0).then_some(Strategy::Stampede(beta))
@@ -346,6 +349,14 @@ where
                 .build_blocking_infallible(f)
                 .expect("config");
             Arc::new(move |k: &String| m.get(k).expect("stampede call"))
+        }
+        Strategy::Auto => {
+            let m = memoize_stampede(&store, ttl)
+                .name("landing")
+                .beta_auto(herdless::LeadTarget::default())
+                .build_blocking_infallible(f)
+                .expect("config");
+            Arc::new(move |k: &String| m.get(k).expect("auto call"))
         }
     }
 }

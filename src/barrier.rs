@@ -12,7 +12,6 @@ use crate::memoize::{BlockingLayer, Layer};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// Starts a barrier around a closure or layer, using `lock` (for example
@@ -34,7 +33,6 @@ struct Inner<K, V, E, L> {
     lock: L,
     contention: Contention,
     compute: ComputeFn<K, V, E>,
-    _types: PhantomData<fn() -> (K, V, E)>,
 }
 
 /// An async barrier layer.
@@ -59,7 +57,6 @@ impl<L> BarrierBuilder<L> {
             lock: self.lock,
             contention: self.contention,
             compute,
-            _types: PhantomData,
         })
     }
 
@@ -94,8 +91,9 @@ impl<L> BarrierBuilder<L> {
         E: Send + Sync + 'static,
         F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
     {
-        let compute =
-            ComputeFn::Blocking(Arc::new(move |k: &K| f(k).map_err(|e| Error::Compute(Arc::new(e)))));
+        let compute = ComputeFn::Blocking(Arc::new(move |k: &K| {
+            f(k).map_err(|e| Error::Compute(Arc::new(e)))
+        }));
         BlockingBarrier {
             inner: self.inner(compute),
         }

@@ -61,11 +61,9 @@ where
     pub fn get(&self, key: &K) -> Result<V, Error<E>> {
         match self.engine.fast(key) {
             Fast::Hit(v) => Ok(v),
-            seen => crate::blocking::block_on(self.engine.slow(
-                key,
-                seen,
-                self.engine.cfg.contention,
-            )),
+            seen => {
+                crate::blocking::block_on(self.engine.slow(key, seen, self.engine.cfg.contention))
+            }
         }
     }
 

@@ -141,8 +141,7 @@ impl ManualClock {
     }
     /// Moves time forward.
     pub fn advance(&self, by: Duration) {
-        self.nanos
-            .fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        self.nanos.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
     }
     /// Sets the absolute time in nanoseconds (must not go backwards).
     pub fn set(&self, nanos: u64) {

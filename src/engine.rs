@@ -6,6 +6,7 @@
 //! it, the blocking facade polls it to completion on the calling thread. What differs between
 //! the two is captured by [`WaitMode`] (how to wait) and [`ComputeFn`] (how to run the closure).
 
+use crate::auto::{LeadTarget, RateMeters};
 use crate::clock::Clock;
 use crate::entry::Entry;
 use crate::error::Error;
@@ -17,7 +18,7 @@ use crate::xfetch::{self, Decision};
 use futures::future::BoxFuture;
 use rand::{rngs::StdRng, RngCore, SeedableRng};
 use std::hash::Hash;
-use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,9 +49,13 @@ impl Default for Contention {
 /// The innermost callable: the user's closure or an inner layer, type-erased once at build time
 /// (the hit path never touches it, so the indirection costs nothing there).
 pub(crate) enum ComputeFn<K, V, E> {
-    Async(Arc<dyn Fn(&K) -> BoxFuture<'static, Result<V, Error<E>>> + Send + Sync>),
-    Blocking(Arc<dyn Fn(&K) -> Result<V, Error<E>> + Send + Sync>),
+    Async(AsyncFn<K, V, E>),
+    Blocking(BlockingFn<K, V, E>),
 }
+
+pub(crate) type AsyncFn<K, V, E> =
+    Arc<dyn Fn(&K) -> BoxFuture<'static, Result<V, Error<E>>> + Send + Sync>;
+pub(crate) type BlockingFn<K, V, E> = Arc<dyn Fn(&K) -> Result<V, Error<E>> + Send + Sync>;
 
 impl<K, V, E> ComputeFn<K, V, E> {
     fn mode(&self) -> WaitMode {
@@ -64,12 +69,12 @@ impl<K, V, E> ComputeFn<K, V, E> {
 /// Where the exponential draws come from.
 pub(crate) enum Draws {
     Thread,
-    Seeded(Mutex<StdRng>),
+    Seeded(Box<Mutex<StdRng>>),
 }
 
 impl Draws {
     pub(crate) fn seeded(seed: u64) -> Self {
-        Draws::Seeded(Mutex::new(StdRng::seed_from_u64(seed)))
+        Draws::Seeded(Box::new(Mutex::new(StdRng::seed_from_u64(seed))))
     }
     fn exp1(&self) -> f64 {
         let bits = match self {
@@ -94,6 +99,8 @@ pub(crate) struct Config {
     pub refresh_backoff: Duration,
     pub lease_min: Duration,
     pub lease_max: Duration,
+    /// Automatic β: aim the XFetch lead at this target from each key's measured rate.
+    pub auto: Option<LeadTarget>,
 }
 
 /// What the hit path saw.
@@ -111,14 +118,15 @@ pub(crate) struct Engine<K, V, E, S> {
     pub(crate) draws: Draws,
     pub(crate) compute: ComputeFn<K, V, E>,
     pub(crate) cfg: Config,
-    /// `β · E_MAX · 1000`: multiplied by delta (µs) gives XFetch's reach in ns.
-    reach_ns_per_us: f64,
+    /// `β · E_MAX · 1000` (f64 bits): multiplied by delta (µs) gives XFetch's reach in ns. With
+    /// automatic β it is the largest β handed out so far, so the hit path stays conservative.
+    reach_ns_per_us: AtomicU64,
+    meters: Option<RateMeters<K>>,
     /// How far the cheap clock may lag.
     lag: u64,
     flights: Arc<FlightMap<K, Result<V, Error<E>>>>,
     refreshes: RefreshSlots<K>,
     pub(crate) stats: Stats,
-    _types: PhantomData<fn() -> (K, V, E)>,
 }
 
 impl<K, V, E, S> Engine<K, V, E, S>
@@ -138,7 +146,11 @@ where
     ) -> Self {
         let lag = clock.recent_lag();
         Engine {
-            reach_ns_per_us: cfg.beta * xfetch::E_MAX * 1000.0,
+            reach_ns_per_us: AtomicU64::new(
+                (if cfg.auto.is_some() { 1.0 } else { cfg.beta } * xfetch::E_MAX * 1000.0)
+                    .to_bits(),
+            ),
+            meters: cfg.auto.map(|_| RateMeters::new()),
             lag,
             store,
             ns,
@@ -149,13 +161,15 @@ where
             flights: Arc::new(FlightMap::new()),
             refreshes: RefreshSlots::new(),
             stats: Stats::default(),
-            _types: PhantomData,
         }
     }
 
     /// The hit path: no allocation, no lock, no precise clock read for values far from expiry.
     #[inline]
     pub(crate) fn fast(&self, key: &K) -> Fast<V> {
+        if let Some(m) = &self.meters {
+            m.tick(key, self.clock.recent());
+        }
         match self.store.get_now(&self.ns, key) {
             None => Fast::Unknown,
             Some(None) => Fast::Miss,
@@ -164,7 +178,8 @@ where
                 // beyond δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed).
                 let worst_now = self.clock.recent().saturating_add(self.lag);
                 let gap = entry.expires_at.saturating_sub(worst_now);
-                if gap > 0 && gap as f64 > entry.delta_us as f64 * self.reach_ns_per_us {
+                let reach = f64::from_bits(self.reach_ns_per_us.load(Ordering::Relaxed));
+                if gap > 0 && gap as f64 > entry.delta_us as f64 * reach {
                     self.stats.hit();
                     Fast::Hit(entry.value)
                 } else {
@@ -198,7 +213,7 @@ where
         };
         let mut stale = None;
         if let Some(e) = entry {
-            match self.decide(&e, now) {
+            match self.decide(key, &e, now) {
                 Decision::Fresh => {
                     Stats::inc(&self.stats.c.slow_hits);
                     return Ok(e.value);
@@ -223,13 +238,23 @@ where
         out
     }
 
-    fn decide(&self, e: &Entry<V>, now: u64) -> Decision {
+    fn decide(&self, key: &K, e: &Entry<V>, now: u64) -> Decision {
         let gap_us = (e.expires_at as f64 - now as f64) / 1000.0;
         let delta = e.delta_us as f64;
-        if !xfetch::draw_needed(gap_us, delta, self.cfg.beta) {
+        let beta = match (&self.meters, self.cfg.auto) {
+            (Some(m), Some(target)) => {
+                let b = m.beta(key, now, e.delta_us, target);
+                let reach = b * xfetch::E_MAX * 1000.0;
+                self.reach_ns_per_us
+                    .fetch_max(reach.to_bits(), Ordering::Relaxed);
+                b
+            }
+            _ => self.cfg.beta,
+        };
+        if !xfetch::draw_needed(gap_us, delta, beta) {
             return Decision::Fresh;
         }
-        xfetch::decide(gap_us, delta, self.cfg.beta, self.draws.exp1())
+        xfetch::decide(gap_us, delta, beta, self.draws.exp1())
     }
 
     /// One computation per key in this process; across processes, the store's lock.
@@ -304,7 +329,9 @@ where
                 Ok(LockOutcome::Found(_)) | Ok(LockOutcome::Local) => {
                     return self.compute_and_store(key, None).await
                 }
-                Ok(LockOutcome::Acquired(lock)) => return self.compute_and_store(key, Some(lock)).await,
+                Ok(LockOutcome::Acquired(lock)) => {
+                    return self.compute_and_store(key, Some(lock)).await
+                }
                 Ok(LockOutcome::Busy) => {
                     Stats::inc(&self.stats.c.remote_waits);
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -436,7 +463,9 @@ where
 {
     fn drop(&mut self) {
         if self.armed {
-            self.engine.refreshes.back_off(&self.key, self.backoff_until);
+            self.engine
+                .refreshes
+                .back_off(&self.key, self.backoff_until);
         }
     }
 }
@@ -458,7 +487,13 @@ where
         let now = e.clock.now();
         let lock = match e
             .store
-            .try_lock_refresh(&e.ns, &self.key, seen_expires_at, e.lease(Some(delta_us)), now)
+            .try_lock_refresh(
+                &e.ns,
+                &self.key,
+                seen_expires_at,
+                e.lease(Some(delta_us)),
+                now,
+            )
             .await
         {
             Ok(RefreshOutcome::Acquired(l)) => Some(l),

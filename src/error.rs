@@ -54,7 +54,10 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Compute(e) => write!(f, "computation failed: {e}"),
             Error::Busy => f.write_str("another caller is computing this key (fail-fast policy)"),
             Error::WaitTimeout(d) => {
-                write!(f, "gave up waiting for another caller's computation after {d:?}")
+                write!(
+                    f,
+                    "gave up waiting for another caller's computation after {d:?}"
+                )
             }
             Error::Panicked => f.write_str("the computation panicked"),
         }

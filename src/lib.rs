@@ -60,6 +60,7 @@
 
 #![warn(missing_docs)]
 
+mod auto;
 mod barrier;
 pub mod blocking;
 mod clock;
@@ -75,6 +76,7 @@ pub mod store;
 pub mod tune;
 pub mod xfetch;
 
+pub use auto::LeadTarget;
 pub use barrier::{barrier, Barrier, BarrierBuilder, BlockingBarrier};
 pub use blocking::BlockingMemoized;
 pub use clock::{Clock, ManualClock, SystemClock};

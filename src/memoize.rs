@@ -1,6 +1,7 @@
 //! The memoizing layers: [`memoize`] (plain TTL cache) and the builder shared with
 //! [`memoize_stampede`](crate::memoize_stampede).
 
+use crate::auto::LeadTarget;
 use crate::blocking::BlockingMemoized;
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{ComputeFn, Config, Contention, Draws, Engine, Fast};
@@ -68,6 +69,7 @@ pub struct Builder<K, V, S> {
     lease: (Duration, Duration),
     clock: Option<Arc<dyn Clock>>,
     seed: Option<u64>,
+    auto: Option<LeadTarget>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -93,6 +95,7 @@ where
             lease: (Duration::from_millis(500), Duration::from_secs(60)),
             clock: None,
             seed: None,
+            auto: None,
             _types: PhantomData,
         }
     }
@@ -109,6 +112,27 @@ where
     /// early refresh; `f64::INFINITY` refreshes on every hit. Negative or NaN is rejected.
     pub fn beta(mut self, beta: f64) -> Self {
         self.beta = beta;
+        self
+    }
+
+    /// Automatic β: measure each key's request rate on the hit path and choose β so that the
+    /// expected refresh lead `δβ(ln(rδβ)+γ)` is about `target` (a [`Duration`], or
+    /// [`LeadTarget::DeltaMultiple`]; the default [`LeadTarget`] is 1.25 δ). β stays within
+    /// [0.01, 10]. With the single-flight refresh this gives about one refresh per TTL at any
+    /// rate. Overrides [`Builder::beta`].
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, LeadTarget, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, u32>::new(100).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(1))
+    ///     .beta_auto(LeadTarget::default())
+    ///     .build_blocking_infallible(|k: &u32| *k)
+    ///     .unwrap();
+    /// assert_eq!(f.get(&5).unwrap(), 5);
+    /// ```
+    pub fn beta_auto(mut self, target: impl Into<LeadTarget>) -> Self {
+        self.auto = Some(target.into());
         self
     }
 
@@ -165,13 +189,37 @@ where
                 "memoize_stampede needs a TTL > 0 (a zero TTL never stores, so nothing could be refreshed)",
             ));
         }
+        match self.auto {
+            Some(LeadTarget::Fixed(d)) if d.is_zero() => {
+                return Err(ConfigError::new(
+                    "beta_auto",
+                    "the target lead must be positive",
+                ))
+            }
+            Some(LeadTarget::DeltaMultiple(k)) if !(k > 0.0 && k.is_finite()) => {
+                return Err(ConfigError::new(
+                    "beta_auto",
+                    format!("the δ multiple must be positive and finite, got {k}"),
+                ))
+            }
+            Some(_) if !self.stampede => {
+                return Err(ConfigError::new(
+                    "beta_auto",
+                    "only memoize_stampede refreshes early",
+                ))
+            }
+            _ => {}
+        }
         if self.name.as_deref() == Some("") {
             return Err(ConfigError::new("name", "must not be empty"));
         }
         if self.lease.0.is_zero() || self.lease.0 > self.lease.1 {
             return Err(ConfigError::new(
                 "lease_bounds",
-                format!("need 0 < min ≤ max, got {:?}..{:?}", self.lease.0, self.lease.1),
+                format!(
+                    "need 0 < min ≤ max, got {:?}..{:?}",
+                    self.lease.0, self.lease.1
+                ),
             ));
         }
         Ok(Config {
@@ -183,6 +231,7 @@ where
             refresh_backoff: self.refresh_backoff,
             lease_min: self.lease.0,
             lease_max: self.lease.1,
+            auto: self.auto,
         })
     }
 
@@ -197,7 +246,9 @@ where
         let ns = self.store.namespace(&name);
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
         let draws = self.seed.map_or(Draws::Thread, Draws::seeded);
-        Ok(Arc::new(Engine::new(self.store, ns, clock, draws, compute, cfg)))
+        Ok(Arc::new(Engine::new(
+            self.store, ns, clock, draws, compute, cfg,
+        )))
     }
 }
 
@@ -253,7 +304,10 @@ where
     /// assert_eq!(len.get(&"four".to_string()).await.unwrap(), 4);
     /// # }
     /// ```
-    pub fn build_infallible<F, Fut>(self, f: F) -> Result<Memoized<K, V, Infallible, S>, ConfigError>
+    pub fn build_infallible<F, Fut>(
+        self,
+        f: F,
+    ) -> Result<Memoized<K, V, Infallible, S>, ConfigError>
     where
         F: Fn(&K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = V> + Send + 'static,
@@ -291,8 +345,9 @@ where
         E: Send + Sync + 'static,
         F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
     {
-        let compute =
-            ComputeFn::Blocking(Arc::new(move |k: &K| f(k).map_err(|e| Error::Compute(Arc::new(e)))));
+        let compute = ComputeFn::Blocking(Arc::new(move |k: &K| {
+            f(k).map_err(|e| Error::Compute(Arc::new(e)))
+        }));
         Ok(BlockingMemoized::new(self.engine(compute)?))
     }
 
@@ -346,7 +401,11 @@ where
     pub async fn get(&self, key: &K) -> Result<V, Error<E>> {
         match self.engine.fast(key) {
             Fast::Hit(v) => Ok(v),
-            seen => self.engine.slow(key, seen, self.engine.cfg.contention).await,
+            seen => {
+                self.engine
+                    .slow(key, seen, self.engine.cfg.contention)
+                    .await
+            }
         }
     }
 

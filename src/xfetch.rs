@@ -104,7 +104,10 @@ mod tests {
 
     #[test]
     fn beta_infinite_always_refreshes_before_expiry() {
-        assert_eq!(decide(1e12, 1.0, f64::INFINITY, 0.0), Decision::RefreshEarly);
+        assert_eq!(
+            decide(1e12, 1.0, f64::INFINITY, 0.0),
+            Decision::RefreshEarly
+        );
         assert_eq!(decide(-1.0, 1.0, f64::INFINITY, 0.0), Decision::Expired);
     }
 
@@ -114,7 +117,10 @@ mod tests {
         let (delta, beta) = (1000.0, 1.0);
         let cutoff = delta * beta * E_MAX;
         assert!(!draw_needed(cutoff * 1.000_001, delta, beta));
-        assert_eq!(decide(cutoff * 1.000_001, delta, beta, exp1_from_bits(0)), Decision::Fresh);
+        assert_eq!(
+            decide(cutoff * 1.000_001, delta, beta, exp1_from_bits(0)),
+            Decision::Fresh
+        );
         assert!(draw_needed(cutoff, delta, beta));
     }
 }

@@ -71,9 +71,11 @@ impl<T: Clone> Flight<T> {
     }
 }
 
+type Shard<K, T> = Mutex<HashMap<K, Arc<Flight<T>>>>;
+
 /// Keys with a running flight, sharded to keep unrelated keys off each other's locks.
 pub(crate) struct FlightMap<K, T> {
-    shards: Box<[Mutex<HashMap<K, Arc<Flight<T>>>>]>,
+    shards: Box<[Shard<K, T>]>,
     hasher: RandomState,
 }
 
@@ -91,7 +93,7 @@ impl<K: Hash + Eq + Clone, T> FlightMap<K, T> {
         }
     }
 
-    fn shard(&self, key: &K) -> &Mutex<HashMap<K, Arc<Flight<T>>>> {
+    fn shard(&self, key: &K) -> &Shard<K, T> {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
@@ -134,7 +136,8 @@ impl<K: Hash + Eq, T> Leader<K, T> {
         self.finished = true;
         *lock(&self.flight.slot) = slot;
         {
-            let mut shard = lock(&self.map.shards[self.map.hasher.hash_one(&self.key) as usize % SHARDS]);
+            let mut shard =
+                lock(&self.map.shards[self.map.hasher.hash_one(&self.key) as usize % SHARDS]);
             if shard
                 .get(&self.key)
                 .is_some_and(|f| Arc::ptr_eq(f, &self.flight))

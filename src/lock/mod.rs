@@ -27,9 +27,7 @@ impl WaitMode {
                 listener.await;
                 true
             }
-            (WaitMode::Async, Some(d)) => {
-                tokio::time::timeout_at(d.into(), listener).await.is_ok()
-            }
+            (WaitMode::Async, Some(d)) => tokio::time::timeout_at(d.into(), listener).await.is_ok(),
             (WaitMode::Blocking, None) => {
                 listener.wait();
                 true

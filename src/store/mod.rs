@@ -13,8 +13,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use self::redis::{RedisLock, RedisStore, RedisStoreBuilder};
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 
 /// A memoized function's private part of a store, resolved once at build time.
 ///

@@ -105,7 +105,10 @@ impl RedisStoreBuilder {
             return Err(ConfigError::new("op_timeout", "must be positive"));
         }
         if self.breaker_threshold == 0 {
-            return Err(ConfigError::new("circuit_breaker", "threshold must be at least 1"));
+            return Err(ConfigError::new(
+                "circuit_breaker",
+                "threshold must be at least 1",
+            ));
         }
         if self.max_value_bytes == 0 {
             return Err(ConfigError::new("max_value_bytes", "must be positive"));
@@ -222,7 +225,8 @@ impl RedisStore {
 
     pub(crate) fn keys<K: Serialize>(&self, name: &str, key: &K) -> Keys {
         let encoded = rmp_serde::to_vec(key).unwrap_or_default();
-        let mut base = Vec::with_capacity(self.inner.prefix.len() + 4 + 2 * (name.len() + encoded.len()));
+        let mut base =
+            Vec::with_capacity(self.inner.prefix.len() + 4 + 2 * (name.len() + encoded.len()));
         base.extend_from_slice(self.inner.prefix.as_bytes());
         base.extend_from_slice(b":{");
         hex(name.as_bytes(), &mut base);
@@ -260,8 +264,15 @@ impl RedisStore {
                 expires_at: now.saturating_add(pttl as u64 * 1_000_000),
             }),
             None => {
-                self.inner.conn.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(len = bytes.len(), "undecodable record in redis; treating as a miss");
+                self.inner
+                    .conn
+                    .stats
+                    .decode_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    len = bytes.len(),
+                    "undecodable record in redis; treating as a miss"
+                );
                 None
             }
         }
@@ -274,11 +285,24 @@ impl RedisStore {
     }
 
     fn held(&self, keys: Keys, token: Vec<u8>, lease: Duration, max_hold: Duration) -> HeldLock {
-        HeldLock::new(self.clone(), keys.lock, keys.channel, token, lease, max_hold)
+        HeldLock::new(
+            self.clone(),
+            keys.lock,
+            keys.channel,
+            token,
+            lease,
+            max_hold,
+        )
     }
 
     /// Waits for a publish on `channel` (or `max`). Subscribed before the caller re-checks.
-    async fn wait_channel(&self, channel: &[u8], value_key: Option<&[u8]>, max: Duration, mode: WaitMode) {
+    async fn wait_channel(
+        &self,
+        channel: &[u8],
+        value_key: Option<&[u8]>,
+        max: Duration,
+        mode: WaitMode,
+    ) {
         let wakeups = &self.inner.conn.wakeups;
         if !wakeups.live.load(Ordering::Acquire) {
             mode.sleep(max).await;
@@ -316,7 +340,14 @@ pub struct HeldLock {
 }
 
 impl HeldLock {
-    fn new(store: RedisStore, lock_key: Vec<u8>, channel: Vec<u8>, token: Vec<u8>, lease: Duration, max_hold: Duration) -> Self {
+    fn new(
+        store: RedisStore,
+        lock_key: Vec<u8>,
+        channel: Vec<u8>,
+        token: Vec<u8>,
+        lease: Duration,
+        max_hold: Duration,
+    ) -> Self {
         let conn = store.inner.conn.clone();
         let (k, t) = (lock_key.clone(), token.clone());
         let renewal = conn.handle.clone().spawn(async move {
@@ -332,7 +363,12 @@ impl HeldLock {
                 let ms = lease.as_millis() as u64;
                 let renewed: Result<i64, _> = conn
                     .call(move |mut m| async move {
-                        scripts::RENEW.key(k).arg(t).arg(ms).invoke_async(&mut m).await
+                        scripts::RENEW
+                            .key(k)
+                            .arg(t)
+                            .arg(ms)
+                            .invoke_async(&mut m)
+                            .await
                     })
                     .await;
                 if matches!(renewed, Ok(0)) {
@@ -340,7 +376,14 @@ impl HeldLock {
                 }
             }
         });
-        HeldLock { store, lock_key, channel, token, renewal: Some(renewal), armed: true }
+        HeldLock {
+            store,
+            lock_key,
+            channel,
+            token,
+            renewal: Some(renewal),
+            armed: true,
+        }
     }
 
     fn disarm(&mut self) {
@@ -358,11 +401,20 @@ impl Drop for HeldLock {
         }
         if self.armed {
             let conn = self.store.inner.conn.clone();
-            let (k, t, c) = (self.lock_key.clone(), self.token.clone(), self.channel.clone());
+            let (k, t, c) = (
+                self.lock_key.clone(),
+                self.token.clone(),
+                self.channel.clone(),
+            );
             conn.handle.clone().spawn(async move {
                 let _ = conn
                     .call(move |mut m| async move {
-                        scripts::RELEASE.key(k).arg(t).arg(c).invoke_async::<i64>(&mut m).await
+                        scripts::RELEASE
+                            .key(k)
+                            .arg(t)
+                            .arg(c)
+                            .invoke_async::<i64>(&mut m)
+                            .await
                     })
                     .await;
             });
@@ -398,14 +450,25 @@ where
             .call(move |mut m| async move { scripts::READ.key(k).invoke_async(&mut m).await })
             .await?;
         if pttl == -3 {
-            self.inner.conn.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .conn
+                .stats
+                .decode_errors
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!("value key holds another redis type; treating as a miss");
             return Ok(None);
         }
         Ok(bytes.and_then(|b| self.decode(&b, pttl, now)))
     }
 
-    async fn set(&self, ns: &Namespace, key: &K, entry: Entry<V>, ttl: Duration, lock: Option<HeldLock>) -> Result<Written, StoreError> {
+    async fn set(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        entry: Entry<V>,
+        ttl: Duration,
+        lock: Option<HeldLock>,
+    ) -> Result<Written, StoreError> {
         let keys = self.keys(ns.name(), key);
         let Some(record) = self.encode(&entry) else {
             return Err(StoreError("value could not be encoded".into()));
@@ -419,13 +482,25 @@ where
                     .inner
                     .conn
                     .call(move |mut m| async move {
-                        scripts::WRITE_RELEASE.key(v).key(l).arg(t).arg(record).arg(ms).arg(c).invoke_async(&mut m).await
+                        scripts::WRITE_RELEASE
+                            .key(v)
+                            .key(l)
+                            .arg(t)
+                            .arg(record)
+                            .arg(ms)
+                            .arg(c)
+                            .invoke_async(&mut m)
+                            .await
                     })
                     .await?;
                 if written == 1 {
                     Ok(Written::Stored)
                 } else {
-                    self.inner.conn.stats.fenced_writes.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .conn
+                        .stats
+                        .fenced_writes
+                        .fetch_add(1, Ordering::Relaxed);
                     Ok(Written::Fenced)
                 }
             }
@@ -434,7 +509,13 @@ where
                 self.inner
                     .conn
                     .call(move |mut m| async move {
-                        redis::cmd("SET").arg(v).arg(record).arg("PX").arg(ms).query_async::<()>(&mut m).await
+                        redis::cmd("SET")
+                            .arg(v)
+                            .arg(record)
+                            .arg("PX")
+                            .arg(ms)
+                            .query_async::<()>(&mut m)
+                            .await
                     })
                     .await?;
                 Ok(Written::Stored)
@@ -442,14 +523,33 @@ where
         }
     }
 
-    async fn lock_or_get(&self, ns: &Namespace, key: &K, lease: Duration, now: u64) -> Result<LockOutcome<V, HeldLock>, StoreError> {
+    async fn lock_or_get(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        lease: Duration,
+        now: u64,
+    ) -> Result<LockOutcome<V, HeldLock>, StoreError> {
         let keys = self.keys(ns.name(), key);
         let token = Self::token();
-        let (v, l, t, ms) = (keys.value.clone(), keys.lock.clone(), token.clone(), lease.as_millis() as u64);
+        let (v, l, t, ms) = (
+            keys.value.clone(),
+            keys.lock.clone(),
+            token.clone(),
+            lease.as_millis() as u64,
+        );
         let reply: redis::Value = self
             .inner
             .conn
-            .call(move |mut m| async move { scripts::LOCK_OR_GET.key(v).key(l).arg(t).arg(ms).invoke_async(&mut m).await })
+            .call(move |mut m| async move {
+                scripts::LOCK_OR_GET
+                    .key(v)
+                    .key(l)
+                    .arg(t)
+                    .arg(ms)
+                    .invoke_async(&mut m)
+                    .await
+            })
             .await?;
         let items = match reply {
             redis::Value::Array(items) => items,
@@ -472,34 +572,72 @@ where
                     None => Ok(LockOutcome::Local),
                 }
             }
-            Some(redis::Value::Int(2)) => Ok(LockOutcome::Acquired(self.held(keys, token, lease, lease.max(Duration::from_secs(60))))),
+            Some(redis::Value::Int(2)) => Ok(LockOutcome::Acquired(self.held(
+                keys,
+                token,
+                lease,
+                lease.max(Duration::from_secs(60)),
+            ))),
             Some(redis::Value::Int(3)) => Ok(LockOutcome::Busy),
             _ => Err(StoreError("unexpected reply to lock_or_get".into())),
         }
     }
 
-    async fn try_lock_refresh(&self, ns: &Namespace, key: &K, seen_expires_at: u64, lease: Duration, now: u64) -> Result<RefreshOutcome<HeldLock>, StoreError> {
+    async fn try_lock_refresh(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        seen_expires_at: u64,
+        lease: Duration,
+        now: u64,
+    ) -> Result<RefreshOutcome<HeldLock>, StoreError> {
         let keys = self.keys(ns.name(), key);
         let token = Self::token();
         // A replaced value has a PTTL well above what the reader saw; 2 ms absorbs the read's
         // own latency.
         let seen_ms = seen_expires_at.saturating_sub(now) / 1_000_000 + 2;
-        let (v, l, t, ms) = (keys.value.clone(), keys.lock.clone(), token.clone(), lease.as_millis() as u64);
+        let (v, l, t, ms) = (
+            keys.value.clone(),
+            keys.lock.clone(),
+            token.clone(),
+            lease.as_millis() as u64,
+        );
         let got: i64 = self
             .inner
             .conn
-            .call(move |mut m| async move { scripts::TRY_LOCK_REFRESH.key(v).key(l).arg(t).arg(ms).arg(seen_ms).invoke_async(&mut m).await })
+            .call(move |mut m| async move {
+                scripts::TRY_LOCK_REFRESH
+                    .key(v)
+                    .key(l)
+                    .arg(t)
+                    .arg(ms)
+                    .arg(seen_ms)
+                    .invoke_async(&mut m)
+                    .await
+            })
             .await?;
         Ok(if got == 1 {
-            RefreshOutcome::Acquired(self.held(keys, token, lease, lease.max(Duration::from_secs(60))))
+            RefreshOutcome::Acquired(self.held(
+                keys,
+                token,
+                lease,
+                lease.max(Duration::from_secs(60)),
+            ))
         } else {
             RefreshOutcome::Skip
         })
     }
 
-    async fn wait_for_value(&self, ns: &Namespace, key: &K, max: Duration, mode: WaitMode) -> Result<(), StoreError> {
+    async fn wait_for_value(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        max: Duration,
+        mode: WaitMode,
+    ) -> Result<(), StoreError> {
         let keys = self.keys(ns.name(), key);
-        self.wait_channel(&keys.channel, Some(&keys.value), max, mode).await;
+        self.wait_channel(&keys.channel, Some(&keys.value), max, mode)
+            .await;
         Ok(())
     }
 }
@@ -530,23 +668,48 @@ pub struct RedisGuard(#[allow(dead_code)] Option<HeldLock>);
 impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
     type Guard = RedisGuard;
 
-    async fn acquire(&self, key: &K, max_wait: Option<Duration>, mode: WaitMode) -> Result<RedisGuard, LockError> {
+    async fn acquire(
+        &self,
+        key: &K,
+        max_wait: Option<Duration>,
+        mode: WaitMode,
+    ) -> Result<RedisGuard, LockError> {
         let keys = self.store.keys(&format!("barrier:{}", self.name), key);
         let deadline = max_wait.map(|d| Instant::now() + d);
         let mut poll = Duration::from_millis(2);
         loop {
             let token = RedisStore::token();
-            let (l, t, ms) = (keys.lock.clone(), token.clone(), self.lease.as_millis() as u64);
+            let (l, t, ms) = (
+                keys.lock.clone(),
+                token.clone(),
+                self.lease.as_millis() as u64,
+            );
             let got: Result<i64, _> = self
                 .store
                 .inner
                 .conn
-                .call(move |mut m| async move { scripts::TRY_LOCK.key(l).arg(t).arg(ms).invoke_async(&mut m).await })
+                .call(move |mut m| async move {
+                    scripts::TRY_LOCK
+                        .key(l)
+                        .arg(t)
+                        .arg(ms)
+                        .invoke_async(&mut m)
+                        .await
+                })
                 .await;
             match got {
                 Ok(1) => {
-                    let k = Keys { value: keys.value.clone(), lock: keys.lock.clone(), channel: keys.channel.clone() };
-                    return Ok(RedisGuard(Some(self.store.held(k, token, self.lease, Duration::from_secs(3600)))));
+                    let k = Keys {
+                        value: keys.value.clone(),
+                        lock: keys.lock.clone(),
+                        channel: keys.channel.clone(),
+                    };
+                    return Ok(RedisGuard(Some(self.store.held(
+                        k,
+                        token,
+                        self.lease,
+                        Duration::from_secs(3600),
+                    ))));
                 }
                 Ok(_) => {}
                 Err(_) => return Ok(RedisGuard(None)), // fail-open
@@ -559,7 +722,9 @@ impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
                 return Err(LockError::Timeout(max_wait.unwrap_or_default()));
             }
             let wait = left.map_or(poll, |l| l.min(poll));
-            self.store.wait_channel(&keys.channel, None, jitter(wait), mode).await;
+            self.store
+                .wait_channel(&keys.channel, None, jitter(wait), mode)
+                .await;
             poll = (poll * 2).min(Duration::from_millis(100));
         }
     }
