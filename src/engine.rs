@@ -269,10 +269,14 @@ where
             Contention::FailFast => None,
         };
         let deadline = max_wait.map(|d| Instant::now() + d);
+        let mut abandoned = false;
         loop {
             match self.flights.join(key) {
                 Joined::Leader(leader) => {
-                    let out = self.lead(key, deadline, contention).await;
+                    let (out, computed) = self.lead(key, deadline, contention).await;
+                    if abandoned && computed {
+                        Stats::inc(&self.stats.c.takeovers);
+                    }
                     leader.finish(out.clone());
                     self.compute.mode().hand_off();
                     return out;
@@ -295,7 +299,7 @@ where
                             return out;
                         }
                         Waited::Abandoned => {
-                            Stats::inc(&self.stats.c.takeovers);
+                            abandoned = true;
                             tracing::warn!(name = %self.ns.name, "computing caller panicked or was cancelled; taking over");
                         }
                         Waited::TimedOut => {
@@ -316,7 +320,7 @@ where
         key: &K,
         deadline: Option<Instant>,
         contention: Contention,
-    ) -> Result<V, Error<E>> {
+    ) -> (Result<V, Error<E>>, bool) {
         let mut poll = Duration::from_millis(2);
         loop {
             let now = self.clock.now();
@@ -325,26 +329,27 @@ where
                 .lock_or_get(&self.ns, key, self.lease(None), now)
                 .await
             {
-                Ok(LockOutcome::Found(e)) if e.expires_at > now => return Ok(e.value),
+                Ok(LockOutcome::Found(e)) if e.expires_at > now => return (Ok(e.value), false),
                 Ok(LockOutcome::Found(_)) | Ok(LockOutcome::Local) => {
-                    return self.compute_and_store(key, None).await
+                    return (self.compute_and_store(key, None).await, true)
                 }
                 Ok(LockOutcome::Acquired(lock)) => {
-                    return self.compute_and_store(key, Some(lock)).await
+                    return (self.compute_and_store(key, Some(lock)).await, true)
                 }
                 Ok(LockOutcome::Busy) => {
                     Stats::inc(&self.stats.c.remote_waits);
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     match (left, contention) {
-                        (_, Contention::FailFast) => return Err(Error::Busy),
+                        (_, Contention::FailFast) => return (Err(Error::Busy), false),
                         (Some(l), Contention::ComputeAfter(_)) if l.is_zero() => {
-                            return self.compute_and_store(key, None).await
+                            return (self.compute_and_store(key, None).await, true)
                         }
                         (Some(l), _) if l.is_zero() => {
-                            return Err(Error::WaitTimeout(match contention {
+                            let waited = match contention {
                                 Contention::Wait(d) => d,
                                 _ => Duration::ZERO,
-                            }))
+                            };
+                            return (Err(Error::WaitTimeout(waited)), false);
                         }
                         _ => {}
                     }
@@ -365,7 +370,7 @@ where
                 Err(err) => {
                     Stats::inc(&self.stats.c.store_errors);
                     tracing::debug!(name = %self.ns.name, error = %err, "store lock failed; computing locally");
-                    return self.compute_and_store(key, None).await;
+                    return (self.compute_and_store(key, None).await, true);
                 }
             }
         }
@@ -423,8 +428,9 @@ where
         let claim = RefreshClaim {
             engine: self.clone(),
             key: key.clone(),
-            backoff_until: now.saturating_add(self.cfg.refresh_backoff.as_nanos() as u64),
             armed: true,
+            started: false,
+            failure_counted: false,
         };
         let task = claim.run(seen_expires_at, delta_us);
         match &self.compute {
@@ -450,8 +456,10 @@ where
 {
     engine: Arc<Engine<K, V, E, S>>,
     key: K,
-    backoff_until: u64,
     armed: bool,
+    /// The computation began (so an unfinished claim is a failed refresh, e.g. a panic).
+    started: bool,
+    failure_counted: bool,
 }
 
 impl<K, V, E, S> Drop for RefreshClaim<K, V, E, S>
@@ -463,9 +471,16 @@ where
 {
     fn drop(&mut self) {
         if self.armed {
-            self.engine
-                .refreshes
-                .back_off(&self.key, self.backoff_until);
+            if self.started && !self.failure_counted {
+                Stats::inc(&self.engine.stats.c.early_refreshes_failed);
+            }
+            // The backoff counts from the failure, not from the trigger.
+            let until = self
+                .engine
+                .clock
+                .now()
+                .saturating_add(self.engine.cfg.refresh_backoff.as_nanos() as u64);
+            self.engine.refreshes.back_off(&self.key, until);
         }
     }
 }
@@ -482,7 +497,7 @@ where
         self.engine.refreshes.clear(&self.key);
     }
 
-    async fn run(self, seen_expires_at: u64, delta_us: u64) {
+    async fn run(mut self, seen_expires_at: u64, delta_us: u64) {
         let e = self.engine.clone();
         let now = e.clock.now();
         let lock = match e
@@ -510,15 +525,30 @@ where
                 return;
             }
         };
+        // The refresh is also this key's in-process flight: a hard miss that arrives while it
+        // runs (the value expired before the refresh landed) waits for it instead of computing
+        // a second time. If a hard miss is already computing, it is the refresh.
+        let leader = match e.flights.join(&self.key) {
+            Joined::Leader(l) => l,
+            Joined::Follower(_) => {
+                Stats::inc(&e.stats.c.early_refreshes_skipped);
+                drop(lock);
+                return self.release();
+            }
+        };
+        self.started = true;
         Stats::inc(&e.stats.c.early_refreshes_started);
         tracing::debug!(name = %e.ns.name, "early refresh started");
-        match e.compute_and_store(&self.key, lock).await {
+        let out = e.compute_and_store(&self.key, lock).await;
+        leader.finish(out.clone());
+        match out {
             Ok(_) => {
                 Stats::inc(&e.stats.c.early_refreshes_completed);
                 tracing::debug!(name = %e.ns.name, "early refresh completed");
                 self.release();
             }
             Err(_) => {
+                self.failure_counted = true;
                 Stats::inc(&e.stats.c.early_refreshes_failed);
                 tracing::warn!(name = %e.ns.name, backoff = ?e.cfg.refresh_backoff, "early refresh failed; serving the current value until expiry");
             }
