@@ -1,7 +1,6 @@
 //! Closed-form advisor for XFetch's `beta`: what a given β costs at a given request rate.
 //!
-//! The model (derived in the paper notes, section "Tuning β", `paper-notes-tuning.md` until it
-//! is merged into `paper-notes.md`): callers arrive as a Poisson
+//! The model (derived in `paper-notes.md`, section 6 "Tuning β"): callers arrive as a Poisson
 //! process at `rate_per_s`; a value lives `ttl` after it is written; each call at `gap` before
 //! expiry refreshes early with probability `exp(−gap / (δβ))` (see [`crate::xfetch`]), and every
 //! call after expiry finds no value. A refresh takes `delta`.
