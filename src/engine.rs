@@ -12,7 +12,7 @@ use crate::entry::Entry;
 use crate::error::Error;
 use crate::lock::local::{FlightMap, Joined, RefreshSlots, Waited};
 use crate::lock::WaitMode;
-use crate::stats::Stats;
+use crate::stats::{bump, Stats};
 use crate::store::{LockOutcome, Namespace, RefreshOutcome, Store, Written};
 use crate::xfetch::{self, Decision};
 use futures::future::BoxFuture;
@@ -145,6 +145,7 @@ where
         cfg: Config,
     ) -> Self {
         let lag = clock.recent_lag();
+        let stats = Stats::new(&ns.name);
         Engine {
             reach_ns_per_us: AtomicU64::new(
                 (if cfg.auto.is_some() { 1.0 } else { cfg.beta } * xfetch::E_MAX * 1000.0)
@@ -160,7 +161,7 @@ where
             cfg,
             flights: Arc::new(FlightMap::new()),
             refreshes: RefreshSlots::new(),
-            stats: Stats::default(),
+            stats,
         }
     }
 
@@ -196,7 +197,7 @@ where
         seen: Fast<V>,
         contention: Contention,
     ) -> Result<V, Error<E>> {
-        Stats::inc(&self.stats.c.slow_calls);
+        bump!(self.stats, slow_calls);
         let now = self.clock.now();
         let entry = match seen {
             Fast::Hit(v) => return Ok(v),
@@ -205,7 +206,7 @@ where
             Fast::Unknown => match self.store.get(&self.ns, key, now).await {
                 Ok(e) => e,
                 Err(err) => {
-                    Stats::inc(&self.stats.c.store_errors);
+                    bump!(self.stats, store_errors);
                     tracing::debug!(name = %self.ns.name, error = %err, "store read failed; treating as a miss");
                     None
                 }
@@ -215,25 +216,25 @@ where
         if let Some(e) = entry {
             match self.decide(key, &e, now) {
                 Decision::Fresh => {
-                    Stats::inc(&self.stats.c.slow_hits);
+                    bump!(self.stats, slow_hits);
                     return Ok(e.value);
                 }
                 Decision::RefreshEarly => {
-                    Stats::inc(&self.stats.c.slow_hits);
+                    bump!(self.stats, slow_hits);
                     self.trigger_refresh(key, e.expires_at, e.delta_us, now);
                     return Ok(e.value);
                 }
                 Decision::Expired => stale = Some(e.value),
             }
         }
-        Stats::inc(&self.stats.c.hard_misses);
+        bump!(self.stats, hard_misses);
         let out = if self.cfg.single_flight {
             self.hard_miss(key, stale, contention).await
         } else {
             self.compute_and_store(key, None).await
         };
         if out.is_err() {
-            Stats::inc(&self.stats.c.errors);
+            bump!(self.stats, errors);
         }
         out
     }
@@ -275,7 +276,7 @@ where
                 Joined::Leader(leader) => {
                     let (out, computed) = self.lead(key, deadline, contention).await;
                     if abandoned && computed {
-                        Stats::inc(&self.stats.c.takeovers);
+                        bump!(self.stats, takeovers);
                     }
                     leader.finish(out.clone());
                     self.compute.mode().hand_off();
@@ -284,7 +285,7 @@ where
                 Joined::Follower(flight) => {
                     if self.cfg.serve_stale {
                         if let Some(v) = stale.take() {
-                            Stats::inc(&self.stats.c.stale_served);
+                            bump!(self.stats, stale_served);
                             return Ok(v);
                         }
                     }
@@ -292,9 +293,12 @@ where
                         return Err(Error::Busy);
                     }
                     tracing::debug!(name = %self.ns.name, "waiting for another caller's computation");
-                    match flight.wait(self.compute.mode(), deadline).await {
+                    let waiting = Instant::now();
+                    let waited = flight.wait(self.compute.mode(), deadline).await;
+                    self.stats.wait_time(waiting.elapsed());
+                    match waited {
                         Waited::Done(out) => {
-                            Stats::inc(&self.stats.c.coalesced_waiters);
+                            bump!(self.stats, coalesced_waiters);
                             self.compute.mode().hand_off();
                             return out;
                         }
@@ -337,7 +341,7 @@ where
                     return (self.compute_and_store(key, Some(lock)).await, true)
                 }
                 Ok(LockOutcome::Busy) => {
-                    Stats::inc(&self.stats.c.remote_waits);
+                    bump!(self.stats, remote_waits);
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     match (left, contention) {
                         (_, Contention::FailFast) => return (Err(Error::Busy), false),
@@ -361,14 +365,14 @@ where
                         .wait_for_value(&self.ns, key, wait, self.compute.mode())
                         .await
                     {
-                        Stats::inc(&self.stats.c.store_errors);
+                        bump!(self.stats, store_errors);
                         tracing::debug!(name = %self.ns.name, error = %err, "waiting on the store failed");
                         self.compute.mode().sleep(wait).await;
                     }
                     poll = (poll * 2).min(Duration::from_millis(100));
                 }
                 Err(err) => {
-                    Stats::inc(&self.stats.c.store_errors);
+                    bump!(self.stats, store_errors);
                     tracing::debug!(name = %self.ns.name, error = %err, "store lock failed; computing locally");
                     return (self.compute_and_store(key, None).await, true);
                 }
@@ -384,13 +388,14 @@ where
 
     /// Runs the closure, measures delta, stores the value (fenced by `lock` if held).
     async fn compute_and_store(&self, key: &K, lock: Option<S::Lock>) -> Result<V, Error<E>> {
-        Stats::inc(&self.stats.c.computations);
+        bump!(self.stats, computations);
         let t0 = self.clock.now();
         let out = match &self.compute {
             ComputeFn::Async(f) => f(key).await,
             ComputeFn::Blocking(f) => f(key),
         };
         let t1 = self.clock.now();
+        self.stats.compute_time(t1.saturating_sub(t0));
         let value = out?;
         if !self.cfg.ttl.is_zero() {
             let entry = Entry {
@@ -405,11 +410,11 @@ where
             {
                 Ok(Written::Stored) => {}
                 Ok(Written::Fenced) => {
-                    Stats::inc(&self.stats.c.fenced_writes);
+                    bump!(self.stats, fenced_writes);
                     tracing::info!(name = %self.ns.name, "lock lost before the write; kept the newer value");
                 }
                 Err(err) => {
-                    Stats::inc(&self.stats.c.store_errors);
+                    bump!(self.stats, store_errors);
                     tracing::debug!(name = %self.ns.name, error = %err, "store write failed");
                 }
             }
@@ -422,7 +427,7 @@ where
     /// background. A claimed slot is held until the refresh ends, however long it takes.
     fn trigger_refresh(self: &Arc<Self>, key: &K, seen_expires_at: u64, delta_us: u64, now: u64) {
         if !self.refreshes.try_begin(key, now) {
-            Stats::inc(&self.stats.c.early_refreshes_skipped);
+            bump!(self.stats, early_refreshes_skipped);
             return;
         }
         let claim = RefreshClaim {
@@ -472,7 +477,7 @@ where
     fn drop(&mut self) {
         if self.armed {
             if self.started && !self.failure_counted {
-                Stats::inc(&self.engine.stats.c.early_refreshes_failed);
+                bump!(self.engine.stats, early_refreshes_failed);
             }
             // The backoff counts from the failure, not from the trigger.
             let until = self
@@ -514,13 +519,13 @@ where
             Ok(RefreshOutcome::Acquired(l)) => Some(l),
             Ok(RefreshOutcome::Local) => None,
             Ok(RefreshOutcome::Skip) => {
-                Stats::inc(&e.stats.c.early_refreshes_skipped);
+                bump!(e.stats, early_refreshes_skipped);
                 return self.release();
             }
             Err(err) => {
                 // The store is unreachable: a refresh could not be shared anyway. Keep serving
                 // the current value; the claim backs off when dropped.
-                Stats::inc(&e.stats.c.store_errors);
+                bump!(e.stats, store_errors);
                 tracing::debug!(name = %e.ns.name, error = %err, "refresh lock failed; backing off");
                 return;
             }
@@ -531,25 +536,25 @@ where
         let leader = match e.flights.join(&self.key) {
             Joined::Leader(l) => l,
             Joined::Follower(_) => {
-                Stats::inc(&e.stats.c.early_refreshes_skipped);
+                bump!(e.stats, early_refreshes_skipped);
                 drop(lock);
                 return self.release();
             }
         };
         self.started = true;
-        Stats::inc(&e.stats.c.early_refreshes_started);
+        bump!(e.stats, early_refreshes_started);
         tracing::debug!(name = %e.ns.name, "early refresh started");
         let out = e.compute_and_store(&self.key, lock).await;
         leader.finish(out.clone());
         match out {
             Ok(_) => {
-                Stats::inc(&e.stats.c.early_refreshes_completed);
+                bump!(e.stats, early_refreshes_completed);
                 tracing::debug!(name = %e.ns.name, "early refresh completed");
                 self.release();
             }
             Err(_) => {
                 self.failure_counted = true;
-                Stats::inc(&e.stats.c.early_refreshes_failed);
+                bump!(e.stats, early_refreshes_failed);
                 tracing::warn!(name = %e.ns.name, backoff = ?e.cfg.refresh_backoff, "early refresh failed; serving the current value until expiry");
             }
         }
