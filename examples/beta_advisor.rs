@@ -8,7 +8,7 @@
 //! Flags: `--rate` calls/s (default 100), `--delta-ms` computation time (default 200), `--ttl-ms`
 //! (default 1000), `--beta LIST` comma-separated (default `0.3,0.5,1,2`), `--seed` (default 1),
 //! `--cycles` simulated per β and strategy (default 20000), `--json` for one JSON object per β per
-//! line. `--plot FILE` is reserved (see `Options::plot`) and not implemented yet.
+//! line. `--plot FILE` writes an SVG chart of the expected lead and stampede size against β.
 //!
 //! Columns: `expected_*` and the probabilities come from `herdless::tune::advise`. Two
 //! simulations run per β (`herdless::sim`): herdless's try-lock (`Strategy::XFetchCoordinated`)
@@ -18,6 +18,9 @@
 //! rows whose `P(overlap)` exceeds 1 % are marked `*` in the table: there the uncoordinated
 //! stampedes run into each other and per-cycle counts stop being comparable.
 
+#[path = "support/plot.rs"]
+mod plot;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,7 +28,7 @@ use herdless::sim::{simulate, SimConfig, SimReport, Strategy};
 use herdless::tune::{advise, Advice, TuneError, Workload};
 
 const USAGE: &str = "usage: beta_advisor [--rate CALLS_PER_S] [--delta-ms MS] [--ttl-ms MS] \
-[--beta B1,B2,...] [--seed N] [--cycles N] [--json] [--plot FILE (reserved)]";
+[--beta B1,B2,...] [--seed N] [--cycles N] [--json] [--plot FILE.svg]";
 
 #[derive(Debug)]
 struct Options {
@@ -36,9 +39,7 @@ struct Options {
     seed: u64,
     cycles: u64,
     json: bool,
-    /// Reserved for a plot of lead and stampede against β. Rendering belongs in `main`, after
-    /// the rows are computed (`rows` holds everything a plot needs); it is not implemented, and
-    /// the flag is refused until it is.
+    /// Write an SVG chart of expected lead and stampede size against β to this file.
     plot: Option<String>,
 }
 
@@ -215,10 +216,6 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Some(file) = &o.plot {
-        eprintln!("error: --plot {file}: plotting is not implemented yet");
-        return ExitCode::from(2);
-    }
     let w = Workload {
         rate_per_s: o.rate,
         delta: Duration::from_secs_f64(o.delta_ms / 1e3),
@@ -232,6 +229,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(file) = &o.plot {
+        let points: Vec<(f64, f64, f64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.advice.beta,
+                    ms(r.advice.expected_lead),
+                    r.advice.expected_stampede,
+                )
+            })
+            .collect();
+        let title = format!(
+            "XFetch at {} calls/s, δ = {} ms, TTL = {} ms",
+            o.rate, o.delta_ms, o.ttl_ms
+        );
+        if let Err(e) = plot::plot_beta(std::path::Path::new(file), &title, &points) {
+            eprintln!("error: --plot {file}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if o.json {
         for r in &rows {
             println!("{}", json_line(r));

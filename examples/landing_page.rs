@@ -8,6 +8,9 @@
 //! cargo run --release --example landing_page -- --duration 10 --threads 10 --json
 //! ```
 
+#[path = "support/plot.rs"]
+mod plot;
+
 use herdless::{barrier, memoize, memoize_stampede, LocalLock, MemoryStore};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,13 +30,15 @@ struct Args {
     /// Internal: run one strategy's threads and print raw measurements (used by --procs).
     worker: bool,
     prefix: String,
+    /// Write concurrency and latency charts (SVG) per strategy into this directory.
+    plot: Option<std::path::PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: landing_page [--duration SECS] [--threads N] [--compute-ms MS] [--ttl-ms MS]\n\
          \x20                   [--strategies none,traditional,barrier,stampede=BETA,auto,...] [--json]\n\
-         \x20                   [--store memory|redis] [--redis-url URL] [--procs N]"
+         \x20                   [--store memory|redis] [--redis-url URL] [--procs N] [--plot DIR]"
     );
     std::process::exit(2)
 }
@@ -54,6 +59,7 @@ fn parse_args() -> Args {
         procs: 1,
         worker: false,
         prefix: format!("landing{}", std::process::id()),
+        plot: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +76,7 @@ fn parse_args() -> Args {
             "--procs" => a.procs = val().parse().unwrap_or_else(|_| usage()),
             "--worker" => a.worker = true,
             "--prefix" => a.prefix = val(),
+            "--plot" => a.plot = Some(val().into()),
             "-h" | "--help" => usage(),
             _ => {
                 eprintln!("unknown flag {flag}");
@@ -223,6 +230,10 @@ struct Raw {
     slow: u64,
     intervals: Vec<(u64, u64)>,
     duration_s: f64,
+    /// Wall-clock ns when the run started (the earliest, once merged).
+    started_ns: u64,
+    /// (wall-clock ns of a 1 ms bucket, slowest call in it in ns), per thread.
+    timeline: Vec<(u64, u64)>,
 }
 
 impl Raw {
@@ -240,13 +251,20 @@ impl Raw {
             .iter()
             .map(|(a, b)| format!("[{a},{b}]"))
             .collect();
+        let timeline: Vec<String> = self
+            .timeline
+            .iter()
+            .map(|(t, l)| format!("[{t},{l}]"))
+            .collect();
         format!(
-            "{{\"buckets\":[{}],\"max_ns\":{},\"slow\":{},\"intervals\":[{}],\"duration_s\":{}}}",
+            "{{\"buckets\":[{}],\"max_ns\":{},\"slow\":{},\"intervals\":[{}],\"duration_s\":{},\"started_ns\":{},\"timeline\":[{}]}}",
             buckets.join(","),
             self.hist.max_ns,
             self.slow,
             intervals.join(","),
-            self.duration_s
+            self.duration_s,
+            self.started_ns,
+            timeline.join(",")
         )
     }
 
@@ -264,11 +282,18 @@ impl Raw {
             .iter()
             .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
             .collect();
+        let timeline = v["timeline"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
+            .collect();
         Some(Raw {
             hist,
             slow: v["slow"].as_u64()?,
             intervals,
             duration_s: v["duration_s"].as_f64()?,
+            started_ns: v["started_ns"].as_u64()?,
+            timeline,
         })
     }
 
@@ -277,6 +302,8 @@ impl Raw {
         self.slow += other.slow;
         self.intervals.extend(other.intervals);
         self.duration_s = self.duration_s.max(other.duration_s);
+        self.started_ns = self.started_ns.min(other.started_ns);
+        self.timeline.extend(other.timeline);
     }
 
     /// The most executions that overlapped in time (across processes: wall-clock intervals).
@@ -371,6 +398,7 @@ fn run_local(args: &Args, name: &str) -> Raw {
     let stop = Arc::new(AtomicBool::new(false));
     let key = "landing".to_string();
     let started = Instant::now();
+    let started_ns = wall_ns();
     let workers: Vec<_> = (0..args.threads)
         .map(|_| {
             let (call, stop, key) = (call.clone(), stop.clone(), key.clone());
@@ -378,12 +406,19 @@ fn run_local(args: &Args, name: &str) -> Raw {
                 let mut hist = Histogram::new();
                 let mut slow = 0u64;
                 let mut sink = 0usize;
+                // The slowest call per 1 ms bucket, for the latency chart.
+                let mut timeline: Vec<(u64, u64)> = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
                     let page = call(&key);
                     let ns = t0.elapsed().as_nanos() as u64;
                     sink = sink.wrapping_add(page.len());
                     hist.record(ns);
+                    let bucket = started_ns + (t0 - started).as_millis() as u64 * 1_000_000;
+                    match timeline.last_mut() {
+                        Some((b, worst)) if *b == bucket => *worst = (*worst).max(ns),
+                        _ => timeline.push((bucket, ns)),
+                    }
                     if ns >= slow_ns {
                         slow += 1;
                         if std::env::var_os("LP_DEBUG").is_some() {
@@ -396,7 +431,7 @@ fn run_local(args: &Args, name: &str) -> Raw {
                     }
                 }
                 std::hint::black_box(sink);
-                (hist, slow)
+                (hist, slow, timeline)
             })
         })
         .collect();
@@ -404,10 +439,12 @@ fn run_local(args: &Args, name: &str) -> Raw {
     stop.store(true, Ordering::Relaxed);
     let mut hist = Histogram::new();
     let mut slow = 0;
+    let mut timeline = Vec::new();
     for w in workers {
-        let (h, s) = w.join().expect("worker panicked");
+        let (h, s, t) = w.join().expect("worker panicked");
         hist.merge(&h);
         slow += s;
+        timeline.extend(t);
     }
     let duration_s = started.elapsed().as_secs_f64();
     // Background refreshes still running finish before we count.
@@ -421,6 +458,48 @@ fn run_local(args: &Args, name: &str) -> Raw {
         slow,
         intervals,
         duration_s,
+        started_ns,
+        timeline,
+    }
+}
+
+/// Writes `<dir>/<strategy>_concurrency.svg` and `<dir>/<strategy>_latency.svg`.
+fn write_plots(dir: &std::path::Path, name: &str, raw: &Raw, args: &Args) {
+    let t0 = raw.started_ns;
+    let secs = |ns: u64| ns.saturating_sub(t0) as f64 / 1e9;
+    let intervals: Vec<(f64, f64)> = raw
+        .intervals
+        .iter()
+        .map(|&(a, b)| (secs(a), secs(b)))
+        .collect();
+    let samples: Vec<(f64, f64)> = raw
+        .timeline
+        .iter()
+        .map(|&(t, l)| (secs(t), l as f64 / 1e6))
+        .collect();
+    let file = name.replace('=', "_");
+    let shape = format!(
+        "{} × {} threads, {} ms compute, {} ms TTL, {} store",
+        args.procs, args.threads, args.compute_ms, args.ttl_ms, args.store
+    );
+    let results = [
+        plot::plot_concurrency(
+            &dir.join(format!("{file}_concurrency.svg")),
+            &format!("{name}: concurrent executions ({shape})"),
+            &intervals,
+            raw.duration_s,
+        ),
+        plot::plot_latency(
+            &dir.join(format!("{file}_latency.svg")),
+            &format!("{name}: slowest call per ms ({shape})"),
+            &samples,
+            raw.duration_s,
+        ),
+    ];
+    for r in results {
+        if let Err(e) = r {
+            eprintln!("could not write a chart for {name}: {e}");
+        }
     }
 }
 
@@ -489,6 +568,13 @@ fn main() {
             raw.hist.quantile_ms(0.99),
             raw.hist.max_ns as f64 / 1e6,
         );
+        if let Some(dir) = &args.plot {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!("could not create {}: {e}", dir.display());
+            } else {
+                write_plots(dir, name, &raw, &args);
+            }
+        }
         let (calls, runs, peak) = (raw.hist.total, raw.intervals.len(), raw.peak());
         if args.json {
             println!(

@@ -131,7 +131,8 @@ pub(crate) struct Stats {
 macro_rules! bump {
     ($stats:expr, $name:ident) => {{
         let s: &$crate::stats::Stats = &$stats;
-        s.c.$name.fetch_add(1, ::std::sync::atomic::Ordering::Relaxed);
+        s.c.$name
+            .fetch_add(1, ::std::sync::atomic::Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         s.m.$name.increment(1);
     }};
