@@ -113,9 +113,7 @@ fn zero_ttl_is_rejected_for_memoize_stampede_naming_ttl() {
 
 #[test]
 fn zero_capacity_store_is_rejected_naming_capacity() {
-    let err = MemoryStore::<u64, u64>::new(0)
-        .err()
-        .expect("capacity 0 must be rejected");
+    let err = MemoryStore::<u64, u64>::new(0).expect_err("capacity 0 must be rejected");
     assert_eq!(err.field(), "capacity");
     assert!(err.to_string().contains("capacity"), "{err}");
     assert!(MemoryStore::<u64, u64>::new(1).is_ok());
@@ -503,7 +501,7 @@ async fn engine_triggers_early_refresh_with_probability_exp_minus_gap_over_delta
         let gap_ns = (ratio * delta_us as f64 * beta * 1000.0) as u64;
         let triggers = engine_trigger_count(beta, delta_us, gap_ns, N, 1000 + i as u64).await;
         let p = triggers as f64 / N as f64;
-        let expected = (-ratio as f64).exp();
+        let expected = (-ratio).exp();
         let tol = 4.0 * (expected * (1.0 - expected) / N as f64).sqrt();
         assert!(
             (p - expected).abs() <= tol,
