@@ -359,7 +359,7 @@ where
                     }
                     // Wake on the holder's publish; re-ask at a growing interval in case the
                     // message is lost or the holder died (its lease then lapses).
-                    let wait = crate::store::redis::jitter(left.map_or(poll, |l| l.min(poll)));
+                    let wait = crate::lock::jitter(left.map_or(poll, |l| l.min(poll)));
                     if let Err(err) = self
                         .store
                         .wait_for_value(&self.ns, key, wait, self.compute.mode())

@@ -2,6 +2,7 @@
 //! layer is anything implementing [`Lock`].
 
 pub(crate) mod local;
+pub(crate) mod redis;
 
 use event_listener::{EventListener, Listener};
 use std::future::Future;
@@ -159,4 +160,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Lock<K> for LocalLock<K> {
             }
         }
     }
+}
+
+/// ±25 % jitter so that pollers that started together do not stay in step.
+pub(crate) fn jitter(d: Duration) -> Duration {
+    let f = 0.75 + rand::random::<f64>() * 0.5;
+    d.mul_f64(f)
 }

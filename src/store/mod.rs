@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use self::redis::{RedisLock, RedisStore, RedisStoreBuilder};
+pub use self::redis::{HeldLock, RedisGuard, RedisLock, RedisStore, RedisStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 
 /// A memoized function's private part of a store, resolved once at build time.

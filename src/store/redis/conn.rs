@@ -107,9 +107,9 @@ impl Wakeups {
     }
 }
 
-pub(super) struct Conn {
+pub(crate) struct Conn {
     rt: Option<tokio::runtime::Runtime>,
-    pub(super) handle: tokio::runtime::Handle,
+    pub(crate) handle: tokio::runtime::Handle,
     client: redis::Client,
     manager: tokio::sync::Mutex<Option<ConnectionManager>>,
     pub(super) op_timeout: Duration,
@@ -184,7 +184,7 @@ impl Conn {
 
     /// Runs one request (one round trip) under the timeout and the breaker, on the store's own
     /// runtime so that callers on any executor, or none, can await it.
-    pub(super) async fn call<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    pub(crate) async fn call<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(ConnectionManager) -> Fut + Send + 'static,

@@ -19,17 +19,17 @@
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
 
 mod conn;
-mod scripts;
+pub(crate) mod scripts;
 
 use super::{LockOutcome, Namespace, RefreshOutcome, Store, StoreError, Written};
 use crate::entry::Entry;
 use crate::error::ConfigError;
-use crate::lock::{Lock, LockError, WaitMode};
+pub use crate::lock::redis::{HeldLock, RedisGuard, RedisLock};
+use crate::lock::WaitMode;
 use conn::{Breaker, Conn};
 use redis::aio::ConnectionManager;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -134,8 +134,8 @@ impl RedisStoreBuilder {
     }
 }
 
-struct Inner {
-    conn: Arc<Conn>,
+pub(crate) struct Inner {
+    pub(crate) conn: Arc<Conn>,
     prefix: String,
     max_value_bytes: usize,
     names: Mutex<HashMap<String, u32>>,
@@ -155,7 +155,7 @@ struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -168,9 +168,9 @@ impl std::fmt::Debug for RedisStore {
 
 /// The keys of one (function, key) pair.
 pub(crate) struct Keys {
-    value: Vec<u8>,
-    lock: Vec<u8>,
-    channel: Vec<u8>,
+    pub(crate) value: Vec<u8>,
+    pub(crate) lock: Vec<u8>,
+    pub(crate) channel: Vec<u8>,
 }
 
 fn hex(bytes: &[u8], out: &mut Vec<u8>) {
@@ -278,13 +278,19 @@ impl RedisStore {
         }
     }
 
-    fn token() -> Vec<u8> {
+    pub(crate) fn token() -> Vec<u8> {
         let mut t = Vec::with_capacity(32);
         hex(&rand::random::<u128>().to_le_bytes(), &mut t);
         t
     }
 
-    fn held(&self, keys: Keys, token: Vec<u8>, lease: Duration, max_hold: Duration) -> HeldLock {
+    pub(crate) fn held(
+        &self,
+        keys: Keys,
+        token: Vec<u8>,
+        lease: Duration,
+        max_hold: Duration,
+    ) -> HeldLock {
         HeldLock::new(
             self.clone(),
             keys.lock,
@@ -296,7 +302,7 @@ impl RedisStore {
     }
 
     /// Waits for a publish on `channel` (or `max`). Subscribed before the caller re-checks.
-    async fn wait_channel(
+    pub(crate) async fn wait_channel(
         &self,
         channel: &[u8],
         value_key: Option<&[u8]>,
@@ -325,106 +331,6 @@ impl RedisStore {
             }
         }
         mode.wait(listener, Some(Instant::now() + max)).await;
-    }
-}
-
-/// A held distributed lock: renewed in the background while held, released (by the owner only)
-/// when dropped without a write.
-pub struct HeldLock {
-    store: RedisStore,
-    lock_key: Vec<u8>,
-    channel: Vec<u8>,
-    token: Vec<u8>,
-    renewal: Option<tokio::task::JoinHandle<()>>,
-    armed: bool,
-}
-
-impl HeldLock {
-    fn new(
-        store: RedisStore,
-        lock_key: Vec<u8>,
-        channel: Vec<u8>,
-        token: Vec<u8>,
-        lease: Duration,
-        max_hold: Duration,
-    ) -> Self {
-        let conn = store.inner.conn.clone();
-        let (k, t) = (lock_key.clone(), token.clone());
-        let renewal = conn.handle.clone().spawn(async move {
-            let started = Instant::now();
-            let every = lease / 3;
-            loop {
-                tokio::time::sleep(every).await;
-                if started.elapsed() + lease > max_hold {
-                    tracing::warn!("lock held for the maximum; no more renewals");
-                    return;
-                }
-                let (k, t) = (k.clone(), t.clone());
-                let ms = lease.as_millis() as u64;
-                let renewed: Result<i64, _> = conn
-                    .call(move |mut m| async move {
-                        scripts::RENEW
-                            .key(k)
-                            .arg(t)
-                            .arg(ms)
-                            .invoke_async(&mut m)
-                            .await
-                    })
-                    .await;
-                if matches!(renewed, Ok(0)) {
-                    return; // lost: someone else owns it now
-                }
-            }
-        });
-        HeldLock {
-            store,
-            lock_key,
-            channel,
-            token,
-            renewal: Some(renewal),
-            armed: true,
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.armed = false;
-        if let Some(r) = self.renewal.take() {
-            r.abort();
-        }
-    }
-}
-
-impl Drop for HeldLock {
-    fn drop(&mut self) {
-        if let Some(r) = self.renewal.take() {
-            r.abort();
-        }
-        if self.armed {
-            let conn = self.store.inner.conn.clone();
-            let (k, t, c) = (
-                self.lock_key.clone(),
-                self.token.clone(),
-                self.channel.clone(),
-            );
-            conn.handle.clone().spawn(async move {
-                let _ = conn
-                    .call(move |mut m| async move {
-                        scripts::RELEASE
-                            .key(k)
-                            .arg(t)
-                            .arg(c)
-                            .invoke_async::<i64>(&mut m)
-                            .await
-                    })
-                    .await;
-            });
-        }
-    }
-}
-
-impl std::fmt::Debug for HeldLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HeldLock")
     }
 }
 
@@ -640,105 +546,4 @@ where
             .await;
         Ok(())
     }
-}
-
-/// A cross-process per-key lock in Redis, for [`barrier`](crate::barrier).
-///
-/// Waiters are woken by the releasing holder's publish; a holder that dies frees the key when
-/// its lease lapses (it is renewed while held).
-#[derive(Clone)]
-pub struct RedisLock {
-    store: RedisStore,
-    name: String,
-    lease: Duration,
-}
-
-impl RedisLock {
-    /// The lease of one hold (default 5 s), renewed while held.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease.max(Duration::from_millis(10));
-        self
-    }
-}
-
-/// A held [`RedisLock`] (released on drop). If Redis is unreachable the barrier fails open:
-/// the guard is empty and the caller proceeds.
-pub struct RedisGuard(#[allow(dead_code)] Option<HeldLock>);
-
-impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
-    type Guard = RedisGuard;
-
-    async fn acquire(
-        &self,
-        key: &K,
-        max_wait: Option<Duration>,
-        mode: WaitMode,
-    ) -> Result<RedisGuard, LockError> {
-        let keys = self.store.keys(&format!("barrier:{}", self.name), key);
-        let deadline = max_wait.map(|d| Instant::now() + d);
-        let mut poll = Duration::from_millis(2);
-        loop {
-            let token = RedisStore::token();
-            let (l, t, ms) = (
-                keys.lock.clone(),
-                token.clone(),
-                self.lease.as_millis() as u64,
-            );
-            let got: Result<i64, _> = self
-                .store
-                .inner
-                .conn
-                .call(move |mut m| async move {
-                    scripts::TRY_LOCK
-                        .key(l)
-                        .arg(t)
-                        .arg(ms)
-                        .invoke_async(&mut m)
-                        .await
-                })
-                .await;
-            match got {
-                Ok(1) => {
-                    let k = Keys {
-                        value: keys.value.clone(),
-                        lock: keys.lock.clone(),
-                        channel: keys.channel.clone(),
-                    };
-                    return Ok(RedisGuard(Some(self.store.held(
-                        k,
-                        token,
-                        self.lease,
-                        Duration::from_secs(3600),
-                    ))));
-                }
-                Ok(_) => {}
-                Err(_) => return Ok(RedisGuard(None)), // fail-open
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if max_wait == Some(Duration::ZERO) {
-                return Err(LockError::Busy);
-            }
-            if left.is_some_and(|l| l.is_zero()) {
-                return Err(LockError::Timeout(max_wait.unwrap_or_default()));
-            }
-            let wait = left.map_or(poll, |l| l.min(poll));
-            self.store
-                .wait_channel(&keys.channel, None, jitter(wait), mode)
-                .await;
-            poll = (poll * 2).min(Duration::from_millis(100));
-        }
-    }
-}
-
-/// ±25 % jitter so that pollers that started together do not stay in step.
-pub(crate) fn jitter(d: Duration) -> Duration {
-    let f = 0.75 + rand::random::<f64>() * 0.5;
-    d.mul_f64(f)
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<RedisStore>();
-    let _ = PhantomData::<HeldLock>;
 }

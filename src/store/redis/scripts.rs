@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 /// Read: the record and its remaining TTL in one atomic step.
 /// Returns {value|false, pttl} or {false, -3} when the key holds another Redis type.
-pub(super) static READ: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TYPE', KEYS[1])['ok']
@@ -22,7 +22,7 @@ return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 /// Hard-miss leader: the value if it landed meanwhile, else try the lock.
 /// ARGV[1] = owner token, ARGV[2] = lease ms.
 /// Returns {1, value, pttl} found, {2} acquired, {3} busy.
-pub(super) static LOCK_OR_GET: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static LOCK_OR_GET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('TYPE', KEYS[1])['ok'] == 'string' then
@@ -39,7 +39,7 @@ return {3}
 /// (its PTTL now exceeds what the reader saw, plus slack) or someone holds the lock.
 /// ARGV[1] = token, ARGV[2] = lease ms, ARGV[3] = the remaining ms the reader saw + slack.
 /// Returns 1 acquired, 0 skip.
-pub(super) static TRY_LOCK_REFRESH: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static TRY_LOCK_REFRESH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local pttl = redis.call('PTTL', KEYS[1])
@@ -53,7 +53,7 @@ return 0
 /// Write with the lock: only the owner writes; the write, the release and the wake-up happen
 /// together. ARGV[1] = token, ARGV[2] = record, ARGV[3] = ttl ms, ARGV[4] = channel.
 /// Returns 1 written, 0 fenced (the lock is gone or someone else's).
-pub(super) static WRITE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static WRITE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
@@ -67,7 +67,7 @@ return 1
 
 /// Release without writing (the computation failed or was abandoned); wakes waiters so one of
 /// them takes over at once. KEYS[1] = lock key; ARGV[1] = token, ARGV[2] = channel.
-pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -81,7 +81,7 @@ return 0
 });
 
 /// Lease renewal by the owner only. KEYS[1] = lock key; ARGV[1] = token, ARGV[2] = lease ms.
-pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -93,7 +93,7 @@ return 0
 });
 
 /// Barrier lock: take it if free. KEYS[1] = lock key; ARGV[1] = token, ARGV[2] = lease ms.
-pub(super) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
