@@ -194,6 +194,9 @@ impl Conn {
             Stats::inc(&self.stats.rejected_open);
             return Err(StoreError("circuit open".into()));
         }
+        // The outcome is booked inside the spawned task, which runs to completion even when
+        // the caller's future is dropped: a cancelled half-open probe must still close or
+        // re-open the circuit, or the breaker would stay open for good.
         let this = self.clone();
         let task = self.handle.spawn(async move {
             let deadline = this.op_timeout * 2;
@@ -201,17 +204,26 @@ impl Conn {
                 let m = this.manager().await?;
                 f(m).await.map_err(|e| StoreError(e.to_string()))
             };
-            match tokio::time::timeout(deadline, run).await {
+            let out = match tokio::time::timeout(deadline, run).await {
                 Ok(r) => r,
                 Err(_) => Err(StoreError("timed out".into())),
-            }
+            };
+            this.book(&out);
+            out
         });
         Stats::inc(&self.stats.round_trips);
-        let out = match task.await {
+        match task.await {
             Ok(r) => r,
-            Err(e) => Err(StoreError(format!("store task failed: {e}"))),
-        };
-        match &out {
+            Err(e) => {
+                // Only a runtime shutting down gets here; the probe flag must not stay set.
+                self.book::<T>(&Err(StoreError(String::new())));
+                Err(StoreError(format!("store task failed: {e}")))
+            }
+        }
+    }
+
+    fn book<T>(&self, out: &Result<T, StoreError>) {
+        match out {
             Ok(_) => self.breaker.success(),
             Err(e) => {
                 Stats::inc(&self.stats.errors);
@@ -224,7 +236,6 @@ impl Conn {
                 }
             }
         }
-        out
     }
 }
 

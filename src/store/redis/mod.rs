@@ -50,7 +50,9 @@ pub struct RedisStats {
     pub circuit_opens: AtomicU64,
     /// Requests refused at once because the circuit was open.
     pub rejected_open: AtomicU64,
-    /// Connections established (the first one and every reconnect).
+    /// Connections herdless established (the first, and a new one after a failed connect).
+    /// Reconnects after a dropped connection happen inside redis-rs's `ConnectionManager` and
+    /// show up as `errors` followed by successful round trips, not here.
     pub connects: AtomicU64,
     /// Records that were not ours, truncated, oversized or of the wrong type (read as misses).
     pub decode_errors: AtomicU64,
