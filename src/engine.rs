@@ -330,7 +330,7 @@ where
             let now = self.clock.now();
             match self
                 .store
-                .lock_or_get(&self.ns, key, self.lease(None), now)
+                .lock_or_get(&self.ns, key, self.lease(None), self.cfg.lease_max, now)
                 .await
             {
                 Ok(LockOutcome::Found(e)) if e.expires_at > now => return (Ok(e.value), false),
@@ -512,6 +512,7 @@ where
                 &self.key,
                 seen_expires_at,
                 e.lease(Some(delta_us)),
+                e.cfg.lease_max,
                 now,
             )
             .await

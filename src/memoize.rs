@@ -157,8 +157,10 @@ where
         self
     }
 
-    /// Bounds of the distributed lock lease (default 500 ms to 60 s). Ignored by stores that
-    /// do not lock across processes.
+    /// Bounds of the distributed lock lease (default 500 ms to 60 s): a lock is taken for a few
+    /// times the last computation time within `[min, max]` and renewed while the holder
+    /// computes, for at most `max` in all; a computation that outlives `max` loses the lock and
+    /// its write is fenced off. Ignored by stores that do not lock across processes.
     pub fn lease_bounds(mut self, min: Duration, max: Duration) -> Self {
         self.lease = (min, max);
         self

@@ -142,7 +142,9 @@ impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
         max_wait: Option<Duration>,
         mode: WaitMode,
     ) -> Result<RedisGuard, LockError> {
-        let keys = self.store.keys(&format!("barrier:{}", self.name), key);
+        let Ok(keys) = self.store.keys(&format!("barrier:{}", self.name), key) else {
+            return Ok(RedisGuard(None)); // an unencodable key cannot be locked: fail open
+        };
         let deadline = max_wait.map(|d| Instant::now() + d);
         let mut poll = Duration::from_millis(2);
         loop {

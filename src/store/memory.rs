@@ -253,6 +253,7 @@ where
         ns: &Namespace,
         key: &K,
         _lease: Duration,
+        _max_hold: Duration,
         now: u64,
     ) -> impl std::future::Future<Output = Result<LockOutcome<V, Self::Lock>, StoreError>> + Send
     {
@@ -269,6 +270,7 @@ where
         key: &K,
         seen_expires_at: u64,
         _lease: Duration,
+        _max_hold: Duration,
         _now: u64,
     ) -> impl std::future::Future<Output = Result<RefreshOutcome<Self::Lock>, StoreError>> + Send
     {

@@ -138,12 +138,14 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
         lock: Option<Self::Lock>,
     ) -> impl Future<Output = Result<Written, StoreError>> + Send;
 
-    /// For a hard-miss leader: take the key's lock, or find the value that just landed.
+    /// For a hard-miss leader: take the key's lock, or find the value that just landed. A lock
+    /// is taken for `lease` and renewed while held, for at most `max_hold` in all.
     fn lock_or_get(
         &self,
         ns: &Namespace,
         key: &K,
         lease: Duration,
+        max_hold: Duration,
         now: u64,
     ) -> impl Future<Output = Result<LockOutcome<V, Self::Lock>, StoreError>> + Send;
 
@@ -155,6 +157,7 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
         key: &K,
         seen_expires_at: u64,
         lease: Duration,
+        max_hold: Duration,
         now: u64,
     ) -> impl Future<Output = Result<RefreshOutcome<Self::Lock>, StoreError>> + Send;
 

@@ -212,8 +212,13 @@ impl RedisStore {
     }
 
     /// The Redis key under which `key` of function `name` is stored (for tools and tests).
+    ///
+    /// Panics if the key cannot be encoded as MessagePack (the engine treats that case as a
+    /// store error instead and computes locally).
     pub fn value_key<K: Serialize>(&self, name: &str, key: &K) -> Vec<u8> {
-        self.keys(name, key).value
+        self.keys(name, key)
+            .expect("the key encodes as MessagePack")
+            .value
     }
 
     /// A cross-process per-key lock for [`barrier`](crate::barrier), named like a function.
@@ -225,8 +230,11 @@ impl RedisStore {
         }
     }
 
-    pub(crate) fn keys<K: Serialize>(&self, name: &str, key: &K) -> Keys {
-        let encoded = rmp_serde::to_vec(key).unwrap_or_default();
+    /// The keys of one (function, key) pair. A key that cannot be encoded is a store error, so
+    /// the call fails open instead of sharing one bogus Redis key with other unencodable keys.
+    pub(crate) fn keys<K: Serialize>(&self, name: &str, key: &K) -> Result<Keys, StoreError> {
+        let encoded = rmp_serde::to_vec(key)
+            .map_err(|e| StoreError(format!("the key cannot be encoded: {e}")))?;
         let mut base =
             Vec::with_capacity(self.inner.prefix.len() + 4 + 2 * (name.len() + encoded.len()));
         base.extend_from_slice(self.inner.prefix.as_bytes());
@@ -240,11 +248,11 @@ impl RedisStore {
             k.extend_from_slice(suffix);
             k
         };
-        Keys {
+        Ok(Keys {
             value: with(b":v"),
             lock: with(b":l"),
             channel: with(b":c"),
-        }
+        })
     }
 
     fn encode<V: Serialize>(&self, entry: &Entry<V>) -> Option<Vec<u8>> {
@@ -351,7 +359,7 @@ where
     }
 
     async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
-        let k = self.keys(ns.name(), key).value;
+        let k = self.keys(ns.name(), key)?.value;
         let (bytes, pttl): (Option<Vec<u8>>, i64) = self
             .inner
             .conn
@@ -377,7 +385,7 @@ where
         ttl: Duration,
         lock: Option<HeldLock>,
     ) -> Result<Written, StoreError> {
-        let keys = self.keys(ns.name(), key);
+        let keys = self.keys(ns.name(), key)?;
         let Some(record) = self.encode(&entry) else {
             return Err(StoreError("value could not be encoded".into()));
         };
@@ -436,9 +444,10 @@ where
         ns: &Namespace,
         key: &K,
         lease: Duration,
+        max_hold: Duration,
         now: u64,
     ) -> Result<LockOutcome<V, HeldLock>, StoreError> {
-        let keys = self.keys(ns.name(), key);
+        let keys = self.keys(ns.name(), key)?;
         let token = Self::token();
         let (v, l, t, ms) = (
             keys.value.clone(),
@@ -480,12 +489,9 @@ where
                     None => Ok(LockOutcome::Local),
                 }
             }
-            Some(redis::Value::Int(2)) => Ok(LockOutcome::Acquired(self.held(
-                keys,
-                token,
-                lease,
-                lease.max(Duration::from_secs(60)),
-            ))),
+            Some(redis::Value::Int(2)) => Ok(LockOutcome::Acquired(
+                self.held(keys, token, lease, max_hold),
+            )),
             Some(redis::Value::Int(3)) => Ok(LockOutcome::Busy),
             _ => Err(StoreError("unexpected reply to lock_or_get".into())),
         }
@@ -497,9 +503,10 @@ where
         key: &K,
         seen_expires_at: u64,
         lease: Duration,
+        max_hold: Duration,
         now: u64,
     ) -> Result<RefreshOutcome<HeldLock>, StoreError> {
-        let keys = self.keys(ns.name(), key);
+        let keys = self.keys(ns.name(), key)?;
         let token = Self::token();
         // A replaced value has a PTTL well above what the reader saw; 2 ms absorbs the read's
         // own latency.
@@ -525,12 +532,7 @@ where
             })
             .await?;
         Ok(if got == 1 {
-            RefreshOutcome::Acquired(self.held(
-                keys,
-                token,
-                lease,
-                lease.max(Duration::from_secs(60)),
-            ))
+            RefreshOutcome::Acquired(self.held(keys, token, lease, max_hold))
         } else {
             RefreshOutcome::Skip
         })
@@ -543,7 +545,7 @@ where
         max: Duration,
         mode: WaitMode,
     ) -> Result<(), StoreError> {
-        let keys = self.keys(ns.name(), key);
+        let keys = self.keys(ns.name(), key)?;
         self.wait_channel(&keys.channel, Some(&keys.value), max, mode)
             .await;
         Ok(())
