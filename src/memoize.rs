@@ -378,6 +378,11 @@ where
 
 /// An async memoized function. Cheap to clone; clones share everything.
 ///
+/// Calls that wait (a hard miss behind another caller, a bounded wait) use Tokio timers, and
+/// background refreshes are spawned on the current Tokio runtime: call it from inside a runtime
+/// with the time driver enabled (`#[tokio::main]` has it). Hits need nothing. Plain threads use
+/// [`BlockingMemoized`] instead.
+///
 /// See [`memoize_stampede`](crate::memoize_stampede) for the full example.
 pub struct Memoized<K, V, E, S> {
     pub(crate) engine: Arc<Engine<K, V, E, S>>,
