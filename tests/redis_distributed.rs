@@ -675,13 +675,13 @@ async fn round_trips_hard_miss_three_hit_one() {
     // deltas spell out every command, top-level and scripted.
     let hard_miss = expect_map(&[
         ("evalsha", 3), // READ, LOCK_OR_GET, WRITE_RELEASE
-        ("type", 2),    // READ, LOCK_OR_GET
+        ("type", 1),    // LOCK_OR_GET
         ("set", 2),     // the lock (NX PX), the value (PX)
-        ("get", 1),     // owner check before the write
+        ("get", 2),     // READ, owner check before the write
         ("del", 1),     // release
         ("publish", 1), // wake-up
     ]);
-    let hit = expect_map(&[("evalsha", 1), ("type", 1), ("get", 1), ("pttl", 1)]);
+    let hit = expect_map(&[("evalsha", 1), ("get", 1), ("pttl", 1)]);
 
     for (i, k) in ["cold-1", "cold-2"].into_iter().enumerate() {
         let k = k.to_string();

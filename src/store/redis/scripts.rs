@@ -7,14 +7,16 @@ use redis::Script;
 use std::sync::LazyLock;
 
 /// Read: the record and its remaining TTL in one atomic step.
-/// Returns {value|false, pttl} or {false, -3} when the key holds another Redis type.
+/// Returns {value|false, pttl} or {false, -3} when the key holds another Redis type (`pcall`
+/// turns GET's WRONGTYPE error into a value instead of failing the script, which the client
+/// would count as a server failure).
 pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t == 'none' then return {false, -2} end
-if t ~= 'string' then return {false, -3} end
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return {false, -3} end
+if not v then return {false, -2} end
+return {v, redis.call('PTTL', KEYS[1])}
 "#,
     )
 });
