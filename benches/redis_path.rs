@@ -1,7 +1,10 @@
 //! Redis paths, side by side with raw redis-rs in the same run: `cargo bench --bench redis_path`.
 //!
-//! - `herdless_redis_hit`: a memoized hit through `RedisStore` (one round trip: value + PTTL);
+//! - `herdless_redis_hit`: a memoized hit through `RedisStore` (one round trip: value + PTTL),
+//!   its I/O on the bench's runtime (`RedisStoreBuilder::runtime`), like the raw connection's;
 //! - `redis_get`: a raw `GET` over the same connection type (`ConnectionManager`);
+//! - `herdless_redis_hit_private_rt`: the default store, whose I/O runs on its own runtime
+//!   thread (what blocking callers use): one thread hop each way;
 //! - `waiter_wakeup`: from the moment the lock winner's computation returns to the moment a
 //!   waiter on another connection (another store, as another process would be) returns.
 //!
@@ -66,17 +69,31 @@ fn redis_path(c: &mut Criterion) {
     let key = "landing_page:/home".to_string();
     let mut g = c.benchmark_group("redis_path");
 
-    let store = RedisStore::builder(&url).prefix("bench").build().unwrap();
-    let v = value.clone();
-    let f = memoize_stampede(&store, Duration::from_secs(3600))
-        .name("hit")
-        .build_infallible(move |_k: &String| std::future::ready((*v).clone()))
-        .unwrap();
-    rt.block_on(f.get(&key)).unwrap();
-    g.bench_function("herdless_redis_hit", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(f.get(black_box(&key)).await.unwrap()) })
-    });
+    for (id, store) in [
+        (
+            "herdless_redis_hit",
+            RedisStore::builder(&url)
+                .prefix("bench")
+                .runtime(rt.handle().clone())
+                .build()
+                .unwrap(),
+        ),
+        (
+            "herdless_redis_hit_private_rt",
+            RedisStore::builder(&url).prefix("bench").build().unwrap(),
+        ),
+    ] {
+        let v = value.clone();
+        let f = memoize_stampede(&store, Duration::from_secs(3600))
+            .name("hit")
+            .build_infallible(move |_k: &String| std::future::ready((*v).clone()))
+            .unwrap();
+        rt.block_on(f.get(&key)).unwrap();
+        g.bench_function(id, |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(f.get(black_box(&key)).await.unwrap()) })
+        });
+    }
 
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = rt
@@ -124,6 +141,7 @@ fn redis_path(c: &mut Criterion) {
         .build_infallible(|k: &String| std::future::ready(format!("waiter computed {k}")))
         .unwrap();
     let mut round = 0u64;
+    let mut probe = conn.clone();
     g.sample_size(30);
     g.bench_function("waiter_wakeup", |b| {
         b.iter_custom(|iters| {
@@ -136,7 +154,19 @@ fn redis_path(c: &mut Criterion) {
                     let k = key.clone();
                     let win = tokio::spawn(async move { w.get(&k).await });
                     // Let the winner take the lock, then the waiter start waiting on it.
-                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    let mut lock_key = winner_store.value_key("wake", &key);
+                    *lock_key.last_mut().unwrap() = b'l';
+                    for _ in 0..2000 {
+                        let held: bool = redis::cmd("EXISTS")
+                            .arg(&lock_key)
+                            .query_async(&mut probe)
+                            .await
+                            .unwrap();
+                        if held {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
                     let wt = waiter.clone();
                     let k = key.clone();
                     let wait = tokio::spawn(async move {

@@ -133,15 +133,26 @@ impl Conn {
         op_timeout: Duration,
         breaker: Breaker,
         pattern: String,
+        runtime: Option<tokio::runtime::Handle>,
     ) -> std::io::Result<Arc<Self>> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("herdless-redis")
-            .enable_all()
-            .build()?;
+        // Redis I/O runs on the caller's runtime when one is given (no thread hop between the
+        // caller and the connection), else on a private one-thread runtime, which is what lets
+        // blocking callers use Redis without a runtime of their own.
+        let (rt, handle) = match runtime {
+            Some(h) => (None, h),
+            None => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("herdless-redis")
+                    .enable_all()
+                    .build()?;
+                let h = rt.handle().clone();
+                (Some(rt), h)
+            }
+        };
         let conn = Arc::new(Conn {
-            handle: rt.handle().clone(),
-            rt: Some(rt),
+            handle,
+            rt,
             client,
             manager: tokio::sync::Mutex::new(None),
             op_timeout,

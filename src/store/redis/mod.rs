@@ -69,6 +69,7 @@ pub struct RedisStoreBuilder {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     max_value_bytes: usize,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl RedisStoreBuilder {
@@ -87,6 +88,13 @@ impl RedisStoreBuilder {
     pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = threshold;
         self.breaker_cooldown = cooldown;
+        self
+    }
+    /// Runs this store's Redis I/O (connection, scripts, pub/sub) on the given Tokio runtime
+    /// instead of a private one-thread runtime. Async applications save a thread hop per round
+    /// trip; the runtime must outlive every call, blocking callers included.
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
         self
     }
     /// Records larger than this are treated as misses (default 64 MiB).
@@ -123,6 +131,7 @@ impl RedisStoreBuilder {
             self.op_timeout,
             Breaker::new(self.breaker_threshold, self.breaker_cooldown),
             pattern,
+            self.runtime,
         )
         .map_err(|e| ConfigError::new("runtime", e.to_string()))?;
         Ok(RedisStore {
@@ -198,6 +207,7 @@ impl RedisStore {
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
             max_value_bytes: 64 << 20,
+            runtime: None,
         }
     }
 
