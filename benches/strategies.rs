@@ -65,7 +65,10 @@ fn build(id: &str, runs: Arc<AtomicU64>) -> Call {
 
 /// Runs `iters` calls spread over the threads; returns the sum of the calls' latencies, so
 /// criterion's time per iteration is the mean call latency.
-fn workload(call: &Call, iters: u64) -> Duration {
+/// The wall time spent inside workloads is added to `busy_ns` (runs per cycle count only the
+/// cycles during which callers were calling).
+fn workload(call: &Call, iters: u64, busy_ns: &AtomicU64) -> Duration {
+    let started = Instant::now();
     let per_thread = iters.div_ceil(THREADS);
     let handles: Vec<_> = (0..THREADS)
         .map(|_| {
@@ -82,6 +85,7 @@ fn workload(call: &Call, iters: u64) -> Duration {
         })
         .collect();
     let sum: Duration = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    busy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     sum.mul_f64(iters as f64 / (per_thread * THREADS) as f64)
 }
 
@@ -102,9 +106,11 @@ fn strategies(c: &mut Criterion) {
     ] {
         let runs = Arc::new(AtomicU64::new(0));
         let call = build(id, runs.clone());
-        let started = Instant::now();
-        g.bench_function(id, |b| b.iter_custom(|iters| workload(&call, iters)));
-        let cycles = started.elapsed().as_secs_f64() / TTL.as_secs_f64();
+        let busy_ns = AtomicU64::new(0);
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| workload(&call, iters, &busy_ns))
+        });
+        let cycles = busy_ns.load(Ordering::Relaxed) as f64 / 1e9 / TTL.as_secs_f64();
         summary.push((id, runs.load(Ordering::Relaxed) as f64 / cycles));
     }
     g.finish();
