@@ -168,7 +168,7 @@ pub fn plot_latency(
         &[
             (format!("median latency {bucket}"), BLUE, Mark::Dot),
             (format!("max latency {bucket}"), ORANGE, Mark::Dot),
-            (format!("{} calls", samples.len()), GREY, Mark::None),
+            (format!("{} samples", samples.len()), GREY, Mark::None),
         ],
     )?;
     let mut chart = ChartBuilder::on(&plot)
