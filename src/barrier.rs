@@ -68,10 +68,7 @@ impl<L> BarrierBuilder<L> {
         F: Fn(&K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        let compute = ComputeFn::Async(Arc::new(move |k: &K| {
-            f(k).map(|r| r.map_err(|e| Error::Compute(Arc::new(e))))
-                .boxed()
-        }));
+        let compute = ComputeFn::from_async(f);
         Barrier {
             inner: self.inner(compute),
         }
@@ -91,9 +88,7 @@ impl<L> BarrierBuilder<L> {
         E: Send + Sync + 'static,
         F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
     {
-        let compute = ComputeFn::Blocking(Arc::new(move |k: &K| {
-            f(k).map_err(|e| Error::Compute(Arc::new(e)))
-        }));
+        let compute = ComputeFn::from_blocking(f);
         BlockingBarrier {
             inner: self.inner(compute),
         }

@@ -57,6 +57,31 @@ pub(crate) type AsyncFn<K, V, E> =
     Arc<dyn Fn(&K) -> BoxFuture<'static, Result<V, Error<E>>> + Send + Sync>;
 pub(crate) type BlockingFn<K, V, E> = Arc<dyn Fn(&K) -> Result<V, Error<E>> + Send + Sync>;
 
+impl<K, V, E: Send + Sync + 'static> ComputeFn<K, V, E> {
+    /// Wraps the user's async closure; its error becomes the shared [`Error::Compute`].
+    pub(crate) fn from_async<F, Fut>(f: F) -> Self
+    where
+        F: Fn(&K) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<V, E>> + Send + 'static,
+    {
+        use futures::FutureExt;
+        ComputeFn::Async(Arc::new(move |k: &K| {
+            f(k).map(|r| r.map_err(|e| Error::Compute(Arc::new(e))))
+                .boxed()
+        }))
+    }
+
+    /// Wraps the user's synchronous closure; its error becomes the shared [`Error::Compute`].
+    pub(crate) fn from_blocking<F>(f: F) -> Self
+    where
+        F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+    {
+        ComputeFn::Blocking(Arc::new(move |k: &K| {
+            f(k).map_err(|e| Error::Compute(Arc::new(e)))
+        }))
+    }
+}
+
 impl<K, V, E> ComputeFn<K, V, E> {
     fn mode(&self) -> WaitMode {
         match self {

@@ -284,10 +284,7 @@ where
         F: Fn(&K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        let compute = ComputeFn::Async(Arc::new(move |k: &K| {
-            f(k).map(|r| r.map_err(|e| Error::Compute(Arc::new(e))))
-                .boxed()
-        }));
+        let compute = ComputeFn::from_async(f);
         Ok(Memoized {
             engine: self.engine(compute)?,
         })
@@ -347,9 +344,7 @@ where
         E: Send + Sync + 'static,
         F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
     {
-        let compute = ComputeFn::Blocking(Arc::new(move |k: &K| {
-            f(k).map_err(|e| Error::Compute(Arc::new(e)))
-        }));
+        let compute = ComputeFn::from_blocking(f);
         Ok(BlockingMemoized::new(self.engine(compute)?))
     }
 
