@@ -216,6 +216,12 @@ impl Body {
     }
     fn generate_landing_page(&self, key: &str) -> String {
         let start = wall_ns();
+        if std::env::var_os("LP_DEBUG").is_some() {
+            eprintln!(
+                "run starts at {:.3} s (wall clock)",
+                start as f64 / 1e9 % 1000.0
+            );
+        }
         self.running.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(self.compute);
         self.running.fetch_sub(1, Ordering::SeqCst);

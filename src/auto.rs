@@ -6,8 +6,10 @@
 //! keeps the refresh about one target lead before expiry at any rate; with the single-flight
 //! refresh slot that is one refresh per TTL.
 //!
-//! Cost on the hit path: a thread-local countdown; every [`SAMPLE`]th call of a thread adds
-//! `SAMPLE` to its key's meter (one read-locked shard lookup and one atomic add).
+//! Cost on the hit path: one step of a thread-local xorshift generator; one call in [`SAMPLE`]
+//! (at random, so a key's first sample does not wait for every thread's SAMPLE-th call) adds
+//! `SAMPLE` to its key's meter (one read-locked shard lookup and one atomic add). Until a key
+//! has a rate there is no basis for a β, and it is not refreshed early.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -92,6 +94,35 @@ pub(crate) fn solve_beta(rate_per_s: f64, delta_s: f64, lead_s: f64) -> f64 {
     (0.5 * (lo + hi)).clamp(BETA_MIN, BETA_MAX)
 }
 
+/// The largest share of cycles whose refresh may land after expiry (callers then wait).
+pub(crate) const LATE_REFRESH_BOUND: f64 = 0.05;
+
+/// The smallest β whose refresh lands after expiry with probability at most `epsilon`:
+/// `P(G ≤ δ) = exp(−rδβ·e^(−1/β)) ≤ ε` ⟺ `ln(rδ) + ln β − 1/β ≥ ln ln(1/ε)`, increasing in β.
+pub(crate) fn beta_for_late_bound(rate_per_s: f64, delta_s: f64, epsilon: f64) -> f64 {
+    if !(rate_per_s > 0.0 && delta_s > 0.0 && epsilon > 0.0 && epsilon < 1.0) {
+        return BETA_MIN;
+    }
+    let need = (1.0 / epsilon).ln().ln();
+    let f = |b: f64| (rate_per_s * delta_s).ln() + b.ln() - 1.0 / b;
+    if f(BETA_MIN) >= need {
+        return BETA_MIN;
+    }
+    if f(BETA_MAX) < need {
+        return BETA_MAX;
+    }
+    let (mut lo, mut hi) = (BETA_MIN, BETA_MAX);
+    for _ in 0..50 {
+        let mid = 0.5 * (lo + hi);
+        if f(mid) < need {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
 struct Meter {
     window_start: AtomicU64,
     count: AtomicU64,
@@ -113,7 +144,8 @@ pub(crate) struct RateMeters<K> {
 }
 
 thread_local! {
-    static COUNTDOWN: Cell<u32> = const { Cell::new(SAMPLE) };
+    /// xorshift64 state; seeded from the thread's stack address so threads differ.
+    static SAMPLER: Cell<u64> = const { Cell::new(0) };
 }
 
 impl Meter {
@@ -140,18 +172,19 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
-    /// Counts one call; only every `SAMPLE`th call of a thread touches shared state.
+    /// Counts one call: with probability 1/`SAMPLE` it adds `SAMPLE` to the key's meter.
     #[inline]
     pub(crate) fn tick(&self, key: &K, now: u64) {
-        let due = COUNTDOWN.with(|c| {
-            let n = c.get() - 1;
-            if n == 0 {
-                c.set(SAMPLE);
-                true
-            } else {
-                c.set(n);
-                false
+        let due = SAMPLER.with(|c| {
+            let mut x = c.get();
+            if x == 0 {
+                x = (c as *const Cell<u64> as u64) | 1;
             }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.set(x);
+            x % SAMPLE as u64 == 0
         });
         if due {
             self.record(key, now, SAMPLE as u64);
@@ -214,10 +247,22 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
     }
 
     /// The β that gives `key` the target lead, for an entry computed in `delta_us`.
-    pub(crate) fn beta(&self, key: &K, now: u64, delta_us: u64, target: LeadTarget) -> f64 {
+    ///
+    /// `late_guard`: also keep late refreshes under [`LATE_REFRESH_BOUND`] (for stores local to
+    /// this process; for a shared store this process's rate understates the key's, see
+    /// `Builder::beta_auto`).
+    pub(crate) fn beta(
+        &self,
+        key: &K,
+        now: u64,
+        delta_us: u64,
+        target: LeadTarget,
+        late_guard: bool,
+    ) -> f64 {
         let read = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
-        let Some(m) = read.get(key) else { return 1.0 };
-        let Some(rate) = m.rate(now) else { return 1.0 };
+        // No rate yet: no basis for a β, so no early refresh (β = 0) until the meter has one.
+        let Some(m) = read.get(key) else { return 0.0 };
+        let Some(rate) = m.rate(now) else { return 0.0 };
         let rate_bits = m.rate.load(Ordering::Relaxed);
         if rate_bits != 0
             && m.cached_rate.load(Ordering::Relaxed) == rate_bits
@@ -230,7 +275,10 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
             LeadTarget::Fixed(d) => d.as_secs_f64(),
             LeadTarget::DeltaMultiple(k) => k * delta_s,
         };
-        let beta = solve_beta(rate, delta_s, lead_s);
+        let mut beta = solve_beta(rate, delta_s, lead_s);
+        if late_guard {
+            beta = beta.max(beta_for_late_bound(rate, delta_s, LATE_REFRESH_BOUND));
+        }
         if rate_bits != 0 {
             m.cached_beta.store(beta.to_bits(), Ordering::Relaxed);
             m.cached_delta_us.store(delta_us, Ordering::Relaxed);
@@ -254,6 +302,20 @@ mod tests {
                 "r={r}: β={b} lead={got}"
             );
         }
+    }
+
+    #[test]
+    fn late_bound_beta_meets_its_bound() {
+        for &(r, d) in &[(100.0, 0.2), (1e4, 0.2), (10.0, 0.05)] {
+            let b = beta_for_late_bound(r, d, LATE_REFRESH_BOUND);
+            let p_late = (-(r * d * b) * (-1.0 / b).exp()).exp();
+            assert!(
+                (p_late - LATE_REFRESH_BOUND).abs() < 1e-6,
+                "r={r}: β={b} p={p_late}"
+            );
+        }
+        // At high rates the bound is loose: the lead target decides.
+        assert!(beta_for_late_bound(1e6, 0.2, LATE_REFRESH_BOUND) < solve_beta(1e6, 0.2, 0.25));
     }
 
     #[test]

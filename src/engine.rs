@@ -269,7 +269,7 @@ where
         let delta = e.delta_us as f64;
         let beta = match (&self.meters, self.cfg.auto) {
             (Some(m), Some(target)) => {
-                let b = m.beta(key, now, e.delta_us, target);
+                let b = m.beta(key, now, e.delta_us, target, !self.store.is_shared());
                 let reach = b * xfetch::E_MAX * 1000.0;
                 self.reach_ns_per_us
                     .fetch_max(reach.to_bits(), Ordering::Relaxed);

@@ -121,6 +121,17 @@ where
     /// [0.01, 10]. With the single-flight refresh this gives about one refresh per TTL at any
     /// rate. Overrides [`Builder::beta`].
     ///
+    /// The first trigger's lead is random (Gumbel, scale `δβ`), so a refresh lands after expiry
+    /// with probability `exp(−rδβ·e^(−1/β))`. At high rates the β the target gives is small and
+    /// that probability negligible (10⁶ calls/s, δ = 200 ms: β ≈ 0.12); at low rates it is not
+    /// (100 calls/s: β ≈ 0.45 would refresh late in about a third of the cycles, and those
+    /// callers wait). With a store local to the process, β is therefore raised where needed to
+    /// keep late refreshes under 5 % (100 calls/s: β ≈ 0.67, lead ≈ 2.1 δ). A shared store
+    /// (Redis) skips that floor: each process meters only its own rate, so the cluster-wide
+    /// lead is already `δβ ln N` longer than the target across N processes; a lone process on
+    /// Redis at a low rate should give a longer target (`LeadTarget::DeltaMultiple(2.5)`).
+    /// [`tune::advise`](crate::tune::advise) reports `late_refresh_probability` for any choice.
+    ///
     /// ```
     /// use herdless::{memoize_stampede, LeadTarget, MemoryStore};
     /// use std::time::Duration;
@@ -144,7 +155,9 @@ where
     }
 
     /// While another caller recomputes an expired key, answer with the expired value (if the
-    /// store still has it) instead of waiting. Off by default.
+    /// store still has it) instead of waiting. Off by default. `MemoryStore` keeps expired
+    /// entries until they are evicted or replaced; Redis drops a key at its TTL, so with
+    /// `RedisStore` there is never a stale value to serve.
     pub fn serve_stale(mut self, yes: bool) -> Self {
         self.serve_stale = yes;
         self

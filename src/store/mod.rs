@@ -113,6 +113,12 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
     /// The namespace for a function name; the same name always gives the same namespace.
     fn namespace(&self, name: &str) -> Namespace;
 
+    /// True when other processes share this store (their callers then also trigger XFetch
+    /// refreshes of the same keys, which automatic β takes into account).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// A lookup that needs no I/O: `None` if this store cannot answer synchronously.
     fn get_now(&self, ns: &Namespace, key: &K) -> Option<Option<Entry<V>>> {
         let _ = (ns, key);

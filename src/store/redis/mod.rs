@@ -92,7 +92,8 @@ impl RedisStoreBuilder {
     }
     /// Runs this store's Redis I/O (connection, scripts, pub/sub) on the given Tokio runtime
     /// instead of a private one-thread runtime. Async applications save a thread hop per round
-    /// trip; the runtime must outlive every call, blocking callers included.
+    /// trip; the runtime must outlive every call, blocking callers included. Blocking callers
+    /// must not run on that runtime's own threads (a blocked worker cannot drive its I/O).
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.runtime = Some(handle);
         self
@@ -360,6 +361,10 @@ where
     V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     type Lock = HeldLock;
+
+    fn is_shared(&self) -> bool {
+        true
+    }
 
     fn namespace(&self, name: &str) -> Namespace {
         let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
