@@ -634,6 +634,10 @@ fn a_panicking_background_refresh_keeps_the_value_and_the_key_refreshes_later() 
     assert_eq!(f.get(&1).unwrap(), 0); // triggers the panicking refresh
     wait_until("the refresh to run", || calls.load(Ordering::SeqCst) == 2);
     assert_eq!(f.get(&1).unwrap(), 0, "the current value is kept");
+    // The backoff counts from the failure: let the panicked refresh end before moving time.
+    wait_until("the panicked refresh to end", || {
+        f.stats().early_refreshes_failed == 1
+    });
     clock.advance(Duration::from_secs(2)); // past the backoff, before expiry
     wait_until("a new refresh to complete", || {
         let v = f.get(&1).unwrap();
