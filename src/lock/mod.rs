@@ -3,12 +3,13 @@
 
 pub(crate) mod local;
 pub(crate) mod redis;
+pub(crate) mod sync;
 
-use event_listener::{EventListener, Listener};
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use sync::Listener;
 
 /// How a caller waits: by awaiting (async callers, on a Tokio runtime) or by parking its thread
 /// (the blocking facade, no runtime needed).
@@ -21,8 +22,16 @@ pub enum WaitMode {
 }
 
 impl WaitMode {
+    #[cfg(shuttle)]
+    pub(crate) async fn wait(self, listener: Listener, _deadline: Option<Instant>) -> bool {
+        listener.wait(); // shuttle checks wait without deadlines, on shuttle threads
+        true
+    }
+
     /// Waits for `listener` until `deadline`; false on timeout.
-    pub(crate) async fn wait(self, listener: EventListener, deadline: Option<Instant>) -> bool {
+    #[cfg(not(shuttle))]
+    pub(crate) async fn wait(self, listener: Listener, deadline: Option<Instant>) -> bool {
+        use event_listener::Listener as _;
         match (self, deadline) {
             (WaitMode::Async, None) => {
                 listener.await;

@@ -2,8 +2,8 @@
 //! timeout on every call, a circuit breaker, and the pub/sub dispatcher that wakes waiters.
 
 use super::RedisStats;
+use crate::lock::sync::Event;
 use crate::store::StoreError;
-use event_listener::Event;
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
