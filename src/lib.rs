@@ -52,7 +52,8 @@
 //!   read. Only near expiry does a call read `Instant::now()` and draw.
 //! - Memory: per entry, key + value + 16 bytes (`delta`, `expiry`) + a 4-byte namespace id +
 //!   quick_cache's slot overhead. Per memoized function: 2 × 64 small mutex-guarded maps, holding
-//!   only keys being computed or refreshed (and keys whose refresh failed, until they succeed).
+//!   only keys being computed or refreshed (and keys whose refresh failed, until they succeed),
+//!   and a 4 KiB hit counter (one cache line per thread stripe, so hits never share a line).
 //! - The clock and the RNG are injected ([`Clock`], [`Builder::rng_seed`]); tests are exact.
 //! - Errors are never cached; a panicking or cancelled computing caller hands over to a waiter.
 //!
