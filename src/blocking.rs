@@ -59,19 +59,24 @@ where
     /// The value for `key`, under the function's contention policy.
     #[inline]
     pub fn get(&self, key: &K) -> Result<V, Error<E>> {
-        match self.engine.fast(key) {
-            Fast::Hit(v) => Ok(v),
-            seen => {
-                crate::blocking::block_on(self.engine.slow(key, seen, self.engine.cfg.contention))
-            }
-        }
+        self.get_with(key, self.engine.cfg.contention)
     }
 
     /// The value for `key`, with this call's own contention policy.
+    #[inline]
     pub fn get_with(&self, key: &K, contention: Contention) -> Result<V, Error<E>> {
         match self.engine.fast(key) {
-            Fast::Hit(v) => Ok(v),
-            seen => crate::blocking::block_on(self.engine.slow(key, seen, contention)),
+            Fast::Hit(v, handing_off) => {
+                if handing_off {
+                    std::thread::yield_now();
+                }
+                Ok(v)
+            }
+            seen => {
+                let out = block_on(self.engine.slow(key, seen, contention));
+                self.engine.yield_if_handing_off();
+                out
+            }
         }
     }
 

@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long blocking hitters yield after a flight wakes its waiters.
+const HANDOFF_WINDOW_NS: u64 = 5_000_000;
+
 /// What to do on a hard miss while another caller computes the same key.
 ///
 /// ```
@@ -130,7 +133,8 @@ pub(crate) struct Config {
 
 /// What the hit path saw.
 pub(crate) enum Fast<V> {
-    Hit(V),
+    /// A hit; the flag says a hand-off window is open (blocking callers then yield once).
+    Hit(V, bool),
     Near(Entry<V>),
     Miss,
     Unknown,
@@ -150,6 +154,8 @@ pub(crate) struct Engine<K, V, E, S> {
     /// How far the cheap clock may lag.
     lag: u64,
     flights: Arc<FlightMap<K, Result<V, Error<E>>>>,
+    /// Coarse-clock time until which blocking hitters yield after each hit (see `handed_off`).
+    handoff_until: AtomicU64,
     refreshes: RefreshSlots<K>,
     pub(crate) stats: Stats,
 }
@@ -185,6 +191,7 @@ where
             compute,
             cfg,
             flights: Arc::new(FlightMap::new()),
+            handoff_until: AtomicU64::new(0),
             refreshes: RefreshSlots::new(),
             stats,
         }
@@ -202,12 +209,16 @@ where
             Some(Some(entry)) => {
                 // `recent + lag ≥ now`, so a positive gap here is a positive gap now, and a gap
                 // beyond δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed).
-                let worst_now = self.clock.recent().saturating_add(self.lag);
+                let recent = self.clock.recent();
+                let worst_now = recent.saturating_add(self.lag);
                 let gap = entry.expires_at.saturating_sub(worst_now);
                 let reach = f64::from_bits(self.reach_ns_per_us.load(Ordering::Relaxed));
                 if gap > 0 && gap as f64 > entry.delta_us as f64 * reach {
                     self.stats.hit();
-                    Fast::Hit(entry.value)
+                    Fast::Hit(
+                        entry.value,
+                        self.handoff_until.load(Ordering::Relaxed) > recent,
+                    )
                 } else {
                     Fast::Near(entry)
                 }
@@ -225,7 +236,7 @@ where
         bump!(self.stats, slow_calls);
         let now = self.clock.now();
         let entry = match seen {
-            Fast::Hit(v) => return Ok(v),
+            Fast::Hit(v, _) => return Ok(v),
             Fast::Near(e) => Some(e),
             Fast::Miss => None,
             Fast::Unknown => match self.store.get(&self.ns, key, now).await {
@@ -303,8 +314,8 @@ where
                     if abandoned && computed {
                         bump!(self.stats, takeovers);
                     }
-                    leader.finish(out.clone());
-                    self.compute.mode().hand_off();
+                    let followers = leader.finish(out.clone());
+                    self.handed_off(followers);
                     return out;
                 }
                 Joined::Follower(flight) => {
@@ -402,6 +413,29 @@ where
                     return (self.compute_and_store(key, None).await, true);
                 }
             }
+        }
+    }
+
+    /// A flight just woke `followers` waiters. Blocking callers are threads, and on a saturated
+    /// machine a woken thread waits for a time slice behind threads busy serving hits (about
+    /// 5 ms each, one after the other, on 2 cores with 10 hot threads). For a few milliseconds
+    /// hot blocking callers of this function therefore yield their core after each hit
+    /// ([`Engine::yield_if_handing_off`]), so the woken waiters run at once. The window expires
+    /// by itself; async callers are untouched.
+    fn handed_off(&self, followers: usize) {
+        let mode = self.compute.mode();
+        if followers > 0 && mode == WaitMode::Blocking {
+            let until = self.clock.recent().saturating_add(HANDOFF_WINDOW_NS);
+            self.handoff_until.fetch_max(until, Ordering::Relaxed);
+        }
+        mode.hand_off();
+    }
+
+    /// See [`Engine::handed_off`]: one relaxed load on the blocking hit path.
+    #[inline]
+    pub(crate) fn yield_if_handing_off(&self) {
+        if self.handoff_until.load(Ordering::Relaxed) > self.clock.recent() {
+            std::thread::yield_now();
         }
     }
 
@@ -571,7 +605,8 @@ where
         bump!(e.stats, early_refreshes_started);
         tracing::debug!(name = %e.ns.name, "early refresh started");
         let out = e.compute_and_store(&self.key, lock).await;
-        leader.finish(out.clone());
+        let followers = leader.finish(out.clone());
+        e.handed_off(followers);
         match out {
             Ok(_) => {
                 bump!(e.stats, early_refreshes_completed);

@@ -415,7 +415,7 @@ where
     #[inline]
     pub async fn get(&self, key: &K) -> Result<V, Error<E>> {
         match self.engine.fast(key) {
-            Fast::Hit(v) => Ok(v),
+            Fast::Hit(v, _) => Ok(v),
             seen => {
                 self.engine
                     .slow(key, seen, self.engine.cfg.contention)
@@ -439,7 +439,7 @@ where
     /// ```
     pub async fn get_with(&self, key: &K, contention: Contention) -> Result<V, Error<E>> {
         match self.engine.fast(key) {
-            Fast::Hit(v) => Ok(v),
+            Fast::Hit(v, _) => Ok(v),
             seen => self.engine.slow(key, seen, contention).await,
         }
     }

@@ -28,6 +28,8 @@ enum Slot<T> {
 pub(crate) struct Flight<T> {
     slot: Mutex<Slot<T>>,
     event: Event,
+    /// Callers that joined as followers (so the leader knows whether anyone waits).
+    followers: std::sync::atomic::AtomicUsize,
 }
 
 /// How waiting on a flight ended.
@@ -101,11 +103,14 @@ impl<K: Hash + Eq + Clone, T> FlightMap<K, T> {
     pub(crate) fn join(self: &Arc<Self>, key: &K) -> Joined<K, T> {
         let mut shard = lock(self.shard(key));
         if let Some(f) = shard.get(key) {
+            f.followers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Joined::Follower(f.clone());
         }
         let flight = Arc::new(Flight {
             slot: Mutex::new(Slot::Running),
             event: Event::new(),
+            followers: std::sync::atomic::AtomicUsize::new(0),
         });
         shard.insert(key.clone(), flight.clone());
         Joined::Leader(Leader {
@@ -152,9 +157,13 @@ impl<K: Hash + Eq, T> Leader<K, T> {
         self.flight.event.notify(usize::MAX);
     }
 
-    /// Publishes the outcome to every waiter and retires the flight.
-    pub(crate) fn finish(mut self, value: T) {
+    /// Publishes the outcome to every waiter and retires the flight; returns how many callers
+    /// joined it as followers.
+    pub(crate) fn finish(mut self, value: T) -> usize {
         self.end(Slot::Done(value));
+        self.flight
+            .followers
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
