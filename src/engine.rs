@@ -340,7 +340,7 @@ where
                         }
                         Waited::Abandoned => {
                             abandoned = true;
-                            tracing::warn!(name = %self.ns.name, "computing caller panicked or was cancelled; taking over");
+                            tracing::warn!(name = %self.ns.name, "the computation we waited for was abandoned (panic, cancellation, failed refresh); taking over");
                         }
                         Waited::TimedOut => {
                             if let Contention::ComputeAfter(_) = contention {
@@ -604,16 +604,19 @@ where
         self.started = true;
         bump!(e.stats, early_refreshes_started);
         tracing::debug!(name = %e.ns.name, "early refresh started");
-        let out = e.compute_and_store(&self.key, lock).await;
-        let followers = leader.finish(out.clone());
-        e.handed_off(followers);
-        match out {
-            Ok(_) => {
+        match e.compute_and_store(&self.key, lock).await {
+            Ok(v) => {
+                let followers = leader.finish(Ok(v));
+                e.handed_off(followers);
                 bump!(e.stats, early_refreshes_completed);
                 tracing::debug!(name = %e.ns.name, "early refresh completed");
                 self.release();
             }
             Err(_) => {
+                // A background failure is nobody's answer: hard misses that joined this flight
+                // (the value expired meanwhile) take over and compute for themselves, exactly as
+                // if the refresh had never run.
+                drop(leader);
                 self.failure_counted = true;
                 bump!(e.stats, early_refreshes_failed);
                 tracing::warn!(name = %e.ns.name, backoff = ?e.cfg.refresh_backoff, "early refresh failed; serving the current value until expiry");

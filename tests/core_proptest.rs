@@ -500,3 +500,29 @@ fn the_model_exercises_refreshes_waiters_errors_and_expiry() {
     assert!(cov.errors > 0, "{cov:?}");
     assert!(cov.hard_misses > 0 && cov.hits > 0, "{cov:?}");
 }
+
+/// Found by the proptest in CI: with β = ∞ a refresh that started while the key was failing
+/// was still running when the value expired; a hard miss joined it and used to receive its
+/// (background) error although the key no longer failed. A failed refresh now hands its
+/// waiters over: they compute for themselves.
+#[test]
+fn a_hard_miss_never_inherits_a_failed_background_refresh() {
+    let params = Params {
+        beta: f64::INFINITY,
+        deltas_us: [0, 0, 0],
+        yield_inside: true,
+        seed: 0,
+    };
+    let ops = [
+        Op::Burst(vec![0, 2]),
+        Op::SetFail(0, true),
+        Op::Call(1),
+        Op::Burst(vec![0, 0]),
+        Op::SetFail(0, false),
+        Op::Advance(476),
+        Op::Advance(133),
+        Op::Advance(391),
+        Op::Call(0),
+    ];
+    run_case(params, &ops, false, false).expect("the contract holds");
+}
