@@ -378,6 +378,7 @@ where
                 }
                 Ok(LockOutcome::Busy) => {
                     bump!(self.stats, remote_waits);
+                    tracing::debug!(name = %self.ns.name, "another process holds the lock; waiting for its value");
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     match (left, contention) {
                         (_, Contention::FailFast) => return (Err(Error::Busy), false),
