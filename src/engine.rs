@@ -362,6 +362,7 @@ where
         contention: Contention,
     ) -> (Result<V, Error<E>>, bool) {
         let mut poll = Duration::from_millis(2);
+        let mut waited_remotely = false;
         loop {
             let now = self.clock.now();
             match self
@@ -377,8 +378,11 @@ where
                     return (self.compute_and_store(key, Some(lock)).await, true)
                 }
                 Ok(LockOutcome::Busy) => {
-                    bump!(self.stats, remote_waits);
-                    tracing::debug!(name = %self.ns.name, "another process holds the lock; waiting for its value");
+                    if !waited_remotely {
+                        waited_remotely = true;
+                        bump!(self.stats, remote_waits);
+                        tracing::debug!(name = %self.ns.name, "another process holds the lock; waiting for its value");
+                    }
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     match (left, contention) {
                         (_, Contention::FailFast) => return (Err(Error::Busy), false),
