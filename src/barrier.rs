@@ -24,6 +24,14 @@ pub fn barrier<L>(lock: L) -> BarrierBuilder<L> {
 }
 
 /// Configures a barrier; finish with `build*` or `wrap*`.
+///
+/// ```
+/// use herdless::{barrier, Contention, LocalLock};
+/// let guarded = barrier(LocalLock::new())
+///     .contention(Contention::FailFast)
+///     .build_blocking(|k: &u8| Ok::<_, String>(*k));
+/// assert_eq!(guarded.get(&9).unwrap(), 9);
+/// ```
 pub struct BarrierBuilder<L> {
     lock: L,
     contention: Contention,
@@ -35,12 +43,12 @@ struct Inner<K, V, E, L> {
     compute: ComputeFn<K, V, E>,
 }
 
-/// An async barrier layer.
+/// An async barrier layer; see [`Barrier::get`].
 pub struct Barrier<K, V, E, L> {
     inner: Arc<Inner<K, V, E, L>>,
 }
 
-/// A blocking barrier layer (no runtime needed).
+/// A blocking barrier layer (no runtime needed); see [`BlockingBarrier::get`].
 pub struct BlockingBarrier<K, V, E, L> {
     inner: Arc<Inner<K, V, E, L>>,
 }

@@ -20,12 +20,32 @@ use std::time::Duration;
 
 /// Something async callable with a key: a memoized function or a barrier. Layers nest through
 /// [`Builder::wrap`] and [`BarrierBuilder::wrap`](crate::BarrierBuilder::wrap).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use herdless::{barrier, memoize, Layer, LocalLock, MemoryStore};
+/// use std::time::Duration;
+/// let store = MemoryStore::<u32, u32>::new(100).unwrap();
+/// let inner = memoize(&store, Duration::from_secs(1))
+///     .name("f")
+///     .build(|k: &u32| std::future::ready(Ok::<_, String>(k + 1)))
+///     .unwrap();
+/// let guarded = barrier(LocalLock::new()).wrap(inner);
+/// assert_eq!(Layer::call(&guarded, &1).await.unwrap(), 2);
+/// # }
+/// ```
 pub trait Layer<K, V, E>: Send + Sync + 'static {
     /// Calls the layer.
     fn call(&self, key: &K) -> BoxFuture<'static, Result<V, Error<E>>>;
 }
 
 /// Something synchronously callable with a key: the blocking counterpart of [`Layer`].
+///
+/// ```
+/// use herdless::{barrier, BlockingLayer, LocalLock};
+/// let guarded = barrier(LocalLock::new()).build_blocking(|k: &u32| Ok::<_, String>(k * 3));
+/// assert_eq!(BlockingLayer::call(&guarded, &2).unwrap(), 6);
+/// ```
 pub trait BlockingLayer<K, V, E>: Send + Sync + 'static {
     /// Calls the layer on the current thread.
     fn call(&self, key: &K) -> Result<V, Error<E>>;
@@ -57,6 +77,22 @@ where
 }
 
 /// Configures a memoized function; finish with one of the `build*` or `wrap*` methods.
+///
+/// ```
+/// use herdless::{memoize_stampede, Contention, ManualClock, MemoryStore};
+/// use std::time::Duration;
+/// let store = MemoryStore::<u32, u32>::new(100).unwrap();
+/// let f = memoize_stampede(&store, Duration::from_secs(10))
+///     .name("squares")
+///     .beta(0.5)
+///     .contention(Contention::Wait(Duration::from_secs(2)))
+///     .refresh_backoff(Duration::from_millis(500))
+///     .clock(ManualClock::new())
+///     .rng_seed(7)
+///     .build_blocking_infallible(|k: &u32| k * k)
+///     .unwrap();
+/// assert_eq!(f.get(&4).unwrap(), 16);
+/// ```
 pub struct Builder<K, V, S> {
     store: S,
     ttl: Duration,
@@ -391,7 +427,21 @@ where
 /// with the time driver enabled (`#[tokio::main]` has it). Hits need nothing. Plain threads use
 /// [`BlockingMemoized`] instead.
 ///
-/// See [`memoize_stampede`](crate::memoize_stampede) for the full example.
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use herdless::{memoize_stampede, MemoryStore};
+/// use std::time::Duration;
+/// let store = MemoryStore::<String, usize>::new(100).unwrap();
+/// let f = memoize_stampede(&store, Duration::from_secs(1))
+///     .build_infallible(|k: &String| std::future::ready(k.len()))
+///     .unwrap();
+/// let g = f.clone(); // shares everything
+/// assert_eq!(f.get(&"abc".to_string()).await.unwrap(), 3);
+/// assert_eq!(g.stats().hits, 0);
+/// assert_eq!(g.get(&"abc".to_string()).await.unwrap(), 3);
+/// assert_eq!(f.stats().hits, 1);
+/// # }
+/// ```
 pub struct Memoized<K, V, E, S> {
     pub(crate) engine: Arc<Engine<K, V, E, S>>,
 }

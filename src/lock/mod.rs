@@ -96,7 +96,19 @@ pub trait Lock<K>: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Guard, LockError>> + Send;
 }
 
-/// The in-process per-key lock (clones share the lock table).
+/// The in-process per-key lock (clones share the lock table). Waiters are woken by the
+/// releasing holder, not by polling.
+///
+/// ```
+/// use herdless::{Lock, LockError, LocalLock, WaitMode};
+/// use std::time::Duration;
+/// let lock = LocalLock::<u32>::new();
+/// let held = futures::executor::block_on(lock.acquire(&1, None, WaitMode::Blocking)).unwrap();
+/// // Another caller failing fast while the key is held:
+/// let busy = futures::executor::block_on(lock.acquire(&1, Some(Duration::ZERO), WaitMode::Blocking));
+/// assert!(matches!(busy, Err(LockError::Busy)));
+/// drop(held);
+/// ```
 pub struct LocalLock<K> {
     map: Arc<local::FlightMap<K, ()>>,
 }

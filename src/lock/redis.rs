@@ -114,6 +114,19 @@ impl std::fmt::Debug for HeldLock {
 ///
 /// Waiters are woken by the releasing holder's publish; a holder that dies frees the key when
 /// its lease lapses (it is renewed while held).
+///
+/// ```no_run
+/// use herdless::{barrier, memoize, store::RedisStore};
+/// use std::time::{Duration, Instant};
+/// let store = RedisStore::new("redis://127.0.0.1:6379/").unwrap();
+/// let inner = memoize(&store, Duration::from_secs(1))
+///     .name("page")
+///     .build_blocking_infallible(|k: &String| format!("<h1>{k}</h1>"))
+///     .unwrap();
+/// let locked = barrier(store.lock("page").lease(Duration::from_secs(2))).wrap_blocking(inner);
+/// let page = memoize(&store, Duration::ZERO).name("page").wrap_blocking(locked).unwrap();
+/// println!("{}", page.get(&"home".to_string()).unwrap());
+/// ```
 #[derive(Clone)]
 pub struct RedisLock {
     pub(crate) store: RedisStore,

@@ -38,6 +38,12 @@ use std::time::{Duration, Instant};
 const MAGIC: [u8; 3] = *b"HL\x01";
 
 /// Counters of one [`RedisStore`] (all functions using it).
+///
+/// ```
+/// use std::sync::atomic::Ordering;
+/// let store = herdless::store::RedisStore::new("redis://127.0.0.1:6379/").unwrap();
+/// assert_eq!(store.stats().decode_errors.load(Ordering::Relaxed), 0);
+/// ```
 #[derive(Debug, Default)]
 pub struct RedisStats {
     /// Requests sent (each is one round trip).
@@ -61,6 +67,21 @@ pub struct RedisStats {
 }
 
 /// Configures a [`RedisStore`]; see [`RedisStore::builder`].
+///
+/// ```
+/// use herdless::store::RedisStore;
+/// use std::time::Duration;
+/// // Building never connects (a server that is down is not an error); invalid settings are.
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/")
+///     .prefix("shop")
+///     .op_timeout(Duration::from_millis(100))
+///     .circuit_breaker(3, Duration::from_secs(1))
+///     .max_value_bytes(1 << 20)
+///     .build()
+///     .unwrap();
+/// assert!(RedisStore::builder("redis://127.0.0.1/").prefix("a{b}").build().is_err());
+/// # drop(store);
+/// ```
 #[derive(Debug, Clone)]
 pub struct RedisStoreBuilder {
     url: String,
