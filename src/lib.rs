@@ -70,6 +70,7 @@ mod entry;
 mod error;
 mod lock;
 mod memoize;
+mod refresh;
 pub mod sim;
 mod stampede;
 mod stats;

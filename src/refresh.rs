@@ -1,0 +1,178 @@
+//! Background refreshes: an XFetch trigger claims the key's refresh slot without waiting and
+//! recomputes off the caller's path, on a Tokio task (async callers) or a worker thread
+//! (blocking callers). The claim is held until the refresh ends, however long it takes; the
+//! refresh is also the key's in-process flight, so a hard miss that arrives meanwhile waits for
+//! it instead of computing beside it.
+
+use crate::engine::{ComputeFn, Engine};
+use crate::lock::local::Joined;
+use crate::stats::bump;
+use crate::store::{RefreshOutcome, Store};
+use std::hash::Hash;
+use std::sync::Arc;
+
+impl<K, V, E, S> Engine<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    /// An XFetch trigger: claim the key's refresh slot without waiting and refresh in the
+    /// background. A claimed slot is held until the refresh ends, however long it takes.
+    pub(crate) fn trigger_refresh(
+        self: &Arc<Self>,
+        key: &K,
+        seen_expires_at: u64,
+        delta_us: u64,
+        now: u64,
+    ) {
+        if !self.refreshes.try_begin(key, now) {
+            bump!(self.stats, early_refreshes_skipped);
+            return;
+        }
+        let claim = RefreshClaim {
+            engine: self.clone(),
+            key: key.clone(),
+            armed: true,
+            started: false,
+            failure_counted: false,
+        };
+        let task = claim.run(seen_expires_at, delta_us);
+        match &self.compute {
+            ComputeFn::Async(_) => match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(task);
+                }
+                Err(_) => spawn_thread(task),
+            },
+            ComputeFn::Blocking(_) => spawn_thread(task),
+        }
+    }
+}
+
+/// A claimed refresh slot. It is released when the refresh ends; if the task panics, is dropped
+/// or never runs, dropping the claim releases the slot with a backoff, like a failure.
+struct RefreshClaim<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    engine: Arc<Engine<K, V, E, S>>,
+    key: K,
+    armed: bool,
+    /// The computation began (so an unfinished claim is a failed refresh, e.g. a panic).
+    started: bool,
+    failure_counted: bool,
+}
+
+impl<K, V, E, S> Drop for RefreshClaim<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    fn drop(&mut self) {
+        if self.armed {
+            if self.started && !self.failure_counted {
+                bump!(self.engine.stats, early_refreshes_failed);
+            }
+            // The backoff counts from the failure, not from the trigger.
+            let until = self
+                .engine
+                .clock
+                .now()
+                .saturating_add(self.engine.cfg.refresh_backoff.as_nanos() as u64);
+            self.engine.refreshes.back_off(&self.key, until);
+        }
+    }
+}
+
+impl<K, V, E, S> RefreshClaim<K, V, E, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    fn release(mut self) {
+        self.armed = false;
+        self.engine.refreshes.clear(&self.key);
+    }
+
+    async fn run(mut self, seen_expires_at: u64, delta_us: u64) {
+        let e = self.engine.clone();
+        let now = e.clock.now();
+        let lock = match e
+            .store
+            .try_lock_refresh(
+                &e.ns,
+                &self.key,
+                seen_expires_at,
+                e.lease(Some(delta_us)),
+                e.cfg.lease_max,
+                now,
+            )
+            .await
+        {
+            Ok(RefreshOutcome::Acquired(l)) => Some(l),
+            Ok(RefreshOutcome::Local) => None,
+            Ok(RefreshOutcome::Skip) => {
+                bump!(e.stats, early_refreshes_skipped);
+                return self.release();
+            }
+            Err(err) => {
+                // The store is unreachable: a refresh could not be shared anyway. Keep serving
+                // the current value; the claim backs off when dropped.
+                bump!(e.stats, store_errors);
+                tracing::debug!(name = %e.ns.name, error = %err, "refresh lock failed; backing off");
+                return;
+            }
+        };
+        // The refresh is also this key's in-process flight: a hard miss that arrives while it
+        // runs (the value expired before the refresh landed) waits for it instead of computing
+        // a second time. If a hard miss is already computing, it is the refresh.
+        let leader = match e.flights.join(&self.key) {
+            Joined::Leader(l) => l,
+            Joined::Follower(_) => {
+                bump!(e.stats, early_refreshes_skipped);
+                drop(lock);
+                return self.release();
+            }
+        };
+        self.started = true;
+        bump!(e.stats, early_refreshes_started);
+        tracing::debug!(name = %e.ns.name, "early refresh started");
+        match e.compute_and_store(&self.key, lock).await {
+            Ok(v) => {
+                let followers = leader.finish(Ok(v));
+                e.handed_off(followers);
+                bump!(e.stats, early_refreshes_completed);
+                tracing::debug!(name = %e.ns.name, "early refresh completed");
+                self.release();
+            }
+            Err(_) => {
+                // A background failure is nobody's answer: hard misses that joined this flight
+                // (the value expired meanwhile) take over and compute for themselves, exactly as
+                // if the refresh had never run.
+                drop(leader);
+                self.failure_counted = true;
+                bump!(e.stats, early_refreshes_failed);
+                tracing::warn!(name = %e.ns.name, backoff = ?e.cfg.refresh_backoff, "early refresh failed; serving the current value until expiry");
+            }
+        }
+    }
+}
+
+/// Runs a background refresh on its own thread, polled to completion there.
+fn spawn_thread(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("herdless-refresh".into())
+        .spawn(move || crate::blocking::block_on(task));
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "could not spawn a refresh thread");
+    }
+}
