@@ -610,8 +610,13 @@ fn a_panicking_blocking_computation_hands_over_to_a_waiting_thread() {
     assert_eq!(r.recv_timeout(BOUND).expect("key poisoned"), 7);
 }
 
-#[test]
-fn a_panicking_background_refresh_keeps_the_value_and_the_key_refreshes_later() {
+/// β = ∞ (every hit refreshes), a 1 s backoff, and a closure whose first run takes 1 ms and
+/// whose second run (the first refresh) panics; it returns how many runs came before it.
+fn refresh_that_panics_once() -> (
+    ManualClock,
+    Arc<AtomicU64>,
+    herdless::BlockingMemoized<u64, u64, Infallible, Store64>,
+) {
     let clock = ManualClock::new();
     let store = Store64::new(64).unwrap();
     let calls = Arc::new(AtomicU64::new(0));
@@ -630,6 +635,12 @@ fn a_panicking_background_refresh_keeps_the_value_and_the_key_refreshes_later() 
             n
         })
         .unwrap();
+    (clock, calls, f)
+}
+
+#[test]
+fn a_panicking_background_refresh_keeps_the_value_and_the_key_refreshes_later() {
+    let (clock, calls, f) = refresh_that_panics_once();
     assert_eq!(f.get(&1).unwrap(), 0);
     assert_eq!(f.get(&1).unwrap(), 0); // triggers the panicking refresh
     wait_until("the refresh to run", || calls.load(Ordering::SeqCst) == 2);
@@ -1160,24 +1171,7 @@ fn hard_miss_does_not_run_concurrently_with_a_running_refresh() {
 
 #[test]
 fn a_panicking_background_refresh_is_counted_as_failed() {
-    let clock = ManualClock::new();
-    let store = Store64::new(64).unwrap();
-    let calls = Arc::new(AtomicU64::new(0));
-    let (c, n_) = (clock.clone(), calls.clone());
-    let f = memoize_stampede(&store, Duration::from_secs(60))
-        .beta(f64::INFINITY)
-        .refresh_backoff(Duration::from_secs(1))
-        .clock(clock.clone())
-        .build_blocking_infallible(move |_k: &u64| {
-            let n = n_.fetch_add(1, Ordering::SeqCst);
-            match n {
-                0 => c.advance(Duration::from_millis(1)),
-                1 => panic!("refresh panics (expected by the test)"),
-                _ => {}
-            }
-            n
-        })
-        .unwrap();
+    let (clock, calls, f) = refresh_that_panics_once();
     assert_eq!(f.get(&1).unwrap(), 0);
     assert_eq!(f.get(&1).unwrap(), 0);
     // The backoff counts from the failure, so let the panicking refresh end before moving time.
