@@ -1171,7 +1171,7 @@ fn hard_miss_does_not_run_concurrently_with_a_running_refresh() {
 
 #[test]
 fn a_panicking_background_refresh_is_counted_as_failed() {
-    let (clock, calls, f) = refresh_that_panics_once();
+    let (clock, _, f) = refresh_that_panics_once();
     assert_eq!(f.get(&1).unwrap(), 0);
     assert_eq!(f.get(&1).unwrap(), 0);
     // The backoff counts from the failure, so let the panicking refresh end before moving time.
