@@ -394,11 +394,12 @@ fn first_stuck(
     (f, calls)
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn aborting_the_computing_caller_hands_over_to_a_waiter() {
-    let store = Store64::new(64).unwrap();
-    let gate = AsyncGate::new();
-    let (f, calls) = first_stuck(&store, gate.clone(), false);
+type Calls = tokio::task::JoinHandle<Result<u64, herdless::Error<Infallible>>>;
+
+/// Key 1's leader (stuck in `first_stuck`'s closure) and ten callers waiting behind it.
+async fn leader_and_ten_waiters(
+    f: &herdless::Memoized<u64, u64, Infallible, Store64>,
+) -> (Calls, Vec<Calls>) {
     let f1 = f.clone();
     let leader = tokio::spawn(async move { f1.get(&1).await });
     wait_until_async("the leader", || f.stats().hard_misses == 1).await;
@@ -409,6 +410,15 @@ async fn aborting_the_computing_caller_hands_over_to_a_waiter() {
         })
         .collect();
     wait_until_async("the waiters", || f.stats().hard_misses == 11).await;
+    (leader, waiters)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn aborting_the_computing_caller_hands_over_to_a_waiter() {
+    let store = Store64::new(64).unwrap();
+    let gate = AsyncGate::new();
+    let (f, calls) = first_stuck(&store, gate.clone(), false);
+    let (leader, waiters) = leader_and_ten_waiters(&f).await;
     leader.abort();
     assert!(tokio::time::timeout(BOUND, leader)
         .await
@@ -435,16 +445,7 @@ async fn takeovers_counts_the_waiter_that_took_over() {
     let store = Store64::new(64).unwrap();
     let gate = AsyncGate::new();
     let (f, _calls) = first_stuck(&store, gate.clone(), false);
-    let f1 = f.clone();
-    let leader = tokio::spawn(async move { f1.get(&1).await });
-    wait_until_async("the leader", || f.stats().hard_misses == 1).await;
-    let waiters: Vec<_> = (0..10)
-        .map(|_| {
-            let f = f.clone();
-            tokio::spawn(async move { f.get(&1).await })
-        })
-        .collect();
-    wait_until_async("the waiters", || f.stats().hard_misses == 11).await;
+    let (leader, waiters) = leader_and_ten_waiters(&f).await;
     leader.abort();
     for w in waiters {
         tokio::time::timeout(BOUND, w)
