@@ -34,7 +34,7 @@ fn hit_path(c: &mut Criterion) {
 
     let async_f = memoize_stampede(&store, ttl)
         .name("async")
-        .build_infallible(|_k: &String| std::future::ready(value()))
+        .build_infallible(|_k: String| std::future::ready(value()))
         .unwrap();
     rt.block_on(async_f.get(&key)).unwrap();
     g.bench_function("herdless_stampede_hit_async", |b| {

@@ -86,7 +86,7 @@ fn redis_path(c: &mut Criterion) {
         let v = value.clone();
         let f = memoize_stampede(&store, Duration::from_secs(3600))
             .name("hit")
-            .build_infallible(move |_k: &String| std::future::ready((*v).clone()))
+            .build_infallible(move |_k: String| std::future::ready((*v).clone()))
             .unwrap();
         rt.block_on(f.get(&key)).unwrap();
         g.bench_function(id, |b| {
@@ -128,7 +128,7 @@ fn redis_path(c: &mut Criterion) {
     let g2 = gate.clone();
     let winner = memoize_stampede(&winner_store, Duration::from_secs(3600))
         .name("wake")
-        .build_infallible(move |k: &String| {
+        .build_infallible(move |k: String| {
             let (g2, k) = (g2.clone(), k.clone());
             async move {
                 g2.acquire().await.unwrap().forget();
@@ -138,7 +138,7 @@ fn redis_path(c: &mut Criterion) {
         .unwrap();
     let waiter = memoize_stampede(&waiter_store, Duration::from_secs(3600))
         .name("wake")
-        .build_infallible(|k: &String| std::future::ready(format!("waiter computed {k}")))
+        .build_infallible(|k: String| std::future::ready(format!("waiter computed {k}")))
         .unwrap();
     let mut round = 0u64;
     let mut probe = conn.clone();

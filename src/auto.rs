@@ -11,6 +11,7 @@
 //! `SAMPLE` to its key's meter (one read-locked shard lookup and one atomic add). Until a key
 //! has a rate there is no basis for a β, and it is not refreshed early.
 
+use crate::xfetch::theory::{beta_for_late_bound, solve_beta, LATE_REFRESH_BOUND};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -23,7 +24,6 @@ pub(crate) const SAMPLE: u32 = 8;
 const SHARDS: usize = 16;
 /// A rate window closes after this long (or sooner once it holds enough samples).
 const WINDOW_NS: u64 = 250_000_000;
-const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
 
 /// The lead time [`beta_auto`](crate::Builder::beta_auto) aims for.
 ///
@@ -55,72 +55,6 @@ impl From<Duration> for LeadTarget {
     fn from(d: Duration) -> Self {
         LeadTarget::Fixed(d)
     }
-}
-
-/// β bounds for the automatic mode.
-pub(crate) const BETA_MIN: f64 = 0.01;
-pub(crate) const BETA_MAX: f64 = 10.0;
-
-/// Solves `δβ(ln(rδβ) + γ) = lead` for β, clamped to `[BETA_MIN, BETA_MAX]`.
-///
-/// The left side is increasing in β wherever `ln(rδβ) + γ + 1 > 0`; below that (a rate too low
-/// for any early refresh to be likely) the largest β is the best one can do.
-pub(crate) fn solve_beta(rate_per_s: f64, delta_s: f64, lead_s: f64) -> f64 {
-    if !(rate_per_s > 0.0 && delta_s > 0.0 && lead_s > 0.0) {
-        return 1.0;
-    }
-    let lead_of = |b: f64| {
-        let x = rate_per_s * delta_s * b;
-        delta_s * b * (x.ln() + EULER_GAMMA)
-    };
-    if lead_of(BETA_MAX) <= lead_s {
-        return BETA_MAX;
-    }
-    // Bisection on [lo, BETA_MAX] where lead_of is increasing; lo is where its slope is zero.
-    let mut lo = (-(1.0 + EULER_GAMMA)).exp() / (rate_per_s * delta_s);
-    lo = lo.max(BETA_MIN * 1e-3);
-    if lead_of(lo) >= lead_s {
-        return BETA_MIN;
-    }
-    let mut hi = BETA_MAX;
-    for _ in 0..60 {
-        let mid = 0.5 * (lo + hi);
-        if lead_of(mid) < lead_s {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    (0.5 * (lo + hi)).clamp(BETA_MIN, BETA_MAX)
-}
-
-/// The largest share of cycles whose refresh may land after expiry (callers then wait).
-pub(crate) const LATE_REFRESH_BOUND: f64 = 0.05;
-
-/// The smallest β whose refresh lands after expiry with probability at most `epsilon`:
-/// `P(G ≤ δ) = exp(−rδβ·e^(−1/β)) ≤ ε` ⟺ `ln(rδ) + ln β − 1/β ≥ ln ln(1/ε)`, increasing in β.
-pub(crate) fn beta_for_late_bound(rate_per_s: f64, delta_s: f64, epsilon: f64) -> f64 {
-    if !(rate_per_s > 0.0 && delta_s > 0.0 && epsilon > 0.0 && epsilon < 1.0) {
-        return BETA_MIN;
-    }
-    let need = (1.0 / epsilon).ln().ln();
-    let f = |b: f64| (rate_per_s * delta_s).ln() + b.ln() - 1.0 / b;
-    if f(BETA_MIN) >= need {
-        return BETA_MIN;
-    }
-    if f(BETA_MAX) < need {
-        return BETA_MAX;
-    }
-    let (mut lo, mut hi) = (BETA_MIN, BETA_MAX);
-    for _ in 0..50 {
-        let mid = 0.5 * (lo + hi);
-        if f(mid) < need {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    hi
 }
 
 struct Meter {
@@ -292,35 +226,35 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
 mod tests {
     use super::*;
 
+    /// Automatic β and the public advisor solve the same equation: on the same rate, δ and
+    /// target lead they choose the same β.
     #[test]
-    fn solved_beta_gives_the_target_lead() {
-        for &(r, d, lead) in &[(1e6, 0.2, 0.4), (100.0, 0.2, 0.4), (10.0, 0.01, 0.05)] {
-            let b = solve_beta(r, d, lead);
-            let got = d * b * ((r * d * b).ln() + EULER_GAMMA);
+    fn beta_auto_matches_tune_beta_for_lead() {
+        let now = 500_000_000;
+        for (delta_us, target) in [
+            (200_000u64, LeadTarget::DeltaMultiple(1.25)),
+            (200_000, LeadTarget::Fixed(Duration::from_millis(600))),
+            (5_000, LeadTarget::Fixed(Duration::from_millis(30))),
+        ] {
+            let delta = Duration::from_micros(delta_us);
+            let lead = match target {
+                LeadTarget::Fixed(d) => d,
+                LeadTarget::DeltaMultiple(k) => delta.mul_f64(k),
+            };
+            // One meter per case: a meter caches its β per (rate, δ), the target being fixed
+            // per function.
+            let m = RateMeters::<u32>::new();
+            for i in 0..125u64 {
+                m.record(&7, i * 4_000_000, SAMPLE as u64);
+            }
+            let rate = m.rate(&7, now).unwrap();
+            let auto = m.beta(&7, now, delta_us, target, false);
+            let advised = crate::tune::beta_for_lead(rate, delta, lead).unwrap();
             assert!(
-                (got - lead).abs() < 1e-6 * lead.max(1.0),
-                "r={r}: β={b} lead={got}"
+                (auto - advised).abs() < 1e-9 * advised,
+                "δ={delta:?} {target:?}: auto {auto} vs tune {advised}"
             );
         }
-    }
-
-    #[test]
-    fn late_bound_beta_meets_its_bound() {
-        for &(r, d) in &[(100.0, 0.2), (1e4, 0.2), (10.0, 0.05)] {
-            let b = beta_for_late_bound(r, d, LATE_REFRESH_BOUND);
-            let p_late = (-(r * d * b) * (-1.0 / b).exp()).exp();
-            assert!(
-                (p_late - LATE_REFRESH_BOUND).abs() < 1e-6,
-                "r={r}: β={b} p={p_late}"
-            );
-        }
-        // At high rates the bound is loose: the lead target decides.
-        assert!(beta_for_late_bound(1e6, 0.2, LATE_REFRESH_BOUND) < solve_beta(1e6, 0.2, 0.25));
-    }
-
-    #[test]
-    fn lead_shrinks_beta_as_rate_grows() {
-        assert!(solve_beta(1e6, 0.2, 0.4) < solve_beta(1e3, 0.2, 0.4));
     }
 
     #[test]

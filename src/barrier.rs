@@ -5,10 +5,10 @@
 //! `memoize(ttl > 0)`, every caller after the first finds the value stored (double-checked
 //! locking). Waiters are woken by the releasing caller, not by polling.
 
-use crate::engine::{ComputeFn, Contention};
 use crate::error::Error;
-use crate::lock::{Lock, LockError, WaitMode};
-use crate::memoize::{BlockingLayer, Layer};
+use crate::layer::{BlockingLayer, ComputeFn, Layer};
+use crate::lock::{Lock, LockError};
+use crate::wait::{block_on, Contention, WaitMode};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::future::Future;
@@ -71,9 +71,9 @@ impl<L> BarrierBuilder<L> {
     /// Guards an async closure.
     pub fn build<K, V, E, F, Fut>(self, f: F) -> Barrier<K, V, E, L>
     where
-        K: Send + Sync + 'static,
+        K: Clone + Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: Fn(&K) -> Fut + Send + Sync + 'static,
+        F: Fn(K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let compute = ComputeFn::from_async(f);
@@ -83,8 +83,12 @@ impl<L> BarrierBuilder<L> {
     }
 
     /// Guards an async layer.
-    pub fn wrap<K, V, E, I: Layer<K, V, E>>(self, layer: I) -> Barrier<K, V, E, L> {
-        let compute = ComputeFn::Async(Arc::new(move |k: &K| layer.call(k)));
+    pub fn wrap<K, V, E, I>(self, layer: I) -> Barrier<K, V, E, L>
+    where
+        E: Send + Sync + 'static,
+        I: Layer<K, V, E>,
+    {
+        let compute = ComputeFn::from_layer(layer);
         Barrier {
             inner: self.inner(compute),
         }
@@ -103,11 +107,12 @@ impl<L> BarrierBuilder<L> {
     }
 
     /// Guards a blocking layer.
-    pub fn wrap_blocking<K, V, E, I: BlockingLayer<K, V, E>>(
-        self,
-        layer: I,
-    ) -> BlockingBarrier<K, V, E, L> {
-        let compute = ComputeFn::Blocking(Arc::new(move |k: &K| layer.call(k)));
+    pub fn wrap_blocking<K, V, E, I>(self, layer: I) -> BlockingBarrier<K, V, E, L>
+    where
+        E: Send + Sync + 'static,
+        I: BlockingLayer<K, V, E>,
+    {
+        let compute = ComputeFn::from_blocking_layer(layer);
         BlockingBarrier {
             inner: self.inner(compute),
         }
@@ -122,11 +127,7 @@ where
     L: Lock<K>,
 {
     async fn call(&self, key: &K, mode: WaitMode) -> Result<V, Error<E>> {
-        let max_wait = match self.contention {
-            Contention::Wait(d) | Contention::ComputeAfter(d) => Some(d),
-            Contention::FailFast => Some(std::time::Duration::ZERO),
-        };
-        let _guard = match self.lock.acquire(key, max_wait, mode).await {
+        let _guard = match self.lock.acquire(key, self.contention, mode).await {
             Ok(g) => Some(g),
             Err(LockError::Busy) => return Err(Error::Busy),
             Err(LockError::Timeout(d)) => match self.contention {
@@ -134,10 +135,7 @@ where
                 _ => return Err(Error::WaitTimeout(d)),
             },
         };
-        match &self.compute {
-            ComputeFn::Async(f) => f(key).await,
-            ComputeFn::Blocking(f) => f(key),
-        }
+        self.compute.run(key).await
     }
 }
 
@@ -154,7 +152,7 @@ where
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// use herdless::{barrier, LocalLock};
     /// let guarded = barrier(LocalLock::new())
-    ///     .build(|k: &u32| std::future::ready(Ok::<_, std::io::Error>(k + 1)));
+    ///     .build(|k: u32| async move { Ok::<_, std::io::Error>(k + 1) });
     /// assert_eq!(guarded.get(&1).await.unwrap(), 2);
     /// # }
     /// ```
@@ -200,7 +198,7 @@ where
     /// assert_eq!(guarded.get(&1).unwrap(), 2);
     /// ```
     pub fn get(&self, key: &K) -> Result<V, Error<E>> {
-        crate::blocking::block_on(self.inner.call(key, WaitMode::Blocking))
+        block_on(self.inner.call(key, WaitMode::Blocking))
     }
 }
 

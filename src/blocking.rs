@@ -4,11 +4,13 @@
 //! else polls the shared engine's slow path to completion on the calling thread
 //! (a small nesting-safe `block_on`), where waiting parks the thread instead of awaiting a timer.
 
-use crate::engine::{Contention, Engine, Fast};
+use crate::engine::{Engine, Probe};
 use crate::error::Error;
-use crate::memoize::BlockingLayer;
+use crate::layer::BlockingLayer;
+use crate::miss;
 use crate::stats::StatsSnapshot;
-use crate::store::Store;
+use crate::store::contract::Store;
+use crate::wait::{block_on, Contention};
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -66,14 +68,14 @@ where
     #[inline]
     pub fn get_with(&self, key: &K, contention: Contention) -> Result<V, Error<E>> {
         match self.engine.fast(key) {
-            Fast::Hit(v, handing_off) => {
+            Probe::Hit { value, handing_off } => {
                 if handing_off {
                     std::thread::yield_now();
                 }
-                Ok(v)
+                Ok(value)
             }
             seen => {
-                let out = block_on(self.engine.slow(key, seen, contention));
+                let out = block_on(miss::slow(&self.engine, key, seen, contention));
                 self.engine.yield_if_handing_off();
                 out
             }
@@ -100,31 +102,5 @@ where
 {
     fn call(&self, key: &K) -> Result<V, Error<E>> {
         self.get(key)
-    }
-}
-
-/// Polls a future to completion on this thread, parking between wake-ups.
-///
-/// Unlike `futures::executor::block_on` it may nest (a blocking layer calling a blocking layer
-/// calls it again from inside), which the layered recipes need.
-pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
     }
 }

@@ -24,10 +24,7 @@
 //! let store = MemoryStore::<String, String>::new(10_000).unwrap();
 //! let page = memoize_stampede(&store, Duration::from_secs(1))
 //!     .name("landing_page")
-//!     .build(|key: &String| {
-//!         let key = key.clone();
-//!         async move { Ok::<_, std::io::Error>(format!("<html>{key}</html>")) }
-//!     })
+//!     .build(|key: String| async move { Ok::<_, std::io::Error>(format!("<html>{key}</html>")) })
 //!     .unwrap();
 //! assert_eq!(page.get(&"home".to_string()).await.unwrap(), "<html>home</html>");
 //! # }
@@ -57,6 +54,37 @@
 //! - The clock and the RNG are injected ([`Clock`], [`Builder::rng_seed`]); tests are exact.
 //! - Errors are never cached; a panicking or cancelled computing caller hands over to a waiter.
 //!
+//! ## Which layer do I want?
+//! Almost always [`memoize_stampede`]: it serves hits at once, refreshes a hot key in the
+//! background before it expires (one refresh per cycle) and lets one caller per key compute on
+//! a miss. [`Builder::beta_auto`] picks β from each key's measured rate, so you need not tune
+//! it. [`memoize`] + [`barrier`] rebuild DiskCache's recipes layer by layer (double-checked
+//! locking without early refresh), for when you want exactly that. Use [`MemoryStore`] in one
+//! process and `store::RedisStore` to share values and locks across processes.
+//!
+//! ## Module map
+//! | module | what it holds |
+//! |---|---|
+//! | `xfetch` | the pure XFetch decision law; `xfetch::theory`: lead, stampede size, β solvers, γ, β bounds |
+//! | `clock` | the [`Clock`] trait: coarse + precise system clock, [`ManualClock`] for tests |
+//! | `wait` | how to wait: [`WaitMode`], [`Contention`] deadlines with jittered backoff, `block_on`, the shuttle swap point |
+//! | `layer` | the [`Layer`] / [`BlockingLayer`] traits and the type-erased compute function |
+//! | `flight` | in-process single-flight: flights per key and background-refresh slots |
+//! | `lock` | the barrier [`Lock`] trait and [`LocalLock`] |
+//! | [`store`] | the [`Store`] trait and its contract; `store::memory` ([`MemoryStore`]); `store::redis` (everything Redis) |
+//! | `engine` | the shared engine: hit path, compute-and-store |
+//! | `miss`, `refresh` | the slow path (XFetch decision, hard misses) and background refreshes |
+//! | `builder`, `memoize`, `stampede`, `memoized`, [`blocking`], `barrier` | the builders, layers and facades |
+//! | `stats`, `auto`, [`tune`], [`sim`] | counters, automatic β, the tuning advisor, the simulator |
+//!
+//! ## Cargo features
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `redis` | yes | `store::RedisStore` and `store::RedisLock` (redis-rs, Tokio I/O) |
+//! | `metrics` | no | exports every counter through the `metrics` crate |
+//!
+//! `cargo build --no-default-features` builds the in-memory crate without any Redis dependency.
+//!
 //! See `paper-notes.md` for the maths and how herdless differs from the paper and DiskCache.
 
 #![warn(missing_docs)]
@@ -64,29 +92,40 @@
 mod auto;
 mod barrier;
 pub mod blocking;
+mod builder;
 mod clock;
 mod engine;
 mod entry;
 mod error;
+mod flight;
+mod layer;
 mod lock;
 mod memoize;
+mod memoized;
+mod miss;
 mod refresh;
+#[cfg(all(test, shuttle))]
+mod shuttle_tests;
 pub mod sim;
 mod stampede;
 mod stats;
 pub mod store;
 pub mod tune;
+mod wait;
 pub mod xfetch;
 
 pub use auto::LeadTarget;
 pub use barrier::{barrier, Barrier, BarrierBuilder, BlockingBarrier};
 pub use blocking::BlockingMemoized;
+pub use builder::Builder;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::Contention;
 pub use entry::Entry;
 pub use error::{ConfigError, Error};
-pub use lock::{LocalGuard, LocalLock, Lock, LockError, WaitMode};
-pub use memoize::{memoize, BlockingLayer, Builder, Layer, Memoized};
+pub use layer::{BlockingLayer, Layer};
+pub use lock::{LocalGuard, LocalLock, Lock, LockError};
+pub use memoize::memoize;
+pub use memoized::Memoized;
 pub use stampede::memoize_stampede;
 pub use stats::StatsSnapshot;
 pub use store::{MemoryStore, Store};
+pub use wait::{Contention, WaitMode};

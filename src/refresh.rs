@@ -4,50 +4,48 @@
 //! refresh is also the key's in-process flight, so a hard miss that arrives meanwhile waits for
 //! it instead of computing beside it.
 
-use crate::engine::{ComputeFn, Engine};
-use crate::lock::local::Joined;
+use crate::engine::{saturating_nanos, Engine};
+use crate::flight::Joined;
 use crate::stats::bump;
-use crate::store::{RefreshOutcome, Store};
+use crate::store::contract::{RefreshOutcome, Store};
+use crate::wait::WaitMode;
 use std::hash::Hash;
 use std::sync::Arc;
 
-impl<K, V, E, S> Engine<K, V, E, S>
-where
+/// An XFetch trigger: claim the key's refresh slot without waiting and refresh in the
+/// background. A claimed slot is held until the refresh ends, however long it takes.
+pub(crate) fn trigger<K, V, E, S>(
+    eng: &Arc<Engine<K, V, E, S>>,
+    key: &K,
+    seen_expires_at: u64,
+    delta_us: u64,
+    now: u64,
+) where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
-    /// An XFetch trigger: claim the key's refresh slot without waiting and refresh in the
-    /// background. A claimed slot is held until the refresh ends, however long it takes.
-    pub(crate) fn trigger_refresh(
-        self: &Arc<Self>,
-        key: &K,
-        seen_expires_at: u64,
-        delta_us: u64,
-        now: u64,
-    ) {
-        if !self.refreshes.try_begin(key, now) {
-            bump!(self.stats, early_refreshes_skipped);
-            return;
-        }
-        let claim = RefreshClaim {
-            engine: self.clone(),
-            key: key.clone(),
-            armed: true,
-            started: false,
-            failure_counted: false,
-        };
-        let task = claim.run(seen_expires_at, delta_us);
-        match &self.compute {
-            ComputeFn::Async(_) => match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(task);
-                }
-                Err(_) => spawn_thread(task),
-            },
-            ComputeFn::Blocking(_) => spawn_thread(task),
-        }
+    if !eng.refreshes.try_begin(key, now) {
+        bump!(eng.stats, early_refreshes_skipped);
+        return;
+    }
+    let claim = RefreshClaim {
+        engine: eng.clone(),
+        key: key.clone(),
+        armed: true,
+        started: false,
+        failure_counted: false,
+    };
+    let task = claim.run(seen_expires_at, delta_us);
+    match eng.compute.mode() {
+        WaitMode::Async => match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(task);
+            }
+            Err(_) => spawn_thread(task),
+        },
+        WaitMode::Blocking => spawn_thread(task),
     }
 }
 
@@ -85,7 +83,7 @@ where
                 .engine
                 .clock
                 .now()
-                .saturating_add(self.engine.cfg.refresh_backoff.as_nanos() as u64);
+                .saturating_add(saturating_nanos(self.engine.cfg.refresh_backoff));
             self.engine.refreshes.back_off(&self.key, until);
         }
     }
@@ -171,7 +169,7 @@ where
 fn spawn_thread(task: impl std::future::Future<Output = ()> + Send + 'static) {
     let spawned = std::thread::Builder::new()
         .name("herdless-refresh".into())
-        .spawn(move || crate::blocking::block_on(task));
+        .spawn(move || crate::wait::block_on(task));
     if let Err(err) = spawned {
         tracing::warn!(error = %err, "could not spawn a refresh thread");
     }

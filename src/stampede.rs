@@ -1,7 +1,7 @@
 //! `memoize_stampede`: XFetch early refresh, single-flight refresh, single-flight hard misses.
 
-use crate::memoize::Builder;
-use crate::store::Store;
+use crate::builder::Builder;
+use crate::store::contract::Store;
 use std::time::Duration;
 
 /// Memoizes a function so that it runs about once per expiry however many callers ask.
@@ -23,12 +23,9 @@ use std::time::Duration;
 /// let page = memoize_stampede(&store, Duration::from_secs(1))
 ///     .name("landing_page")
 ///     .beta(1.0)
-///     .build(|k: &String| {
-///         let k = k.clone();
-///         async move {
-///             // ... the expensive part ...
-///             Ok::<_, std::io::Error>(format!("<html>{k}</html>"))
-///         }
+///     .build(|k: String| async move {
+///         // ... the expensive part ...
+///         Ok::<_, std::io::Error>(format!("<html>{k}</html>"))
 ///     })
 ///     .unwrap();
 /// assert_eq!(page.get(&"home".into()).await.unwrap(), "<html>home</html>");

@@ -47,12 +47,13 @@
 use std::fmt;
 use std::time::Duration;
 
-/// The Euler–Mascheroni constant γ, the mean of a standard Gumbel variable.
+use crate::xfetch::theory::{self, ein, ex1, long_ttl_lead};
+/// The Euler–Mascheroni constant γ (defined in [`theory`](crate::xfetch::theory)).
 ///
 /// ```
 /// assert!((herdless::tune::EULER_GAMMA - 0.5772).abs() < 1e-4);
 /// ```
-pub const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
+pub const EULER_GAMMA: f64 = theory::EULER_GAMMA;
 
 /// Smallest β [`beta_for_lead`] will return.
 ///
@@ -63,7 +64,7 @@ pub const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
 /// ```
 /// assert!(herdless::tune::MIN_BETA < herdless::tune::MAX_BETA);
 /// ```
-pub const MIN_BETA: f64 = 0.05;
+pub const MIN_BETA: f64 = theory::BETA_MIN;
 
 /// Largest β [`beta_for_lead`] will return.
 ///
@@ -74,7 +75,7 @@ pub const MIN_BETA: f64 = 0.05;
 /// ```
 /// assert_eq!(herdless::tune::MAX_BETA, 20.0);
 /// ```
-pub const MAX_BETA: f64 = 20.0;
+pub const MAX_BETA: f64 = theory::BETA_MAX;
 
 /// The traffic seen by one key.
 ///
@@ -298,30 +299,7 @@ pub fn beta_for_lead(
             max_lead: Duration::from_secs_f64(hi_lead),
         });
     }
-    let (mut lo, mut hi) = (MIN_BETA.ln(), MAX_BETA.ln());
-    for _ in 0..200 {
-        let mid = 0.5 * (lo + hi);
-        if lead(mid.exp()) < target {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-        if hi - lo < 1e-14 {
-            break;
-        }
-    }
-    Ok((0.5 * (lo + hi)).exp())
-}
-
-/// `E[max(G, 0)]` for `ttl → ∞` with `s = δβ`: `s(ln(rs) + γ + E₁(rs))`.
-fn long_ttl_lead(r: f64, s: f64) -> f64 {
-    let x = r * s;
-    if x <= 1.0 {
-        // ln x + γ + E₁(x) = Ein(x): avoids the cancellation of ln x against E₁(x).
-        s * ein(x)
-    } else {
-        s * (x.ln() + EULER_GAMMA + (-x).exp() * ex1(x, x.ln()))
-    }
+    Ok(theory::solve_beta(r, delta, target))
 }
 
 struct Moments {
@@ -389,46 +367,6 @@ fn moments(r: f64, delta: f64, ttl: f64, beta: f64) -> Moments {
         } else {
             1.0
         },
-    }
-}
-
-/// `Ein(x) = Σ_{k≥1} (−1)^(k+1) x^k / (k·k!) = E₁(x) + γ + ln x`, for `0 ≤ x ≤ 1`.
-fn ein(x: f64) -> f64 {
-    let (mut sum, mut term) = (0.0, 1.0);
-    for k in 1..=40 {
-        let kf = k as f64;
-        term *= -x / kf; // (−x)^k / k!
-        sum -= term / kf;
-        if (term / kf).abs() <= 1e-17 * sum.abs() {
-            break;
-        }
-    }
-    sum
-}
-
-/// `e^x·E₁(x)` for `x ≥ 0`, given `ln x` too (so that an underflowed `x` keeps its size).
-fn ex1(x: f64, ln_x: f64) -> f64 {
-    if x <= 1.0 {
-        x.exp() * (-EULER_GAMMA - ln_x + ein(x))
-    } else {
-        // Continued fraction e^x·E₁(x) = 1/(x+1− 1/(x+3− 4/(x+5− …))), modified Lentz.
-        let tiny = 1e-300;
-        let mut b = x + 1.0;
-        let mut c = 1.0 / tiny;
-        let mut d = 1.0 / b;
-        let mut h = d;
-        for i in 1..=500 {
-            let an = -((i * i) as f64);
-            b += 2.0;
-            d = 1.0 / (an * d + b);
-            c = b + an / c;
-            let del = c * d;
-            h *= del;
-            if (del - 1.0).abs() < 1e-16 {
-                break;
-            }
-        }
-        h
     }
 }
 

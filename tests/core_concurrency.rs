@@ -104,7 +104,7 @@ async fn async_early_refresh_serves_old_value_while_refresh_blocks_and_is_single
         .beta(f64::INFINITY) // every hit triggers
         .clock(clock.clone())
         .rng_seed(3)
-        .build(move |_k: &u64| {
+        .build(move |_k: u64| {
             let n = n_.fetch_add(1, Ordering::SeqCst);
             let (c, g) = (c.clone(), g.clone());
             async move {
@@ -220,7 +220,7 @@ async fn hard_miss_1000_tokio_tasks_compute_once() {
     let runs = Arc::new(AtomicU64::new(0));
     let (a, r) = (arrived.clone(), runs.clone());
     let f = memoize_stampede(&store, Duration::from_secs(60))
-        .build(move |k: &String| {
+        .build(move |k: String| {
             let n = r.fetch_add(1, Ordering::SeqCst);
             let (a, k) = (a.clone(), k.clone());
             async move {
@@ -314,7 +314,7 @@ async fn coalesced_waiters_receive_the_same_error_and_the_next_call_recomputes()
     let gate = AsyncGate::new();
     let (n_, g) = (calls.clone(), gate.clone());
     let f = memoize_stampede(&store, Duration::from_secs(60))
-        .build(move |_k: &u64| {
+        .build(move |_k: u64| {
             let n = n_.fetch_add(1, Ordering::SeqCst);
             let g = g.clone();
             async move {
@@ -377,7 +377,7 @@ fn first_stuck(
     let calls = Arc::new(AtomicU64::new(0));
     let n_ = calls.clone();
     let f = memoize_stampede(store, Duration::from_secs(60))
-        .build(move |_k: &u64| {
+        .build(move |_k: u64| {
             let n = n_.fetch_add(1, Ordering::SeqCst);
             let g = gate.clone();
             async move {
@@ -672,8 +672,8 @@ async fn async_different_keys_do_not_block_each_other() {
     let gate = AsyncGate::new();
     let g = gate.clone();
     let f = memoize_stampede(&store, Duration::from_secs(60))
-        .build(move |k: &u64| {
-            let (k, g) = (*k, g.clone());
+        .build(move |k: u64| {
+            let g = g.clone();
             async move {
                 if k == 0 {
                     g.pass().await;
@@ -752,7 +752,7 @@ fn gated(
     if let Some(p) = policy {
         b = b.contention(p);
     }
-    b.build(move |_k: &u64| {
+    b.build(move |_k: u64| {
         let n = calls.fetch_add(1, Ordering::SeqCst);
         let g = g.clone();
         async move {
@@ -952,7 +952,7 @@ async fn serve_stale_answers_with_the_expired_value_while_another_recomputes() {
             .serve_stale(stale)
             .contention(Contention::FailFast)
             .clock(clock.clone())
-            .build(move |_k: &u64| {
+            .build(move |_k: u64| {
                 let n = n_.fetch_add(1, Ordering::SeqCst);
                 let g = g.clone();
                 async move {
@@ -1069,7 +1069,7 @@ async fn diskcache_recipe_computes_once_for_concurrent_tasks() {
     let (r, a) = (runs.clone(), arrived.clone());
     let inner = memoize(&store, Duration::from_secs(60))
         .name("page")
-        .build(move |k: &String| {
+        .build(move |k: String| {
             r.fetch_add(1, Ordering::SeqCst);
             let (a, k) = (a.clone(), k.clone());
             async move {
@@ -1145,10 +1145,12 @@ fn hard_miss_does_not_run_concurrently_with_a_running_refresh() {
     wait_until("the refresh to start", || {
         running.load(Ordering::SeqCst) == 1
     });
-    let expiry = Store::get_now(&store, &Store::<u64, u64>::namespace(&store, f.name()), &1)
-        .unwrap()
-        .unwrap()
-        .expires_at;
+    let herdless::store::Lookup::Found(entry) =
+        Store::get_now(&store, &Store::<u64, u64>::namespace(&store, f.name()), &1)
+    else {
+        panic!("the entry is stored")
+    };
+    let expiry = entry.expires_at;
     clock.set(expiry); // the value expires while its refresh still runs
     assert!(clock.now() >= expiry);
     let f2 = f.clone();

@@ -219,7 +219,7 @@ impl Checker<'_> {
     fn check_store(&mut self, store: &MemoryStore<u8, Val>, f: &F) {
         let ns = Store::<u8, Val>::namespace(store, f.name());
         for key in 0..KEYS {
-            if let Some(Some(e)) = Store::get_now(store, &ns, &key) {
+            if let herdless::store::Lookup::Found(e) = Store::get_now(store, &ns, &key) {
                 let v = &e.value;
                 let want_delta = (v.computed_at - v.started).div_ceil(1000);
                 if v.key != key
@@ -312,7 +312,7 @@ fn run_case(params: Params, ops: &[Op], strict: bool, parallel: bool) -> Result<
             .beta(params.beta)
             .clock(model.clock.clone())
             .rng_seed(params.seed)
-            .build(move |k: &u8| m.clone().compute(*k))
+            .build(move |k: u8| m.clone().compute(k))
             .map_err(|e| e.to_string())?;
         let mut ck = Checker {
             model: &model,

@@ -39,7 +39,11 @@ fn entry_of<V: Clone + Send + Sync + 'static>(
     key: u64,
 ) -> Option<Entry<V>> {
     let ns = Store::<u64, V>::namespace(store, name);
-    Store::get_now(store, &ns, &key).expect("MemoryStore answers synchronously")
+    match Store::get_now(store, &ns, &key) {
+        herdless::store::Lookup::Found(e) => Some(e),
+        herdless::store::Lookup::Missing => None,
+        herdless::store::Lookup::NotLocal => panic!("MemoryStore answers synchronously"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -59,7 +63,7 @@ fn negative_beta_is_rejected_naming_beta() {
     // The async builder and the plain memoize builder validate the same way.
     let err = memoize_stampede(&store, Duration::from_secs(1))
         .beta(-1e-9)
-        .build_infallible(|k: &u64| std::future::ready(*k))
+        .build_infallible(|k: u64| std::future::ready(k))
         .err()
         .expect("negative beta must be rejected (async)");
     assert_eq!(err.field(), "beta");
@@ -105,7 +109,7 @@ fn zero_ttl_is_rejected_for_memoize_stampede_naming_ttl() {
     assert_eq!(err.field(), "ttl");
     assert!(err.to_string().contains("ttl"), "{err}");
     let err = memoize_stampede(&store, Duration::ZERO)
-        .build_infallible(|k: &u64| std::future::ready(*k))
+        .build_infallible(|k: u64| std::future::ready(k))
         .err()
         .expect("zero TTL must be rejected by memoize_stampede (async)");
     assert_eq!(err.field(), "ttl");
@@ -285,7 +289,7 @@ async fn record_holds_value_delta_and_expiry_and_50us_delta_triggers_early_refre
         .beta(1.0)
         .clock(clock.clone())
         .rng_seed(42)
-        .build_infallible(move |k: &u64| {
+        .build_infallible(move |k: u64| {
             let n = g.fetch_add(1, Ordering::SeqCst);
             c.advance(Duration::from_micros(50)); // a 50 µs computation
             std::future::ready(format!("{k}-gen{n}"))
@@ -460,11 +464,11 @@ async fn engine_trigger_count(beta: f64, delta_us: u64, gap_ns: u64, n: u64, see
         .beta(beta)
         .clock(clock.clone())
         .rng_seed(seed)
-        .build_infallible(move |k: &u64| {
-            if s.lock().unwrap().insert(*k) {
+        .build_infallible(move |k: u64| {
+            if s.lock().unwrap().insert(k) {
                 c.advance(Duration::from_micros(delta_us));
             }
-            std::future::ready(*k)
+            std::future::ready(k)
         })
         .unwrap();
     for k in 0..n {
@@ -604,7 +608,7 @@ fn flaky(name: &str, ttl: Duration, backoff: Duration, refresh_takes: Duration) 
         .refresh_backoff(backoff)
         .clock(clock.clone())
         .rng_seed(1)
-        .build(move |_k: &u64| {
+        .build(move |_k: u64| {
             let n = g.fetch_add(1, Ordering::SeqCst);
             c.advance(if n == 0 {
                 Duration::from_millis(1)

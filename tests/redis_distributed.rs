@@ -68,7 +68,7 @@ fn child_cold_key() {
         memoize_stampede(&s, Duration::from_secs(60))
             .name("cold")
             .contention(Contention::Wait(BOUND))
-            .build_infallible(move |k: &String| {
+            .build_infallible(move |k: String| {
                 runs.fetch_add(1, Ordering::SeqCst);
                 let v = format!("{k}@{pid}");
                 async move {
@@ -263,7 +263,7 @@ fn counting(
         .name(name)
         .lease_bounds(LEASE, LEASE)
         .contention(contention)
-        .build_infallible(move |_k: &String| {
+        .build_infallible(move |_k: String| {
             r.fetch_add(1, Ordering::SeqCst);
             std::future::ready(value.to_string())
         })
@@ -469,7 +469,7 @@ async fn cancelled_or_panicking_holder_releases_the_lock_for_remote_waiters() {
             memoize_stampede(&s1, Duration::from_secs(60))
                 .name("release")
                 .lease_bounds(long, long)
-                .build(move |_k: &String| {
+                .build(move |_k: String| {
                     let gate = gate.clone();
                     async move {
                         let _p = gate.acquire().await.unwrap();
@@ -485,7 +485,7 @@ async fn cancelled_or_panicking_holder_releases_the_lock_for_remote_waiters() {
             .name("release")
             .lease_bounds(long, long)
             .contention(Contention::Wait(Duration::from_secs(5)))
-            .build_infallible(|_k: &String| std::future::ready("waiter".to_string()))
+            .build_infallible(|_k: String| std::future::ready("waiter".to_string()))
             .unwrap();
         let h = {
             let (holder, key) = (holder.clone(), key.clone());
@@ -571,7 +571,7 @@ async fn clock_skew_neither_stampedes_early_nor_serves_past_expiry() {
                     offset_ns: secs * 1_000_000_000,
                 })
                 .contention(Contention::Wait(BOUND))
-                .build_infallible(move |_k: &String| {
+                .build_infallible(move |_k: String| {
                     let n = v.fetch_add(1, Ordering::SeqCst) + 1;
                     async move {
                         // delta ≈ 10 ms: XFetch's reach (δ·β·E_MAX) is well under the TTL.
@@ -663,7 +663,7 @@ async fn round_trips_hard_miss_three_hit_one() {
     warm_up(&s, &mut con, 1); // connects and loads the scripts
     let f = memoize_stampede(&s, Duration::from_secs(60))
         .name("rt")
-        .build_infallible(|k: &String| std::future::ready(format!("v-{k}")))
+        .build_infallible(|k: String| std::future::ready(format!("v-{k}")))
         .unwrap();
     let b = memoize_stampede(&s, Duration::from_secs(60))
         .name("rt-blocking")
@@ -778,7 +778,7 @@ async fn pubsub_wakes_a_remote_waiter_with_the_winners_value() {
         let gate = gate.clone();
         memoize_stampede(&s1, Duration::from_secs(60))
             .name("ps")
-            .build_infallible(move |_k: &String| {
+            .build_infallible(move |_k: String| {
                 let gate = gate.clone();
                 async move {
                     let _p = gate.acquire().await.unwrap();
@@ -793,7 +793,7 @@ async fn pubsub_wakes_a_remote_waiter_with_the_winners_value() {
         memoize_stampede(&s2, Duration::from_secs(60))
             .name("ps")
             .contention(Contention::Wait(BOUND))
-            .build_infallible(move |_k: &String| {
+            .build_infallible(move |_k: String| {
                 r.fetch_add(1, Ordering::SeqCst);
                 std::future::ready("waiter".to_string())
             })

@@ -3,7 +3,7 @@
 //! the store is built, and untrusted bytes at a value key (garbage, truncated, foreign,
 //! oversized, wrong Redis type).
 //!
-//! The contract under test (DESIGN.md, "Failure semantics"): a store outage never becomes an
+//! The contract under test (the failure semantics in the README and `paper-notes.md`): a store outage never becomes an
 //! outage of the caller (compute locally, count it, recover by itself), every remote call has a
 //! timeout and a circuit breaker stops paying them, and bytes from the store are a miss when
 //! they are not a well-formed record of ours, never a panic. Every wait is bounded.
@@ -400,7 +400,7 @@ async fn untrusted_bytes_at_the_value_key_are_a_miss_and_get_overwritten() {
         let r = runs.clone();
         memoize_stampede(&s, Duration::from_secs(60))
             .name("g")
-            .build_infallible(move |k: &String| {
+            .build_infallible(move |k: String| {
                 r.fetch_add(1, Ordering::SeqCst);
                 std::future::ready(format!("fresh-{k}"))
             })
@@ -486,7 +486,7 @@ async fn oversized_record_is_a_miss_and_gets_overwritten() {
     let key = "k".to_string();
     let writer = memoize_stampede(&big, Duration::from_secs(60))
         .name("o")
-        .build_infallible(|_k: &String| std::future::ready("x".repeat(200)))
+        .build_infallible(|_k: String| std::future::ready("x".repeat(200)))
         .unwrap();
     assert_eq!(writer.get(&key).await.unwrap().len(), 200);
     let runs = Arc::new(AtomicU64::new(0));
@@ -494,7 +494,7 @@ async fn oversized_record_is_a_miss_and_gets_overwritten() {
         let r = runs.clone();
         memoize_stampede(&small, Duration::from_secs(60))
             .name("o")
-            .build_infallible(move |_k: &String| {
+            .build_infallible(move |_k: String| {
                 r.fetch_add(1, Ordering::SeqCst);
                 std::future::ready("small".to_string())
             })
@@ -538,7 +538,7 @@ async fn cancelled_probe_does_not_wedge_the_breaker_open() {
     warm_up(&s, &mut con, 1);
     let f = memoize_stampede(&s, Duration::from_secs(60))
         .name("probe")
-        .build_infallible(|k: &u64| std::future::ready(value_of(k)))
+        .build_infallible(|k: u64| std::future::ready(value_of(&k)))
         .unwrap();
 
     server.pause();

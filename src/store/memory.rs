@@ -1,8 +1,8 @@
 //! The embedded default store: a bounded, concurrent in-process cache built on `quick_cache`.
 //!
 //! Why quick_cache: a hit is one sharded hash probe with no global lock and no background
-//! maintenance, about 26 ns on the reference machine against 131 ns for moka's `get`
-//! (`cargo bench --bench hit_path`; shared/PEERS.md). Its CLOCK-Pro-like policy keeps hot keys
+//! maintenance, several times cheaper than moka's `get` (`cargo bench --bench hit_path`
+//! measures both side by side; the README has the figures). Its CLOCK-Pro-like policy keeps hot keys
 //! under scans, and it can bound by weight. Expiry is not delegated to the cache: the engine
 //! decides with XFetch, and an expired entry stays readable so that a "serve stale" policy has
 //! something to serve until the entry is evicted or replaced.
@@ -10,13 +10,14 @@
 //! Memory cost: per entry, the key, the value, 16 bytes of `delta`/`expiry`, a 4-byte namespace
 //! id and quick_cache's own overhead (about 2 words per slot).
 
-use super::{LockOutcome, Namespace, RefreshOutcome, Store, StoreError, Written};
+use super::contract::{
+    LockOutcome, Lookup, Namespace, NamespaceRegistry, RefreshOutcome, Store, StoreError, Written,
+};
 use crate::entry::Entry;
 use crate::error::ConfigError;
 use quick_cache::{sync::Cache, Equivalent, Weighter};
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -59,7 +60,7 @@ impl<K, V> Weighter<MemKey<K>, Entry<V>> for MemWeighter<K, V> {
 
 struct Inner<K, V> {
     cache: Cache<MemKey<K>, Entry<V>, MemWeighter<K, V>>,
-    names: Mutex<HashMap<Arc<str>, u32>>,
+    names: NamespaceRegistry,
 }
 
 /// The embedded in-memory store, bounded by entry count or by weight.
@@ -161,7 +162,7 @@ where
         Ok(MemoryStore {
             inner: Arc::new(Inner {
                 cache: Cache::with_weighter(items as usize, weight, MemWeighter(weigher)),
-                names: Mutex::new(HashMap::new()),
+                names: NamespaceRegistry::default(),
             }),
         })
     }
@@ -210,15 +211,15 @@ where
     type Lock = std::convert::Infallible;
 
     fn namespace(&self, name: &str) -> Namespace {
-        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
-        let next = names.len() as u32;
-        let id = *names.entry(name.into()).or_insert(next);
-        Namespace::new(id, name)
+        self.inner.names.namespace(name)
     }
 
     #[inline]
-    fn get_now(&self, ns: &Namespace, key: &K) -> Option<Option<Entry<V>>> {
-        Some(self.lookup(ns, key))
+    fn get_now(&self, ns: &Namespace, key: &K) -> Lookup<V> {
+        match self.lookup(ns, key) {
+            Some(e) => Lookup::Found(e),
+            None => Lookup::Missing,
+        }
     }
 
     fn get(

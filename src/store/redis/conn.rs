@@ -1,9 +1,9 @@
 //! The connection side of the Redis store: a private runtime, a self-healing connection, a
 //! timeout on every call, a circuit breaker, and the pub/sub dispatcher that wakes waiters.
 
-use super::RedisStats;
-use crate::lock::sync::Event;
-use crate::store::StoreError;
+use super::scripts;
+use crate::store::contract::{StoreError, StoreErrorKind};
+use crate::wait::{Event, WaitMode};
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
@@ -12,10 +12,63 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+/// Counters of one [`RedisStore`](super::RedisStore) (all functions using it).
+///
+/// ```
+/// use std::sync::atomic::Ordering;
+/// let store = herdless::store::RedisStore::new("redis://127.0.0.1:6379/").unwrap();
+/// assert_eq!(store.stats().decode_errors.load(Ordering::Relaxed), 0);
+/// ```
+#[derive(Debug, Default)]
+pub struct RedisStats {
+    /// Requests sent (each is one round trip).
+    pub round_trips: AtomicU64,
+    /// Requests that failed or timed out.
+    pub errors: AtomicU64,
+    /// Requests that timed out.
+    pub timeouts: AtomicU64,
+    /// Times the circuit breaker opened.
+    pub circuit_opens: AtomicU64,
+    /// Requests refused at once because the circuit was open.
+    pub rejected_open: AtomicU64,
+    /// Connections herdless established (the first, and a new one after a failed connect).
+    /// Reconnects after a dropped connection happen inside redis-rs's `ConnectionManager` and
+    /// show up as `errors` followed by successful round trips, not here.
+    pub connects: AtomicU64,
+    /// Records that were not ours, truncated, oversized or of the wrong type (read as misses).
+    pub decode_errors: AtomicU64,
+    /// Writes refused because the writer no longer held the lock.
+    pub fenced_writes: AtomicU64,
+}
+
+/// What kind of failure a redis-rs error is.
+pub(crate) fn classify(e: &redis::RedisError) -> StoreErrorKind {
+    use redis::ErrorKind as K;
+    if e.is_timeout() {
+        return StoreErrorKind::Timeout;
+    }
+    if e.code() == Some("NOPERM") {
+        return StoreErrorKind::PermissionDenied;
+    }
+    if e.code() == Some("WRONGPASS") || e.code() == Some("NOAUTH") {
+        return StoreErrorKind::Authentication;
+    }
+    match e.kind() {
+        K::AuthenticationFailed => StoreErrorKind::Authentication,
+        K::TypeError | K::ResponseError | K::ParseError => StoreErrorKind::Protocol,
+        K::IoError if e.is_connection_refusal() => StoreErrorKind::ConnectionRefused,
+        _ => StoreErrorKind::Other,
+    }
+}
+
+pub(crate) fn store_error(context: &str, e: &redis::RedisError) -> StoreError {
+    StoreError::new(classify(e), format!("{context}: {e}"))
+}
+
 /// Trips after `threshold` consecutive failures; while open, calls fail at once instead of
 /// paying a timeout each. After `cooldown` one probe is let through (half-open); its success
 /// closes the circuit, its failure re-opens it.
-pub(super) struct Breaker {
+pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
     origin: Instant,
@@ -26,7 +79,7 @@ pub(super) struct Breaker {
 }
 
 impl Breaker {
-    pub(super) fn new(threshold: u32, cooldown: Duration) -> Self {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
         Breaker {
             threshold,
             cooldown,
@@ -40,7 +93,7 @@ impl Breaker {
         self.origin.elapsed().as_nanos() as u64
     }
     /// May a call go to the server now?
-    pub(super) fn allow(&self) -> bool {
+    pub(crate) fn allow(&self) -> bool {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
             return true;
@@ -53,13 +106,13 @@ impl Breaker {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
-    pub(super) fn success(&self) {
+    pub(crate) fn success(&self) {
         self.failures.store(0, Ordering::Release);
         self.open_until.store(0, Ordering::Release);
         self.probing.store(false, Ordering::Release);
     }
     /// Returns true when this failure opened the circuit.
-    pub(super) fn failure(&self) -> bool {
+    pub(crate) fn failure(&self) -> bool {
         let f = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let was_probe = self.probing.swap(false, Ordering::AcqRel);
         if f >= self.threshold || was_probe {
@@ -69,21 +122,21 @@ impl Breaker {
         }
         false
     }
-    pub(super) fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Acquire) != 0
     }
 }
 
 /// Waiters per channel, woken by the pub/sub dispatcher.
 #[derive(Default)]
-pub(super) struct Wakeups {
+pub(crate) struct Wakeups {
     channels: Mutex<HashMap<Vec<u8>, Weak<Event>>>,
     /// True while the pattern subscription is live (else waiters poll).
-    pub(super) live: AtomicBool,
+    pub(crate) live: AtomicBool,
 }
 
 impl Wakeups {
-    pub(super) fn event(&self, channel: &[u8]) -> Arc<Event> {
+    pub(crate) fn event(&self, channel: &[u8]) -> Arc<Event> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = map.get(channel).and_then(Weak::upgrade) {
             return e;
@@ -112,10 +165,10 @@ pub(crate) struct Conn {
     pub(crate) handle: tokio::runtime::Handle,
     client: redis::Client,
     manager: tokio::sync::Mutex<Option<ConnectionManager>>,
-    pub(super) op_timeout: Duration,
-    pub(super) breaker: Breaker,
-    pub(super) stats: Arc<RedisStats>,
-    pub(super) wakeups: Arc<Wakeups>,
+    pub(crate) op_timeout: Duration,
+    pub(crate) breaker: Breaker,
+    pub(crate) stats: Arc<RedisStats>,
+    pub(crate) wakeups: Arc<Wakeups>,
 }
 
 impl Drop for Conn {
@@ -128,7 +181,7 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    pub(super) fn new(
+    pub(crate) fn new(
         client: redis::Client,
         op_timeout: Duration,
         breaker: Breaker,
@@ -180,13 +233,13 @@ impl Conn {
             .set_max_delay(200);
         let mut m = ConnectionManager::new_with_config(self.client.clone(), cfg)
             .await
-            .map_err(|e| StoreError(format!("connect: {e}")))?;
+            .map_err(|e| store_error("connect", &e))?;
         // Load every script now so that the first real call is one round trip (EVALSHA).
-        for s in super::scripts::all() {
+        for s in scripts::all() {
             s.prepare_invoke()
                 .load_async(&mut m)
                 .await
-                .map_err(|e| StoreError(format!("script load: {e}")))?;
+                .map_err(|e| store_error("script load", &e))?;
         }
         Stats::inc(&self.stats.connects);
         *slot = Some(m.clone());
@@ -203,7 +256,10 @@ impl Conn {
     {
         if !self.breaker.allow() {
             Stats::inc(&self.stats.rejected_open);
-            return Err(StoreError("circuit open".into()));
+            return Err(StoreError::new(
+                StoreErrorKind::CircuitOpen,
+                "circuit open (redis failed repeatedly; computing locally)",
+            ));
         }
         // The outcome is booked inside the spawned task, which runs to completion even when
         // the caller's future is dropped: a cancelled half-open probe must still close or
@@ -213,11 +269,14 @@ impl Conn {
             let deadline = this.op_timeout * 2;
             let run = async {
                 let m = this.manager().await?;
-                f(m).await.map_err(|e| StoreError(e.to_string()))
+                f(m).await.map_err(|e| store_error("redis", &e))
             };
             let out = match tokio::time::timeout(deadline, run).await {
                 Ok(r) => r,
-                Err(_) => Err(StoreError("timed out".into())),
+                Err(_) => Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("no answer within {deadline:?}"),
+                )),
             };
             this.book(&out);
             out
@@ -227,10 +286,41 @@ impl Conn {
             Ok(r) => r,
             Err(e) => {
                 // Only a runtime shutting down gets here; the probe flag must not stay set.
-                self.book::<T>(&Err(StoreError(String::new())));
-                Err(StoreError(format!("store task failed: {e}")))
+                let err = StoreError::new(StoreErrorKind::Other, format!("store task failed: {e}"));
+                self.book::<T>(&Err(err.clone()));
+                Err(err)
             }
         }
+    }
+
+    /// Waits for a publish on `channel` (or `max`). Subscribed before the caller re-checks:
+    /// when `value_key` is given, its existence is checked after listening, so a publish
+    /// between the caller's last look and now is not lost.
+    pub(crate) async fn wait_channel(
+        self: &Arc<Self>,
+        channel: &[u8],
+        value_key: Option<&[u8]>,
+        max: Duration,
+        mode: WaitMode,
+    ) {
+        if !self.wakeups.live.load(Ordering::Acquire) {
+            mode.sleep(max).await;
+            return;
+        }
+        let event = self.wakeups.event(channel);
+        let listener = event.listen();
+        if let Some(vk) = value_key {
+            let vk = vk.to_vec();
+            let exists: Result<bool, _> = self
+                .call(move |mut m: ConnectionManager| async move {
+                    redis::cmd("EXISTS").arg(vk).query_async(&mut m).await
+                })
+                .await;
+            if exists.unwrap_or(false) {
+                return;
+            }
+        }
+        mode.wait(listener, Instant::now().checked_add(max)).await;
     }
 
     fn book<T>(&self, out: &Result<T, StoreError>) {
@@ -238,7 +328,7 @@ impl Conn {
             Ok(_) => self.breaker.success(),
             Err(e) => {
                 Stats::inc(&self.stats.errors);
-                if e.0.contains("timed out") {
+                if e.kind() == StoreErrorKind::Timeout {
                     Stats::inc(&self.stats.timeouts);
                 }
                 if self.breaker.failure() {

@@ -19,52 +19,28 @@
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
 
 mod conn;
-pub(crate) mod scripts;
+mod keys;
+mod lock;
+mod scripts;
 
-use super::{LockOutcome, Namespace, RefreshOutcome, Store, StoreError, Written};
 use crate::entry::Entry;
 use crate::error::ConfigError;
-pub use crate::lock::redis::{HeldLock, RedisGuard, RedisLock};
-use crate::lock::WaitMode;
+use crate::store::contract::{
+    LockOutcome, Namespace, NamespaceRegistry, RefreshOutcome, Store, StoreError, StoreErrorKind,
+    Written,
+};
+use crate::wait::WaitMode;
+pub use conn::RedisStats;
 use conn::{Breaker, Conn};
-use redis::aio::ConnectionManager;
+use keys::{token, KeySpace, Keys};
+pub use lock::{HeldLock, RedisGuard, RedisLock};
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Magic bytes and version that open every record herdless writes.
 const MAGIC: [u8; 3] = *b"HL\x01";
-
-/// Counters of one [`RedisStore`] (all functions using it).
-///
-/// ```
-/// use std::sync::atomic::Ordering;
-/// let store = herdless::store::RedisStore::new("redis://127.0.0.1:6379/").unwrap();
-/// assert_eq!(store.stats().decode_errors.load(Ordering::Relaxed), 0);
-/// ```
-#[derive(Debug, Default)]
-pub struct RedisStats {
-    /// Requests sent (each is one round trip).
-    pub round_trips: AtomicU64,
-    /// Requests that failed or timed out.
-    pub errors: AtomicU64,
-    /// Requests that timed out.
-    pub timeouts: AtomicU64,
-    /// Times the circuit breaker opened.
-    pub circuit_opens: AtomicU64,
-    /// Requests refused at once because the circuit was open.
-    pub rejected_open: AtomicU64,
-    /// Connections herdless established (the first, and a new one after a failed connect).
-    /// Reconnects after a dropped connection happen inside redis-rs's `ConnectionManager` and
-    /// show up as `errors` followed by successful round trips, not here.
-    pub connects: AtomicU64,
-    /// Records that were not ours, truncated, oversized or of the wrong type (read as misses).
-    pub decode_errors: AtomicU64,
-    /// Writes refused because the writer no longer held the lock.
-    pub fenced_writes: AtomicU64,
-}
 
 /// Configures a [`RedisStore`]; see [`RedisStore::builder`].
 ///
@@ -159,19 +135,21 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
-                prefix: self.prefix,
+                space: KeySpace {
+                    prefix: self.prefix,
+                },
                 max_value_bytes: self.max_value_bytes,
-                names: Mutex::new(HashMap::new()),
+                names: NamespaceRegistry::default(),
             }),
         })
     }
 }
 
-pub(crate) struct Inner {
-    pub(crate) conn: Arc<Conn>,
-    prefix: String,
+struct Inner {
+    conn: Arc<Conn>,
+    space: KeySpace,
     max_value_bytes: usize,
-    names: Mutex<HashMap<String, u32>>,
+    names: NamespaceRegistry,
 }
 
 /// A store shared by every process that points at the same Redis.
@@ -188,29 +166,14 @@ pub(crate) struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.inner.prefix)
+            .field("prefix", &self.inner.space.prefix)
             .finish()
-    }
-}
-
-/// The keys of one (function, key) pair.
-pub(crate) struct Keys {
-    pub(crate) value: Vec<u8>,
-    pub(crate) lock: Vec<u8>,
-    pub(crate) channel: Vec<u8>,
-}
-
-fn hex(bytes: &[u8], out: &mut Vec<u8>) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize]);
-        out.push(DIGITS[(b & 15) as usize]);
     }
 }
 
@@ -256,35 +219,15 @@ impl RedisStore {
     /// A cross-process per-key lock for [`barrier`](crate::barrier), named like a function.
     pub fn lock(&self, name: &str) -> RedisLock {
         RedisLock {
-            store: self.clone(),
+            conn: self.inner.conn.clone(),
+            space: self.inner.space.clone(),
             name: name.to_string(),
             lease: Duration::from_secs(5),
         }
     }
 
-    /// The keys of one (function, key) pair. A key that cannot be encoded is a store error, so
-    /// the call fails open instead of sharing one bogus Redis key with other unencodable keys.
-    pub(crate) fn keys<K: Serialize>(&self, name: &str, key: &K) -> Result<Keys, StoreError> {
-        let encoded = rmp_serde::to_vec(key)
-            .map_err(|e| StoreError(format!("the key cannot be encoded: {e}")))?;
-        let mut base =
-            Vec::with_capacity(self.inner.prefix.len() + 4 + 2 * (name.len() + encoded.len()));
-        base.extend_from_slice(self.inner.prefix.as_bytes());
-        base.extend_from_slice(b":{");
-        hex(name.as_bytes(), &mut base);
-        base.push(b'.');
-        hex(&encoded, &mut base);
-        base.push(b'}');
-        let with = |suffix: &[u8]| {
-            let mut k = base.clone();
-            k.extend_from_slice(suffix);
-            k
-        };
-        Ok(Keys {
-            value: with(b":v"),
-            lock: with(b":l"),
-            channel: with(b":c"),
-        })
+    fn keys<K: Serialize + ?Sized>(&self, name: &str, key: &K) -> Result<Keys, StoreError> {
+        self.inner.space.keys(name, key)
     }
 
     fn encode<V: Serialize>(&self, entry: &Entry<V>) -> Option<Vec<u8>> {
@@ -320,59 +263,8 @@ impl RedisStore {
         }
     }
 
-    pub(crate) fn token() -> Vec<u8> {
-        let mut t = Vec::with_capacity(32);
-        hex(&rand::random::<u128>().to_le_bytes(), &mut t);
-        t
-    }
-
-    pub(crate) fn held(
-        &self,
-        keys: Keys,
-        token: Vec<u8>,
-        lease: Duration,
-        max_hold: Duration,
-    ) -> HeldLock {
-        HeldLock::new(
-            self.clone(),
-            keys.lock,
-            keys.channel,
-            token,
-            lease,
-            max_hold,
-        )
-    }
-
-    /// Waits for a publish on `channel` (or `max`). Subscribed before the caller re-checks.
-    pub(crate) async fn wait_channel(
-        &self,
-        channel: &[u8],
-        value_key: Option<&[u8]>,
-        max: Duration,
-        mode: WaitMode,
-    ) {
-        let wakeups = &self.inner.conn.wakeups;
-        if !wakeups.live.load(Ordering::Acquire) {
-            mode.sleep(max).await;
-            return;
-        }
-        let event = wakeups.event(channel);
-        let listener = event.listen();
-        // Re-check after listening: a publish between the caller's last look and now is not lost.
-        if let Some(vk) = value_key {
-            let vk = vk.to_vec();
-            let exists: Result<bool, _> = self
-                .inner
-                .conn
-                .call(move |mut m: ConnectionManager| async move {
-                    redis::cmd("EXISTS").arg(vk).query_async(&mut m).await
-                })
-                .await;
-            if exists.unwrap_or(false) {
-                return;
-            }
-        }
-        mode.wait(listener, Some(Instant::now() + max)).await;
+    fn held(&self, keys: Keys, token: Vec<u8>, lease: Duration, max_hold: Duration) -> HeldLock {
+        HeldLock::new(self.inner.conn.clone(), keys, token, lease, max_hold)
     }
 }
 
@@ -388,10 +280,7 @@ where
     }
 
     fn namespace(&self, name: &str) -> Namespace {
-        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
-        let next = names.len() as u32;
-        let id = *names.entry(name.to_string()).or_insert(next);
-        Namespace::new(id, name)
+        self.inner.names.namespace(name)
     }
 
     async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
@@ -423,7 +312,10 @@ where
     ) -> Result<Written, StoreError> {
         let keys = self.keys(ns.name(), key)?;
         let Some(record) = self.encode(&entry) else {
-            return Err(StoreError("value could not be encoded".into()));
+            return Err(StoreError::new(
+                StoreErrorKind::Encode,
+                "the value could not be encoded",
+            ));
         };
         let ms = ttl.as_millis().max(1) as u64;
         match lock {
@@ -484,7 +376,7 @@ where
         now: u64,
     ) -> Result<LockOutcome<V, HeldLock>, StoreError> {
         let keys = self.keys(ns.name(), key)?;
-        let token = Self::token();
+        let token = token();
         let (v, l, t, ms) = (
             keys.value.clone(),
             keys.lock.clone(),
@@ -506,7 +398,12 @@ where
             .await?;
         let items = match reply {
             redis::Value::Array(items) => items,
-            _ => return Err(StoreError("unexpected reply to lock_or_get".into())),
+            _ => {
+                return Err(StoreError::new(
+                    StoreErrorKind::Protocol,
+                    "unexpected reply to lock_or_get",
+                ))
+            }
         };
         match items.first() {
             Some(redis::Value::Int(1)) => {
@@ -529,7 +426,10 @@ where
                 self.held(keys, token, lease, max_hold),
             )),
             Some(redis::Value::Int(3)) => Ok(LockOutcome::Busy),
-            _ => Err(StoreError("unexpected reply to lock_or_get".into())),
+            _ => Err(StoreError::new(
+                StoreErrorKind::Protocol,
+                "unexpected reply to lock_or_get",
+            )),
         }
     }
 
@@ -543,7 +443,7 @@ where
         now: u64,
     ) -> Result<RefreshOutcome<HeldLock>, StoreError> {
         let keys = self.keys(ns.name(), key)?;
-        let token = Self::token();
+        let token = token();
         // A replaced value has a PTTL well above what the reader saw; 2 ms absorbs the read's
         // own latency.
         let seen_ms = seen_expires_at.saturating_sub(now) / 1_000_000 + 2;
@@ -582,7 +482,9 @@ where
         mode: WaitMode,
     ) -> Result<(), StoreError> {
         let keys = self.keys(ns.name(), key)?;
-        self.wait_channel(&keys.channel, Some(&keys.value), max, mode)
+        self.inner
+            .conn
+            .wait_channel(&keys.channel, Some(&keys.value), max, mode)
             .await;
         Ok(())
     }

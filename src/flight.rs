@@ -6,11 +6,12 @@
 //! the flight is marked abandoned and waiters race to lead a fresh flight: nobody hangs and the
 //! key is never poisoned.
 //!
-//! The same mechanism serves as a per-key mutex for the barrier layer: waiters simply ignore
-//! the outcome and join again.
+//! The same mechanism serves as a per-key mutex for the barrier layer ([`LocalLock`](crate::LocalLock)):
+//! waiters simply ignore the outcome and join again. [`RefreshSlots`] holds the other per-key
+//! state of the engine: which keys refresh in the background, and which back off after a
+//! failed refresh.
 
-use super::sync::{Event, Mutex, MutexGuard};
-use super::WaitMode;
+use crate::wait::{Event, Mutex, MutexGuard, WaitMode};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
@@ -232,117 +233,5 @@ impl<K: Hash + Eq + Clone> RefreshSlots<K> {
     pub(crate) fn back_off(&self, key: &K, until: u64) {
         self.shard(key)
             .insert(key.clone(), RefreshState::BackoffUntil(until));
-    }
-}
-
-/// The single-flight protocol under shuttle's randomized schedulers (random and PCT), which
-/// explore thread interleavings a real machine rarely produces. Run with
-/// `RUSTFLAGS="--cfg shuttle" cargo test --lib shuttle_checks` (CI does, in its own target dir).
-#[cfg(all(test, shuttle))]
-mod shuttle_checks {
-    use super::*;
-    use shuttle::sync::atomic::{AtomicUsize, Ordering};
-    use shuttle::thread;
-
-    const ITERATIONS: usize = 2000;
-
-    /// Joins `key` until this thread either leads (and then `lead` decides: Some(v) finishes
-    /// with v, None abandons) or follows a flight to its end.
-    fn call(
-        map: &Arc<FlightMap<u32, u64>>,
-        leaders: &AtomicUsize,
-        lead: impl Fn() -> Option<u64>,
-    ) -> Option<u64> {
-        loop {
-            match map.join(&7) {
-                Joined::Leader(l) => {
-                    let now = leaders.fetch_add(1, Ordering::SeqCst) + 1;
-                    assert_eq!(now, 1, "two leaders of one key at once");
-                    let out = lead();
-                    leaders.fetch_sub(1, Ordering::SeqCst);
-                    match out {
-                        Some(v) => {
-                            l.finish(v);
-                            return Some(v);
-                        }
-                        None => {
-                            drop(l); // abandoned: a panic or a cancelled future
-                            return None;
-                        }
-                    }
-                }
-                Joined::Follower(f) => {
-                    match crate::blocking::block_on(f.wait(WaitMode::Blocking, None)) {
-                        Waited::Done(v) => return Some(v),
-                        Waited::Abandoned => continue, // take over
-                        Waited::TimedOut => unreachable!("no deadline"),
-                    }
-                }
-            }
-        }
-    }
-
-    fn scenario(abandoning: usize, finishing: usize) {
-        let map = Arc::new(FlightMap::<u32, u64>::new());
-        let leaders = Arc::new(AtomicUsize::new(0));
-        let mut handles = Vec::new();
-        for i in 0..abandoning + finishing {
-            let (map, leaders) = (map.clone(), leaders.clone());
-            let abandons = i < abandoning;
-            handles.push(thread::spawn(move || {
-                let got = call(&map, &leaders, || (!abandons).then_some(42));
-                (abandons, got)
-            }));
-        }
-        for h in handles {
-            let (abandons, got) = h.join().unwrap();
-            if !abandons {
-                // A caller that would compute always ends with the value, whoever computed it.
-                assert_eq!(got, Some(42));
-            }
-        }
-        assert_eq!(map.len(), 0, "no flight is left behind");
-    }
-
-    #[test]
-    fn shuttle_checks_one_leader_everyone_gets_the_value() {
-        shuttle::check_random(|| scenario(0, 3), ITERATIONS);
-        shuttle::check_pct(|| scenario(0, 3), ITERATIONS, 3);
-    }
-
-    #[test]
-    fn shuttle_checks_abandoned_flights_hand_over() {
-        shuttle::check_random(|| scenario(1, 2), ITERATIONS);
-        shuttle::check_pct(|| scenario(2, 2), ITERATIONS, 3);
-    }
-
-    #[test]
-    fn shuttle_checks_refresh_slot_is_exclusive() {
-        shuttle::check_random(
-            || {
-                let slots = Arc::new(RefreshSlots::<u32>::new());
-                let running = Arc::new(AtomicUsize::new(0));
-                let handles: Vec<_> = (0..3)
-                    .map(|_| {
-                        let (slots, running) = (slots.clone(), running.clone());
-                        thread::spawn(move || {
-                            if slots.try_begin(&1, 0) {
-                                assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0);
-                                running.fetch_sub(1, Ordering::SeqCst);
-                                slots.clear(&1);
-                            }
-                        })
-                    })
-                    .collect();
-                for h in handles {
-                    h.join().unwrap();
-                }
-                assert!(
-                    slots.try_begin(&1, 0),
-                    "a cleared slot can be claimed again"
-                );
-            },
-            ITERATIONS,
-        );
     }
 }

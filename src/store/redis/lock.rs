@@ -5,15 +5,19 @@
 //! Lua scripts that act only if the stored token is still ours, so a holder that lost its lease
 //! (paused, partitioned) can neither extend nor delete a newer holder's lock.
 
-use crate::lock::{jitter, Lock, LockError, WaitMode};
-use crate::store::redis::{scripts, Keys, RedisStore};
+use super::conn::Conn;
+use super::keys::{token, KeySpace, Keys};
+use super::scripts;
+use crate::lock::{Lock, LockError};
+use crate::wait::{Contention, Patience, WaitMode};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A held distributed lock: renewed in the background while held, released (by the owner only)
 /// when dropped without a write.
 pub struct HeldLock {
-    store: RedisStore,
+    conn: Arc<Conn>,
     lock_key: Vec<u8>,
     channel: Vec<u8>,
     pub(crate) token: Vec<u8>,
@@ -23,16 +27,17 @@ pub struct HeldLock {
 
 impl HeldLock {
     pub(crate) fn new(
-        store: RedisStore,
-        lock_key: Vec<u8>,
-        channel: Vec<u8>,
+        conn: Arc<Conn>,
+        keys: Keys,
         token: Vec<u8>,
         lease: Duration,
         max_hold: Duration,
     ) -> Self {
-        let conn = store.inner.conn.clone();
+        let (lock_key, channel) = (keys.lock, keys.channel);
         let (k, t) = (lock_key.clone(), token.clone());
+        let renewing = conn.clone();
         let renewal = conn.handle.clone().spawn(async move {
+            let conn = renewing;
             let started = Instant::now();
             let every = lease / 3;
             loop {
@@ -59,7 +64,7 @@ impl HeldLock {
             }
         });
         HeldLock {
-            store,
+            conn,
             lock_key,
             channel,
             token,
@@ -82,7 +87,7 @@ impl Drop for HeldLock {
             r.abort();
         }
         if self.armed {
-            let conn = self.store.inner.conn.clone();
+            let conn = self.conn.clone();
             let (k, t, c) = (
                 self.lock_key.clone(),
                 self.token.clone(),
@@ -129,9 +134,19 @@ impl std::fmt::Debug for HeldLock {
 /// ```
 #[derive(Clone)]
 pub struct RedisLock {
-    pub(crate) store: RedisStore,
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) space: KeySpace,
     pub(crate) name: String,
     pub(crate) lease: Duration,
+}
+
+impl std::fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("name", &self.name)
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 impl RedisLock {
@@ -152,24 +167,21 @@ impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
     async fn acquire(
         &self,
         key: &K,
-        max_wait: Option<Duration>,
+        policy: Contention,
         mode: WaitMode,
     ) -> Result<RedisGuard, LockError> {
-        let Ok(keys) = self.store.keys(&format!("barrier:{}", self.name), key) else {
+        let Ok(keys) = self.space.keys(&format!("barrier:{}", self.name), key) else {
             return Ok(RedisGuard(None)); // an unencodable key cannot be locked: fail open
         };
-        let deadline = max_wait.map(|d| Instant::now() + d);
-        let mut poll = Duration::from_millis(2);
+        let mut patience = Patience::new(policy);
         loop {
-            let token = RedisStore::token();
+            let token = token();
             let (l, t, ms) = (
                 keys.lock.clone(),
                 token.clone(),
                 self.lease.as_millis() as u64,
             );
             let got: Result<i64, _> = self
-                .store
-                .inner
                 .conn
                 .call(move |mut m| async move {
                     scripts::TRY_LOCK
@@ -182,13 +194,9 @@ impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
                 .await;
             match got {
                 Ok(1) => {
-                    let k = Keys {
-                        value: keys.value.clone(),
-                        lock: keys.lock.clone(),
-                        channel: keys.channel.clone(),
-                    };
-                    return Ok(RedisGuard(Some(self.store.held(
-                        k,
+                    return Ok(RedisGuard(Some(HeldLock::new(
+                        self.conn.clone(),
+                        keys.clone(),
                         token,
                         self.lease,
                         Duration::from_secs(3600),
@@ -197,18 +205,15 @@ impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
                 Ok(_) => {}
                 Err(_) => return Ok(RedisGuard(None)), // fail-open
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if max_wait == Some(Duration::ZERO) {
+            if patience.fail_fast() {
                 return Err(LockError::Busy);
             }
-            if left.is_some_and(|l| l.is_zero()) {
-                return Err(LockError::Timeout(max_wait.unwrap_or_default()));
-            }
-            let wait = left.map_or(poll, |l| l.min(poll));
-            self.store
-                .wait_channel(&keys.channel, None, jitter(wait), mode)
+            let Some(wait) = patience.next_poll() else {
+                return Err(LockError::Timeout(policy.max_wait()));
+            };
+            self.conn
+                .wait_channel(&keys.channel, None, wait, mode)
                 .await;
-            poll = (poll * 2).min(Duration::from_millis(100));
         }
     }
 }

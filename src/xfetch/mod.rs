@@ -17,6 +17,8 @@
 //! assert_eq!(decide(0.0, 5_000.0, 1.0, 30.0), Decision::Expired);
 //! ```
 
+pub mod theory;
+
 /// What a caller holding a cached value should do with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {

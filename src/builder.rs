@@ -1,0 +1,360 @@
+//! The builder shared by [`memoize`](crate::memoize) and
+//! [`memoize_stampede`](crate::memoize_stampede): configuration, validation, and the `build*` /
+//! `wrap*` methods that produce the async and blocking facades.
+
+use crate::auto::LeadTarget;
+use crate::blocking::BlockingMemoized;
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{Config, Draws, Engine};
+use crate::error::ConfigError;
+use crate::layer::{BlockingLayer, ComputeFn, Layer};
+use crate::memoized::Memoized;
+use crate::store::contract::Store;
+use crate::wait::Contention;
+use futures::FutureExt;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Configures a memoized function; finish with one of the `build*` or `wrap*` methods.
+///
+/// ```
+/// use herdless::{memoize_stampede, Contention, ManualClock, MemoryStore};
+/// use std::time::Duration;
+/// let store = MemoryStore::<u32, u32>::new(100).unwrap();
+/// let f = memoize_stampede(&store, Duration::from_secs(10))
+///     .name("squares")
+///     .beta(0.5)
+///     .contention(Contention::Wait(Duration::from_secs(2)))
+///     .refresh_backoff(Duration::from_millis(500))
+///     .clock(ManualClock::new())
+///     .rng_seed(7)
+///     .build_blocking_infallible(|k: &u32| k * k)
+///     .unwrap();
+/// assert_eq!(f.get(&4).unwrap(), 16);
+/// ```
+pub struct Builder<K, V, S> {
+    store: S,
+    ttl: Duration,
+    stampede: bool,
+    name: Option<String>,
+    beta: f64,
+    contention: Contention,
+    serve_stale: bool,
+    refresh_backoff: Duration,
+    lease: (Duration, Duration),
+    clock: Option<Arc<dyn Clock>>,
+    seed: Option<u64>,
+    auto: Option<LeadTarget>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+fn anonymous_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("anonymous#{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl<K, V, S> Builder<K, V, S>
+where
+    S: Store<K, V>,
+{
+    pub(crate) fn new(store: S, ttl: Duration, stampede: bool) -> Self {
+        Builder {
+            store,
+            ttl,
+            stampede,
+            name: None,
+            beta: if stampede { 1.0 } else { 0.0 },
+            contention: Contention::default(),
+            serve_stale: false,
+            refresh_backoff: Duration::from_secs(1),
+            lease: (Duration::from_millis(500), Duration::from_secs(60)),
+            clock: None,
+            seed: None,
+            auto: None,
+            _types: PhantomData,
+        }
+    }
+
+    /// The function's name: its namespace in the store. Layers that must see each other's
+    /// entries (the outer and inner `memoize` of a barrier recipe) use the same name. Without a
+    /// name, the function gets a private anonymous namespace.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// XFetch β (default 1.0 for `memoize_stampede`): larger refreshes earlier. `0` disables
+    /// early refresh; `f64::INFINITY` refreshes on every hit. Negative or NaN is rejected.
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+
+    /// Automatic β: measure each key's request rate on the hit path and choose β so that the
+    /// expected refresh lead `δβ(ln(rδβ)+γ)` is about `target` (a [`Duration`], or
+    /// [`LeadTarget::DeltaMultiple`]; the default [`LeadTarget`] is 1.25 δ). β stays within
+    /// [0.01, 10]. With the single-flight refresh this gives about one refresh per TTL at any
+    /// rate. Overrides [`Builder::beta`].
+    ///
+    /// The first trigger's lead is random (Gumbel, scale `δβ`), so a refresh lands after expiry
+    /// with probability `exp(−rδβ·e^(−1/β))`. At high rates the β the target gives is small and
+    /// that probability negligible (10⁶ calls/s, δ = 200 ms: β ≈ 0.12); at low rates it is not
+    /// (100 calls/s: β ≈ 0.45 would refresh late in about a third of the cycles, and those
+    /// callers wait). With a store local to the process, β is therefore raised where needed to
+    /// keep late refreshes under 5 % (100 calls/s: β ≈ 0.67, lead ≈ 2.1 δ). A shared store
+    /// (Redis) skips that floor: each process meters only its own rate, so the cluster-wide
+    /// lead is already `δβ ln N` longer than the target across N processes; a lone process on
+    /// Redis at a low rate should give a longer target (`LeadTarget::DeltaMultiple(2.5)`).
+    /// [`tune::advise`](crate::tune::advise) reports `late_refresh_probability` for any choice.
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, LeadTarget, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, u32>::new(100).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(1))
+    ///     .beta_auto(LeadTarget::default())
+    ///     .build_blocking_infallible(|k: &u32| *k)
+    ///     .unwrap();
+    /// assert_eq!(f.get(&5).unwrap(), 5);
+    /// ```
+    pub fn beta_auto(mut self, target: impl Into<LeadTarget>) -> Self {
+        self.auto = Some(target.into());
+        self
+    }
+
+    /// What a hard miss does while another caller computes the key (default: wait up to 30 s).
+    /// Each call can override it ([`Memoized::get_with`]).
+    pub fn contention(mut self, policy: Contention) -> Self {
+        self.contention = policy;
+        self
+    }
+
+    /// While another caller recomputes an expired key, answer with the expired value (if the
+    /// store still has it) instead of waiting. Off by default. `MemoryStore` keeps expired
+    /// entries until they are evicted or replaced; Redis drops a key at its TTL, so with
+    /// `RedisStore` there is never a stale value to serve.
+    pub fn serve_stale(mut self, yes: bool) -> Self {
+        self.serve_stale = yes;
+        self
+    }
+
+    /// After a failed background refresh, no new refresh of that key starts for this long
+    /// (default 1 s); the current value keeps being served until it expires.
+    pub fn refresh_backoff(mut self, backoff: Duration) -> Self {
+        self.refresh_backoff = backoff;
+        self
+    }
+
+    /// Bounds of the distributed lock lease (default 500 ms to 60 s): a lock is taken for a few
+    /// times the last computation time within `[min, max]` and renewed while the holder
+    /// computes, for at most `max` in all; a computation that outlives `max` loses the lock and
+    /// its write is fenced off. Ignored by stores that do not lock across processes.
+    pub fn lease_bounds(mut self, min: Duration, max: Duration) -> Self {
+        self.lease = (min, max);
+        self
+    }
+
+    /// Replaces the system clock (tests use [`ManualClock`](crate::ManualClock)).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Seeds the XFetch draws, for reproducible tests and simulations.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    fn validate(&self) -> Result<Config, ConfigError> {
+        if self.beta.is_nan() || self.beta < 0.0 {
+            return Err(ConfigError::new(
+                "beta",
+                format!("must be ≥ 0 (0 disables early refresh), got {}", self.beta),
+            ));
+        }
+        if self.stampede && self.ttl.is_zero() {
+            return Err(ConfigError::new(
+                "ttl",
+                "memoize_stampede needs a TTL > 0 (a zero TTL never stores, so nothing could be refreshed)",
+            ));
+        }
+        match self.auto {
+            Some(LeadTarget::Fixed(d)) if d.is_zero() => {
+                return Err(ConfigError::new(
+                    "beta_auto",
+                    "the target lead must be positive",
+                ))
+            }
+            Some(LeadTarget::DeltaMultiple(k)) if !(k > 0.0 && k.is_finite()) => {
+                return Err(ConfigError::new(
+                    "beta_auto",
+                    format!("the δ multiple must be positive and finite, got {k}"),
+                ))
+            }
+            Some(_) if !self.stampede => {
+                return Err(ConfigError::new(
+                    "beta_auto",
+                    "only memoize_stampede refreshes early",
+                ))
+            }
+            _ => {}
+        }
+        if self.name.as_deref() == Some("") {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        if self.lease.0.is_zero() || self.lease.0 > self.lease.1 {
+            return Err(ConfigError::new(
+                "lease_bounds",
+                format!(
+                    "need 0 < min ≤ max, got {:?}..{:?}",
+                    self.lease.0, self.lease.1
+                ),
+            ));
+        }
+        Ok(Config {
+            ttl: self.ttl,
+            beta: self.beta,
+            single_flight: self.stampede,
+            contention: self.contention,
+            serve_stale: self.serve_stale,
+            refresh_backoff: self.refresh_backoff,
+            lease_min: self.lease.0,
+            lease_max: self.lease.1,
+            auto: self.auto,
+        })
+    }
+
+    fn engine<E>(self, compute: ComputeFn<K, V, E>) -> Result<Arc<Engine<K, V, E, S>>, ConfigError>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+    {
+        let cfg = self.validate()?;
+        let name = self.name.unwrap_or_else(anonymous_name);
+        let ns = self.store.namespace(&name);
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let draws = self.seed.map_or(Draws::Thread, Draws::seeded);
+        Ok(Arc::new(Engine::new(
+            self.store, ns, clock, draws, compute, cfg,
+        )))
+    }
+}
+
+impl<K, V, S> Builder<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    /// Memoizes an async closure returning `Result<V, E>`.
+    ///
+    /// The closure takes the key by value (herdless clones it for each computation), so the
+    /// future can own it: `|id: u64| async move { db.user(id).await }` compiles as written.
+    /// A function of several arguments takes a tuple key: `|(user, page): (u64, String)| …`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u64, u64>::new(1000).unwrap();
+    /// let square = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build(|k: u64| async move { Ok::<_, std::io::Error>(k * k) })
+    ///     .unwrap();
+    /// assert_eq!(square.get(&12).await.unwrap(), 144);
+    /// # }
+    /// ```
+    pub fn build<E, F, Fut>(self, f: F) -> Result<Memoized<K, V, E, S>, ConfigError>
+    where
+        E: Send + Sync + 'static,
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let compute = ComputeFn::from_async(f);
+        Ok(Memoized::new(self.engine(compute)?))
+    }
+
+    /// Memoizes an async closure that cannot fail.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<String, usize>::new(1000).unwrap();
+    /// let len = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_infallible(|k: String| async move { k.len() })
+    ///     .unwrap();
+    /// assert_eq!(len.get(&"four".to_string()).await.unwrap(), 4);
+    /// # }
+    /// ```
+    pub fn build_infallible<F, Fut>(
+        self,
+        f: F,
+    ) -> Result<Memoized<K, V, Infallible, S>, ConfigError>
+    where
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        self.build(move |k: K| f(k).map(Ok::<V, Infallible>))
+    }
+
+    /// Memoizes another async layer (a [`Memoized`] or a [`Barrier`](crate::Barrier)).
+    pub fn wrap<E, L>(self, inner: L) -> Result<Memoized<K, V, E, S>, ConfigError>
+    where
+        E: Send + Sync + 'static,
+        L: Layer<K, V, E>,
+    {
+        let compute = ComputeFn::from_layer(inner);
+        Ok(Memoized::new(self.engine(compute)?))
+    }
+
+    /// Memoizes a plain synchronous closure; the result is called from ordinary threads and
+    /// needs no async runtime. Background refreshes run on a worker thread.
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, String>::new(100).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(5))
+    ///     .build_blocking(|k: &u32| if *k > 0 { Ok(k.to_string()) } else { Err("zero") })
+    ///     .unwrap();
+    /// assert_eq!(f.get(&7).unwrap(), "7");
+    /// assert_eq!(*f.get(&0).unwrap_err().compute_error().unwrap(), "zero");
+    /// ```
+    pub fn build_blocking<E, F>(self, f: F) -> Result<BlockingMemoized<K, V, E, S>, ConfigError>
+    where
+        E: Send + Sync + 'static,
+        F: Fn(&K) -> Result<V, E> + Send + Sync + 'static,
+    {
+        let compute = ComputeFn::from_blocking(f);
+        Ok(BlockingMemoized::new(self.engine(compute)?))
+    }
+
+    /// Memoizes a plain synchronous closure that cannot fail.
+    pub fn build_blocking_infallible<F>(
+        self,
+        f: F,
+    ) -> Result<BlockingMemoized<K, V, Infallible, S>, ConfigError>
+    where
+        F: Fn(&K) -> V + Send + Sync + 'static,
+    {
+        self.build_blocking(move |k: &K| Ok::<V, Infallible>(f(k)))
+    }
+
+    /// Memoizes another blocking layer (a [`BlockingMemoized`] or a
+    /// [`BlockingBarrier`](crate::BlockingBarrier)).
+    pub fn wrap_blocking<E, L>(self, inner: L) -> Result<BlockingMemoized<K, V, E, S>, ConfigError>
+    where
+        E: Send + Sync + 'static,
+        L: BlockingLayer<K, V, E>,
+    {
+        let compute = ComputeFn::from_blocking_layer(inner);
+        Ok(BlockingMemoized::new(self.engine(compute)?))
+    }
+}

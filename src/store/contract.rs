@@ -1,0 +1,265 @@
+//! The [`Store`] trait and the types it speaks: namespaces, lookups, lock outcomes, errors.
+//! Backends import from here; `store/mod.rs` only re-exports.
+
+use crate::entry::Entry;
+use crate::wait::WaitMode;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A memoized function's private part of a store, resolved once at build time.
+///
+/// ```
+/// use herdless::{MemoryStore, Store};
+/// let store = MemoryStore::<String, u32>::new(10).unwrap();
+/// let a = Store::<String, u32>::namespace(&store, "a");
+/// assert_eq!(a.name(), "a");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Namespace {
+    pub(crate) id: u32,
+    pub(crate) name: Arc<str>,
+}
+
+impl Namespace {
+    /// Builds a namespace; stores call this from [`Store::namespace`].
+    pub fn new(id: u32, name: &str) -> Self {
+        Namespace {
+            id,
+            name: name.into(),
+        }
+    }
+    /// The function name this namespace belongs to.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// A store-assigned number, unique per name within one store.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+/// The registry of function names of one store: the same name always gets the same
+/// [`Namespace`] id. Stores hold one and answer [`Store::namespace`] from it.
+///
+/// ```
+/// use herdless::store::NamespaceRegistry;
+/// let names = NamespaceRegistry::default();
+/// assert_eq!(names.namespace("a"), names.namespace("a"));
+/// assert_ne!(names.namespace("a").id(), names.namespace("b").id());
+/// ```
+#[derive(Debug, Default)]
+pub struct NamespaceRegistry {
+    ids: Mutex<HashMap<Arc<str>, u32>>,
+}
+
+impl NamespaceRegistry {
+    /// The namespace of `name`, registering it on first use.
+    pub fn namespace(&self, name: &str) -> Namespace {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let next = ids.len() as u32;
+        let id = *ids.entry(name.into()).or_insert(next);
+        Namespace::new(id, name)
+    }
+}
+
+/// What kind of failure a [`StoreError`] is. The engine treats them all alike (it fails open);
+/// the kind is for stats, logs and the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The server did not answer within the operation timeout.
+    Timeout,
+    /// Nothing listens at the address (or the connection was reset).
+    ConnectionRefused,
+    /// The server refused the credentials.
+    Authentication,
+    /// The user lacks a permission (an ACL refusing a command, a key or a channel).
+    PermissionDenied,
+    /// The circuit breaker is open: the call was not sent.
+    CircuitOpen,
+    /// The server answered something unexpected.
+    Protocol,
+    /// A key or value could not be encoded.
+    Encode,
+    /// A record could not be decoded.
+    Decode,
+    /// A record is larger than the configured limit.
+    TooLarge,
+    /// Any other I/O or server error.
+    Other,
+}
+
+/// A store operation failed. The engine fails open: it counts the error and computes locally.
+///
+/// ```
+/// use herdless::store::{StoreError, StoreErrorKind};
+/// let e = StoreError::new(StoreErrorKind::Timeout, "GET took longer than 250ms");
+/// assert_eq!(e.kind(), StoreErrorKind::Timeout);
+/// assert_eq!(e.to_string(), "store error (Timeout): GET took longer than 250ms");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: String,
+}
+
+impl StoreError {
+    /// An error of `kind` with a human-readable message.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            message: message.into(),
+        }
+    }
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+    /// The message, without the kind.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "store error ({:?}): {}", self.kind, self.message)
+    }
+}
+impl std::error::Error for StoreError {}
+
+/// What a synchronous lookup ([`Store::get_now`]) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<V> {
+    /// An entry (possibly expired: the engine decides).
+    Found(Entry<V>),
+    /// Nothing stored under the key.
+    Missing,
+    /// This store cannot answer without I/O: the engine awaits [`Store::get`].
+    NotLocal,
+}
+
+/// What a hard-miss leader learns when it asks the store for the key's lock.
+#[derive(Debug)]
+pub enum LockOutcome<V, L> {
+    /// This caller holds the (distributed) lock and must compute, then write with the lock.
+    Acquired(L),
+    /// A value was found after all (written since the first read): no computation needed.
+    Found(Entry<V>),
+    /// Another process holds the lock: wait for its value.
+    Busy,
+    /// The store does not coordinate across processes; in-process single-flight is enough.
+    Local,
+}
+
+/// What a background refresh learns when it tries the lock without waiting.
+#[derive(Debug)]
+pub enum RefreshOutcome<L> {
+    /// This process refreshes, holding the distributed lock.
+    Acquired(L),
+    /// No distributed lock exists; the in-process refresh slot already made this caller unique.
+    Local,
+    /// Someone else refreshes (or already did): keep serving the current value.
+    Skip,
+}
+
+/// Whether a write landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The entry is stored.
+    Stored,
+    /// The lock was lost before the write: the store kept the newer value (fencing).
+    Fenced,
+}
+
+/// A place to keep entries, shared by any number of memoized functions.
+///
+/// Methods return futures so that remote stores fit; [`Store::get_now`] lets an in-memory store
+/// answer on the caller's stack, which is what keeps a hit at a few tens of nanoseconds.
+///
+/// ```
+/// use herdless::{Entry, MemoryStore, Store};
+/// let store = MemoryStore::<u32, &'static str>::new(10).unwrap();
+/// let ns = store.namespace("greeting");
+/// let e = Entry { value: "hi", delta_us: 1, expires_at: u64::MAX };
+/// futures::executor::block_on(store.set(&ns, &1, e.clone(), std::time::Duration::from_secs(1), None)).unwrap();
+/// assert_eq!(store.get_now(&ns, &1), herdless::store::Lookup::Found(e));
+/// ```
+pub trait Store<K, V>: Clone + Send + Sync + 'static {
+    /// A held distributed lock (dropping it releases the lock in the background).
+    type Lock: Send + Sync + 'static;
+
+    /// The namespace for a function name; the same name always gives the same namespace.
+    fn namespace(&self, name: &str) -> Namespace;
+
+    /// True when other processes share this store (their callers then also trigger XFetch
+    /// refreshes of the same keys, which automatic β takes into account).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// A lookup that needs no I/O: [`Lookup::NotLocal`] if this store cannot answer
+    /// synchronously.
+    fn get_now(&self, ns: &Namespace, key: &K) -> Lookup<V> {
+        let _ = (ns, key);
+        Lookup::NotLocal
+    }
+
+    /// Reads an entry; `now` is the engine clock, used to rebuild `expires_at`.
+    fn get(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        now: u64,
+    ) -> impl Future<Output = Result<Option<Entry<V>>, StoreError>> + Send;
+
+    /// Writes an entry that lives for `ttl`. With `lock`, the write happens only if the lock is
+    /// still held, and releases it and wakes waiters in the same step.
+    fn set(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        entry: Entry<V>,
+        ttl: Duration,
+        lock: Option<Self::Lock>,
+    ) -> impl Future<Output = Result<Written, StoreError>> + Send;
+
+    /// For a hard-miss leader: take the key's lock, or find the value that just landed. A lock
+    /// is taken for `lease` and renewed while held, for at most `max_hold` in all.
+    fn lock_or_get(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        lease: Duration,
+        max_hold: Duration,
+        now: u64,
+    ) -> impl Future<Output = Result<LockOutcome<V, Self::Lock>, StoreError>> + Send;
+
+    /// For an early refresh: take the lock without waiting, unless someone replaced the entry
+    /// that expired at `seen_expires_at` or holds the lock.
+    fn try_lock_refresh(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        seen_expires_at: u64,
+        lease: Duration,
+        max_hold: Duration,
+        now: u64,
+    ) -> impl Future<Output = Result<RefreshOutcome<Self::Lock>, StoreError>> + Send;
+
+    /// Waits up to `max` for another process's lock holder to publish the key (or for a hint
+    /// that it is worth asking again). The engine then asks [`Store::lock_or_get`] again.
+    fn wait_for_value(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        max: Duration,
+        mode: WaitMode,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (ns, key, max, mode);
+        async { Ok(()) }
+    }
+}

@@ -1,0 +1,71 @@
+//! The Redis key layout and owner tokens.
+//!
+//! `<prefix>:{<hex(name)>.<hex(msgpack(key))>}:v` (value), `...:l` (lock), `...:c` (channel).
+//! One hash tag per (function, key), so a value, its lock and its channel share a Cluster slot.
+//! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
+
+use crate::store::contract::{StoreError, StoreErrorKind};
+use serde::Serialize;
+
+/// The keys of one (function, key) pair.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    pub(crate) value: Vec<u8>,
+    pub(crate) lock: Vec<u8>,
+    pub(crate) channel: Vec<u8>,
+}
+
+pub(crate) fn hex(bytes: &[u8], out: &mut Vec<u8>) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 15) as usize]);
+    }
+}
+
+/// The key space of one store: everything under its prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct KeySpace {
+    pub(crate) prefix: String,
+}
+
+impl KeySpace {
+    /// The keys of one (function, key) pair. A key that cannot be encoded is a store error, so
+    /// the call fails open instead of sharing one bogus Redis key with other unencodable keys.
+    pub(crate) fn keys<K: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        key: &K,
+    ) -> Result<Keys, StoreError> {
+        let encoded = rmp_serde::to_vec(key).map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Encode,
+                format!("the key cannot be encoded: {e}"),
+            )
+        })?;
+        let mut base = Vec::with_capacity(self.prefix.len() + 4 + 2 * (name.len() + encoded.len()));
+        base.extend_from_slice(self.prefix.as_bytes());
+        base.extend_from_slice(b":{");
+        hex(name.as_bytes(), &mut base);
+        base.push(b'.');
+        hex(&encoded, &mut base);
+        base.push(b'}');
+        let with = |suffix: &[u8]| {
+            let mut k = base.clone();
+            k.extend_from_slice(suffix);
+            k
+        };
+        Ok(Keys {
+            value: with(b":v"),
+            lock: with(b":l"),
+            channel: with(b":c"),
+        })
+    }
+}
+
+/// A random 128-bit owner token, hex-encoded.
+pub(crate) fn token() -> Vec<u8> {
+    let mut t = Vec::with_capacity(32);
+    hex(&rand::random::<u128>().to_le_bytes(), &mut t);
+    t
+}
