@@ -8,11 +8,13 @@ use crate::engine::{Engine, Probe};
 use crate::error::Error;
 use crate::layer::BlockingLayer;
 use crate::miss;
+use crate::ops;
 use crate::stats::StatsSnapshot;
-use crate::store::contract::Store;
+use crate::store::contract::{Store, StoreError};
 use crate::wait::{block_on, Contention};
 use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A memoized synchronous function. Cheap to clone; clones share everything.
 ///
@@ -37,6 +39,15 @@ use std::sync::Arc;
 /// ```
 pub struct BlockingMemoized<K, V, E, S> {
     engine: Arc<Engine<K, V, E, S>>,
+}
+
+impl<K, V, E, S> std::fmt::Debug for BlockingMemoized<K, V, E, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingMemoized")
+            .field("name", &self.engine.ns.name())
+            .field("ttl", &self.engine.cfg.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K, V, E, S> Clone for BlockingMemoized<K, V, E, S> {
@@ -80,6 +91,55 @@ where
                 out
             }
         }
+    }
+
+    /// Invalidates `key`; see [`Memoized::invalidate`](crate::Memoized::invalidate).
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, u32>::new(100).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_blocking_infallible(|k: &u32| k + 1)
+    ///     .unwrap();
+    /// f.get(&1).unwrap();
+    /// f.invalidate(&1).unwrap();
+    /// assert_eq!(f.peek(&1), None);
+    /// f.insert(&1, 42).unwrap();
+    /// assert_eq!(f.get(&1).unwrap(), 42);
+    /// assert_eq!(f.refresh(&1).unwrap(), 2);
+    /// f.invalidate_all().unwrap();
+    /// assert_eq!(f.peek(&1), None);
+    /// ```
+    pub fn invalidate(&self, key: &K) -> Result<(), StoreError> {
+        block_on(ops::invalidate(&self.engine, key))
+    }
+
+    /// Invalidates every key of this function; see
+    /// [`Memoized::invalidate_all`](crate::Memoized::invalidate_all).
+    pub fn invalidate_all(&self) -> Result<(), StoreError> {
+        block_on(ops::invalidate_all(&self.engine))
+    }
+
+    /// Stores a value computed elsewhere (δ unknown: no early refresh until the first real
+    /// computation); see [`Memoized::insert`](crate::Memoized::insert).
+    pub fn insert(&self, key: &K, value: V) -> Result<(), StoreError> {
+        block_on(ops::insert(&self.engine, key, value, None))
+    }
+
+    /// Stores a value computed elsewhere, with its computation time.
+    pub fn insert_with_delta(&self, key: &K, value: V, delta: Duration) -> Result<(), StoreError> {
+        block_on(ops::insert(&self.engine, key, value, Some(delta)))
+    }
+
+    /// Recomputes `key` now (joining a computation already running in this process).
+    pub fn refresh(&self, key: &K) -> Result<V, Error<E>> {
+        block_on(ops::refresh(&self.engine, key))
+    }
+
+    /// The current unexpired value, without computing, counting or triggering anything.
+    pub fn peek(&self, key: &K) -> Option<V> {
+        block_on(ops::peek(&self.engine, key))
     }
 
     /// A snapshot of this function's counters.

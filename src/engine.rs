@@ -44,6 +44,49 @@ impl Draws {
     }
 }
 
+/// Invalidation fences of one function: per key shard a generation bumped by `invalidate` /
+/// `insert`, and one for `invalidate_all`. A computation snapshots them before it runs and does
+/// not store its result if either moved meanwhile (its value may predate the invalidation), and
+/// undoes a write that raced with one. A bump on a shard fences the other keys of that shard too:
+/// at worst an extra recomputation, never a stale value.
+pub(crate) struct Fences {
+    shards: Box<[AtomicU64]>,
+    all: AtomicU64,
+    hasher: std::hash::RandomState,
+}
+
+/// The fence generations a computation started under.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FenceSnapshot(u64, u64);
+
+impl Fences {
+    const SHARDS: usize = 64;
+
+    fn new() -> Self {
+        Fences {
+            shards: (0..Self::SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            all: AtomicU64::new(0),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+    fn shard<K: Hash>(&self, key: &K) -> &AtomicU64 {
+        use std::hash::BuildHasher;
+        &self.shards[self.hasher.hash_one(key) as usize % Self::SHARDS]
+    }
+    pub(crate) fn snapshot<K: Hash>(&self, key: &K) -> FenceSnapshot {
+        FenceSnapshot(
+            self.shard(key).load(Ordering::Acquire),
+            self.all.load(Ordering::Acquire),
+        )
+    }
+    pub(crate) fn bump<K: Hash>(&self, key: &K) {
+        self.shard(key).fetch_add(1, Ordering::AcqRel);
+    }
+    pub(crate) fn bump_all(&self) {
+        self.all.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 /// Validated configuration of one memoized function.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -95,6 +138,7 @@ pub(crate) struct Engine<K, V, E, S> {
     /// Coarse-clock time until which blocking hitters yield after each hit (see `handed_off`).
     handoff_until: AtomicU64,
     pub(crate) refreshes: RefreshSlots<K>,
+    pub(crate) fences: Fences,
     pub(crate) stats: Stats,
 }
 
@@ -130,6 +174,7 @@ where
             flights: Arc::new(FlightMap::new()),
             handoff_until: AtomicU64::new(0),
             refreshes: RefreshSlots::new(),
+            fences: Fences::new(),
             stats,
         }
     }
@@ -202,12 +247,18 @@ where
         lock: Option<S::Lock>,
     ) -> Result<V, Error<E>> {
         bump!(self.stats, computations);
+        let fence = self.fences.snapshot(key);
         let t0 = self.clock.now();
         let out = self.compute.run(key).await;
         let t1 = self.clock.now();
         self.stats.compute_time(t1.saturating_sub(t0));
         let value = out?;
-        if !self.cfg.ttl.is_zero() {
+        if self.fences.snapshot(key) != fence {
+            // Invalidated (or replaced by `insert`) while computing: the caller gets the value
+            // it asked for, but the store keeps the invalidation.
+            bump!(self.stats, fenced_writes);
+            drop(lock);
+        } else if !self.cfg.ttl.is_zero() {
             let entry = Entry {
                 value: value.clone(),
                 delta_us: t1.saturating_sub(t0).div_ceil(1000),
@@ -218,6 +269,11 @@ where
                 .set(&self.ns, key, entry, self.cfg.ttl, lock)
                 .await
             {
+                Ok(Written::Stored) if self.fences.snapshot(key) != fence => {
+                    // An invalidation raced with the write: undo it.
+                    bump!(self.stats, fenced_writes);
+                    let _ = self.store.invalidate(&self.ns, key).await;
+                }
                 Ok(Written::Stored) => {}
                 Ok(Written::Fenced) => {
                     bump!(self.stats, fenced_writes);

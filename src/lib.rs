@@ -103,6 +103,7 @@ mod lock;
 mod memoize;
 mod memoized;
 mod miss;
+mod ops;
 mod refresh;
 #[cfg(all(test, shuttle))]
 mod shuttle_tests;

@@ -4,13 +4,15 @@ use crate::engine::{Engine, Probe};
 use crate::error::Error;
 use crate::layer::Layer;
 use crate::miss;
+use crate::ops;
 use crate::stats::StatsSnapshot;
-use crate::store::contract::Store;
+use crate::store::contract::{Store, StoreError};
 use crate::wait::Contention;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// An async memoized function. Cheap to clone; clones share everything.
 ///
@@ -36,6 +38,15 @@ use std::sync::Arc;
 /// ```
 pub struct Memoized<K, V, E, S> {
     engine: Arc<Engine<K, V, E, S>>,
+}
+
+impl<K, V, E, S> std::fmt::Debug for Memoized<K, V, E, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memoized")
+            .field("name", &self.engine.ns.name())
+            .field("ttl", &self.engine.cfg.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K, V, E, S> Clone for Memoized<K, V, E, S> {
@@ -84,6 +95,102 @@ where
             Probe::Hit { value, .. } => Ok(value),
             seen => miss::slow(&self.engine, key, seen, contention).await,
         }
+    }
+
+    /// Invalidates `key`: once this returns, no caller in any process sharing the store gets
+    /// the old value from it, and a computation of `key` already running in this process does
+    /// not store its result. Call it after writing the data the value was computed from.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// let version = Arc::new(AtomicU32::new(1));
+    /// let v = version.clone();
+    /// let store = MemoryStore::<u32, u32>::new(100).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_infallible(move |_k: u32| {
+    ///         let v = v.load(Ordering::SeqCst);
+    ///         async move { v }
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(f.get(&7).await.unwrap(), 1);
+    /// version.store(2, Ordering::SeqCst); // the data changed
+    /// f.invalidate(&7).await.unwrap();
+    /// assert_eq!(f.get(&7).await.unwrap(), 2);
+    /// # }
+    /// ```
+    pub async fn invalidate(&self, key: &K) -> Result<(), StoreError> {
+        ops::invalidate(&self.engine, key).await
+    }
+
+    /// Invalidates every key of this function. On a [`MemoryStore`](crate::MemoryStore) it
+    /// scans the cache once; on Redis it walks this function's keys with an incremental `SCAN`
+    /// (never `KEYS`) and unlinks them, so it takes time proportional to the keyspace and other
+    /// processes see each key gone as soon as it is unlinked, all of them by the time it returns.
+    pub async fn invalidate_all(&self) -> Result<(), StoreError> {
+        ops::invalidate_all(&self.engine).await
+    }
+
+    /// Stores `value` for `key` with the function's TTL, as if it had been computed. Its δ is
+    /// unknown, so it is stored as 0: XFetch does not refresh it early, and the first real
+    /// computation (at expiry) measures δ. Use [`insert_with_delta`](Self::insert_with_delta)
+    /// when you know how long the value takes to compute.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, u32>::new(100).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_infallible(|k: u32| async move { k * 10 })
+    ///     .unwrap();
+    /// f.insert(&3, 99).await.unwrap();
+    /// assert_eq!(f.get(&3).await.unwrap(), 99);
+    /// assert_eq!(f.stats().computations, 0);
+    /// # }
+    /// ```
+    pub async fn insert(&self, key: &K, value: V) -> Result<(), StoreError> {
+        ops::insert(&self.engine, key, value, None).await
+    }
+
+    /// Like [`insert`](Self::insert), with the computation time XFetch scales its early
+    /// refresh by.
+    pub async fn insert_with_delta(
+        &self,
+        key: &K,
+        value: V,
+        delta: Duration,
+    ) -> Result<(), StoreError> {
+        ops::insert(&self.engine, key, value, Some(delta)).await
+    }
+
+    /// Recomputes `key` now and returns the new value. A computation of `key` already running in
+    /// this process is joined instead of duplicated.
+    pub async fn refresh(&self, key: &K) -> Result<V, Error<E>> {
+        ops::refresh(&self.engine, key).await
+    }
+
+    /// The current unexpired value of `key`, if any, without computing, counting or triggering
+    /// anything.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, u32>::new(100).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_infallible(|k: u32| async move { k + 1 })
+    ///     .unwrap();
+    /// assert_eq!(f.peek(&1).await, None);
+    /// f.get(&1).await.unwrap();
+    /// assert_eq!(f.peek(&1).await, Some(2));
+    /// # }
+    /// ```
+    pub async fn peek(&self, key: &K) -> Option<V> {
+        ops::peek(&self.engine, key).await
     }
 
     /// A snapshot of this function's counters.

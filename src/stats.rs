@@ -113,6 +113,10 @@ counters! {
     fenced_writes,
     /// Hard misses that waited for another process's lock holder.
     remote_waits,
+    /// `invalidate` and `invalidate_all` calls.
+    invalidations,
+    /// Values stored by `insert` / `insert_with_delta`.
+    inserts,
 }
 
 /// The hit counter: one stripe per thread, so that a hit costs a plain load and store on a

@@ -250,6 +250,18 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
         now: u64,
     ) -> impl Future<Output = Result<RefreshOutcome<Self::Lock>, StoreError>> + Send;
 
+    /// Invalidates one key: after the returned future completes, no reader of this store (in
+    /// any process) gets the entry that was there, and a write fenced by a lock taken before
+    /// the invalidation does not land. Wakes waiters of the key.
+    fn invalidate(
+        &self,
+        ns: &Namespace,
+        key: &K,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Invalidates every key of one namespace (one memoized function).
+    fn invalidate_all(&self, ns: &Namespace) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Waits up to `max` for another process's lock holder to publish the key (or for a hint
     /// that it is worth asking again). The engine then asks [`Store::lock_or_get`] again.
     fn wait_for_value(

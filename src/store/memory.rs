@@ -265,6 +265,25 @@ where
         std::future::ready(Ok(out))
     }
 
+    fn invalidate(
+        &self,
+        ns: &Namespace,
+        key: &K,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        self.remove(ns, key);
+        std::future::ready(Ok(()))
+    }
+
+    fn invalidate_all(
+        &self,
+        ns: &Namespace,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        // A scan of the cache, under its shard locks: invalidating a whole function is rare.
+        let id = ns.id;
+        self.inner.cache.retain(|k, _| k.ns != id);
+        std::future::ready(Ok(()))
+    }
+
     fn try_lock_refresh(
         &self,
         ns: &Namespace,

@@ -185,7 +185,7 @@ impl Conn {
         client: redis::Client,
         op_timeout: Duration,
         breaker: Breaker,
-        pattern: String,
+        pattern: Vec<u8>,
         runtime: Option<tokio::runtime::Handle>,
     ) -> std::io::Result<Arc<Self>> {
         // Redis I/O runs on the caller's runtime when one is given (no thread hop between the
@@ -350,7 +350,7 @@ impl Stats {
 /// Keeps one pattern subscription to every herdless channel of this prefix and wakes local
 /// waiters of the channel a message arrives on. Reconnects with backoff when the connection
 /// drops; while it is down waiters fall back to polling.
-async fn subscriber(client: redis::Client, pattern: String, wakeups: Weak<Wakeups>) {
+async fn subscriber(client: redis::Client, pattern: Vec<u8>, wakeups: Weak<Wakeups>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(w) = wakeups.upgrade() else { return };

@@ -63,6 +63,30 @@ impl KeySpace {
     }
 }
 
+impl KeySpace {
+    /// A SCAN pattern matching every key of function `name` (glob characters of the prefix
+    /// escaped, so a prefix such as `a*` matches only itself).
+    pub(crate) fn function_pattern(&self, name: &str) -> Vec<u8> {
+        let mut p = glob_escape(&self.prefix);
+        p.extend_from_slice(b":{");
+        hex(name.as_bytes(), &mut p);
+        p.extend_from_slice(b".*");
+        p
+    }
+}
+
+/// Escapes Redis glob characters (`* ? [ ] \`) so that `s` matches only itself.
+pub(crate) fn glob_escape(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 4);
+    for b in s.bytes() {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
 /// A random 128-bit owner token, hex-encoded.
 pub(crate) fn token() -> Vec<u8> {
     let mut t = Vec::with_capacity(32);

@@ -123,7 +123,9 @@ impl RedisStoreBuilder {
         }
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| ConfigError::new("url", e.to_string()))?;
-        let pattern = format!("{}:{{*}}:c", self.prefix);
+        // The prefix's glob characters are escaped: `a*` must not also match `ab`'s channels.
+        let mut pattern = keys::glob_escape(&self.prefix);
+        pattern.extend_from_slice(b":{*}:c");
         let conn = Conn::new(
             client,
             self.op_timeout,
@@ -472,6 +474,59 @@ where
         } else {
             RefreshOutcome::Skip
         })
+    }
+
+    async fn invalidate(&self, ns: &Namespace, key: &K) -> Result<(), StoreError> {
+        let keys = self.keys(ns.name(), key)?;
+        let (v, l, c) = (keys.value, keys.lock, keys.channel);
+        self.inner
+            .conn
+            .call(move |mut m| async move {
+                scripts::INVALIDATE
+                    .key(v)
+                    .key(l)
+                    .arg(c)
+                    .invoke_async::<i64>(&mut m)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn invalidate_all(&self, ns: &Namespace) -> Result<(), StoreError> {
+        // An incremental SCAN of this function's keys (never KEYS: the server stays responsive),
+        // unlinked batch by batch. Its cost grows with the keyspace; see `Memoized::invalidate_all`.
+        let pattern = self.inner.space.function_pattern(ns.name());
+        let mut cursor: u64 = 0;
+        loop {
+            let p = pattern.clone();
+            let (next, batch): (u64, Vec<Vec<u8>>) = self
+                .inner
+                .conn
+                .call(move |mut m| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(p)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut m)
+                        .await
+                })
+                .await?;
+            if !batch.is_empty() {
+                self.inner
+                    .conn
+                    .call(move |mut m| async move {
+                        redis::cmd("UNLINK").arg(batch).query_async::<i64>(&mut m).await
+                    })
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     async fn wait_for_value(

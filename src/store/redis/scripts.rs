@@ -61,7 +61,7 @@ pub(crate) static WRITE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[4], '1')
+redis.pcall('PUBLISH', ARGV[4], '1')
 return 1
 "#,
     )
@@ -74,10 +74,23 @@ pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '0')
+  redis.pcall('PUBLISH', ARGV[2], '0')
   return 1
 end
 return 0
+"#,
+    )
+});
+
+/// Invalidation: drop the value and the lock, so a holder that computed from data older than
+/// the invalidation finds its lock gone and its write fenced off; wake waiters.
+/// KEYS[1] = value key, KEYS[2] = lock key; ARGV[1] = channel.
+pub(crate) static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.pcall('PUBLISH', ARGV[1], '2')
+return 1
 "#,
     )
 });
@@ -104,8 +117,9 @@ return 0
     )
 });
 
-pub(super) fn all() -> [&'static Script; 7] {
+pub(super) fn all() -> [&'static Script; 8] {
     [
+        &INVALIDATE,
         &READ,
         &LOCK_OR_GET,
         &TRY_LOCK_REFRESH,

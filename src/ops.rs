@@ -1,0 +1,145 @@
+//! Cache operations beside `get`: invalidate, insert, refresh, peek, invalidate all. Both
+//! facades call these; they share the engine's fences and flights, so an operation and a
+//! running computation of the same key never undo each other's guarantees.
+
+use crate::engine::{saturating_nanos, Engine};
+use crate::entry::Entry;
+use crate::error::Error;
+use crate::flight::{Joined, Waited};
+use crate::stats::bump;
+use crate::store::contract::{Lookup, RefreshOutcome, Store, StoreError, Written};
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Drops `key` everywhere the store reaches; a computation of `key` already running in this
+/// process does not store its (older) result.
+pub(crate) async fn invalidate<K, V, E, S>(
+    eng: &Engine<K, V, E, S>,
+    key: &K,
+) -> Result<(), StoreError>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    eng.fences.bump(key);
+    bump!(eng.stats, invalidations);
+    eng.store.invalidate(&eng.ns, key).await
+}
+
+/// Drops every key of this function.
+pub(crate) async fn invalidate_all<K, V, E, S>(eng: &Engine<K, V, E, S>) -> Result<(), StoreError>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    eng.fences.bump_all();
+    bump!(eng.stats, invalidations);
+    eng.store.invalidate_all(&eng.ns).await
+}
+
+/// Stores a value computed elsewhere for the function's TTL. `delta` is the computation time
+/// XFetch scales by; `None` stores δ = 0, which never triggers an early refresh, so the first
+/// real computation (at expiry) measures δ.
+pub(crate) async fn insert<K, V, E, S>(
+    eng: &Engine<K, V, E, S>,
+    key: &K,
+    value: V,
+    delta: Option<Duration>,
+) -> Result<(), StoreError>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    // A computation of this key that is running now must not overwrite the inserted value.
+    eng.fences.bump(key);
+    if eng.cfg.ttl.is_zero() {
+        return Ok(());
+    }
+    let now = eng.clock.now();
+    let entry = Entry {
+        value,
+        delta_us: delta.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        expires_at: now.saturating_add(saturating_nanos(eng.cfg.ttl)),
+    };
+    bump!(eng.stats, inserts);
+    eng.store
+        .set(&eng.ns, key, entry, eng.cfg.ttl, None)
+        .await
+        .map(|_: Written| ())?;
+    eng.refreshes.clear_backoff(key);
+    Ok(())
+}
+
+/// Reads the current unexpired value without computing, counting or triggering anything.
+pub(crate) async fn peek<K, V, E, S>(eng: &Engine<K, V, E, S>, key: &K) -> Option<V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    let now = eng.clock.now();
+    let entry = match eng.store.get_now(&eng.ns, key) {
+        Lookup::Found(e) => Some(e),
+        Lookup::Missing => None,
+        Lookup::NotLocal => eng.store.get(&eng.ns, key, now).await.ok().flatten(),
+    };
+    entry.filter(|e| e.expires_at > now).map(|e| e.value)
+}
+
+/// Recomputes `key` now and returns the new value. Single-flight with every other computation
+/// of the key in this process (a running one is joined, not duplicated); across processes it
+/// takes the store's lock when it is free, and computes without it when another process holds
+/// it (then both write; the fenced write keeps the newer value).
+pub(crate) async fn refresh<K, V, E, S>(
+    eng: &Arc<Engine<K, V, E, S>>,
+    key: &K,
+) -> Result<V, Error<E>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    loop {
+        match eng.flights.join(key) {
+            Joined::Leader(leader) => {
+                let now = eng.clock.now();
+                let lock = match eng
+                    .store
+                    .try_lock_refresh(
+                        &eng.ns,
+                        key,
+                        u64::MAX,
+                        eng.lease(None),
+                        eng.cfg.lease_max,
+                        now,
+                    )
+                    .await
+                {
+                    Ok(RefreshOutcome::Acquired(l)) => Some(l),
+                    Ok(_) => None,
+                    Err(_) => {
+                        bump!(eng.stats, store_errors);
+                        None
+                    }
+                };
+                let out = eng.compute_and_store(key, lock).await;
+                let followers = leader.finish(out.clone());
+                eng.handed_off(followers);
+                return out;
+            }
+            Joined::Follower(flight) => match flight.wait(eng.compute.mode(), None).await {
+                Waited::Done(out) => return out,
+                Waited::Abandoned | Waited::TimedOut => continue,
+            },
+        }
+    }
+}
