@@ -53,6 +53,33 @@ pub struct BlockingBarrier<K, V, E, L> {
     inner: Arc<Inner<K, V, E, L>>,
 }
 
+impl<L> std::fmt::Debug for BarrierBuilder<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BarrierBuilder")
+            .field("lock", &std::any::type_name::<L>())
+            .field("contention", &self.contention)
+            .finish()
+    }
+}
+
+impl<K, V, E, L> std::fmt::Debug for Barrier<K, V, E, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Barrier")
+            .field("lock", &std::any::type_name::<L>())
+            .field("contention", &self.inner.contention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, E, L> std::fmt::Debug for BlockingBarrier<K, V, E, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingBarrier")
+            .field("lock", &std::any::type_name::<L>())
+            .field("contention", &self.inner.contention)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<L> BarrierBuilder<L> {
     /// What a caller does while another holds the key (default: wait up to 30 s).
     pub fn contention(mut self, policy: Contention) -> Self {

@@ -53,6 +53,17 @@ pub struct Builder<K, V, S> {
     _types: PhantomData<fn() -> (K, V)>,
 }
 
+impl<K, V, S> std::fmt::Debug for Builder<K, V, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .field("beta", &self.beta)
+            .field("contention", &self.contention)
+            .finish_non_exhaustive()
+    }
+}
+
 fn anonymous_name() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("anonymous#{}", NEXT.fetch_add(1, Ordering::Relaxed))
@@ -237,6 +248,15 @@ where
         E: Send + Sync + 'static,
     {
         let cfg = self.validate()?;
+        if self.name.is_none() && self.store.is_shared() {
+            // An anonymous name is numbered per process: two services (or two deploys) would
+            // share keys by accident. A shared store needs a name that means the same everywhere.
+            return Err(ConfigError::new(
+                "name",
+                "a function on a shared store (RedisStore) needs an explicit, stable name: \
+                 call .name(\"…\") (anonymous names differ between processes and deploys)",
+            ));
+        }
         let name = self.name.unwrap_or_else(anonymous_name);
         let ns = self.store.namespace(&name);
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));

@@ -35,6 +35,49 @@ impl<E> Error<E> {
             _ => None,
         }
     }
+
+    /// The shared closure's error, if that is what this is (clone the `Arc` to keep it).
+    ///
+    /// ```
+    /// use herdless::Error;
+    /// use std::sync::Arc;
+    /// let e: Error<String> = Error::Compute(Arc::new("db down".to_string()));
+    /// let shared: Arc<String> = e.compute_arc().unwrap().clone();
+    /// assert_eq!(*shared, "db down");
+    /// assert!(Error::<String>::Busy.compute_arc().is_none());
+    /// ```
+    pub fn compute_arc(&self) -> Option<&Arc<E>> {
+        match self {
+            Error::Compute(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The closure's error by value: `Ok(e)` when this is [`Error::Compute`] and no other
+    /// caller shares the error (`Arc::try_unwrap`), otherwise `Err(self)` unchanged (another
+    /// kind of error, or a coalesced waiter still holds a clone; see
+    /// [`Error::compute_arc`]).
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, Error, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, u32>::new(16).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(1))
+    ///     .build_blocking(|_k: &u32| Err::<u32, _>(std::io::Error::other("db down")))
+    ///     .unwrap();
+    /// let err: Error<std::io::Error> = f.get(&1).unwrap_err();
+    /// let io: std::io::Error = err.into_compute().unwrap();
+    /// assert_eq!(io.to_string(), "db down");
+    ///
+    /// let busy: Error<std::io::Error> = Error::Busy;
+    /// assert!(matches!(busy.into_compute(), Err(Error::Busy)));
+    /// ```
+    pub fn into_compute(self) -> Result<E, Self> {
+        match self {
+            Error::Compute(e) => Arc::try_unwrap(e).map_err(Error::Compute),
+            other => Err(other),
+        }
+    }
 }
 
 impl<E> Clone for Error<E> {
@@ -64,7 +107,28 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
     }
 }
 
-impl<E: fmt::Debug + fmt::Display> std::error::Error for Error<E> {}
+/// `source()` is the closure's error for [`Error::Compute`], so error reporters (`anyhow`,
+/// `tracing`) show the whole chain. Closures that fail with a plain `String` or `&str` get no
+/// `std::error::Error` impl; wrap the message in an error type (or `std::io::Error::other`).
+///
+/// ```
+/// use herdless::Error;
+/// use std::error::Error as _;
+/// use std::sync::Arc;
+/// let e: Error<std::io::Error> = Error::Compute(Arc::new(std::io::Error::other("db down")));
+/// assert_eq!(e.source().unwrap().to_string(), "db down");
+/// assert!(Error::<std::io::Error>::Busy.source().is_none());
+/// // `Infallible` is an error type too:
+/// let _: &dyn std::error::Error = &Error::<std::convert::Infallible>::Panicked;
+/// ```
+impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Compute(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
 
 /// A builder rejected its configuration. The message names the field.
 ///

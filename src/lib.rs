@@ -81,6 +81,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `redis` | yes | `store::RedisStore` and `store::RedisLock` (redis-rs, Tokio I/O) |
+//! | `macros` | yes | the `#[herdless::memoized(ttl_secs = 60, …)]` attribute (crate `herdless-macros`) |
 //! | `metrics` | no | exports every counter through the `metrics` crate |
 //!
 //! `cargo build --no-default-features` builds the in-memory crate without any Redis dependency.
@@ -122,6 +123,8 @@ pub use builder::Builder;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::Entry;
 pub use error::{ConfigError, Error};
+#[cfg(feature = "macros")]
+pub use herdless_macros::memoize_stampede as memoized;
 pub use layer::{BlockingLayer, Layer};
 pub use lock::{LocalGuard, LocalLock, Lock, LockError};
 pub use memoize::memoize;

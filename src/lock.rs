@@ -71,6 +71,12 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Default for LocalLock<K> {
     }
 }
 
+impl<K> std::fmt::Debug for LocalLock<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalLock").finish_non_exhaustive()
+    }
+}
+
 impl<K> Clone for LocalLock<K> {
     fn clone(&self) -> Self {
         LocalLock {
@@ -82,6 +88,14 @@ impl<K> Clone for LocalLock<K> {
 /// A held [`LocalLock`]; dropping it releases the key.
 pub struct LocalGuard<K: Hash + Eq> {
     leader: Option<flight::Leader<K, ()>>,
+}
+
+impl<K: Hash + Eq> std::fmt::Debug for LocalGuard<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalGuard")
+            .field("held", &self.leader.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K: Hash + Eq> Drop for LocalGuard<K> {

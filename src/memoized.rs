@@ -19,7 +19,7 @@ use std::time::Duration;
 /// Calls that wait (a hard miss behind another caller, a bounded wait) use Tokio timers, and
 /// background refreshes are spawned on the current Tokio runtime: call it from inside a runtime
 /// with the time driver enabled (`#[tokio::main]` has it). Hits need nothing. Plain threads use
-/// [`BlockingMemoized`] instead.
+/// [`BlockingMemoized`](crate::BlockingMemoized) instead.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -115,7 +115,22 @@ where
     loop {
         match eng.flights.join(key) {
             Joined::Leader(leader) => {
-                let (out, computed) = lead(eng, key, &mut patience).await;
+                use futures::FutureExt;
+                let led = std::panic::AssertUnwindSafe(lead(eng, key, &mut patience))
+                    .catch_unwind()
+                    .await;
+                let (out, computed) = match led {
+                    Ok(led) => led,
+                    Err(panic) => {
+                        // Coalesced waiters get `Error::Panicked` (shared) instead of re-running
+                        // a closure that just panicked, one after another; this caller gets its
+                        // panic back; nothing is stored, so the next call computes again.
+                        bump!(eng.stats, errors);
+                        let followers = leader.finish(Err(Error::Panicked));
+                        eng.handed_off(followers);
+                        std::panic::resume_unwind(panic);
+                    }
+                };
                 if abandoned && computed {
                     bump!(eng.stats, takeovers);
                 }

@@ -119,6 +119,81 @@ counters! {
     inserts,
 }
 
+/// One counter per line, grouped and aligned, for logs and debugging output:
+///
+/// ```text
+/// calls                2
+///   hits               1
+///   slow calls         1
+///   hard misses        1
+/// computations         1
+/// early refreshes
+///   started            0
+///   completed          0
+/// ...
+/// fenced writes        0
+/// ```
+///
+/// ```
+/// use herdless::{memoize_stampede, MemoryStore};
+/// use std::time::Duration;
+/// let store = MemoryStore::<u32, u32>::new(16).unwrap();
+/// let f = memoize_stampede(&store, Duration::from_secs(60))
+///     .build_blocking_infallible(|k: &u32| k * 2)
+///     .unwrap();
+/// f.get(&1).unwrap();
+/// f.get(&1).unwrap();
+/// let text = f.stats().to_string();
+/// println!("{text}");
+/// assert!(text.lines().any(|l| l.split_whitespace().eq(["computations", "1"])));
+/// assert!(text.lines().count() > 10);
+/// assert!(text.starts_with("calls                2\n  hits               1\n"));
+/// ```
+impl std::fmt::Display for StatsSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // (indented?, label, value); `None` is a group heading.
+        let rows: [(bool, &str, Option<u64>); 17] = [
+            (false, "calls", Some(self.calls)),
+            (true, "hits", Some(self.hits)),
+            (true, "slow calls", Some(self.slow_calls)),
+            (true, "hard misses", Some(self.hard_misses)),
+            (false, "computations", Some(self.computations)),
+            (false, "early refreshes", None),
+            (true, "started", Some(self.early_refreshes_started)),
+            (true, "completed", Some(self.early_refreshes_completed)),
+            (true, "failed", Some(self.early_refreshes_failed)),
+            (true, "skipped", Some(self.early_refreshes_skipped)),
+            (false, "coalesced waiters", Some(self.coalesced_waiters)),
+            (false, "takeovers", Some(self.takeovers)),
+            (false, "stale served", Some(self.stale_served)),
+            (false, "remote waits", Some(self.remote_waits)),
+            (false, "errors", Some(self.errors)),
+            (false, "store errors", Some(self.store_errors)),
+            (false, "fenced writes", Some(self.fenced_writes)),
+        ];
+        let width = rows
+            .iter()
+            .filter_map(|r| r.2)
+            .map(|v| v.to_string().len())
+            .max()
+            .unwrap_or(1);
+        let mut first = true;
+        for (indented, label, value) in rows {
+            if !first {
+                f.write_str("\n")?;
+            }
+            first = false;
+            let indent = if indented { "  " } else { "" };
+            let label = format!("{indent}{label}");
+            match value {
+                Some(v) => write!(f, "{label:<20} {v:>width$}")?,
+                None => f.write_str(&label)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The hit counter: one stripe per thread, so that a hit costs a plain load and store on a
 /// cache line no other thread writes (a `fetch_add` costs ~5 ns here even uncontended, a fifth
 /// of a whole cache probe). A thread owns its stripe index for its lifetime; threads beyond

@@ -48,7 +48,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::xfetch::theory::{self, ein, ex1, long_ttl_lead};
-/// The Euler–Mascheroni constant γ (defined in [`theory`](crate::xfetch::theory)).
+/// The Euler–Mascheroni constant γ (defined in [`crate::xfetch::theory`]).
 ///
 /// ```
 /// assert!((herdless::tune::EULER_GAMMA - 0.5772).abs() < 1e-4);

@@ -56,22 +56,19 @@ fn negative_beta_is_rejected_naming_beta() {
     let err = memoize_stampede(&store, Duration::from_secs(1))
         .beta(-0.5)
         .build_blocking_infallible(|k: &u64| *k)
-        .err()
-        .expect("negative beta must be rejected");
+        .expect_err("negative beta must be rejected");
     assert_eq!(err.field(), "beta");
     assert!(err.to_string().contains("beta"), "{err}");
     // The async builder and the plain memoize builder validate the same way.
     let err = memoize_stampede(&store, Duration::from_secs(1))
         .beta(-1e-9)
         .build_infallible(|k: u64| std::future::ready(k))
-        .err()
-        .expect("negative beta must be rejected (async)");
+        .expect_err("negative beta must be rejected (async)");
     assert_eq!(err.field(), "beta");
     let err = memoize(&store, Duration::from_secs(1))
         .beta(-2.0)
         .build_blocking_infallible(|k: &u64| *k)
-        .err()
-        .expect("negative beta must be rejected (memoize)");
+        .expect_err("negative beta must be rejected (memoize)");
     assert_eq!(err.field(), "beta");
 }
 
@@ -81,8 +78,7 @@ fn nan_beta_is_rejected_naming_beta() {
     let err = memoize_stampede(&store, Duration::from_secs(1))
         .beta(f64::NAN)
         .build_blocking_infallible(|k: &u64| *k)
-        .err()
-        .expect("NaN beta must be rejected");
+        .expect_err("NaN beta must be rejected");
     assert_eq!(err.field(), "beta");
     assert!(err.to_string().contains("beta"), "{err}");
 }
@@ -104,14 +100,12 @@ fn zero_ttl_is_rejected_for_memoize_stampede_naming_ttl() {
     let store = MemoryStore::<u64, u64>::new(16).unwrap();
     let err = memoize_stampede(&store, Duration::ZERO)
         .build_blocking_infallible(|k: &u64| *k)
-        .err()
-        .expect("zero TTL must be rejected by memoize_stampede");
+        .expect_err("zero TTL must be rejected by memoize_stampede");
     assert_eq!(err.field(), "ttl");
     assert!(err.to_string().contains("ttl"), "{err}");
     let err = memoize_stampede(&store, Duration::ZERO)
         .build_infallible(|k: u64| std::future::ready(k))
-        .err()
-        .expect("zero TTL must be rejected by memoize_stampede (async)");
+        .expect_err("zero TTL must be rejected by memoize_stampede (async)");
     assert_eq!(err.field(), "ttl");
 }
 
@@ -847,8 +841,7 @@ fn namespaces_do_not_collide_on_awkward_names() {
     let err = memoize_stampede(&store, Duration::from_secs(1))
         .name("")
         .build_blocking_infallible(|k: &String| k.clone())
-        .err()
-        .expect("empty name");
+        .expect_err("empty name");
     assert_eq!(err.field(), "name");
 }
 

@@ -260,7 +260,8 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Invalidates every key of one namespace (one memoized function).
-    fn invalidate_all(&self, ns: &Namespace) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn invalidate_all(&self, ns: &Namespace)
+        -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Waits up to `max` for another process's lock holder to publish the key (or for a hint
     /// that it is worth asking again). The engine then asks [`Store::lock_or_get`] again.

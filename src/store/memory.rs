@@ -112,6 +112,16 @@ pub struct MemoryStoreBuilder<K, V> {
     weigher: Option<WeightFn<K, V>>,
 }
 
+impl<K, V> std::fmt::Debug for MemoryStoreBuilder<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStoreBuilder")
+            .field("capacity", &self.capacity)
+            .field("weight_capacity", &self.weight_capacity)
+            .field("weigher", &self.weigher.is_some())
+            .finish()
+    }
+}
+
 impl<K, V> MemoryStoreBuilder<K, V>
 where
     K: Eq + Hash + Clone + Send + Sync + 'static,

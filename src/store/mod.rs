@@ -1,6 +1,6 @@
 //! Where entries live: the [`Store`] trait and its implementations.
 //!
-//! A store keeps [`Entry`] records under a namespace (one per memoized function) and, if it is
+//! A store keeps [`Entry`](crate::Entry) records under a namespace (one per memoized function) and, if it is
 //! shared between processes, also coordinates who computes a key ([`LockOutcome`]). The in-process
 //! [`MemoryStore`] answers synchronously and leaves coordination to the engine's in-process
 //! single-flight; a remote store (Redis) adds a distributed lock on top.
@@ -41,7 +41,9 @@ pub mod memory;
 pub mod redis;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{HeldLock, RedisGuard, RedisLock, RedisStats, RedisStore, RedisStoreBuilder};
+pub use self::redis::{
+    ConnectError, HeldLock, RedisGuard, RedisLock, RedisStats, RedisStore, RedisStoreBuilder,
+};
 pub use contract::{
     LockOutcome, Lookup, Namespace, NamespaceRegistry, RefreshOutcome, Store, StoreError,
     StoreErrorKind, Written,

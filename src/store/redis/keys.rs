@@ -37,6 +37,15 @@ impl KeySpace {
         name: &str,
         key: &K,
     ) -> Result<Keys, StoreError> {
+        self.keys_raw(name.as_bytes(), false, key)
+    }
+
+    fn keys_raw<K: Serialize + ?Sized>(
+        &self,
+        name: &[u8],
+        barrier: bool,
+        key: &K,
+    ) -> Result<Keys, StoreError> {
         let encoded = rmp_serde::to_vec(key).map_err(|e| {
             StoreError::new(
                 StoreErrorKind::Encode,
@@ -46,7 +55,12 @@ impl KeySpace {
         let mut base = Vec::with_capacity(self.prefix.len() + 4 + 2 * (name.len() + encoded.len()));
         base.extend_from_slice(self.prefix.as_bytes());
         base.extend_from_slice(b":{");
-        hex(name.as_bytes(), &mut base);
+        if barrier {
+            base.push(b'!');
+            hex(&name[1..], &mut base);
+        } else {
+            hex(name, &mut base);
+        }
         base.push(b'.');
         hex(&encoded, &mut base);
         base.push(b'}');
@@ -64,6 +78,19 @@ impl KeySpace {
 }
 
 impl KeySpace {
+    /// The keys of a [`RedisLock`](super::RedisLock) named `name`: a key space of their own
+    /// (`{!…}`: `!` is not a hex digit, so no function's key can equal a barrier lock's).
+    pub(crate) fn barrier_keys<K: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        key: &K,
+    ) -> Result<Keys, StoreError> {
+        let mut marked = String::with_capacity(name.len() + 1);
+        marked.push('!');
+        marked.push_str(name);
+        self.keys_raw(marked.as_bytes(), true, key)
+    }
+
     /// A SCAN pattern matching every key of function `name` (glob characters of the prefix
     /// escaped, so a prefix such as `a*` matches only itself).
     pub(crate) fn function_pattern(&self, name: &str) -> Vec<u8> {

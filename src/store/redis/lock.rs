@@ -111,7 +111,11 @@ impl Drop for HeldLock {
 
 impl std::fmt::Debug for HeldLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HeldLock")
+        // The owner token is left out: whoever has it can release or extend the lock.
+        f.debug_struct("HeldLock")
+            .field("lock_key", &String::from_utf8_lossy(&self.lock_key))
+            .field("armed", &self.armed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,6 +165,16 @@ impl RedisLock {
 /// the guard is empty and the caller proceeds.
 pub struct RedisGuard(#[allow(dead_code)] Option<HeldLock>);
 
+impl std::fmt::Debug for RedisGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(held) => f.debug_tuple("RedisGuard").field(held).finish(),
+            // Redis was unreachable: the barrier failed open without a lock.
+            None => f.write_str("RedisGuard(not held)"),
+        }
+    }
+}
+
 impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
     type Guard = RedisGuard;
 
@@ -170,7 +184,7 @@ impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
         policy: Contention,
         mode: WaitMode,
     ) -> Result<RedisGuard, LockError> {
-        let Ok(keys) = self.space.keys(&format!("barrier:{}", self.name), key) else {
+        let Ok(keys) = self.space.barrier_keys(&self.name, key) else {
             return Ok(RedisGuard(None)); // an unencodable key cannot be locked: fail open
         };
         let mut patience = Patience::new(policy);

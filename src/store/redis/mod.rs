@@ -19,6 +19,7 @@
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
 
 mod conn;
+mod connect;
 mod keys;
 mod lock;
 mod scripts;
@@ -32,6 +33,7 @@ use crate::store::contract::{
 use crate::wait::WaitMode;
 pub use conn::RedisStats;
 use conn::{Breaker, Conn};
+pub use connect::ConnectError;
 use keys::{token, KeySpace, Keys};
 pub use lock::{HeldLock, RedisGuard, RedisLock};
 use serde::{de::DeserializeOwned, Serialize};
@@ -58,7 +60,7 @@ const MAGIC: [u8; 3] = *b"HL\x01";
 /// assert!(RedisStore::builder("redis://127.0.0.1/").prefix("a{b}").build().is_err());
 /// # drop(store);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
@@ -100,32 +102,14 @@ impl RedisStoreBuilder {
         self.max_value_bytes = n;
         self
     }
-    /// Builds the store. It connects in the background: a server that is down now is not an
-    /// error (calls compute locally until it is back), an invalid URL or setting is.
+    /// Builds the store without connecting (lazy, fail-open): it connects in the background, a
+    /// server that is down now is not an error (calls compute locally until it is back), an
+    /// invalid URL or setting is. Use this where the service must start even while Redis is
+    /// down; use [`RedisStoreBuilder::connect`] to fail fast on a wrong address, password or
+    /// ACL instead.
     pub fn build(self) -> Result<RedisStore, ConfigError> {
-        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
-            return Err(ConfigError::new(
-                "prefix",
-                "must be non-empty and must not contain '{' or '}' (they delimit the hash tag)",
-            ));
-        }
-        if self.op_timeout.is_zero() {
-            return Err(ConfigError::new("op_timeout", "must be positive"));
-        }
-        if self.breaker_threshold == 0 {
-            return Err(ConfigError::new(
-                "circuit_breaker",
-                "threshold must be at least 1",
-            ));
-        }
-        if self.max_value_bytes == 0 {
-            return Err(ConfigError::new("max_value_bytes", "must be positive"));
-        }
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| ConfigError::new("url", e.to_string()))?;
-        // The prefix's glob characters are escaped: `a*` must not also match `ab`'s channels.
-        let mut pattern = keys::glob_escape(&self.prefix);
-        pattern.extend_from_slice(b":{*}:c");
+        let client = self.validate()?;
+        let pattern = self.channel_pattern();
         let conn = Conn::new(
             client,
             self.op_timeout,
@@ -144,6 +128,102 @@ impl RedisStoreBuilder {
                 names: NamespaceRegistry::default(),
             }),
         })
+    }
+
+    /// Checks the store, then builds it: connects (bounded by 4 × `op_timeout`, at least 2 s),
+    /// authenticates, and checks that this user may run scripts, use keys under the prefix and
+    /// publish and subscribe to the store's channels. The error says what failed and what to
+    /// grant (see [`ConnectError`]). After that the store behaves exactly like one from
+    /// [`RedisStoreBuilder::build`] (fail-open: a server that goes away later is not an error).
+    ///
+    /// Runs the checks on a helper thread, so it may be awaited on any executor.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() {
+    /// use herdless::store::RedisStore;
+    /// let store = RedisStore::builder("redis://app:secret@127.0.0.1:6379/0")
+    ///     .prefix("shop")
+    ///     .connect()
+    ///     .await
+    ///     .unwrap_or_else(|e| panic!("{e}")); // e.g. "… may not EVAL (scripts) … — grant …"
+    /// # drop(store);
+    /// # }
+    /// ```
+    pub async fn connect(self) -> Result<RedisStore, ConnectError> {
+        self.checks()?.run().await?;
+        self.built()
+    }
+
+    /// [`RedisStoreBuilder::connect`] for callers without a runtime (blocks this thread).
+    pub fn connect_blocking(self) -> Result<RedisStore, ConnectError> {
+        self.checks()?.run_blocking()?;
+        self.built()
+    }
+
+    /// The start-up checks of this configuration (an invalid setting fails here, before I/O).
+    fn checks(&self) -> Result<connect::Checks, ConnectError> {
+        let client = self
+            .validate()
+            .map_err(|e| ConnectError::config(&self.url, e))?;
+        let pattern = self.channel_pattern();
+        Ok(connect::Checks::new(
+            &self.url,
+            client,
+            &self.prefix,
+            pattern,
+            self.op_timeout,
+        ))
+    }
+
+    /// [`RedisStoreBuilder::build`] with the error of [`RedisStoreBuilder::connect`].
+    fn built(self) -> Result<RedisStore, ConnectError> {
+        let url = self.url.clone();
+        self.build().map_err(|e| ConnectError::config(&url, e))
+    }
+
+    /// The pattern every store of this prefix subscribes to.
+    fn channel_pattern(&self) -> Vec<u8> {
+        // The prefix's glob characters are escaped: `a*` must not also match `ab`'s channels.
+        let mut pattern = keys::glob_escape(&self.prefix);
+        pattern.extend_from_slice(b":{*}:c");
+        pattern
+    }
+
+    /// Checks every setting and parses the URL (no I/O).
+    fn validate(&self) -> Result<redis::Client, ConfigError> {
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err(ConfigError::new(
+                "prefix",
+                "must be non-empty and must not contain '{' or '}' (they delimit the hash tag)",
+            ));
+        }
+        if self.op_timeout.is_zero() {
+            return Err(ConfigError::new("op_timeout", "must be positive"));
+        }
+        if self.breaker_threshold == 0 {
+            return Err(ConfigError::new(
+                "circuit_breaker",
+                "threshold must be at least 1",
+            ));
+        }
+        if self.max_value_bytes == 0 {
+            return Err(ConfigError::new("max_value_bytes", "must be positive"));
+        }
+        connect::parse_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &connect::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("op_timeout", &self.op_timeout)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("runtime", &self.runtime.is_some())
+            .finish()
     }
 }
 
@@ -180,9 +260,24 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// A store with default settings (prefix `herdless`, 250 ms timeouts).
+    /// A store with default settings (prefix `herdless`, 250 ms timeouts). Lazy and fail-open:
+    /// it does not connect now, so a service starts even while Redis is down (calls compute
+    /// locally meanwhile). [`RedisStore::connect`] checks the server first instead.
     pub fn new(url: &str) -> Result<Self, ConfigError> {
         Self::builder(url).build()
+    }
+
+    /// A store with default settings, after checking that the server is reachable, accepts the
+    /// credentials and lets this user do what the store needs: see
+    /// [`RedisStoreBuilder::connect`]. For fail-fast start-up; [`RedisStore::new`] is the lazy,
+    /// fail-open alternative.
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+        Self::builder(url).connect().await
+    }
+
+    /// [`RedisStore::connect`] for callers without a runtime (blocks this thread).
+    pub fn connect_blocking(url: &str) -> Result<Self, ConnectError> {
+        Self::builder(url).connect_blocking()
     }
 
     /// A builder for the other settings.
@@ -240,6 +335,11 @@ impl RedisStore {
 
     /// Bytes from Redis are untrusted: anything but a well-formed record of ours is a miss.
     fn decode<V: DeserializeOwned>(&self, bytes: &[u8], pttl: i64, now: u64) -> Option<Entry<V>> {
+        if pttl == 0 || pttl == -2 {
+            // Read in its last millisecond (or gone between GET and PTTL): a plain miss, not
+            // a foreign record. (-1, no TTL at all, is not ours: herdless always sets one.)
+            return None;
+        }
         let ok = bytes.len() <= self.inner.max_value_bytes && bytes.starts_with(&MAGIC) && pttl > 0;
         let parsed = ok
             .then(|| rmp_serde::from_slice::<(u64, V)>(&bytes[MAGIC.len()..]).ok())
@@ -248,7 +348,7 @@ impl RedisStore {
             Some((delta_us, value)) => Some(Entry {
                 value,
                 delta_us,
-                expires_at: now.saturating_add(pttl as u64 * 1_000_000),
+                expires_at: now.saturating_add((pttl as u64).saturating_mul(1_000_000)),
             }),
             None => {
                 self.inner
@@ -518,7 +618,10 @@ where
                 self.inner
                     .conn
                     .call(move |mut m| async move {
-                        redis::cmd("UNLINK").arg(batch).query_async::<i64>(&mut m).await
+                        redis::cmd("UNLINK")
+                            .arg(batch)
+                            .query_async::<i64>(&mut m)
+                            .await
                     })
                     .await?;
             }
