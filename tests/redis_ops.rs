@@ -128,3 +128,50 @@ fn barrier_locks_and_functions_have_separate_key_spaces() {
         );
     });
 }
+
+/// Redis 7's default `acl-pubsub-default resetchannels`: a user without channel permission.
+/// The write script's PUBLISH must not fail the write or trip the breaker, and the refused
+/// subscription switches the store to poll-only waits, reported once in stats.
+#[test]
+fn a_user_without_channel_permission_still_caches_and_locks() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let mut con = server.raw();
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "nochan",
+            "on",
+            ">pw",
+            "~*",
+            "resetchannels",
+            "+@all",
+        ])
+        .query::<()>(&mut con)
+        .unwrap();
+    let url = format!("redis://nochan:pw@127.0.0.1:{}/", server.port());
+    let s = store(&url, "acl");
+    let f = counted(&s, &server.url());
+    support::wait_until(
+        "the refused subscription to be noticed",
+        support::BOUND,
+        || {
+            s.stats()
+                .pubsub_refused
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 1
+        },
+    );
+    for i in 0..5 {
+        let k = format!("cold{i}");
+        let v = f.get(&k).unwrap();
+        assert_eq!(f.get(&k).unwrap(), v, "cached: the second call is a hit");
+    }
+    assert!(!s.circuit_open(), "publish refusals never trip the breaker");
+    assert_eq!(
+        s.stats().errors.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert_eq!(f.stats().computations, 5);
+}

@@ -39,6 +39,9 @@ pub struct RedisStats {
     pub decode_errors: AtomicU64,
     /// Writes refused because the writer no longer held the lock.
     pub fenced_writes: AtomicU64,
+    /// 1 when the server refused this store's PSUBSCRIBE (an ACL without the channel
+    /// permission): waiters then poll instead of being woken. Logged once as a warning.
+    pub pubsub_refused: AtomicU64,
 }
 
 /// What kind of failure a redis-rs error is.
@@ -217,6 +220,7 @@ impl Conn {
             conn.client.clone(),
             pattern,
             Arc::downgrade(&conn.wakeups),
+            conn.stats.clone(),
         ));
         Ok(conn)
     }
@@ -350,10 +354,36 @@ impl Stats {
 /// Keeps one pattern subscription to every herdless channel of this prefix and wakes local
 /// waiters of the channel a message arrives on. Reconnects with backoff when the connection
 /// drops; while it is down waiters fall back to polling.
-async fn subscriber(client: redis::Client, pattern: Vec<u8>, wakeups: Weak<Wakeups>) {
+async fn subscriber(
+    client: redis::Client,
+    pattern: Vec<u8>,
+    wakeups: Weak<Wakeups>,
+    stats: Arc<RedisStats>,
+) {
     let mut backoff = Duration::from_millis(50);
+    let mut checked = false;
     loop {
         let Some(w) = wakeups.upgrade() else { return };
+        if !checked {
+            // redis-rs's `PubSub::psubscribe` returns Ok even when an ACL refuses the pattern,
+            // which would leave waiters "woken" by a subscription that does not exist. Ask once
+            // with a plain command, which does report NOPERM.
+            match subscribe_refused(&client, &pattern).await {
+                Some(true) => {
+                    w.live.store(false, Ordering::Release);
+                    stats.pubsub_refused.store(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        pattern = %String::from_utf8_lossy(&pattern),
+                        "redis refused PSUBSCRIBE (NOPERM): waiters poll instead of being woken; \
+                         grant the user `&{}` and +psubscribe to enable wake-ups",
+                        String::from_utf8_lossy(&pattern)
+                    );
+                    return; // poll-only for good: retrying would be refused again
+                }
+                Some(false) => checked = true,
+                None => {} // could not ask (server down): ask again on the next round
+            }
+        }
         let connected = async {
             let mut ps = client.get_async_pubsub().await?;
             ps.psubscribe(&pattern).await?;
@@ -384,4 +414,21 @@ async fn subscriber(client: redis::Client, pattern: Vec<u8>, wakeups: Weak<Wakeu
             }
         }
     }
+}
+
+/// Whether the server refuses this user a PSUBSCRIBE of `pattern`: `Some(true)` on NOPERM,
+/// `Some(false)` when permitted, `None` when the server could not be asked.
+async fn subscribe_refused(client: &redis::Client, pattern: &[u8]) -> Option<bool> {
+    let ask = async {
+        let mut con = client.get_multiplexed_async_connection().await.ok()?;
+        let out = redis::cmd("PSUBSCRIBE")
+            .arg(pattern)
+            .query_async::<redis::Value>(&mut con)
+            .await;
+        Some(matches!(&out, Err(e) if e.code() == Some("NOPERM")))
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
 }
