@@ -152,7 +152,7 @@ counters! {
 impl std::fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // (indented?, label, value); `None` is a group heading.
-        let rows: [(bool, &str, Option<u64>); 17] = [
+        let rows: [(bool, &str, Option<u64>); 19] = [
             (false, "calls", Some(self.calls)),
             (true, "hits", Some(self.hits)),
             (true, "slow calls", Some(self.slow_calls)),
@@ -170,6 +170,8 @@ impl std::fmt::Display for StatsSnapshot {
             (false, "errors", Some(self.errors)),
             (false, "store errors", Some(self.store_errors)),
             (false, "fenced writes", Some(self.fenced_writes)),
+            (false, "invalidations", Some(self.invalidations)),
+            (false, "inserts", Some(self.inserts)),
         ];
         let width = rows
             .iter()

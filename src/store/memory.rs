@@ -67,8 +67,10 @@ struct Inner<K, V> {
 ///
 /// Cloning is cheap and shares the cache. Several memoized functions may share one store: each
 /// gets its own namespace, so equal keys of different functions never meet. Every function on one
-/// `MemoryStore<K, V>` uses the same key and value types; use one store per type pair (or an enum
-/// value) when they differ.
+/// `MemoryStore<K, V>` uses the same key and value types: the store is a typed quick_cache
+/// (no boxing, no downcast on the hit path, which is what keeps a hit at one probe). Use one
+/// store per type pair, or an enum value, when they differ. A `RedisStore` is not typed: one
+/// store serves functions of any key and value types.
 ///
 /// ```
 /// use herdless::MemoryStore;
