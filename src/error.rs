@@ -22,8 +22,9 @@ pub enum Error<E> {
     Busy,
     /// Waited the configured maximum for another caller's computation.
     WaitTimeout(Duration),
-    /// The closure panicked in the caller that ran it; this is what coalesced waiters that could
-    /// not take over receive. The key is not poisoned: the next call computes again.
+    /// The closure panicked in the caller that ran it. Every caller coalesced onto that
+    /// computation receives this (the panicking caller itself gets its panic back); nothing is
+    /// stored and the key is not poisoned: the next call computes again.
     Panicked,
 }
 

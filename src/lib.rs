@@ -52,7 +52,8 @@
 //!   only keys being computed or refreshed (and keys whose refresh failed, until they succeed),
 //!   and a 4 KiB hit counter (one cache line per thread stripe, so hits never share a line).
 //! - The clock and the RNG are injected ([`Clock`], [`Builder::rng_seed`]); tests are exact.
-//! - Errors are never cached; a panicking or cancelled computing caller hands over to a waiter.
+//! - Errors are never cached; waiters of a panicking computation get [`Error::Panicked`]; a
+//!   cancelled computing caller hands over to a waiter.
 //!
 //! ## Which layer do I want?
 //! Almost always [`memoize_stampede`]: it serves hits at once, refreshes a hot key in the
