@@ -141,7 +141,7 @@ impl ManualClock {
     }
     /// Moves time forward.
     pub fn advance(&self, by: Duration) {
-        self.nanos.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        self.nanos.fetch_add(saturating_nanos(by), Ordering::SeqCst);
     }
     /// Sets the absolute time in nanoseconds (must not go backwards).
     pub fn set(&self, nanos: u64) {
@@ -165,4 +165,9 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn recent_lag(&self) -> u64 {
         (**self).recent_lag()
     }
+}
+
+/// A duration in nanoseconds, saturating at `u64::MAX` (about 584 years).
+pub(crate) fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

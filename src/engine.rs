@@ -7,7 +7,7 @@
 //! the two is captured by [`WaitMode`] (how to wait) and [`ComputeFn`] (how to run the closure).
 
 use crate::auto::{LeadTarget, RateMeters};
-use crate::clock::Clock;
+use crate::clock::{saturating_nanos, Clock};
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::flight::{FlightMap, RefreshSlots};
@@ -130,7 +130,7 @@ pub(crate) struct Engine<K, V, E, S> {
     pub(crate) cfg: Config,
     /// `β · E_MAX · 1000` (f64 bits): multiplied by delta (µs) gives XFetch's reach in ns. With
     /// automatic β it is the largest β handed out so far, so the hit path stays conservative.
-    pub(crate) reach_ns_per_us: AtomicU64,
+    reach_ns_per_us: AtomicU64,
     pub(crate) meters: Option<RateMeters<K>>,
     /// How far the cheap clock may lag.
     lag: u64,
@@ -140,6 +140,20 @@ pub(crate) struct Engine<K, V, E, S> {
     pub(crate) refreshes: RefreshSlots<K>,
     pub(crate) fences: Fences,
     pub(crate) stats: Stats,
+}
+
+impl<K, V, E, S> Engine<K, V, E, S> {
+    /// The `Debug` of both facades: the function's name and TTL.
+    pub(crate) fn describe(
+        &self,
+        f: &mut std::fmt::Formatter<'_>,
+        facade: &str,
+    ) -> std::fmt::Result {
+        f.debug_struct(facade)
+            .field("name", &self.ns.name())
+            .field("ttl", &self.cfg.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K, V, E, S> Engine<K, V, E, S>
@@ -226,6 +240,13 @@ where
         mode.hand_off();
     }
 
+    /// Automatic β handed out `beta` for some key: widen the hit path's reach to cover it, so
+    /// the hit path stays conservative (it never skips a draw that could fire).
+    pub(crate) fn widen_reach(&self, beta: f64) {
+        self.reach_ns_per_us
+            .fetch_max(theory::reach(1000.0, beta).to_bits(), Ordering::Relaxed);
+    }
+
     /// See [`Engine::handed_off`]: one relaxed load on the blocking hit path.
     #[inline]
     pub(crate) fn yield_if_handing_off(&self) {
@@ -288,9 +309,4 @@ where
         self.refreshes.clear_backoff(key);
         Ok(value)
     }
-}
-
-/// A duration in nanoseconds, saturating at `u64::MAX` (about 584 years).
-pub(crate) fn saturating_nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -42,10 +42,7 @@ pub struct Memoized<K, V, E, S> {
 
 impl<K, V, E, S> std::fmt::Debug for Memoized<K, V, E, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Memoized")
-            .field("name", &self.engine.ns.name())
-            .field("ttl", &self.engine.cfg.ttl)
-            .finish_non_exhaustive()
+        self.engine.describe(f, "Memoized")
     }
 }
 

@@ -10,9 +10,8 @@ use crate::refresh;
 use crate::stats::bump;
 use crate::store::contract::{LockOutcome, Store};
 use crate::wait::{Contention, Patience};
-use crate::xfetch::{self, theory, Decision};
+use crate::xfetch::{self, Decision};
 use std::hash::Hash;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -85,8 +84,7 @@ where
     let beta = match (&eng.meters, eng.cfg.auto) {
         (Some(m), Some(target)) => {
             let b = m.beta(key, now, entry.delta_us, target, !eng.store.is_shared());
-            eng.reach_ns_per_us
-                .fetch_max(theory::reach(1000.0, b).to_bits(), Ordering::Relaxed);
+            eng.widen_reach(b);
             b
         }
         _ => eng.cfg.beta,

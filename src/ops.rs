@@ -2,7 +2,8 @@
 //! facades call these; they share the engine's fences and flights, so an operation and a
 //! running computation of the same key never undo each other's guarantees.
 
-use crate::engine::{saturating_nanos, Engine};
+use crate::clock::saturating_nanos;
+use crate::engine::Engine;
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::flight::{Joined, Waited};

@@ -4,7 +4,8 @@
 //! refresh is also the key's in-process flight, so a hard miss that arrives meanwhile waits for
 //! it instead of computing beside it.
 
-use crate::engine::{saturating_nanos, Engine};
+use crate::clock::saturating_nanos;
+use crate::engine::Engine;
 use crate::flight::Joined;
 use crate::stats::bump;
 use crate::store::contract::{RefreshOutcome, Store};

@@ -2,6 +2,7 @@
 //! timeout on every call, a circuit breaker, and the pub/sub dispatcher that wakes waiters.
 
 use super::scripts;
+use crate::clock::saturating_nanos;
 use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::wait::{Event, WaitMode};
 use futures::StreamExt;
@@ -119,7 +120,7 @@ impl Breaker {
         let f = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let was_probe = self.probing.swap(false, Ordering::AcqRel);
         if f >= self.threshold || was_probe {
-            let until = self.now() + self.cooldown.as_nanos() as u64;
+            let until = self.now().saturating_add(saturating_nanos(self.cooldown));
             self.open_until.store(until.max(1), Ordering::Release);
             return true;
         }

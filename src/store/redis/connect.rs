@@ -243,6 +243,23 @@ impl Checks {
             .map_err(|_| self.timed_out(stage))
     }
 
+    /// A new connection (authenticated, database selected) before `deadline`.
+    async fn open(
+        &self,
+        deadline: Instant,
+        cfg: &redis::AsyncConnectionConfig,
+        stage: &str,
+    ) -> Result<redis::aio::MultiplexedConnection, ConnectError> {
+        self.within(
+            deadline,
+            stage,
+            self.client
+                .get_multiplexed_async_connection_with_config(cfg),
+        )
+        .await?
+        .map_err(|e| self.connect_failed(e))
+    }
+
     /// A failure while connecting, authenticating or selecting the database.
     fn connect_failed(&self, e: redis::RedisError) -> ConnectError {
         let info = &self.client.get_connection_info().redis;
@@ -324,15 +341,7 @@ impl Checks {
             .set_response_timeout(self.bound);
 
         // 1. Connect; redis-rs authenticates (AUTH) and selects the database as part of it.
-        let mut con = self
-            .within(
-                deadline,
-                "connecting",
-                self.client
-                    .get_multiplexed_async_connection_with_config(&cfg),
-            )
-            .await?
-            .map_err(|e| self.connect_failed(e))?;
+        let mut con = self.open(deadline, &cfg, "connecting").await?;
 
         // 2. A first command: catches a server that wants a password the URL lacks (NOAUTH).
         self.within(
@@ -410,15 +419,7 @@ impl Checks {
         // A dedicated connection, not redis-rs's `PubSub`: its `psubscribe` returns `Ok` even
         // when the server answers NOPERM. In RESP2 the reply to PSUBSCRIBE is an ordinary
         // reply; the subscription ends with PUNSUBSCRIBE (and the connection is dropped anyway).
-        let mut sub = self
-            .within(
-                deadline,
-                "connecting for pub/sub",
-                self.client
-                    .get_multiplexed_async_connection_with_config(&cfg),
-            )
-            .await?
-            .map_err(|e| self.connect_failed(e))?;
+        let mut sub = self.open(deadline, &cfg, "connecting for pub/sub").await?;
         self.within(
             deadline,
             "subscribing",

@@ -37,13 +37,14 @@ impl KeySpace {
         name: &str,
         key: &K,
     ) -> Result<Keys, StoreError> {
-        self.keys_raw(name.as_bytes(), false, key)
+        self.keys_raw(None, name, key)
     }
 
+    /// `marker`: a non-hex byte opening the hash tag, giving a key space of its own.
     fn keys_raw<K: Serialize + ?Sized>(
         &self,
-        name: &[u8],
-        barrier: bool,
+        marker: Option<u8>,
+        name: &str,
         key: &K,
     ) -> Result<Keys, StoreError> {
         let encoded = rmp_serde::to_vec(key).map_err(|e| {
@@ -55,12 +56,8 @@ impl KeySpace {
         let mut base = Vec::with_capacity(self.prefix.len() + 4 + 2 * (name.len() + encoded.len()));
         base.extend_from_slice(self.prefix.as_bytes());
         base.extend_from_slice(b":{");
-        if barrier {
-            base.push(b'!');
-            hex(&name[1..], &mut base);
-        } else {
-            hex(name, &mut base);
-        }
+        base.extend(marker);
+        hex(name.as_bytes(), &mut base);
         base.push(b'.');
         hex(&encoded, &mut base);
         base.push(b'}');
@@ -85,10 +82,7 @@ impl KeySpace {
         name: &str,
         key: &K,
     ) -> Result<Keys, StoreError> {
-        let mut marked = String::with_capacity(name.len() + 1);
-        marked.push('!');
-        marked.push_str(name);
-        self.keys_raw(marked.as_bytes(), true, key)
+        self.keys_raw(Some(b'!'), name, key)
     }
 
     /// A SCAN pattern matching every key of function `name` (glob characters of the prefix

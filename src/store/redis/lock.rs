@@ -35,9 +35,8 @@ impl HeldLock {
     ) -> Self {
         let (lock_key, channel) = (keys.lock, keys.channel);
         let (k, t) = (lock_key.clone(), token.clone());
-        let renewing = conn.clone();
-        let renewal = conn.handle.clone().spawn(async move {
-            let conn = renewing;
+        let renewer = conn.clone();
+        let renewal = conn.handle.spawn(async move {
             let started = Instant::now();
             let every = lease / 3;
             loop {
@@ -48,7 +47,7 @@ impl HeldLock {
                 }
                 let (k, t) = (k.clone(), t.clone());
                 let ms = lease.as_millis() as u64;
-                let renewed: Result<i64, _> = conn
+                let renewed: Result<i64, _> = renewer
                     .call(move |mut m| async move {
                         scripts::RENEW
                             .key(k)
