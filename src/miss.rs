@@ -224,9 +224,10 @@ where
                     .wait_for_value(&eng.ns, key, wait, eng.compute.mode())
                     .await
                 {
+                    // Once the store fails, compute: asking again would stack another timeout.
                     bump!(eng.stats, store_errors);
-                    tracing::debug!(name = %eng.ns.name, error = %err, "waiting on the store failed");
-                    eng.compute.mode().sleep(wait).await;
+                    tracing::debug!(name = %eng.ns.name, error = %err, "waiting on the store failed; computing locally");
+                    return (eng.compute_and_store(key, None).await, true);
                 }
             }
             Err(err) => {

@@ -219,12 +219,30 @@ impl Patience {
     }
 }
 
+std::thread_local! {
+    /// True while this thread polls inside [`block_on`]: a request that needs this thread's
+    /// own runtime to progress would then never finish (the Redis store checks it).
+    static IN_BLOCK_ON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is blocked in [`block_on`] (see `IN_BLOCK_ON`).
+pub(crate) fn in_block_on() -> bool {
+    IN_BLOCK_ON.with(|f| f.get())
+}
+
 /// Polls a future to completion on this thread, parking between wake-ups.
 ///
 /// Unlike `futures::executor::block_on` it may nest (a blocking layer calling a blocking layer
 /// calls it again from inside), which the layered recipes need.
 pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     use std::task::{Context, Poll, Wake, Waker};
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_BLOCK_ON.with(|f| f.set(self.0));
+        }
+    }
+    let _restore = Restore(IN_BLOCK_ON.with(|f| f.replace(true)));
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {

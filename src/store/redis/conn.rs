@@ -1,17 +1,23 @@
-//! The connection side of the Redis store: a private runtime, a self-healing connection, a
-//! timeout on every call, a circuit breaker, and the pub/sub dispatcher that wakes waiters.
+//! The connection side of the Redis store: a private runtime, a connection slot re-established
+//! in the background, a timeout on every call, a circuit breaker, and the pub/sub dispatcher that
+//! wakes waiters.
 
-use super::scripts;
+mod slot;
+
+use super::connect::{display_url, store_error};
 use crate::clock::saturating_nanos;
 use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::wait::{Event, WaitMode};
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use slot::{breaks_connection, Slot, SlotEvent, Unavailable};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+/// The connection a request runs on (cheap to clone; requests on it are pipelined).
+pub(crate) type Connection = redis::aio::MultiplexedConnection;
 
 /// Counters of one [`RedisStore`](super::RedisStore) (all functions using it).
 ///
@@ -32,9 +38,8 @@ pub struct RedisStats {
     pub circuit_opens: AtomicU64,
     /// Requests refused at once because the circuit was open.
     pub rejected_open: AtomicU64,
-    /// Connections herdless established (the first, and a new one after a failed connect).
-    /// Reconnects after a dropped connection happen inside redis-rs's `ConnectionManager` and
-    /// show up as `errors` followed by successful round trips, not here.
+    /// Connections herdless established: the first, and each new one after a connection was
+    /// lost or an attempt failed (reconnection runs in the background, never inside a call).
     pub connects: AtomicU64,
     /// Records that were not ours, truncated, oversized or of the wrong type (read as misses).
     pub decode_errors: AtomicU64,
@@ -43,30 +48,18 @@ pub struct RedisStats {
     /// 1 when the server refused this store's PSUBSCRIBE (an ACL without the channel
     /// permission): waiters then poll instead of being woken. Logged once as a warning.
     pub pubsub_refused: AtomicU64,
-}
-
-/// What kind of failure a redis-rs error is.
-pub(crate) fn classify(e: &redis::RedisError) -> StoreErrorKind {
-    use redis::ErrorKind as K;
-    if e.is_timeout() {
-        return StoreErrorKind::Timeout;
-    }
-    if e.code() == Some("NOPERM") {
-        return StoreErrorKind::PermissionDenied;
-    }
-    if e.code() == Some("WRONGPASS") || e.code() == Some("NOAUTH") {
-        return StoreErrorKind::Authentication;
-    }
-    match e.kind() {
-        K::AuthenticationFailed => StoreErrorKind::Authentication,
-        K::TypeError | K::ResponseError | K::ParseError => StoreErrorKind::Protocol,
-        K::IoError if e.is_connection_refusal() => StoreErrorKind::ConnectionRefused,
-        _ => StoreErrorKind::Other,
-    }
-}
-
-pub(crate) fn store_error(context: &str, e: &redis::RedisError) -> StoreError {
-    StoreError::new(classify(e), format!("{context}: {e}"))
+    /// Connection attempts refused: nothing accepted connections at the address.
+    pub refused: AtomicU64,
+    /// Connection attempts whose credentials the server refused (`WRONGPASS`, or `NOAUTH`
+    /// when the URL has no password).
+    pub auth_failures: AtomicU64,
+    /// Requests failed at once, without waiting, because there was no connection (the last
+    /// attempt failed, or the connection was lost; a new one is being made in the background).
+    pub unavailable: AtomicU64,
+    /// Requests refused because a blocking call made them on a worker thread of the runtime
+    /// given to [`RedisStoreBuilder::runtime`](super::RedisStoreBuilder::runtime): waiting
+    /// there would deadlock, since that thread must drive the request. Logged once as a warning.
+    pub blocking_on_store_runtime: AtomicU64,
 }
 
 /// Trips after `threshold` consecutive failures; while open, calls fail at once instead of
@@ -168,11 +161,13 @@ pub(crate) struct Conn {
     rt: Option<tokio::runtime::Runtime>,
     pub(crate) handle: tokio::runtime::Handle,
     client: redis::Client,
-    manager: tokio::sync::Mutex<Option<ConnectionManager>>,
+    slot: Arc<Slot>,
     pub(crate) op_timeout: Duration,
-    pub(crate) breaker: Breaker,
+    pub(crate) breaker: Arc<Breaker>,
     pub(crate) stats: Arc<RedisStats>,
     pub(crate) wakeups: Arc<Wakeups>,
+    /// The deadlock warning is logged once per store.
+    warned_blocking: AtomicBool,
 }
 
 impl Drop for Conn {
@@ -182,6 +177,14 @@ impl Drop for Conn {
             rt.shutdown_background();
         }
     }
+}
+
+/// How a request failed, for the counters: it waited out its deadline, it was refused at once
+/// (no connection), or the server or the connection answered with an error.
+enum Cause {
+    TimedOut,
+    Unavailable,
+    Failed,
 }
 
 impl Conn {
@@ -207,15 +210,27 @@ impl Conn {
                 (Some(rt), h)
             }
         };
+        let stats: Arc<RedisStats> = Arc::default();
+        let breaker = Arc::new(breaker);
+        let url = display_url(&client);
+        let slot = Slot::new(
+            client.clone(),
+            url,
+            // No caller waits for an attempt (see `Slot`), so it may take its time.
+            op_timeout.saturating_mul(4).max(Duration::from_secs(1)),
+            handle.clone(),
+            Box::new(on_slot_event(stats.clone(), breaker.clone())),
+        );
         let conn = Arc::new(Conn {
             handle,
             rt,
             client,
-            manager: tokio::sync::Mutex::new(None),
+            slot,
             op_timeout,
             breaker,
-            stats: Arc::default(),
+            stats,
             wakeups: Arc::default(),
+            warned_blocking: AtomicBool::new(false),
         });
         conn.handle.spawn(subscriber(
             conn.client.clone(),
@@ -226,39 +241,19 @@ impl Conn {
         Ok(conn)
     }
 
-    async fn manager(&self) -> Result<ConnectionManager, StoreError> {
-        let mut slot = self.manager.lock().await;
-        if let Some(m) = &*slot {
-            return Ok(m.clone());
-        }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.op_timeout)
-            .set_response_timeout(self.op_timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(200);
-        let mut m = ConnectionManager::new_with_config(self.client.clone(), cfg)
-            .await
-            .map_err(|e| store_error("connect", &e))?;
-        // Load every script now so that the first real call is one round trip (EVALSHA).
-        for s in scripts::all() {
-            s.prepare_invoke()
-                .load_async(&mut m)
-                .await
-                .map_err(|e| store_error("script load", &e))?;
-        }
-        Stats::inc(&self.stats.connects);
-        *slot = Some(m.clone());
-        Ok(m)
-    }
-
     /// Runs one request (one round trip) under the timeout and the breaker, on the store's own
-    /// runtime so that callers on any executor, or none, can await it.
+    /// runtime so that callers on any executor, or none, can await it. The whole request,
+    /// waiting for a connection included, is bounded by `op_timeout`; without a connection it
+    /// fails at once with the reason the last connection attempt failed.
     pub(crate) async fn call<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        F: FnOnce(Connection) -> Fut + Send + 'static,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
     {
+        if let Some(err) = self.would_deadlock() {
+            return Err(err);
+        }
         if !self.breaker.allow() {
             Stats::inc(&self.stats.rejected_open);
             return Err(StoreError::new(
@@ -266,25 +261,15 @@ impl Conn {
                 "circuit open (redis failed repeatedly; computing locally)",
             ));
         }
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
         // The outcome is booked inside the spawned task, which runs to completion even when
         // the caller's future is dropped: a cancelled half-open probe must still close or
         // re-open the circuit, or the breaker would stay open for good.
         let this = self.clone();
         let task = self.handle.spawn(async move {
-            let deadline = this.op_timeout * 2;
-            let run = async {
-                let m = this.manager().await?;
-                f(m).await.map_err(|e| store_error("redis", &e))
-            };
-            let out = match tokio::time::timeout(deadline, run).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::new(
-                    StoreErrorKind::Timeout,
-                    format!("no answer within {deadline:?}"),
-                )),
-            };
+            let out = this.run(f, deadline).await;
             this.book(&out);
-            out
+            out.map_err(|(e, _)| e)
         });
         Stats::inc(&self.stats.round_trips);
         match task.await {
@@ -292,10 +277,80 @@ impl Conn {
             Err(e) => {
                 // Only a runtime shutting down gets here; the probe flag must not stay set.
                 let err = StoreError::new(StoreErrorKind::Other, format!("store task failed: {e}"));
-                self.book::<T>(&Err(err.clone()));
+                self.book::<T>(&Err((err.clone(), Cause::Failed)));
                 Err(err)
             }
         }
+    }
+
+    /// One request on the slot's connection, before `deadline`. A timeout or a broken
+    /// connection hands the connection back for a background reconnect, so that the calls
+    /// after this one fail at once instead of each paying the timeout again.
+    async fn run<T, F, Fut>(
+        &self,
+        f: F,
+        deadline: tokio::time::Instant,
+    ) -> Result<T, (StoreError, Cause)>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let (con, generation) = match self.slot.get(deadline, self.op_timeout).await {
+            Ok(c) => c,
+            Err(Unavailable::Down(e)) => return Err((e, Cause::Unavailable)),
+            Err(Unavailable::TimedOut(e)) => return Err((e, Cause::TimedOut)),
+        };
+        match tokio::time::timeout_at(deadline, f(con)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let err = store_error(&self.slot.url, &e);
+                if breaks_connection(&e) {
+                    self.slot.broken(generation, err.clone());
+                }
+                let cause = if e.is_timeout() {
+                    Cause::TimedOut
+                } else {
+                    Cause::Failed
+                };
+                Err((err, cause))
+            }
+            Err(_) => {
+                let err = StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!(
+                        "redis at {}: no answer within {:?}",
+                        self.slot.url, self.op_timeout
+                    ),
+                );
+                self.slot.broken(generation, err.clone());
+                Err((err, Cause::TimedOut))
+            }
+        }
+    }
+
+    /// A blocking call (inside `wait::block_on`) on a worker thread of the store's runtime
+    /// would wait for a task that only this very thread can run: refuse it instead of hanging.
+    fn would_deadlock(&self) -> Option<StoreError> {
+        // The private runtime's only worker runs nothing but this store's tasks.
+        if self.rt.is_some() || !crate::wait::in_block_on() {
+            return None;
+        }
+        let own = tokio::runtime::worker_index().is_some()
+            && tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == self.handle.id());
+        if !own {
+            return None;
+        }
+        Stats::inc(&self.stats.blocking_on_store_runtime);
+        Stats::inc(&self.stats.errors);
+        let msg = "a blocking call ran on a worker thread of the runtime given to \
+                   RedisStoreBuilder::runtime; waiting there would deadlock (that thread must \
+                   drive the request), so it computes without Redis. Fix: use the async API \
+                   there, or make blocking calls from tokio::task::spawn_blocking or a plain \
+                   thread, or drop `.runtime(..)` so that the store runs its own I/O thread";
+        if !self.warned_blocking.swap(true, Ordering::Relaxed) {
+            tracing::warn!("{msg}");
+        }
+        Some(StoreError::new(StoreErrorKind::Other, msg))
     }
 
     /// Waits for a publish on `channel` (or `max`). Subscribed before the caller re-checks:
@@ -308,39 +363,99 @@ impl Conn {
         max: Duration,
         mode: WaitMode,
     ) {
+        // The one request here (EXISTS) is for `value_key`; a caller that cannot act on its
+        // failure loses nothing by ignoring it (it re-asks after `max` anyway).
+        let _ = self.wait_on(channel, value_key, max, mode).await;
+    }
+
+    /// [`Conn::wait_channel`] for a value: fails at once, without waiting, when the store
+    /// does (so that the caller computes instead of stacking one timeout on another).
+    pub(crate) async fn wait_value(
+        self: &Arc<Self>,
+        channel: &[u8],
+        value_key: &[u8],
+        max: Duration,
+        mode: WaitMode,
+    ) -> Result<(), StoreError> {
+        self.wait_on(channel, Some(value_key), max, mode).await
+    }
+
+    async fn wait_on(
+        self: &Arc<Self>,
+        channel: &[u8],
+        value_key: Option<&[u8]>,
+        max: Duration,
+        mode: WaitMode,
+    ) -> Result<(), StoreError> {
         if !self.wakeups.live.load(Ordering::Acquire) {
             mode.sleep(max).await;
-            return;
+            return Ok(());
         }
         let event = self.wakeups.event(channel);
         let listener = event.listen();
         if let Some(vk) = value_key {
             let vk = vk.to_vec();
-            let exists: Result<bool, _> = self
-                .call(move |mut m: ConnectionManager| async move {
+            let exists: bool = self
+                .call(move |mut m: Connection| async move {
                     redis::cmd("EXISTS").arg(vk).query_async(&mut m).await
                 })
-                .await;
-            if exists.unwrap_or(false) {
-                return;
+                .await?;
+            if exists {
+                return Ok(());
             }
         }
         mode.wait(listener, Instant::now().checked_add(max)).await;
+        Ok(())
     }
 
-    fn book<T>(&self, out: &Result<T, StoreError>) {
+    fn book<T>(&self, out: &Result<T, (StoreError, Cause)>) {
         match out {
             Ok(_) => self.breaker.success(),
-            Err(e) => {
+            Err((e, cause)) => {
                 Stats::inc(&self.stats.errors);
-                if e.kind() == StoreErrorKind::Timeout {
-                    Stats::inc(&self.stats.timeouts);
+                match cause {
+                    Cause::TimedOut => Stats::inc(&self.stats.timeouts),
+                    Cause::Unavailable => Stats::inc(&self.stats.unavailable),
+                    Cause::Failed => {}
                 }
                 if self.breaker.failure() {
                     Stats::inc(&self.stats.circuit_opens);
                     tracing::warn!(error = %e, "redis unavailable; circuit open, computing locally");
                 }
             }
+        }
+    }
+}
+
+/// Books what the connection slot's background task reports: counts refusals, closes the
+/// circuit as soon as a connection is back, and warns once per outage.
+fn on_slot_event(
+    stats: Arc<RedisStats>,
+    breaker: Arc<Breaker>,
+) -> impl Fn(SlotEvent<'_>) + Send + Sync {
+    let down = AtomicBool::new(false);
+    move |event| match event {
+        SlotEvent::Connected => {
+            Stats::inc(&stats.connects);
+            // The server answered a connect, an AUTH and the script loads: no reason to keep
+            // paying the rest of a cooldown.
+            breaker.success();
+            if down.swap(false, Ordering::Relaxed) {
+                tracing::info!("redis connection re-established");
+            }
+        }
+        SlotEvent::Failed(e) => {
+            match e.kind() {
+                StoreErrorKind::ConnectionRefused => Stats::inc(&stats.refused),
+                StoreErrorKind::Authentication => Stats::inc(&stats.auth_failures),
+                _ => {}
+            }
+            if !down.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "redis connection failed; computing locally and reconnecting in the background");
+            }
+        }
+        SlotEvent::Lost(e) => {
+            tracing::debug!(error = %e, "redis connection given up; reconnecting in the background");
         }
     }
 }

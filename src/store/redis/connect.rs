@@ -3,14 +3,79 @@
 //! needs (scripts, keys under the prefix, pub/sub on the store's channels), and says what is
 //! missing if not. Also the URL helpers: parsing with a helpful error, and password redaction.
 
-use super::conn::classify;
 use super::scripts;
 use crate::error::ConfigError;
-use crate::store::contract::StoreErrorKind;
+use crate::store::contract::{StoreError, StoreErrorKind};
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// What kind of failure a redis-rs error is.
+pub(crate) fn classify(e: &redis::RedisError) -> StoreErrorKind {
+    use redis::ErrorKind as K;
+    if e.is_timeout() {
+        return StoreErrorKind::Timeout;
+    }
+    if e.code() == Some("NOPERM") {
+        return StoreErrorKind::PermissionDenied;
+    }
+    if e.code() == Some("WRONGPASS") || e.code() == Some("NOAUTH") {
+        return StoreErrorKind::Authentication;
+    }
+    match e.kind() {
+        K::AuthenticationFailed => StoreErrorKind::Authentication,
+        K::TypeError | K::ResponseError | K::ParseError => StoreErrorKind::Protocol,
+        K::IoError if e.is_connection_refusal() => StoreErrorKind::ConnectionRefused,
+        _ => StoreErrorKind::Other,
+    }
+}
+
+/// A failed request as a [`StoreError`] (`url` is already redacted).
+pub(crate) fn store_error(url: &str, e: &redis::RedisError) -> StoreError {
+    StoreError::new(classify(e), format!("redis at {url}: {}", describe(e)))
+}
+
+/// A failed connection attempt as a [`StoreError`] that says what failed, with the URL
+/// (`url` is already redacted).
+pub(crate) fn connect_error(url: &str, e: &redis::RedisError) -> StoreError {
+    let kind = classify(e);
+    let what = match kind {
+        StoreErrorKind::ConnectionRefused => {
+            "connection refused (is the server running, and is this its host and port?)".to_string()
+        }
+        StoreErrorKind::Authentication => format!(
+            "authentication failed: the server refused the credentials in the URL, or needs \
+             some and the URL has none ({})",
+            describe(e)
+        ),
+        _ => format!("could not connect: {}", describe(e)),
+    };
+    StoreError::new(kind, format!("redis at {url}: {what}"))
+}
+
+/// The client's address as a URL for messages, password replaced by `***` (the original URL
+/// string is not kept: only what redis-rs parsed from it).
+pub(crate) fn display_url(client: &redis::Client) -> String {
+    let info = client.get_connection_info();
+    let scheme = match info.addr {
+        redis::ConnectionAddr::Tcp(..) => "redis://",
+        redis::ConnectionAddr::TcpTls { .. } => "rediss://",
+        redis::ConnectionAddr::Unix(..) => "redis+unix://",
+    };
+    let user = info.redis.username.as_deref().unwrap_or("");
+    let auth = match (&info.redis.password, user) {
+        (Some(_), user) => format!("{user}:***@"),
+        (None, "") => String::new(),
+        (None, user) => format!("{user}@"),
+    };
+    match info.addr {
+        redis::ConnectionAddr::Unix(_) => {
+            format!("{scheme}{auth}{}?db={}", info.addr, info.redis.db)
+        }
+        _ => format!("{scheme}{auth}{}/{}", info.addr, info.redis.db),
+    }
+}
 
 /// The URL form shown in error messages.
 pub(crate) const URL_FORM: &str = "redis://[user:password@]host:port[/db]";
@@ -519,6 +584,20 @@ mod tests {
         ];
         for (url, want) in cases {
             assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn display_urls_never_show_the_password() {
+        let cases = [
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/0"),
+            ("redis://app:pw@host:1/2", "redis://app:***@host:1/2"),
+            ("redis://:pw@host:1", "redis://:***@host:1/0"),
+            ("redis://app@host:1", "redis://app@host:1/0"),
+        ];
+        for (url, want) in cases {
+            let client = redis::Client::open(url).unwrap();
+            assert_eq!(display_url(&client), want, "{url}");
         }
     }
 

@@ -92,7 +92,10 @@ impl RedisStoreBuilder {
     /// Runs this store's Redis I/O (connection, scripts, pub/sub) on the given Tokio runtime
     /// instead of a private one-thread runtime. Async applications save a thread hop per round
     /// trip; the runtime must outlive every call, blocking callers included. Blocking callers
-    /// must not run on that runtime's own threads (a blocked worker cannot drive its I/O).
+    /// must not run on that runtime's worker threads (a blocked worker cannot drive its I/O):
+    /// such a call gets a store error instead of hanging (it computes without Redis), counted in
+    /// [`RedisStats::blocking_on_store_runtime`] and warned about once; make it from
+    /// `tokio::task::spawn_blocking` or a plain thread instead.
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.runtime = Some(handle);
         self
@@ -642,8 +645,7 @@ where
         let keys = self.keys(ns.name(), key)?;
         self.inner
             .conn
-            .wait_channel(&keys.channel, Some(&keys.value), max, mode)
-            .await;
-        Ok(())
+            .wait_value(&keys.channel, &keys.value, max, mode)
+            .await
     }
 }

@@ -1,0 +1,239 @@
+//! The connection slot of a store: one multiplexed connection shared by every call, opened and
+//! re-opened by one background task with backoff. A caller never waits for a connect past its
+//! own deadline, and while the last attempt failed (refused, credentials refused, no answer)
+//! it fails at once with that error instead of paying a timeout.
+//!
+//! Why not redis-rs's `ConnectionManager`: its first reconnect waits about a second whatever
+//! its `max_delay` says, inside the caller's call, so a refused port or a wrong password was
+//! reported after ~1.5 s, and as a timeout.
+
+use crate::store::contract::{StoreError, StoreErrorKind};
+use crate::store::redis::connect::{classify, connect_error};
+use crate::store::redis::scripts;
+use crate::wait::jitter;
+use redis::aio::MultiplexedConnection;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The first pause between two failed connection attempts, and the largest: a refused connect
+/// costs one round trip, so retrying often is cheap and a restarted server is found soon.
+const FIRST_RETRY: Duration = Duration::from_millis(20);
+const MAX_RETRY: Duration = Duration::from_millis(500);
+
+/// What the background task tells the store about (for stats, breaker and logs).
+pub(crate) enum SlotEvent<'a> {
+    /// A connection is up (the first one, or a new one after a failure).
+    Connected,
+    /// A connection attempt failed.
+    Failed(&'a StoreError),
+    /// A live connection was given up (it failed or timed out); reconnecting.
+    Lost(&'a StoreError),
+}
+
+/// Why [`Slot::get`] has no connection for the caller.
+pub(crate) enum Unavailable {
+    /// The last attempt failed: reported at once, without waiting.
+    Down(StoreError),
+    /// The first attempt did not finish before the caller's deadline.
+    TimedOut(StoreError),
+}
+
+enum State {
+    /// Nothing asked for a connection yet (the store is lazy: building it does no I/O).
+    Idle,
+    Ready(MultiplexedConnection),
+    /// The background task is connecting; `last` is why the previous attempt or the previous
+    /// connection failed (`None` while the very first attempt runs).
+    Down {
+        last: Option<StoreError>,
+    },
+}
+
+struct Inner {
+    state: State,
+    /// Bumped on every new connection, so that a failure seen on an old one cannot tear down
+    /// its successor.
+    generation: u64,
+}
+
+type Report = Box<dyn Fn(SlotEvent<'_>) + Send + Sync>;
+
+pub(crate) struct Slot {
+    client: redis::Client,
+    /// The URL for messages, password redacted.
+    pub(crate) url: String,
+    /// Bound of one connection attempt (connect, authenticate, load the scripts). Generous:
+    /// no caller waits for it, and an attempt that hangs on a paused server completes as soon
+    /// as the server resumes.
+    attempt_bound: Duration,
+    handle: tokio::runtime::Handle,
+    inner: Mutex<Inner>,
+    changed: Notify,
+    report: Report,
+}
+
+impl Slot {
+    pub(crate) fn new(
+        client: redis::Client,
+        url: String,
+        attempt_bound: Duration,
+        handle: tokio::runtime::Handle,
+        report: Report,
+    ) -> Arc<Self> {
+        Arc::new(Slot {
+            client,
+            url,
+            attempt_bound,
+            handle,
+            inner: Mutex::new(Inner {
+                state: State::Idle,
+                generation: 0,
+            }),
+            changed: Notify::new(),
+            report,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection and its generation; waits (until `deadline`) only while the very first
+    /// attempt is under way. `budget` is the caller's whole timeout, for the message.
+    pub(crate) async fn get(
+        self: &Arc<Self>,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<(MultiplexedConnection, u64), Unavailable> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the state is read, so a change in between is not missed.
+            notified.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                match &inner.state {
+                    State::Ready(conn) => return Ok((conn.clone(), inner.generation)),
+                    State::Down { last: Some(e) } => return Err(Unavailable::Down(e.clone())),
+                    State::Down { last: None } => {}
+                    State::Idle => {
+                        inner.state = State::Down { last: None };
+                        self.spawn_connect();
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let err = StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!(
+                        "redis at {}: not connected within {budget:?} (connecting in the \
+                         background)",
+                        self.url
+                    ),
+                );
+                // Later calls fail at once instead of each waiting out its own deadline.
+                if let State::Down { last: last @ None } = &mut self.lock().state {
+                    *last = Some(err.clone());
+                }
+                return Err(Unavailable::TimedOut(err));
+            }
+        }
+    }
+
+    /// The connection of `generation` failed (`err`): drop it and reconnect in the background.
+    /// Calls fail at once with `err` until a new connection is up.
+    pub(crate) fn broken(self: &Arc<Self>, generation: u64, err: StoreError) {
+        {
+            let mut inner = self.lock();
+            if inner.generation != generation || !matches!(inner.state, State::Ready(_)) {
+                return; // already replaced, or already reconnecting
+            }
+            inner.state = State::Down {
+                last: Some(err.clone()),
+            };
+            self.spawn_connect();
+        }
+        self.changed.notify_waiters();
+        (self.report)(SlotEvent::Lost(&err));
+    }
+
+    /// Called with the state just set to `Down`: exactly one task runs while it is.
+    fn spawn_connect(self: &Arc<Self>) {
+        self.handle.spawn(reconnect(Arc::downgrade(self)));
+    }
+
+    /// One attempt: connect (redis-rs authenticates and selects the database), then load the
+    /// scripts so that the first real call is one round trip.
+    async fn open(&self) -> Result<MultiplexedConnection, StoreError> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(self.attempt_bound)
+            .set_response_timeout(self.attempt_bound);
+        let attempt = async {
+            let mut con = self
+                .client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await?;
+            for s in scripts::all() {
+                if let Err(e) = s.prepare_invoke().load_async(&mut con).await {
+                    if breaks_connection(&e) || classify(&e) == StoreErrorKind::Authentication {
+                        return Err(e);
+                    }
+                    // Refused by an ACL, say: not a connection problem. Calls load scripts on
+                    // first use anyway (EVALSHA falls back to EVAL) and report their own errors.
+                    break;
+                }
+            }
+            Ok(con)
+        };
+        match tokio::time::timeout(self.attempt_bound, attempt).await {
+            Ok(Ok(con)) => Ok(con),
+            Ok(Err(e)) => Err(connect_error(&self.url, &e)),
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!(
+                    "redis at {}: no answer within {:?} while connecting (host unreachable, or \
+                     the server is paused or overloaded)",
+                    self.url, self.attempt_bound
+                ),
+            )),
+        }
+    }
+}
+
+/// Whether a request's error means the connection itself is gone or out of step.
+pub(crate) fn breaks_connection(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_unrecoverable_error()
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
+/// The background task: attempts until one succeeds, pausing with jittered exponential backoff
+/// between failures. Ends when the slot is gone.
+async fn reconnect(slot: Weak<Slot>) {
+    let mut pause = FIRST_RETRY;
+    loop {
+        let Some(s) = slot.upgrade() else { return };
+        match s.open().await {
+            Ok(conn) => {
+                {
+                    let mut inner = s.lock();
+                    inner.generation = inner.generation.wrapping_add(1);
+                    inner.state = State::Ready(conn);
+                }
+                s.changed.notify_waiters();
+                (s.report)(SlotEvent::Connected);
+                return;
+            }
+            Err(e) => {
+                (s.report)(SlotEvent::Failed(&e));
+                s.lock().state = State::Down { last: Some(e) };
+                s.changed.notify_waiters();
+            }
+        }
+        drop(s);
+        tokio::time::sleep(jitter(pause)).await;
+        pause = pause.saturating_mul(2).min(MAX_RETRY);
+    }
+}
