@@ -501,3 +501,78 @@ fn blocking_call_in_spawn_blocking_on_the_store_runtime_uses_redis() {
         "the value is in Redis"
     );
 }
+
+/// With several workers the blocked worker's freshly spawned task still waits for that worker
+/// (Tokio runs a task spawned from a worker on that worker first), so it is refused too.
+#[test]
+fn blocking_call_on_a_worker_of_a_multi_worker_store_runtime_errors_instead_of_hanging() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let url = server.url();
+    let (v, store_errors, refused) =
+        bounded("a blocking call on one of 4 workers", HANG, move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .unwrap();
+            let s = on_runtime(&url, rt.handle().clone());
+            let f = memo(&s, "four-workers", Duration::from_secs(60), Duration::ZERO);
+            let g = f.clone();
+            let v = rt
+                .block_on(rt.spawn(async move { g.get(&1).unwrap() }))
+                .unwrap();
+            seen(v, &f, &s)
+        });
+    assert_eq!(v, value_of(&1));
+    assert!(store_errors >= 1);
+    assert!(refused >= 1);
+}
+
+// =============================================================================================
+// A waiter whose wait fails computes at once instead of asking again and again.
+// =============================================================================================
+
+/// A user that may run the scripts but not `EXISTS` (the one request of a wait): every wait
+/// fails while the lock stays busy. The waiter computes instead of re-asking until its
+/// patience runs out.
+#[test]
+fn remote_lock_waiter_computes_when_its_wait_fails() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let port = server.port();
+    let mut con = server.raw();
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "noexists", "on", ">pw", "~*", "&*", "+@all", "-exists",
+        ])
+        .query::<()>(&mut con)
+        .unwrap();
+    let s = RedisStore::builder(&format!("redis://noexists:pw@127.0.0.1:{port}/"))
+        .op_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let f = memoize_stampede(&s, Duration::from_secs(60))
+        .name("wait-fails")
+        .contention(Contention::Wait(Duration::from_secs(5)))
+        .build_blocking_infallible(|k: &u64| value_of(k))
+        .unwrap();
+    let lock = support::lock_key(&s.value_key("wait-fails", &7u64));
+    redis::cmd("SET")
+        .arg(&lock)
+        .arg("someone-else")
+        .arg("PX")
+        .arg(60_000)
+        .query::<()>(&mut con)
+        .unwrap();
+    let g = f.clone();
+    let (out, took) = bounded("the waiting caller", BOUND, move || {
+        let t = Instant::now();
+        (g.get(&7), t.elapsed())
+    });
+    println!("remote-lock waiter whose wait fails: {out:?} after {took:?}");
+    assert_eq!(out.unwrap(), value_of(&7), "computed instead of timing out");
+    assert_eq!(f.stats().computations, 1);
+}
