@@ -25,6 +25,8 @@ pub(crate) type Connection = redis::aio::MultiplexedConnection;
 /// use std::sync::atomic::Ordering;
 /// let store = herdless::store::RedisStore::new("redis://127.0.0.1:6379/").unwrap();
 /// assert_eq!(store.stats().decode_errors.load(Ordering::Relaxed), 0);
+/// // Building does not connect: no attempt was made, so none was refused.
+/// assert_eq!(store.stats().refused.load(Ordering::Relaxed), 0);
 /// ```
 #[derive(Debug, Default)]
 pub struct RedisStats {
