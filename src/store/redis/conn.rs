@@ -38,8 +38,14 @@ pub struct RedisStats {
     pub connects: AtomicU64,
     /// Records that were not ours, truncated, oversized or of the wrong type (read as misses).
     pub decode_errors: AtomicU64,
-    /// Writes refused because the writer no longer held the lock.
+    /// Writes that did not land because something newer was written, or the key was
+    /// invalidated, after the writer's computation started (version fencing).
     pub fenced_writes: AtomicU64,
+    /// Values that could not be serialized (returned to callers, never cached; warned about
+    /// at most every 10 s).
+    pub encode_errors: AtomicU64,
+    /// Values refused at write time for exceeding `max_value_bytes` (returned, never cached).
+    pub oversized_writes: AtomicU64,
     /// 1 when the server refused this store's PSUBSCRIBE (an ACL without the channel
     /// permission): waiters then poll instead of being woken. Logged once as a warning.
     pub pubsub_refused: AtomicU64,
