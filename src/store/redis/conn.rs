@@ -305,12 +305,15 @@ impl Conn {
     }
 
     /// Waits for a publish on `channel` (or `max`). Subscribed before the caller re-checks:
-    /// when `value_key` is given, its existence is checked after listening, so a publish
-    /// between the caller's last look and now is not lost.
+    /// when `lock_key` is given, the wait ends at once if that lock is already gone (its holder
+    /// wrote or released between the caller's last look and now, so the publish was missed),
+    /// or if the server cannot say (the caller's next request then fails fast and it computes
+    /// locally). Checking the lock, not the value, keeps a waiter from spinning on a value that
+    /// is present but unreadable while the holder recomputes it.
     pub(crate) async fn wait_channel(
         self: &Arc<Self>,
         channel: &[u8],
-        value_key: Option<&[u8]>,
+        lock_key: Option<&[u8]>,
         max: Duration,
         mode: WaitMode,
     ) {
@@ -320,14 +323,14 @@ impl Conn {
         }
         let event = self.wakeups.event(channel);
         let listener = event.listen();
-        if let Some(vk) = value_key {
-            let vk = vk.to_vec();
-            let exists: Result<bool, _> = self
+        if let Some(lk) = lock_key {
+            let lk = lk.to_vec();
+            let held: Result<bool, _> = self
                 .call(move |mut m: ConnectionManager| async move {
-                    redis::cmd("EXISTS").arg(vk).query_async(&mut m).await
+                    redis::cmd("EXISTS").arg(lk).query_async(&mut m).await
                 })
                 .await;
-            if exists.unwrap_or(false) {
+            if !held.unwrap_or(false) {
                 return;
             }
         }

@@ -269,7 +269,7 @@ impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
                 return Err(LockError::Timeout(policy.max_wait()));
             };
             self.conn
-                .wait_channel(&keys.channel, None, wait, mode)
+                .wait_channel(&keys.channel, Some(&keys.lock), wait, mode)
                 .await;
         }
     }

@@ -118,12 +118,13 @@ pub(crate) static WRITE: LazyLock<Script> = LazyLock::new(|| {
 local holder = redis.call('GET', KEYS[2])
 local mine = ARGV[1] ~= '' and holder == ARGV[1]
 if mine then redis.call('DEL', KEYS[2]) end
-if ARGV[5] ~= '' and ((holder and not mine) or redis.call('GET', KEYS[3]) ~= ARGV[5]) then
+if ARGV[5] == '' then
+  version(KEYS[3], ARGV[6])
+elseif (holder and not mine) or redis.call('GET', KEYS[3]) ~= ARGV[5] then
   if mine then redis.pcall('PUBLISH', ARGV[4], '0') end
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-version(KEYS[3], ARGV[6])
 redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
 redis.pcall('PUBLISH', ARGV[4], '1')

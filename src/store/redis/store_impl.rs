@@ -391,7 +391,7 @@ where
         let keys = self.keys(ns.name(), key)?;
         self.inner
             .conn
-            .wait_channel(&keys.channel, Some(&keys.value), max, mode)
+            .wait_channel(&keys.channel, Some(&keys.lock), max, mode)
             .await;
         Ok(())
     }
