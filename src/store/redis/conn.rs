@@ -46,6 +46,9 @@ pub struct RedisStats {
     pub encode_errors: AtomicU64,
     /// Values refused at write time for exceeding `max_value_bytes` (returned, never cached).
     pub oversized_writes: AtomicU64,
+    /// 1 when the server refused this user scripting (no `EVAL`/`EVALSHA`): the store then
+    /// caches and locks with plain commands and writes are not fenced. Logged once as a warning.
+    pub scripts_refused: AtomicU64,
     /// 1 when the server refused this store's PSUBSCRIBE (an ACL without the channel
     /// permission): waiters then poll instead of being woken. Logged once as a warning.
     pub pubsub_refused: AtomicU64,
@@ -179,6 +182,7 @@ pub(crate) struct Conn {
     pub(crate) breaker: Breaker,
     pub(crate) stats: Arc<RedisStats>,
     pub(crate) wakeups: Arc<Wakeups>,
+    scripts_refused: AtomicBool,
 }
 
 impl Drop for Conn {
@@ -222,6 +226,7 @@ impl Conn {
             breaker,
             stats: Arc::default(),
             wakeups: Arc::default(),
+            scripts_refused: AtomicBool::new(false),
         });
         conn.handle.spawn(subscriber(
             conn.client.clone(),
@@ -230,6 +235,25 @@ impl Conn {
             conn.stats.clone(),
         ));
         Ok(conn)
+    }
+
+    /// True when the server refused this user scripting: the store then uses plain commands
+    /// (see the `plain` module), losing only the fencing of writes.
+    pub(crate) fn plain_commands(&self) -> bool {
+        self.scripts_refused.load(Ordering::Acquire)
+    }
+
+    fn refuse_scripts(&self, e: &redis::RedisError) {
+        if !self.scripts_refused.swap(true, Ordering::AcqRel) {
+            self.stats.scripts_refused.store(1, Ordering::Relaxed);
+            tracing::warn!(
+                error = %e,
+                "redis refused SCRIPT LOAD/EVALSHA (NOPERM): herdless caches and locks with plain \
+                 commands (GET+PTTL, SET NX PX, a guarded release) and loses only the fencing \
+                 of writes; grant the user +evalsha +eval +script|load (or +@scripting) to \
+                 restore it"
+            );
+        }
     }
 
     async fn manager(&self) -> Result<ConnectionManager, StoreError> {
@@ -245,12 +269,17 @@ impl Conn {
         let mut m = ConnectionManager::new_with_config(self.client.clone(), cfg)
             .await
             .map_err(|e| store_error("connect", &e))?;
-        // Load every script now so that the first real call is one round trip (EVALSHA).
+        // Load every script now so that the first real call is one round trip (EVALSHA). A
+        // user refused scripting (an ACL without EVAL) gets the plain-command mode instead.
         for s in scripts::all() {
-            s.prepare_invoke()
-                .load_async(&mut m)
-                .await
-                .map_err(|e| store_error("script load", &e))?;
+            match s.prepare_invoke().load_async(&mut m).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("NOPERM") => {
+                    self.refuse_scripts(&e);
+                    break;
+                }
+                Err(e) => return Err(store_error("script load", &e)),
+            }
         }
         Stats::inc(&self.stats.connects);
         *slot = Some(m.clone());

@@ -7,7 +7,7 @@
 
 use super::conn::Conn;
 use super::keys::{token, KeySpace, Keys};
-use super::scripts;
+use super::{plain, scripts};
 use crate::lock::{Lock, LockError};
 use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::wait::{Contention, Patience, WaitMode};
@@ -62,16 +62,20 @@ impl HeldLock {
                 }
                 let (k, t) = (k.clone(), t.clone());
                 let ms = lease.as_millis().min(u64::MAX as u128) as u64;
-                let renewed: Result<i64, _> = renewer
-                    .call(move |mut m| async move {
-                        scripts::RENEW
-                            .key(k)
-                            .arg(t)
-                            .arg(ms)
-                            .invoke_async(&mut m)
-                            .await
-                    })
-                    .await;
+                let renewed: Result<i64, _> = if renewer.plain_commands() {
+                    plain::renew(&renewer, k, t, ms).await
+                } else {
+                    renewer
+                        .call(move |mut m| async move {
+                            scripts::RENEW
+                                .key(k)
+                                .arg(t)
+                                .arg(ms)
+                                .invoke_async(&mut m)
+                                .await
+                        })
+                        .await
+                };
                 next = match renewed {
                     Ok(0) => return, // lost: someone else owns it now (the ticket still fences)
                     Ok(_) => every,
@@ -124,6 +128,10 @@ impl Drop for HeldLock {
                 self.channel.clone(),
             );
             conn.handle.clone().spawn(async move {
+                if conn.plain_commands() {
+                    let _ = plain::release(&conn, k, t, c, "0").await;
+                    return;
+                }
                 let _ = conn
                     .call(move |mut m| async move {
                         scripts::RELEASE
@@ -243,17 +251,8 @@ impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
             let got = acquiring(&self.conn, async move {
                 let token = token();
                 let (l, t, ms) = (k.lock.clone(), token.clone(), lease.as_millis() as u64);
-                let got: i64 = conn
-                    .call(move |mut m| async move {
-                        scripts::TRY_LOCK
-                            .key(l)
-                            .arg(t)
-                            .arg(ms)
-                            .invoke_async(&mut m)
-                            .await
-                    })
-                    .await?;
-                Ok((got == 1)
+                let got = plain::try_lock(&conn, l, t, ms).await?;
+                Ok(got
                     .then(|| HeldLock::new(conn, k, token, None, lease, Duration::from_secs(3600))))
             })
             .await;

@@ -22,6 +22,7 @@ mod conn;
 mod connect;
 mod keys;
 mod lock;
+mod plain;
 mod record;
 mod scripts;
 mod store_impl;

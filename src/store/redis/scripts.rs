@@ -176,17 +176,7 @@ return 0
     )
 });
 
-/// Barrier lock: take it if free. KEYS[1] = lock key; ARGV[1] = token, ARGV[2] = lease ms.
-pub(crate) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
-"#,
-    )
-});
-
-pub(super) fn all() -> [&'static Script; 9] {
+pub(super) fn all() -> [&'static Script; 8] {
     [
         &INVALIDATE,
         &READ,
@@ -196,6 +186,5 @@ pub(super) fn all() -> [&'static Script; 9] {
         &WRITE,
         &RELEASE,
         &RENEW,
-        &TRY_LOCK,
     ]
 }

@@ -3,7 +3,7 @@
 
 use super::keys::{token, Keys};
 use super::lock::{acquiring, HeldLock};
-use super::{scripts, RedisStore};
+use super::{plain, scripts, RedisStore};
 use crate::entry::Entry;
 use crate::store::contract::{
     LockOutcome, Namespace, RefreshOutcome, Store, StoreError, StoreErrorKind, Written,
@@ -55,6 +55,29 @@ fn items(reply: Value, what: &str) -> Result<Vec<Value>, StoreError> {
     }
 }
 
+/// Runs the scripted form of an operation, or its plain-command form when the server refuses
+/// this user scripting (known after the first connect; a script refused for that reason is
+/// retried in plain form, so the call that discovers it does not fail).
+async fn scripted_or_plain<T, A, B>(
+    conn: &std::sync::Arc<super::conn::Conn>,
+    script: impl FnOnce() -> A,
+    plain: impl FnOnce() -> B,
+) -> Result<T, StoreError>
+where
+    A: std::future::Future<Output = Result<T, StoreError>>,
+    B: std::future::Future<Output = Result<T, StoreError>>,
+{
+    if conn.plain_commands() {
+        return plain().await;
+    }
+    match script().await {
+        Err(e) if e.kind() == StoreErrorKind::PermissionDenied && conn.plain_commands() => {
+            plain().await
+        }
+        out => out,
+    }
+}
+
 impl RedisStore {
     /// The lease actually taken: at least four call timeouts, so that renewals (every quarter
     /// lease, retried promptly) outlast a stall of the server shorter than the lease.
@@ -81,13 +104,24 @@ where
     async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
         let k = self.keys(ns.name(), key)?.value;
         let max = self.inner.max_value_bytes;
-        let reply: Value =
-            self.inner
-                .conn
-                .call(move |mut m| async move {
+        let conn = &self.inner.conn;
+        let k2 = k.clone();
+        let reply: Value = scripted_or_plain(
+            conn,
+            || {
+                conn.call(move |mut m| async move {
                     scripts::READ.key(k).arg(max).invoke_async(&mut m).await
                 })
-                .await?;
+            },
+            || async move {
+                let (v, pttl) = plain::read(conn, k2).await?;
+                Ok(match v {
+                    Some(b) => Value::Array(vec![Value::BulkString(b), Value::Int(pttl)]),
+                    None => Value::Array(vec![Value::Nil, Value::Int(-2)]),
+                })
+            },
+        )
+        .await?;
         let items = items(reply, "read")?;
         match (bytes(items.first()), int(items.get(1))) {
             (Some(b), Some(pttl)) => Ok(self.decode(&b, pttl, now).unwrap_or(None)),
@@ -125,24 +159,29 @@ where
             None => (Vec::new(), Vec::new()),
         };
         let (ttl_ms, keep) = (ms(ttl), keep_ms(ttl));
-        let written: i64 = self
-            .inner
-            .conn
-            .call(move |mut m| async move {
-                scripts::WRITE
-                    .key(keys.value)
-                    .key(keys.lock)
-                    .key(keys.version)
-                    .arg(token)
-                    .arg(record)
-                    .arg(ttl_ms)
-                    .arg(keys.channel)
-                    .arg(ticket)
-                    .arg(keep)
-                    .invoke_async(&mut m)
-                    .await
-            })
-            .await?;
+        let conn = &self.inner.conn;
+        let (k2, t2, r2) = (keys.clone(), token.clone(), record.clone());
+        let written: i64 = scripted_or_plain(
+            conn,
+            || {
+                conn.call(move |mut m| async move {
+                    scripts::WRITE
+                        .key(keys.value)
+                        .key(keys.lock)
+                        .key(keys.version)
+                        .arg(token)
+                        .arg(record)
+                        .arg(ttl_ms)
+                        .arg(keys.channel)
+                        .arg(ticket)
+                        .arg(keep)
+                        .invoke_async(&mut m)
+                        .await
+                })
+            },
+            || async move { plain::write(conn, k2, t2, r2, ttl_ms).await.map(|()| 1) },
+        )
+        .await?;
         if written == 1 {
             Ok(Written::Stored)
         } else {
@@ -181,8 +220,10 @@ where
                     k.version.clone(),
                     token.clone(),
                 );
-                let reply: Value = conn
-                    .call(move |mut m| async move {
+                let reply: Value = if conn.plain_commands() {
+                    plain_lock_or_get(&conn, &k, token.clone(), lease, ignore_value).await?
+                } else {
+                    conn.call(move |mut m| async move {
                         scripts::LOCK_OR_GET
                             .key(v)
                             .key(l)
@@ -195,7 +236,8 @@ where
                             .invoke_async(&mut m)
                             .await
                     })
-                    .await?;
+                    .await?
+                };
                 let items = items(reply, "lock_or_get")?;
                 Ok(match int(items.first()) {
                     Some(1) => RawOutcome::Found(
@@ -203,15 +245,9 @@ where
                         int(items.get(2)).unwrap_or(-1),
                     ),
                     Some(2) => {
-                        let ticket = bytes(items.get(1)).ok_or_else(|| protocol("lock_or_get"))?;
-                        RawOutcome::Acquired(HeldLock::new(
-                            conn,
-                            k,
-                            token,
-                            Some(ticket),
-                            lease,
-                            max_hold,
-                        ))
+                        // No ticket in plain-command mode: the write is not fenced.
+                        let ticket = bytes(items.get(1));
+                        RawOutcome::Acquired(HeldLock::new(conn, k, token, ticket, lease, max_hold))
                     }
                     Some(3) => RawOutcome::Busy,
                     _ => return Err(protocol("lock_or_get")),
@@ -259,8 +295,16 @@ where
                 keys.version.clone(),
                 token.clone(),
             );
-            let reply: Value = conn
-                .call(move |mut m| async move {
+            let reply: Value = if conn.plain_commands() {
+                let (_, pttl) = plain::read(&conn, keys.value.clone()).await?;
+                let taken = pttl <= seen_ms as i64
+                    && plain::try_lock(&conn, keys.lock.clone(), token.clone(), ms(lease)).await?;
+                Value::Array(vec![
+                    Value::Int(taken as i64),
+                    Value::BulkString(Vec::new()),
+                ])
+            } else {
+                conn.call(move |mut m| async move {
                     scripts::TRY_LOCK_REFRESH
                         .key(v)
                         .key(l)
@@ -272,17 +316,14 @@ where
                         .invoke_async(&mut m)
                         .await
                 })
-                .await?;
+                .await?
+            };
             let items = items(reply, "try_lock_refresh")?;
             Ok(match (int(items.first()), bytes(items.get(1))) {
-                (Some(1), Some(ticket)) => Some(HeldLock::new(
-                    conn,
-                    keys,
-                    token,
-                    Some(ticket),
-                    lease,
-                    max_hold,
-                )),
+                (Some(1), Some(ticket)) => {
+                    let ticket = (!ticket.is_empty()).then_some(ticket);
+                    Some(HeldLock::new(conn, keys, token, ticket, lease, max_hold))
+                }
                 (Some(0), _) => None,
                 _ => return Err(protocol("try_lock_refresh")),
             })
@@ -296,6 +337,9 @@ where
 
     async fn write_ticket(&self, ns: &Namespace, key: &K) -> Result<Option<HeldLock>, StoreError> {
         let keys = self.keys(ns.name(), key)?;
+        if self.inner.conn.plain_commands() {
+            return Ok(None); // nothing to fence with
+        }
         let (v, l, n) = (keys.value.clone(), keys.lock.clone(), keys.version.clone());
         let ticket: Vec<u8> = self
             .inner
@@ -320,25 +364,31 @@ where
 
     async fn invalidate(&self, ns: &Namespace, key: &K) -> Result<(), StoreError> {
         let keys = self.keys(ns.name(), key)?;
+        let conn = &self.inner.conn;
+        let k2 = keys.clone();
         let Keys {
             value,
             lock,
             channel,
             version,
         } = keys;
-        self.inner
-            .conn
-            .call(move |mut m| async move {
-                scripts::INVALIDATE
-                    .key(value)
-                    .key(lock)
-                    .key(version)
-                    .arg(channel)
-                    .arg(keep_ms(Duration::from_secs(60)))
-                    .invoke_async::<i64>(&mut m)
-                    .await
-            })
-            .await?;
+        scripted_or_plain(
+            conn,
+            || {
+                conn.call(move |mut m| async move {
+                    scripts::INVALIDATE
+                        .key(value)
+                        .key(lock)
+                        .key(version)
+                        .arg(channel)
+                        .arg(keep_ms(Duration::from_secs(60)))
+                        .invoke_async::<i64>(&mut m)
+                        .await
+                })
+            },
+            || async move { plain::invalidate(conn, k2).await.map(|()| 1) },
+        )
+        .await?;
         Ok(())
     }
 
@@ -402,4 +452,32 @@ enum RawOutcome {
     Found(Vec<u8>, i64),
     Acquired(HeldLock),
     Busy,
+}
+
+/// The plain-command form of LOCK_OR_GET, answering in the script's reply shape (two round
+/// trips instead of one; no ticket).
+async fn plain_lock_or_get(
+    conn: &std::sync::Arc<super::conn::Conn>,
+    keys: &Keys,
+    token: Vec<u8>,
+    lease: Duration,
+    ignore_value: bool,
+) -> Result<Value, StoreError> {
+    let (v, pttl) = plain::read(conn, keys.value.clone()).await?;
+    if let Some(b) = v.filter(|_| !ignore_value) {
+        if pttl > 0 {
+            return Ok(Value::Array(vec![
+                Value::Int(1),
+                Value::BulkString(b),
+                Value::Int(pttl),
+            ]));
+        }
+    }
+    Ok(
+        if plain::try_lock(conn, keys.lock.clone(), token, ms(lease)).await? {
+            Value::Array(vec![Value::Int(2)])
+        } else {
+            Value::Array(vec![Value::Int(3)])
+        },
+    )
 }
