@@ -269,12 +269,33 @@ where
     ) -> Result<V, Error<E>> {
         bump!(self.stats, computations);
         let fence = self.fences.snapshot(key);
+        // An unlocked computation on a shared store takes a version ticket first, so its write
+        // cannot land over a newer value or an invalidation from another process. Without one
+        // (the store is failing) its value is returned but not written.
+        let mut unfenced = false;
+        let lock = match lock {
+            Some(lock) => Some(lock),
+            None if self.store.is_shared() && !self.cfg.ttl.is_zero() => {
+                match self.store.write_ticket(&self.ns, key).await {
+                    Ok(permit) => permit,
+                    Err(err) => {
+                        bump!(self.stats, store_errors);
+                        tracing::debug!(name = %self.ns.name, error = %err, "no write ticket; the value will not be stored");
+                        unfenced = true;
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let t0 = self.clock.now();
         let out = self.compute.run(key).await;
         let t1 = self.clock.now();
         self.stats.compute_time(t1.saturating_sub(t0));
         let value = out?;
-        if self.fences.snapshot(key) != fence {
+        if unfenced {
+            drop(lock);
+        } else if self.fences.snapshot(key) != fence {
             // Invalidated (or replaced by `insert`) while computing: the caller gets the value
             // it asked for, but the store keeps the invalidation.
             bump!(self.stats, fenced_writes);
@@ -298,7 +319,7 @@ where
                 Ok(Written::Stored) => {}
                 Ok(Written::Fenced) => {
                     bump!(self.stats, fenced_writes);
-                    tracing::info!(name = %self.ns.name, "lock lost before the write; kept the newer value");
+                    tracing::info!(name = %self.ns.name, "a newer value or an invalidation landed first; the write was fenced");
                 }
                 Err(err) => {
                     bump!(self.stats, store_errors);

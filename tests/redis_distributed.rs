@@ -674,14 +674,18 @@ async fn round_trips_hard_miss_three_hit_one() {
     // Script bodies run GET/SET/... that INFO counts under their own names: the expected
     // deltas spell out every command, top-level and scripted.
     let hard_miss = expect_map(&[
-        ("evalsha", 3), // READ, LOCK_OR_GET, WRITE_RELEASE
+        ("evalsha", 3), // READ, LOCK_OR_GET, WRITE
+        ("strlen", 1),  // READ: the size check before any transfer
         ("type", 1),    // LOCK_OR_GET
-        ("set", 2),     // the lock (NX PX), the value (PX)
-        ("get", 2),     // READ, owner check before the write
+        ("set", 3),     // the lock (NX PX), the new version counter, the value (PX)
+        ("time", 1),    // the new version counter starts at the server's clock
+        ("get", 3),     // the version (ticket); the owner and version checks before the write
         ("del", 1),     // release
+        ("incr", 1),    // the write bumps the version
+        ("pexpire", 1), // ... and keeps it
         ("publish", 1), // wake-up
     ]);
-    let hit = expect_map(&[("evalsha", 1), ("get", 1), ("pttl", 1)]);
+    let hit = expect_map(&[("evalsha", 1), ("strlen", 1), ("get", 1), ("pttl", 1)]);
 
     for (i, k) in ["cold-1", "cold-2"].into_iter().enumerate() {
         let k = k.to_string();

@@ -171,7 +171,8 @@ pub enum RefreshOutcome<L> {
 pub enum Written {
     /// The entry is stored.
     Stored,
-    /// The lock was lost before the write: the store kept the newer value (fencing).
+    /// Something newer was written, or the key was invalidated, after the writer's permit was
+    /// granted: the store kept what it had (fencing).
     Fenced,
 }
 
@@ -216,8 +217,12 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
         now: u64,
     ) -> impl Future<Output = Result<Option<Entry<V>>, StoreError>> + Send;
 
-    /// Writes an entry that lives for `ttl`. With `lock`, the write happens only if the lock is
-    /// still held, and releases it and wakes waiters in the same step.
+    /// Writes an entry that lives for `ttl`. With `lock` (a permit from [`Store::lock_or_get`],
+    /// [`Store::try_lock_refresh`] or [`Store::write_ticket`]), the write lands only if nothing
+    /// newer was written and the key was not invalidated since the permit was granted
+    /// (returning [`Written::Fenced`] otherwise), and a held lock is released and waiters are
+    /// woken in the same step. Without a permit (`insert`) the write lands unconditionally and
+    /// fences every computation already running.
     fn set(
         &self,
         ns: &Namespace,
@@ -249,6 +254,20 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
         max_hold: Duration,
         now: u64,
     ) -> impl Future<Output = Result<RefreshOutcome<Self::Lock>, StoreError>> + Send;
+
+    /// A write permit without a lock, for a computation that runs unlocked on a shared store
+    /// (its caller waited past its patience, or the lock could not be had): a later
+    /// [`Store::set`] with it lands only if nothing was written or invalidated since this call.
+    /// `None` (the default) means the store needs no permit. The engine asks for one before
+    /// every unlocked computation on a shared store ([`Store::is_shared`]).
+    fn write_ticket(
+        &self,
+        ns: &Namespace,
+        key: &K,
+    ) -> impl Future<Output = Result<Option<Self::Lock>, StoreError>> + Send {
+        let _ = (ns, key);
+        async { Ok(None) }
+    }
 
     /// Invalidates one key: after the returned future completes, no reader of this store (in
     /// any process) gets the entry that was there, and a write fenced by a lock taken before

@@ -45,8 +45,17 @@ pub struct RedisStats {
     pub connects: AtomicU64,
     /// Records that were not ours, truncated, oversized or of the wrong type (read as misses).
     pub decode_errors: AtomicU64,
-    /// Writes refused because the writer no longer held the lock.
+    /// Writes that did not land because something newer was written, or the key was
+    /// invalidated, after the writer's computation started (version fencing).
     pub fenced_writes: AtomicU64,
+    /// Values that could not be serialized (returned to callers, never cached; warned about
+    /// at most every 10 s).
+    pub encode_errors: AtomicU64,
+    /// Values refused at write time for exceeding `max_value_bytes` (returned, never cached).
+    pub oversized_writes: AtomicU64,
+    /// 1 when the server refused this user scripting (no `EVAL`/`EVALSHA`): the store then
+    /// caches and locks with plain commands and writes are not fenced. Logged once as a warning.
+    pub scripts_refused: AtomicU64,
     /// 1 when the server refused this store's PSUBSCRIBE (an ACL without the channel
     /// permission): waiters then poll instead of being woken. Logged once as a warning.
     pub pubsub_refused: AtomicU64,
@@ -170,6 +179,8 @@ pub(crate) struct Conn {
     pub(crate) wakeups: Arc<Wakeups>,
     /// The deadlock warning is logged once per store.
     warned_blocking: AtomicBool,
+    /// Set (by the connection slot) when the server refused this user scripting.
+    scripts_refused: Arc<AtomicBool>,
 }
 
 impl Drop for Conn {
@@ -179,6 +190,17 @@ impl Drop for Conn {
             rt.shutdown_background();
         }
     }
+}
+
+/// How a waiter waits (see [`Conn::wait_channel`]).
+enum Wake {
+    /// For a publish on the channel (or the deadline). The event is kept alive with its
+    /// listener: the dispatcher holds only a weak reference, and wakes nobody once it is gone.
+    On(Arc<Event>, crate::wait::Listener),
+    /// Not at all: the lock it waited on is gone.
+    LockGone,
+    /// By sleeping: no live subscription.
+    Poll,
 }
 
 /// How a request failed, for the counters: it waited out its deadline, it was refused at once
@@ -214,6 +236,7 @@ impl Conn {
         };
         let stats: Arc<RedisStats> = Arc::default();
         let breaker = Arc::new(breaker);
+        let scripts_refused = Arc::new(AtomicBool::new(false));
         let url = display_url(&client);
         let slot = Slot::new(
             client.clone(),
@@ -221,7 +244,11 @@ impl Conn {
             // No caller waits for an attempt (see `Slot`), so it may take its time.
             op_timeout.saturating_mul(4).max(Duration::from_secs(1)),
             handle.clone(),
-            Box::new(on_slot_event(stats.clone(), breaker.clone())),
+            Box::new(on_slot_event(
+                stats.clone(),
+                breaker.clone(),
+                scripts_refused.clone(),
+            )),
         );
         let conn = Arc::new(Conn {
             handle,
@@ -233,6 +260,7 @@ impl Conn {
             stats,
             wakeups: Arc::default(),
             warned_blocking: AtomicBool::new(false),
+            scripts_refused,
         });
         conn.handle.spawn(subscriber(
             conn.client.clone(),
@@ -241,6 +269,12 @@ impl Conn {
             conn.stats.clone(),
         ));
         Ok(conn)
+    }
+
+    /// True when the server refused this user scripting: the store then uses plain commands
+    /// (see the `plain` module), losing only the fencing of writes.
+    pub(crate) fn plain_commands(&self) -> bool {
+        self.scripts_refused.load(Ordering::Acquire)
     }
 
     /// Runs one request (one round trip) under the timeout and the breaker, on the store's own
@@ -332,7 +366,8 @@ impl Conn {
 
     /// A blocking call (inside `wait::block_on`) on a worker thread of the store's runtime
     /// would wait for a task that only this very thread can run: refuse it instead of hanging.
-    fn would_deadlock(&self) -> Option<StoreError> {
+    /// Whoever awaits a task spawned on [`Conn::handle`] checks this first.
+    pub(crate) fn would_deadlock(&self) -> Option<StoreError> {
         // The private runtime's only worker runs nothing but this store's tasks.
         if self.rt.is_some() || !crate::wait::in_block_on() {
             return None;
@@ -356,58 +391,73 @@ impl Conn {
     }
 
     /// Waits for a publish on `channel` (or `max`). Subscribed before the caller re-checks:
-    /// when `value_key` is given, its existence is checked after listening, so a publish
-    /// between the caller's last look and now is not lost.
+    /// when `lock_key` is given, the wait ends at once if that lock is already gone (its holder
+    /// wrote or released between the caller's last look and now, so the publish was missed).
+    /// Checking the lock, not the value, keeps a waiter from spinning on a value that is
+    /// present but unreadable while the holder recomputes it. When the server cannot say, the
+    /// wait runs its course (no spin on a request that keeps failing); [`Conn::wait_lock`]
+    /// reports that failure instead.
     pub(crate) async fn wait_channel(
         self: &Arc<Self>,
         channel: &[u8],
-        value_key: Option<&[u8]>,
+        lock_key: Option<&[u8]>,
         max: Duration,
         mode: WaitMode,
     ) {
-        // The one request here (EXISTS) is for `value_key`; a caller that cannot act on its
-        // failure loses nothing by ignoring it (it re-asks after `max` anyway).
-        let _ = self.wait_on(channel, value_key, max, mode).await;
+        match self.listen(channel, lock_key).await {
+            Ok(Wake::On(_event, listener)) => {
+                mode.wait(listener, Instant::now().checked_add(max)).await;
+            }
+            Ok(Wake::LockGone) => {}
+            Ok(Wake::Poll) | Err(_) => mode.sleep(max).await,
+        }
     }
 
-    /// [`Conn::wait_channel`] for a value: fails at once, without waiting, when the store
-    /// does (so that the caller computes instead of stacking one timeout on another).
-    pub(crate) async fn wait_value(
+    /// [`Conn::wait_channel`] on a lock, failing at once when the server cannot say whether
+    /// the lock is held, so that the caller computes instead of asking again (and stacking one
+    /// timeout on another).
+    pub(crate) async fn wait_lock(
         self: &Arc<Self>,
         channel: &[u8],
-        value_key: &[u8],
+        lock_key: &[u8],
         max: Duration,
         mode: WaitMode,
     ) -> Result<(), StoreError> {
-        self.wait_on(channel, Some(value_key), max, mode).await
+        match self.listen(channel, Some(lock_key)).await? {
+            Wake::On(_event, listener) => {
+                mode.wait(listener, Instant::now().checked_add(max)).await;
+            }
+            Wake::LockGone => {}
+            Wake::Poll => mode.sleep(max).await,
+        }
+        Ok(())
     }
 
-    async fn wait_on(
+    /// How to wait on `channel`: on a listener taken before the lock is checked (so a publish
+    /// in between is not lost), not at all when the lock is already gone, or by sleeping when
+    /// the subscription is down (waiters then poll).
+    async fn listen(
         self: &Arc<Self>,
         channel: &[u8],
-        value_key: Option<&[u8]>,
-        max: Duration,
-        mode: WaitMode,
-    ) -> Result<(), StoreError> {
+        lock_key: Option<&[u8]>,
+    ) -> Result<Wake, StoreError> {
         if !self.wakeups.live.load(Ordering::Acquire) {
-            mode.sleep(max).await;
-            return Ok(());
+            return Ok(Wake::Poll);
         }
         let event = self.wakeups.event(channel);
         let listener = event.listen();
-        if let Some(vk) = value_key {
-            let vk = vk.to_vec();
-            let exists: bool = self
+        if let Some(lk) = lock_key {
+            let lk = lk.to_vec();
+            let held: bool = self
                 .call(move |mut m: Connection| async move {
-                    redis::cmd("EXISTS").arg(vk).query_async(&mut m).await
+                    redis::cmd("EXISTS").arg(lk).query_async(&mut m).await
                 })
                 .await?;
-            if exists {
-                return Ok(());
+            if !held {
+                return Ok(Wake::LockGone);
             }
         }
-        mode.wait(listener, Instant::now().checked_add(max)).await;
-        Ok(())
+        Ok(Wake::On(event, listener))
     }
 
     fn book<T>(&self, out: &Result<T, (StoreError, Cause)>) {
@@ -434,6 +484,7 @@ impl Conn {
 fn on_slot_event(
     stats: Arc<RedisStats>,
     breaker: Arc<Breaker>,
+    scripts_refused: Arc<AtomicBool>,
 ) -> impl Fn(SlotEvent<'_>) + Send + Sync {
     let down = AtomicBool::new(false);
     move |event| match event {
@@ -458,6 +509,18 @@ fn on_slot_event(
         }
         SlotEvent::Lost(e) => {
             tracing::debug!(error = %e, "redis connection given up; reconnecting in the background");
+        }
+        SlotEvent::ScriptsRefused(e) => {
+            if !scripts_refused.swap(true, Ordering::AcqRel) {
+                stats.scripts_refused.store(1, Ordering::Relaxed);
+                tracing::warn!(
+                    error = %e,
+                    "redis refused SCRIPT LOAD/EVALSHA (NOPERM): herdless caches and locks with \
+                     plain commands (GET+PTTL, SET NX PX, a guarded release) and loses only the \
+                     fencing of writes; grant the user +evalsha +eval +script|load (or \
+                     +@scripting) to restore it"
+                );
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The Redis key layout and owner tokens.
 //!
-//! `<prefix>:{<hex(name)>.<hex(msgpack(key))>}:v` (value), `...:l` (lock), `...:c` (channel).
-//! One hash tag per (function, key), so a value, its lock and its channel share a Cluster slot.
+//! `<prefix>:{<hex(name)>.<hex(msgpack(key))>}:v` (value), `...:l` (lock), `...:c` (channel),
+//! `...:n` (version). One hash tag per (function, key), so a value, its lock, its version and its
+//! channel share a Cluster slot.
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
 
 use crate::store::contract::{StoreError, StoreErrorKind};
@@ -13,6 +14,8 @@ pub(crate) struct Keys {
     pub(crate) value: Vec<u8>,
     pub(crate) lock: Vec<u8>,
     pub(crate) channel: Vec<u8>,
+    /// The entry's version counter (the fencing token of its writes; see `scripts`).
+    pub(crate) version: Vec<u8>,
 }
 
 pub(crate) fn hex(bytes: &[u8], out: &mut Vec<u8>) {
@@ -70,6 +73,7 @@ impl KeySpace {
             value: with(b":v"),
             lock: with(b":l"),
             channel: with(b":c"),
+            version: with(b":n"),
         })
     }
 }

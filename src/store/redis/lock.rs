@@ -7,29 +7,41 @@
 
 use super::conn::Conn;
 use super::keys::{token, KeySpace, Keys};
-use super::scripts;
+use super::{plain, scripts};
 use crate::lock::{Lock, LockError};
+use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::wait::{Contention, Patience, WaitMode};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A held distributed lock: renewed in the background while held, released (by the owner only)
-/// when dropped without a write.
+/// A write permit: a held distributed lock and/or a version ticket (see the `scripts` module).
+///
+/// A held lock is renewed in the background while held and released (by the owner only) when
+/// dropped without a write. Renewal retries promptly after a failed attempt, so a short Redis
+/// stall does not let the lease lapse; if it lapses anyway (a long stall, an evicted lock key),
+/// the ticket still lets the write land as long as nothing newer was written meanwhile.
 pub struct HeldLock {
     conn: Arc<Conn>,
     lock_key: Vec<u8>,
     channel: Vec<u8>,
+    /// Empty for a ticket without a lock.
     pub(crate) token: Vec<u8>,
+    /// The entry's version when this permit was granted; the write lands only if it is unchanged.
+    pub(crate) ticket: Option<Vec<u8>>,
     renewal: Option<tokio::task::JoinHandle<()>>,
     armed: bool,
 }
+
+/// How soon a failed renewal is retried.
+const RENEW_RETRY: Duration = Duration::from_millis(50);
 
 impl HeldLock {
     pub(crate) fn new(
         conn: Arc<Conn>,
         keys: Keys,
         token: Vec<u8>,
+        ticket: Option<Vec<u8>>,
         lease: Duration,
         max_hold: Duration,
     ) -> Self {
@@ -38,28 +50,37 @@ impl HeldLock {
         let renewer = conn.clone();
         let renewal = conn.handle.spawn(async move {
             let started = Instant::now();
-            let every = lease / 3;
+            // Four renewals per lease: three may fail (each bounded by the call timeout, which
+            // the lease is sized to exceed) before the lease can lapse.
+            let every = lease / 4;
+            let mut next = every;
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(next).await;
                 if started.elapsed() + lease > max_hold {
                     tracing::warn!("lock held for the maximum; no more renewals");
                     return;
                 }
                 let (k, t) = (k.clone(), t.clone());
-                let ms = lease.as_millis() as u64;
-                let renewed: Result<i64, _> = renewer
-                    .call(move |mut m| async move {
-                        scripts::RENEW
-                            .key(k)
-                            .arg(t)
-                            .arg(ms)
-                            .invoke_async(&mut m)
-                            .await
-                    })
-                    .await;
-                if matches!(renewed, Ok(0)) {
-                    return; // lost: someone else owns it now
-                }
+                let ms = lease.as_millis().min(u64::MAX as u128) as u64;
+                let renewed: Result<i64, _> = if renewer.plain_commands() {
+                    plain::renew(&renewer, k, t, ms).await
+                } else {
+                    renewer
+                        .call(move |mut m| async move {
+                            scripts::RENEW
+                                .key(k)
+                                .arg(t)
+                                .arg(ms)
+                                .invoke_async(&mut m)
+                                .await
+                        })
+                        .await
+                };
+                next = match renewed {
+                    Ok(0) => return, // lost: someone else owns it now (the ticket still fences)
+                    Ok(_) => every,
+                    Err(_) => RENEW_RETRY.min(every),
+                };
             }
         });
         HeldLock {
@@ -67,8 +88,22 @@ impl HeldLock {
             lock_key,
             channel,
             token,
+            ticket,
             renewal: Some(renewal),
             armed: true,
+        }
+    }
+
+    /// A ticket without a lock: nothing to renew or release.
+    pub(crate) fn ticket_only(conn: Arc<Conn>, keys: Keys, ticket: Vec<u8>) -> Self {
+        HeldLock {
+            conn,
+            lock_key: keys.lock,
+            channel: keys.channel,
+            token: Vec::new(),
+            ticket: Some(ticket),
+            renewal: None,
+            armed: false,
         }
     }
 
@@ -93,6 +128,10 @@ impl Drop for HeldLock {
                 self.channel.clone(),
             );
             conn.handle.clone().spawn(async move {
+                if conn.plain_commands() {
+                    let _ = plain::release(&conn, k, t, c, "0").await;
+                    return;
+                }
                 let _ = conn
                     .call(move |mut m| async move {
                         scripts::RELEASE
@@ -105,6 +144,27 @@ impl Drop for HeldLock {
                     .await;
             });
         }
+    }
+}
+
+/// Runs an acquiring request on the store's runtime as a task of its own and awaits it. If the
+/// caller gives up (a dropped future, a timeout around the call), the task still finishes and
+/// drops its result: a lock the script took is then released at once through [`HeldLock`]'s
+/// drop, instead of staying held for a whole lease with nobody to renew or release it.
+pub(crate) async fn acquiring<T: Send + 'static>(
+    conn: &Arc<Conn>,
+    request: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    if let Some(err) = conn.would_deadlock() {
+        return Err(err); // a blocking caller on the runtime's own worker: the task never runs
+    }
+    match conn.handle.spawn(request).await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(StoreError::new(
+            StoreErrorKind::Other,
+            format!("store task failed: {e}"),
+        )),
     }
 }
 
@@ -187,35 +247,21 @@ impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
             return Ok(RedisGuard(None)); // an unencodable key cannot be locked: fail open
         };
         let mut patience = Patience::new(policy);
+        // At least four renewal intervals' worth of call timeouts (see `HeldLock`).
+        let lease = self.lease.max(self.conn.op_timeout * 4);
         loop {
-            let token = token();
-            let (l, t, ms) = (
-                keys.lock.clone(),
-                token.clone(),
-                self.lease.as_millis() as u64,
-            );
-            let got: Result<i64, _> = self
-                .conn
-                .call(move |mut m| async move {
-                    scripts::TRY_LOCK
-                        .key(l)
-                        .arg(t)
-                        .arg(ms)
-                        .invoke_async(&mut m)
-                        .await
-                })
-                .await;
+            let (conn, k) = (self.conn.clone(), keys.clone());
+            let got = acquiring(&self.conn, async move {
+                let token = token();
+                let (l, t, ms) = (k.lock.clone(), token.clone(), lease.as_millis() as u64);
+                let got = plain::try_lock(&conn, l, t, ms).await?;
+                Ok(got
+                    .then(|| HeldLock::new(conn, k, token, None, lease, Duration::from_secs(3600))))
+            })
+            .await;
             match got {
-                Ok(1) => {
-                    return Ok(RedisGuard(Some(HeldLock::new(
-                        self.conn.clone(),
-                        keys.clone(),
-                        token,
-                        self.lease,
-                        Duration::from_secs(3600),
-                    ))));
-                }
-                Ok(_) => {}
+                Ok(Some(held)) => return Ok(RedisGuard(Some(held))),
+                Ok(None) => {}
                 Err(_) => return Ok(RedisGuard(None)), // fail-open
             }
             if patience.fail_fast() {
@@ -225,7 +271,7 @@ impl<K: Serialize + Send + Sync + 'static> Lock<K> for RedisLock {
                 return Err(LockError::Timeout(policy.max_wait()));
             };
             self.conn
-                .wait_channel(&keys.channel, None, wait, mode)
+                .wait_channel(&keys.channel, Some(&keys.lock), wait, mode)
                 .await;
         }
     }

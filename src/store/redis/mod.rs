@@ -22,27 +22,21 @@ mod conn;
 mod connect;
 mod keys;
 mod lock;
+mod plain;
+mod record;
 mod scripts;
+mod store_impl;
 
-use crate::entry::Entry;
 use crate::error::ConfigError;
-use crate::store::contract::{
-    LockOutcome, Namespace, NamespaceRegistry, RefreshOutcome, Store, StoreError, StoreErrorKind,
-    Written,
-};
-use crate::wait::WaitMode;
+use crate::store::contract::{NamespaceRegistry, StoreError};
 pub use conn::RedisStats;
 use conn::{Breaker, Conn};
 pub use connect::ConnectError;
-use keys::{token, KeySpace, Keys};
+use keys::{KeySpace, Keys};
 pub use lock::{HeldLock, RedisGuard, RedisLock};
-use serde::{de::DeserializeOwned, Serialize};
-use std::sync::atomic::Ordering;
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Magic bytes and version that open every record herdless writes.
-const MAGIC: [u8; 3] = *b"HL\x01";
 
 /// Configures a [`RedisStore`]; see [`RedisStore::builder`].
 ///
@@ -129,6 +123,7 @@ impl RedisStoreBuilder {
                 },
                 max_value_bytes: self.max_value_bytes,
                 names: NamespaceRegistry::default(),
+                warnings: record::Warnings::new(),
             }),
         })
     }
@@ -235,6 +230,7 @@ struct Inner {
     space: KeySpace,
     max_value_bytes: usize,
     names: NamespaceRegistry,
+    warnings: record::Warnings,
 }
 
 /// A store shared by every process that points at the same Redis.
@@ -328,324 +324,5 @@ impl RedisStore {
 
     fn keys<K: Serialize + ?Sized>(&self, name: &str, key: &K) -> Result<Keys, StoreError> {
         self.inner.space.keys(name, key)
-    }
-
-    fn encode<V: Serialize>(&self, entry: &Entry<V>) -> Option<Vec<u8>> {
-        let mut out = MAGIC.to_vec();
-        rmp_serde::encode::write(&mut out, &(entry.delta_us, &entry.value)).ok()?;
-        Some(out)
-    }
-
-    /// Bytes from Redis are untrusted: anything but a well-formed record of ours is a miss.
-    fn decode<V: DeserializeOwned>(&self, bytes: &[u8], pttl: i64, now: u64) -> Option<Entry<V>> {
-        if pttl == 0 || pttl == -2 {
-            // Read in its last millisecond (or gone between GET and PTTL): a plain miss, not
-            // a foreign record. (-1, no TTL at all, is not ours: herdless always sets one.)
-            return None;
-        }
-        let ok = bytes.len() <= self.inner.max_value_bytes && bytes.starts_with(&MAGIC) && pttl > 0;
-        let parsed = ok
-            .then(|| rmp_serde::from_slice::<(u64, V)>(&bytes[MAGIC.len()..]).ok())
-            .flatten();
-        match parsed {
-            Some((delta_us, value)) => Some(Entry {
-                value,
-                delta_us,
-                expires_at: now.saturating_add((pttl as u64).saturating_mul(1_000_000)),
-            }),
-            None => {
-                self.inner
-                    .conn
-                    .stats
-                    .decode_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    len = bytes.len(),
-                    "undecodable record in redis; treating as a miss"
-                );
-                None
-            }
-        }
-    }
-
-    fn held(&self, keys: Keys, token: Vec<u8>, lease: Duration, max_hold: Duration) -> HeldLock {
-        HeldLock::new(self.inner.conn.clone(), keys, token, lease, max_hold)
-    }
-}
-
-impl<K, V> Store<K, V> for RedisStore
-where
-    K: Serialize + Send + Sync + 'static,
-    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-{
-    type Lock = HeldLock;
-
-    fn is_shared(&self) -> bool {
-        true
-    }
-
-    fn namespace(&self, name: &str) -> Namespace {
-        self.inner.names.namespace(name)
-    }
-
-    async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
-        let k = self.keys(ns.name(), key)?.value;
-        let (bytes, pttl): (Option<Vec<u8>>, i64) = self
-            .inner
-            .conn
-            .call(move |mut m| async move { scripts::READ.key(k).invoke_async(&mut m).await })
-            .await?;
-        if pttl == -3 {
-            self.inner
-                .conn
-                .stats
-                .decode_errors
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("value key holds another redis type; treating as a miss");
-            return Ok(None);
-        }
-        Ok(bytes.and_then(|b| self.decode(&b, pttl, now)))
-    }
-
-    async fn set(
-        &self,
-        ns: &Namespace,
-        key: &K,
-        entry: Entry<V>,
-        ttl: Duration,
-        lock: Option<HeldLock>,
-    ) -> Result<Written, StoreError> {
-        let keys = self.keys(ns.name(), key)?;
-        let Some(record) = self.encode(&entry) else {
-            return Err(StoreError::new(
-                StoreErrorKind::Encode,
-                "the value could not be encoded",
-            ));
-        };
-        let ms = ttl.as_millis().max(1) as u64;
-        match lock {
-            Some(mut held) => {
-                held.disarm();
-                let (v, l, t, c) = (keys.value, keys.lock, held.token.clone(), keys.channel);
-                let written: i64 = self
-                    .inner
-                    .conn
-                    .call(move |mut m| async move {
-                        scripts::WRITE_RELEASE
-                            .key(v)
-                            .key(l)
-                            .arg(t)
-                            .arg(record)
-                            .arg(ms)
-                            .arg(c)
-                            .invoke_async(&mut m)
-                            .await
-                    })
-                    .await?;
-                if written == 1 {
-                    Ok(Written::Stored)
-                } else {
-                    self.inner
-                        .conn
-                        .stats
-                        .fenced_writes
-                        .fetch_add(1, Ordering::Relaxed);
-                    Ok(Written::Fenced)
-                }
-            }
-            None => {
-                let v = keys.value;
-                self.inner
-                    .conn
-                    .call(move |mut m| async move {
-                        redis::cmd("SET")
-                            .arg(v)
-                            .arg(record)
-                            .arg("PX")
-                            .arg(ms)
-                            .query_async::<()>(&mut m)
-                            .await
-                    })
-                    .await?;
-                Ok(Written::Stored)
-            }
-        }
-    }
-
-    async fn lock_or_get(
-        &self,
-        ns: &Namespace,
-        key: &K,
-        lease: Duration,
-        max_hold: Duration,
-        now: u64,
-    ) -> Result<LockOutcome<V, HeldLock>, StoreError> {
-        let keys = self.keys(ns.name(), key)?;
-        let token = token();
-        let (v, l, t, ms) = (
-            keys.value.clone(),
-            keys.lock.clone(),
-            token.clone(),
-            lease.as_millis() as u64,
-        );
-        let reply: redis::Value = self
-            .inner
-            .conn
-            .call(move |mut m| async move {
-                scripts::LOCK_OR_GET
-                    .key(v)
-                    .key(l)
-                    .arg(t)
-                    .arg(ms)
-                    .invoke_async(&mut m)
-                    .await
-            })
-            .await?;
-        let items = match reply {
-            redis::Value::Array(items) => items,
-            _ => {
-                return Err(StoreError::new(
-                    StoreErrorKind::Protocol,
-                    "unexpected reply to lock_or_get",
-                ))
-            }
-        };
-        match items.first() {
-            Some(redis::Value::Int(1)) => {
-                let bytes = match items.get(1) {
-                    Some(redis::Value::BulkString(b)) => b.as_slice(),
-                    _ => &[],
-                };
-                let pttl = match items.get(2) {
-                    Some(redis::Value::Int(p)) => *p,
-                    _ => -1,
-                };
-                match self.decode(bytes, pttl, now) {
-                    Some(e) => Ok(LockOutcome::Found(e)),
-                    // Garbage at the value key: nobody holds the lock for it, so compute and
-                    // overwrite without one (the write replaces the garbage).
-                    None => Ok(LockOutcome::Local),
-                }
-            }
-            Some(redis::Value::Int(2)) => Ok(LockOutcome::Acquired(
-                self.held(keys, token, lease, max_hold),
-            )),
-            Some(redis::Value::Int(3)) => Ok(LockOutcome::Busy),
-            _ => Err(StoreError::new(
-                StoreErrorKind::Protocol,
-                "unexpected reply to lock_or_get",
-            )),
-        }
-    }
-
-    async fn try_lock_refresh(
-        &self,
-        ns: &Namespace,
-        key: &K,
-        seen_expires_at: u64,
-        lease: Duration,
-        max_hold: Duration,
-        now: u64,
-    ) -> Result<RefreshOutcome<HeldLock>, StoreError> {
-        let keys = self.keys(ns.name(), key)?;
-        let token = token();
-        // A replaced value has a PTTL well above what the reader saw; 2 ms absorbs the read's
-        // own latency.
-        let seen_ms = seen_expires_at.saturating_sub(now) / 1_000_000 + 2;
-        let (v, l, t, ms) = (
-            keys.value.clone(),
-            keys.lock.clone(),
-            token.clone(),
-            lease.as_millis() as u64,
-        );
-        let got: i64 = self
-            .inner
-            .conn
-            .call(move |mut m| async move {
-                scripts::TRY_LOCK_REFRESH
-                    .key(v)
-                    .key(l)
-                    .arg(t)
-                    .arg(ms)
-                    .arg(seen_ms)
-                    .invoke_async(&mut m)
-                    .await
-            })
-            .await?;
-        Ok(if got == 1 {
-            RefreshOutcome::Acquired(self.held(keys, token, lease, max_hold))
-        } else {
-            RefreshOutcome::Skip
-        })
-    }
-
-    async fn invalidate(&self, ns: &Namespace, key: &K) -> Result<(), StoreError> {
-        let keys = self.keys(ns.name(), key)?;
-        let (v, l, c) = (keys.value, keys.lock, keys.channel);
-        self.inner
-            .conn
-            .call(move |mut m| async move {
-                scripts::INVALIDATE
-                    .key(v)
-                    .key(l)
-                    .arg(c)
-                    .invoke_async::<i64>(&mut m)
-                    .await
-            })
-            .await?;
-        Ok(())
-    }
-
-    async fn invalidate_all(&self, ns: &Namespace) -> Result<(), StoreError> {
-        // An incremental SCAN of this function's keys (never KEYS: the server stays responsive),
-        // unlinked batch by batch. Its cost grows with the keyspace; see `Memoized::invalidate_all`.
-        let pattern = self.inner.space.function_pattern(ns.name());
-        let mut cursor: u64 = 0;
-        loop {
-            let p = pattern.clone();
-            let (next, batch): (u64, Vec<Vec<u8>>) = self
-                .inner
-                .conn
-                .call(move |mut m| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(p)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut m)
-                        .await
-                })
-                .await?;
-            if !batch.is_empty() {
-                self.inner
-                    .conn
-                    .call(move |mut m| async move {
-                        redis::cmd("UNLINK")
-                            .arg(batch)
-                            .query_async::<i64>(&mut m)
-                            .await
-                    })
-                    .await?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
-    }
-
-    async fn wait_for_value(
-        &self,
-        ns: &Namespace,
-        key: &K,
-        max: Duration,
-        mode: WaitMode,
-    ) -> Result<(), StoreError> {
-        let keys = self.keys(ns.name(), key)?;
-        self.inner
-            .conn
-            .wait_value(&keys.channel, &keys.value, max, mode)
-            .await
     }
 }

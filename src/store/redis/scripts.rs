@@ -1,37 +1,75 @@
 //! The Lua scripts: each is one round trip and atomic on the server.
 //!
-//! KEYS[1] is always the value key, KEYS[2] the lock key; ARGV[...] as documented per script.
-//! The channel is passed as an argument (it shares the keys' hash tag, so it is cluster-ready).
+//! Per entry, KEYS[1] is the value key, KEYS[2] the lock key and KEYS[3] the version key; ARGV as
+//! documented per script. The channel is passed as an argument (it shares the keys' hash tag, so
+//! everything one script touches lives in one Cluster slot).
+//!
+//! **Versions (the fencing token applied to the data).** The version key holds a per-entry
+//! counter, bumped by every write that lands and by every invalidation. A computation gets the
+//! counter's value as its *ticket* when it takes the lock (or asks for a ticket without one); its
+//! write lands only if the counter still equals the ticket, i.e. nothing was written or
+//! invalidated since it started, and nobody else holds the lock now. So a late write never replaces a newer one, an invalidation
+//! cannot be undone by a computation that was already running, and a holder whose lock lapsed
+//! (a stalled Redis, an evicted lock key) still stores its value when nobody overtook it or
+//! took the lock over. A
+//! missing counter starts from the server's clock in microseconds, so a counter that expired or
+//! was evicted never comes back at a value an old ticket still holds.
 
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Read: the record and its remaining TTL in one atomic step.
-/// Returns {value|false, pttl} or {false, -3} when the key holds another Redis type (`pcall`
-/// turns GET's WRONGTYPE error into a value instead of failing the script, which the client
-/// would count as a server failure).
+/// Shared Lua prelude: the entry's version, created from the server clock when absent.
+const VERSION_FN: &str = r#"
+local function version(k, keep)
+  local n = redis.call('GET', k)
+  if not n then
+    local t = redis.call('TIME')
+    n = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+    redis.call('SET', k, n, 'PX', keep)
+  end
+  return n
+end
+"#;
+
+fn with_version(body: &str) -> Script {
+    Script::new(&format!("{VERSION_FN}{body}"))
+}
+
+/// Read: the record and its remaining TTL in one atomic step; the size is checked before the
+/// record is sent, so an oversized one never crosses the wire. ARGV[1] = max bytes.
+/// Returns {value, pttl}, {false, -2} missing, {false, -3} another Redis type (`pcall` turns
+/// WRONGTYPE into a value instead of a script failure the breaker would count), {false, -4, len}
+/// too large.
 pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' and v.err then return {false, -3} end
-if not v then return {false, -2} end
-return {v, redis.call('PTTL', KEYS[1])}
+local len = redis.pcall('STRLEN', KEYS[1])
+if type(len) == 'table' and len.err then return {false, -3} end
+if len == 0 then return {false, -2} end
+if len > tonumber(ARGV[1]) then return {false, -4, len} end
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 "#,
     )
 });
 
 /// Hard-miss leader: the value if it landed meanwhile, else try the lock.
-/// ARGV[1] = owner token, ARGV[2] = lease ms.
-/// Returns {1, value, pttl} found, {2} acquired, {3} busy.
+/// ARGV[1] = owner token, ARGV[2] = lease ms, ARGV[3] = max bytes, ARGV[4] = '1' to ignore the
+/// stored value (the caller could not decode it: recompute it under the lock), ARGV[5] = ms the
+/// version key is kept.
+/// Returns {1, value, pttl} found, {2, ticket} acquired, {3} busy. An oversized record or a key
+/// of another type is not "found": it is replaced under the lock.
 pub(crate) static LOCK_OR_GET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_version(
         r#"
-if redis.call('TYPE', KEYS[1])['ok'] == 'string' then
+if ARGV[4] ~= '1' and redis.call('TYPE', KEYS[1])['ok'] == 'string' then
   local pttl = redis.call('PTTL', KEYS[1])
-  if pttl > 0 then return {1, redis.call('GET', KEYS[1]), pttl} end
+  if pttl > 0 and redis.call('STRLEN', KEYS[1]) <= tonumber(ARGV[3]) then
+    return {1, redis.call('GET', KEYS[1]), pttl}
+  end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2, version(KEYS[3], ARGV[5])}
+end
 return {3}
 "#,
     )
@@ -39,28 +77,56 @@ return {3}
 
 /// Early refresh: take the lock without waiting unless the value was replaced since it was read
 /// (its PTTL now exceeds what the reader saw, plus slack) or someone holds the lock.
-/// ARGV[1] = token, ARGV[2] = lease ms, ARGV[3] = the remaining ms the reader saw + slack.
-/// Returns 1 acquired, 0 skip.
+/// ARGV[1] = token, ARGV[2] = lease ms, ARGV[3] = the remaining ms the reader saw + slack,
+/// ARGV[4] = ms the version key is kept. Returns {1, ticket} acquired, {0} skip.
 pub(crate) static TRY_LOCK_REFRESH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_version(
         r#"
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl > tonumber(ARGV[3]) then return 0 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
+if pttl > tonumber(ARGV[3]) then return {0} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, version(KEYS[3], ARGV[4])}
+end
+return {0}
 "#,
     )
 });
 
-/// Write with the lock: only the owner writes; the write, the release and the wake-up happen
-/// together. ARGV[1] = token, ARGV[2] = record, ARGV[3] = ttl ms, ARGV[4] = channel.
-/// Returns 1 written, 0 fenced (the lock is gone or someone else's).
-pub(crate) static WRITE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// A ticket without a lock, for a computation that runs unlocked (it waited past its patience,
+/// or the value was unreadable): its write is fenced like a locked one.
+/// ARGV[1] = ms the version key is kept. Returns the ticket.
+pub(crate) static TICKET: LazyLock<Script> = LazyLock::new(|| {
+    with_version(
         r#"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+return version(KEYS[3], ARGV[1])
+"#,
+    )
+});
+
+/// Write, fenced by the version: lands only if the counter still equals the writer's ticket and
+/// nobody else holds the lock (a holder whose lease lapsed still writes if nobody overtook it). A
+/// write without a ticket (`insert`) lands unconditionally and, like every write, bumps the
+/// version, so computations already running cannot overwrite it. The writer's lock is released either way, and waiters
+/// are woken, in the same step. `PUBLISH` is a `pcall`: an ACL without channel permission must
+/// not fail a write that already happened.
+/// ARGV[1] = lock token or '', ARGV[2] = record, ARGV[3] = ttl ms, ARGV[4] = channel,
+/// ARGV[5] = ticket or '', ARGV[6] = ms the version key is kept.
+/// Returns 1 written, 0 fenced (something newer was written, or the key was invalidated).
+pub(crate) static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    with_version(
+        r#"
+local holder = redis.call('GET', KEYS[2])
+local mine = ARGV[1] ~= '' and holder == ARGV[1]
+if mine then redis.call('DEL', KEYS[2]) end
+if ARGV[5] == '' then
+  version(KEYS[3], ARGV[6])
+elseif (holder and not mine) or redis.call('GET', KEYS[3]) ~= ARGV[5] then
+  if mine then redis.pcall('PUBLISH', ARGV[4], '0') end
+  return 0
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[2])
+redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
 redis.pcall('PUBLISH', ARGV[4], '1')
 return 1
 "#,
@@ -82,13 +148,16 @@ return 0
     )
 });
 
-/// Invalidation: drop the value and the lock, so a holder that computed from data older than
-/// the invalidation finds its lock gone and its write fenced off; wake waiters.
-/// KEYS[1] = value key, KEYS[2] = lock key; ARGV[1] = channel.
+/// Invalidation: drop the value and the lock and bump the version, so no computation that
+/// started before it can write; wake waiters. ARGV[1] = channel, ARGV[2] = ms the version key
+/// is kept.
 pub(crate) static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_version(
         r#"
 redis.call('DEL', KEYS[1], KEYS[2])
+version(KEYS[3], ARGV[2])
+redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.pcall('PUBLISH', ARGV[1], '2')
 return 1
 "#,
@@ -107,25 +176,15 @@ return 0
     )
 });
 
-/// Barrier lock: take it if free. KEYS[1] = lock key; ARGV[1] = token, ARGV[2] = lease ms.
-pub(crate) static TRY_LOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
-"#,
-    )
-});
-
 pub(super) fn all() -> [&'static Script; 8] {
     [
         &INVALIDATE,
         &READ,
         &LOCK_OR_GET,
         &TRY_LOCK_REFRESH,
-        &WRITE_RELEASE,
+        &TICKET,
+        &WRITE,
         &RELEASE,
         &RENEW,
-        &TRY_LOCK,
     ]
 }

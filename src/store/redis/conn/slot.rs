@@ -30,6 +30,9 @@ pub(crate) enum SlotEvent<'a> {
     Failed(&'a StoreError),
     /// A live connection was given up (it failed or timed out); reconnecting.
     Lost(&'a StoreError),
+    /// The server refused this user `SCRIPT LOAD` (NOPERM): the store switches to plain
+    /// commands. Reported before the connection is handed out.
+    ScriptsRefused(&'a redis::RedisError),
 }
 
 /// Why [`Slot::get`] has no connection for the caller.
@@ -180,8 +183,11 @@ impl Slot {
                     if breaks_connection(&e) || classify(&e) == StoreErrorKind::Authentication {
                         return Err(e);
                     }
-                    // Refused by an ACL, say: not a connection problem. Calls load scripts on
-                    // first use anyway (EVALSHA falls back to EVAL) and report their own errors.
+                    if e.code() == Some("NOPERM") {
+                        (self.report)(SlotEvent::ScriptsRefused(&e));
+                    }
+                    // Not a connection problem: calls load scripts on first use anyway
+                    // (EVALSHA falls back to EVAL) and report their own errors.
                     break;
                 }
             }

@@ -1,0 +1,151 @@
+//! The plain-command mode, for a user the server refuses scripting (an ACL without `EVAL` /
+//! `EVALSHA`): the store still caches (value and `PTTL` read in one round trip) and still locks
+//! (`SET NX PX`, renewed and released only after checking the owner token), so hits and
+//! single-flight survive. What is lost is only what needs atomic server-side checks: writes are
+//! not fenced by versions (a holder whose lock lapsed may overwrite a newer value, and a
+//! computation running across an invalidation may store its result), the owner check before a
+//! release or renewal is a separate command from it (a lapse in between may touch a newer
+//! holder's lock), and oversized records are refused after transfer rather than before.
+
+use super::conn::Conn;
+use super::keys::Keys;
+use crate::store::contract::StoreError;
+use std::sync::Arc;
+
+/// Value and remaining TTL in one round trip (a pipeline).
+pub(super) async fn read(
+    conn: &Arc<Conn>,
+    value_key: Vec<u8>,
+) -> Result<(Option<Vec<u8>>, i64), StoreError> {
+    conn.call(move |mut m| async move {
+        redis::pipe()
+            .cmd("GET")
+            .arg(&value_key)
+            .cmd("PTTL")
+            .arg(&value_key)
+            .query_async(&mut m)
+            .await
+    })
+    .await
+}
+
+/// `SET lock token NX PX lease`: true if taken.
+pub(super) async fn try_lock(
+    conn: &Arc<Conn>,
+    lock_key: Vec<u8>,
+    token: Vec<u8>,
+    lease_ms: u64,
+) -> Result<bool, StoreError> {
+    let set: Option<String> = conn
+        .call(move |mut m| async move {
+            redis::cmd("SET")
+                .arg(lock_key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease_ms)
+                .query_async(&mut m)
+                .await
+        })
+        .await?;
+    Ok(set.is_some())
+}
+
+/// Whether `token` still owns `lock_key` (then the caller renews or releases it).
+async fn owns(conn: &Arc<Conn>, lock_key: Vec<u8>, token: Vec<u8>) -> Result<bool, StoreError> {
+    let holder: Option<Vec<u8>> = conn
+        .call(move |mut m| async move { redis::cmd("GET").arg(lock_key).query_async(&mut m).await })
+        .await?;
+    Ok(holder.as_deref() == Some(token.as_slice()))
+}
+
+/// Extends the lease if still the owner: 1 renewed, 0 lost.
+pub(super) async fn renew(
+    conn: &Arc<Conn>,
+    lock_key: Vec<u8>,
+    token: Vec<u8>,
+    lease_ms: u64,
+) -> Result<i64, StoreError> {
+    if !owns(conn, lock_key.clone(), token).await? {
+        return Ok(0);
+    }
+    conn.call(move |mut m| async move {
+        redis::cmd("PEXPIRE")
+            .arg(lock_key)
+            .arg(lease_ms)
+            .query_async(&mut m)
+            .await
+    })
+    .await
+}
+
+/// Releases the lock if still the owner, then wakes waiters (`what`: '0' released, '1' written,
+/// '2' invalidated). A refused `PUBLISH` is ignored: waiters poll.
+pub(super) async fn release(
+    conn: &Arc<Conn>,
+    lock_key: Vec<u8>,
+    token: Vec<u8>,
+    channel: Vec<u8>,
+    what: &'static str,
+) -> Result<(), StoreError> {
+    if !token.is_empty() && owns(conn, lock_key.clone(), token).await? {
+        conn.call(move |mut m| async move {
+            redis::cmd("DEL")
+                .arg(lock_key)
+                .query_async::<i64>(&mut m)
+                .await
+        })
+        .await?;
+    }
+    publish(conn, channel, what).await;
+    Ok(())
+}
+
+async fn publish(conn: &Arc<Conn>, channel: Vec<u8>, what: &'static str) {
+    let _ = conn
+        .call(move |mut m| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(what)
+                .query_async::<i64>(&mut m)
+                .await
+        })
+        .await;
+}
+
+/// Writes the record (unfenced), then releases the writer's lock and wakes waiters.
+pub(super) async fn write(
+    conn: &Arc<Conn>,
+    keys: Keys,
+    token: Vec<u8>,
+    record: Vec<u8>,
+    ttl_ms: u64,
+) -> Result<(), StoreError> {
+    let v = keys.value.clone();
+    conn.call(move |mut m| async move {
+        redis::cmd("SET")
+            .arg(v)
+            .arg(record)
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async::<()>(&mut m)
+            .await
+    })
+    .await?;
+    release(conn, keys.lock, token, keys.channel, "1").await
+}
+
+/// Drops the value and the lock, then wakes waiters.
+pub(super) async fn invalidate(conn: &Arc<Conn>, keys: Keys) -> Result<(), StoreError> {
+    let (v, l) = (keys.value.clone(), keys.lock.clone());
+    conn.call(move |mut m| async move {
+        redis::cmd("DEL")
+            .arg(v)
+            .arg(l)
+            .query_async::<i64>(&mut m)
+            .await
+    })
+    .await?;
+    publish(conn, keys.channel, "2").await;
+    Ok(())
+}

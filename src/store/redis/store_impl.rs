@@ -1,0 +1,482 @@
+//! [`Store`] for [`RedisStore`]: every operation is one script (one round trip), fenced by the
+//! entry's version (see the `scripts` module).
+
+use super::keys::{token, Keys};
+use super::lock::{acquiring, HeldLock};
+use super::{plain, scripts, RedisStore};
+use crate::entry::Entry;
+use crate::store::contract::{
+    LockOutcome, Namespace, RefreshOutcome, Store, StoreError, StoreErrorKind, Written,
+};
+use crate::wait::WaitMode;
+use redis::Value;
+use serde::{de::DeserializeOwned, Serialize};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Milliseconds of a duration for a Redis argument (saturating, at least 1).
+fn ms(d: Duration) -> u64 {
+    d.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
+/// How long the version key is kept: past the value's life and any computation's, so a ticket
+/// stays comparable. (If it goes anyway, e.g. evicted, pending writes are fenced: an extra
+/// recomputation, never a stale value.)
+fn keep_ms(d: Duration) -> u64 {
+    ms(d.saturating_mul(2).saturating_add(Duration::from_secs(60)))
+}
+
+fn protocol(what: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Protocol,
+        format!("unexpected reply to {what}"),
+    )
+}
+
+fn int(v: Option<&Value>) -> Option<i64> {
+    match v {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+fn bytes(v: Option<&Value>) -> Option<Vec<u8>> {
+    match v {
+        Some(Value::BulkString(b)) => Some(b.clone()),
+        Some(Value::SimpleString(s)) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+fn items(reply: Value, what: &str) -> Result<Vec<Value>, StoreError> {
+    match reply {
+        Value::Array(items) => Ok(items),
+        _ => Err(protocol(what)),
+    }
+}
+
+/// Runs the scripted form of an operation, or its plain-command form when the server refuses
+/// this user scripting (known after the first connect; a script refused for that reason is
+/// retried in plain form, so the call that discovers it does not fail).
+async fn scripted_or_plain<T, A, B>(
+    conn: &std::sync::Arc<super::conn::Conn>,
+    script: impl FnOnce() -> A,
+    plain: impl FnOnce() -> B,
+) -> Result<T, StoreError>
+where
+    A: std::future::Future<Output = Result<T, StoreError>>,
+    B: std::future::Future<Output = Result<T, StoreError>>,
+{
+    if conn.plain_commands() {
+        return plain().await;
+    }
+    match script().await {
+        Err(e) if e.kind() == StoreErrorKind::PermissionDenied && conn.plain_commands() => {
+            plain().await
+        }
+        out => out,
+    }
+}
+
+impl RedisStore {
+    /// The lease actually taken: at least four call timeouts, so that renewals (every quarter
+    /// lease, retried promptly) outlast a stall of the server shorter than the lease.
+    fn lease(&self, lease: Duration) -> Duration {
+        lease.max(self.inner.conn.op_timeout * 4)
+    }
+}
+
+impl<K, V> Store<K, V> for RedisStore
+where
+    K: Serialize + Send + Sync + 'static,
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    type Lock = HeldLock;
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn namespace(&self, name: &str) -> Namespace {
+        self.inner.names.namespace(name)
+    }
+
+    async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
+        let k = self.keys(ns.name(), key)?.value;
+        let max = self.inner.max_value_bytes;
+        let conn = &self.inner.conn;
+        let k2 = k.clone();
+        let reply: Value = scripted_or_plain(
+            conn,
+            || {
+                conn.call(move |mut m| async move {
+                    scripts::READ.key(k).arg(max).invoke_async(&mut m).await
+                })
+            },
+            || async move {
+                let (v, pttl) = plain::read(conn, k2).await?;
+                Ok(match v {
+                    Some(b) => Value::Array(vec![Value::BulkString(b), Value::Int(pttl)]),
+                    None => Value::Array(vec![Value::Nil, Value::Int(-2)]),
+                })
+            },
+        )
+        .await?;
+        let items = items(reply, "read")?;
+        match (bytes(items.first()), int(items.get(1))) {
+            (Some(b), Some(pttl)) => Ok(self.decode(&b, pttl, now).unwrap_or(None)),
+            (None, Some(-2)) => Ok(None),
+            (None, Some(-3)) => {
+                self.undecodable(0);
+                Ok(None)
+            }
+            (None, Some(-4)) => {
+                // Too large: refused by the server-side size check, never transferred.
+                self.undecodable(int(items.get(2)).unwrap_or(0) as usize);
+                Ok(None)
+            }
+            _ => Err(protocol("read")),
+        }
+    }
+
+    async fn set(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        entry: Entry<V>,
+        ttl: Duration,
+        lock: Option<HeldLock>,
+    ) -> Result<Written, StoreError> {
+        let keys = self.keys(ns.name(), key)?;
+        // An unencodable or oversized value is refused here (counted, warned); the lock, if
+        // any, is released by its drop, waking waiters.
+        let record = self.encode(ns.name(), &entry)?;
+        let (token, ticket) = match lock {
+            Some(mut held) => {
+                held.disarm();
+                (held.token.clone(), held.ticket.clone().unwrap_or_default())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let (ttl_ms, keep) = (ms(ttl), keep_ms(ttl));
+        let conn = &self.inner.conn;
+        let (k2, t2, r2) = (keys.clone(), token.clone(), record.clone());
+        let written: i64 = scripted_or_plain(
+            conn,
+            || {
+                conn.call(move |mut m| async move {
+                    scripts::WRITE
+                        .key(keys.value)
+                        .key(keys.lock)
+                        .key(keys.version)
+                        .arg(token)
+                        .arg(record)
+                        .arg(ttl_ms)
+                        .arg(keys.channel)
+                        .arg(ticket)
+                        .arg(keep)
+                        .invoke_async(&mut m)
+                        .await
+                })
+            },
+            || async move { plain::write(conn, k2, t2, r2, ttl_ms).await.map(|()| 1) },
+        )
+        .await?;
+        if written == 1 {
+            Ok(Written::Stored)
+        } else {
+            self.inner
+                .conn
+                .stats
+                .fenced_writes
+                .fetch_add(1, Ordering::Relaxed);
+            Ok(Written::Fenced)
+        }
+    }
+
+    async fn lock_or_get(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        lease: Duration,
+        max_hold: Duration,
+        now: u64,
+    ) -> Result<LockOutcome<V, HeldLock>, StoreError> {
+        let keys = self.keys(ns.name(), key)?;
+        let lease = self.lease(lease);
+        let mut ignore_value = false;
+        loop {
+            let (conn, k, max) = (
+                self.inner.conn.clone(),
+                keys.clone(),
+                self.inner.max_value_bytes,
+            );
+            // A task of its own: a lock taken for a caller that has gone is released at once.
+            let outcome = acquiring(&self.inner.conn, async move {
+                let token = token();
+                let (v, l, n, t) = (
+                    k.value.clone(),
+                    k.lock.clone(),
+                    k.version.clone(),
+                    token.clone(),
+                );
+                let reply: Value = if conn.plain_commands() {
+                    plain_lock_or_get(&conn, &k, token.clone(), lease, ignore_value).await?
+                } else {
+                    conn.call(move |mut m| async move {
+                        scripts::LOCK_OR_GET
+                            .key(v)
+                            .key(l)
+                            .key(n)
+                            .arg(t)
+                            .arg(ms(lease))
+                            .arg(max)
+                            .arg(if ignore_value { "1" } else { "0" })
+                            .arg(keep_ms(max_hold))
+                            .invoke_async(&mut m)
+                            .await
+                    })
+                    .await?
+                };
+                let items = items(reply, "lock_or_get")?;
+                Ok(match int(items.first()) {
+                    Some(1) => RawOutcome::Found(
+                        bytes(items.get(1)).unwrap_or_default(),
+                        int(items.get(2)).unwrap_or(-1),
+                    ),
+                    Some(2) => {
+                        // No ticket in plain-command mode: the write is not fenced.
+                        let ticket = bytes(items.get(1));
+                        RawOutcome::Acquired(HeldLock::new(conn, k, token, ticket, lease, max_hold))
+                    }
+                    Some(3) => RawOutcome::Busy,
+                    _ => return Err(protocol("lock_or_get")),
+                })
+            })
+            .await?;
+            return Ok(match outcome {
+                RawOutcome::Found(b, pttl) => match self.decode(&b, pttl, now) {
+                    Ok(Some(e)) => LockOutcome::Found(e),
+                    // Expired in its last millisecond: ask again, as for a miss.
+                    Ok(None) => continue,
+                    // Not decodable (e.g. a value type changed in a rolling deploy): recompute
+                    // it under the lock, so every process does not compute it at once.
+                    Err(()) => {
+                        ignore_value = true;
+                        continue;
+                    }
+                },
+                RawOutcome::Acquired(held) => LockOutcome::Acquired(held),
+                RawOutcome::Busy => LockOutcome::Busy,
+            });
+        }
+    }
+
+    async fn try_lock_refresh(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        seen_expires_at: u64,
+        lease: Duration,
+        max_hold: Duration,
+        now: u64,
+    ) -> Result<RefreshOutcome<HeldLock>, StoreError> {
+        let keys = self.keys(ns.name(), key)?;
+        let lease = self.lease(lease);
+        // A replaced value has a PTTL well above what the reader saw; 2 ms absorbs the read's
+        // own latency.
+        let seen_ms = seen_expires_at.saturating_sub(now) / 1_000_000 + 2;
+        let conn = self.inner.conn.clone();
+        let held = acquiring(&self.inner.conn, async move {
+            let token = token();
+            let (v, l, n, t) = (
+                keys.value.clone(),
+                keys.lock.clone(),
+                keys.version.clone(),
+                token.clone(),
+            );
+            let reply: Value = if conn.plain_commands() {
+                let (_, pttl) = plain::read(&conn, keys.value.clone()).await?;
+                let taken = pttl <= seen_ms as i64
+                    && plain::try_lock(&conn, keys.lock.clone(), token.clone(), ms(lease)).await?;
+                Value::Array(vec![
+                    Value::Int(taken as i64),
+                    Value::BulkString(Vec::new()),
+                ])
+            } else {
+                conn.call(move |mut m| async move {
+                    scripts::TRY_LOCK_REFRESH
+                        .key(v)
+                        .key(l)
+                        .key(n)
+                        .arg(t)
+                        .arg(ms(lease))
+                        .arg(seen_ms)
+                        .arg(keep_ms(max_hold))
+                        .invoke_async(&mut m)
+                        .await
+                })
+                .await?
+            };
+            let items = items(reply, "try_lock_refresh")?;
+            Ok(match (int(items.first()), bytes(items.get(1))) {
+                (Some(1), Some(ticket)) => {
+                    let ticket = (!ticket.is_empty()).then_some(ticket);
+                    Some(HeldLock::new(conn, keys, token, ticket, lease, max_hold))
+                }
+                (Some(0), _) => None,
+                _ => return Err(protocol("try_lock_refresh")),
+            })
+        })
+        .await?;
+        Ok(match held {
+            Some(h) => RefreshOutcome::Acquired(h),
+            None => RefreshOutcome::Skip,
+        })
+    }
+
+    async fn write_ticket(&self, ns: &Namespace, key: &K) -> Result<Option<HeldLock>, StoreError> {
+        let keys = self.keys(ns.name(), key)?;
+        if self.inner.conn.plain_commands() {
+            return Ok(None); // nothing to fence with
+        }
+        let (v, l, n) = (keys.value.clone(), keys.lock.clone(), keys.version.clone());
+        let ticket: Vec<u8> = self
+            .inner
+            .conn
+            .call(move |mut m| async move {
+                // All three keys are declared (same slot), though only the version is touched.
+                scripts::TICKET
+                    .key(v)
+                    .key(l)
+                    .key(n)
+                    .arg(keep_ms(Duration::from_secs(60)))
+                    .invoke_async(&mut m)
+                    .await
+            })
+            .await?;
+        Ok(Some(HeldLock::ticket_only(
+            self.inner.conn.clone(),
+            keys,
+            ticket,
+        )))
+    }
+
+    async fn invalidate(&self, ns: &Namespace, key: &K) -> Result<(), StoreError> {
+        let keys = self.keys(ns.name(), key)?;
+        let conn = &self.inner.conn;
+        let k2 = keys.clone();
+        let Keys {
+            value,
+            lock,
+            channel,
+            version,
+        } = keys;
+        scripted_or_plain(
+            conn,
+            || {
+                conn.call(move |mut m| async move {
+                    scripts::INVALIDATE
+                        .key(value)
+                        .key(lock)
+                        .key(version)
+                        .arg(channel)
+                        .arg(keep_ms(Duration::from_secs(60)))
+                        .invoke_async::<i64>(&mut m)
+                        .await
+                })
+            },
+            || async move { plain::invalidate(conn, k2).await.map(|()| 1) },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn invalidate_all(&self, ns: &Namespace) -> Result<(), StoreError> {
+        // An incremental SCAN of this function's keys (never KEYS: the server stays responsive),
+        // unlinked batch by batch. Its cost grows with the keyspace; see `Memoized::invalidate_all`.
+        let pattern = self.inner.space.function_pattern(ns.name());
+        let mut cursor: u64 = 0;
+        loop {
+            let p = pattern.clone();
+            let (next, batch): (u64, Vec<Vec<u8>>) = self
+                .inner
+                .conn
+                .call(move |mut m| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(p)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut m)
+                        .await
+                })
+                .await?;
+            if !batch.is_empty() {
+                self.inner
+                    .conn
+                    .call(move |mut m| async move {
+                        redis::cmd("UNLINK")
+                            .arg(batch)
+                            .query_async::<i64>(&mut m)
+                            .await
+                    })
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    async fn wait_for_value(
+        &self,
+        ns: &Namespace,
+        key: &K,
+        max: Duration,
+        mode: WaitMode,
+    ) -> Result<(), StoreError> {
+        let keys = self.keys(ns.name(), key)?;
+        self.inner
+            .conn
+            .wait_lock(&keys.channel, &keys.lock, max, mode)
+            .await
+    }
+}
+
+/// What the lock-or-get script answered, before the record is decoded on the caller's side.
+enum RawOutcome {
+    Found(Vec<u8>, i64),
+    Acquired(HeldLock),
+    Busy,
+}
+
+/// The plain-command form of LOCK_OR_GET, answering in the script's reply shape (two round
+/// trips instead of one; no ticket).
+async fn plain_lock_or_get(
+    conn: &std::sync::Arc<super::conn::Conn>,
+    keys: &Keys,
+    token: Vec<u8>,
+    lease: Duration,
+    ignore_value: bool,
+) -> Result<Value, StoreError> {
+    let (v, pttl) = plain::read(conn, keys.value.clone()).await?;
+    if let Some(b) = v.filter(|_| !ignore_value) {
+        if pttl > 0 {
+            return Ok(Value::Array(vec![
+                Value::Int(1),
+                Value::BulkString(b),
+                Value::Int(pttl),
+            ]));
+        }
+    }
+    Ok(
+        if plain::try_lock(conn, keys.lock.clone(), token, ms(lease)).await? {
+            Value::Array(vec![Value::Int(2)])
+        } else {
+            Value::Array(vec![Value::Int(3)])
+        },
+    )
+}
