@@ -670,6 +670,9 @@ async fn round_trips_hard_miss_three_hit_one() {
         .build_blocking_infallible(|k: &String| format!("b-{k}"))
         .unwrap();
     let rt = || s.stats().round_trips.load(Ordering::SeqCst);
+    // Each function reads its generation once (the first call of a function in a process).
+    assert_eq!(f.get(&"prime".to_string()).await.unwrap(), "v-prime");
+    assert_eq!(b.get(&"prime".to_string()).unwrap(), "b-prime");
 
     // Script bodies run GET/SET/... that INFO counts under their own names: the expected
     // deltas spell out every command, top-level and scripted.
@@ -733,7 +736,7 @@ async fn round_trips_hard_miss_three_hit_one() {
     let st = f.stats();
     assert_eq!(
         (st.calls, st.hits, st.hard_misses, st.computations),
-        (4, 2, 2, 2)
+        (5, 2, 3, 3)
     );
 }
 

@@ -505,3 +505,96 @@ fn a_user_without_scripting_still_caches_and_locks() {
         assert_eq!(s.stats().circuit_opens.load(Ordering::Relaxed), 0);
     }
 }
+
+/// Issue 9: `invalidate_all` is one `INCR` of the function's generation: no `SCAN`, no `KEYS`,
+/// whatever the keyspace holds; other processes stop serving the old entries when the
+/// announcement arrives, and within the documented re-check bound when pub/sub is refused; a
+/// computation running across it cannot bring an old value back.
+#[test]
+fn invalidate_all_is_one_command_and_reaches_other_processes() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let url = server.url();
+    let mut con = server.raw();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (a_store, b_store) = (store(&url), store(&url));
+    let a = slow_fn(&a_store, "all", Duration::ZERO, "v", runs.clone());
+    let b = slow_fn(&b_store, "all", Duration::ZERO, "v", runs.clone());
+    for i in 0..200 {
+        a.get(&format!("k{i}")).unwrap();
+    }
+    assert_eq!(b.get(&"k7".to_string()).unwrap(), "v");
+    assert_eq!(runs.load(Ordering::SeqCst), 200);
+    let before = commandstats(&mut con);
+    a.invalidate_all().unwrap();
+    let d = commandstats_delta(&before, &commandstats(&mut con));
+    assert!(
+        !d.contains_key("scan") && !d.contains_key("keys") && !d.contains_key("unlink"),
+        "invalidate_all must not walk the keyspace: {d:?}"
+    );
+    assert_eq!(d.get("incr"), Some(&1), "{d:?}");
+    assert_eq!(a.peek(&"k7".to_string()), None);
+    wait_until("B sees invalidate_all", Duration::from_secs(5), || {
+        b.peek(&"k7".to_string()).is_none()
+    });
+    assert_eq!(b.get(&"k7".to_string()).unwrap(), "v");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        201,
+        "B recomputes after invalidate_all"
+    );
+
+    // Without pub/sub (an ACL refusing channels), within the re-check bound (1 s).
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nochan")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("resetchannels")
+        .arg("+@all")
+        .query(&mut con)
+        .unwrap();
+    let nochan = format!("redis://nochan:pw@127.0.0.1:{}/", server.port());
+    let c_store = store(&nochan);
+    let c = slow_fn(&c_store, "all", Duration::ZERO, "v", runs.clone());
+    assert_eq!(c.get(&"k7".to_string()).unwrap(), "v");
+    let n = runs.load(Ordering::SeqCst);
+    b.invalidate_all().unwrap();
+    let t0 = Instant::now();
+    wait_until(
+        "C re-checks the generation",
+        Duration::from_secs(10),
+        || c.peek(&"k7".to_string()).is_none(),
+    );
+    eprintln!(
+        "without pub/sub, C saw invalidate_all after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), n);
+
+    // A computation running across invalidate_all writes where nobody reads.
+    let slow = slow_fn(
+        &a_store,
+        "all",
+        Duration::from_millis(500),
+        "old",
+        runs.clone(),
+    );
+    let k = "racing".to_string();
+    let started = runs.load(Ordering::SeqCst);
+    let call = spawn_bounded("slow", Duration::from_secs(20), move || slow.get(&k));
+    wait_until(
+        "the slow computation starts",
+        Duration::from_secs(10),
+        || runs.load(Ordering::SeqCst) > started,
+    );
+    b.invalidate_all().unwrap();
+    assert_eq!(call.join().unwrap().unwrap(), "old");
+    assert_eq!(
+        b.peek(&"racing".to_string()),
+        None,
+        "no old value after invalidate_all"
+    );
+}

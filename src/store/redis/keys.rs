@@ -1,8 +1,10 @@
 //! The Redis key layout and owner tokens.
 //!
-//! `<prefix>:{<hex(name)>.<hex(msgpack(key))>}:v` (value), `...:l` (lock), `...:c` (channel),
-//! `...:n` (version). One hash tag per (function, key), so a value, its lock, its version and its
-//! channel share a Cluster slot.
+//! `<prefix>:{<hex(name)>.<generation>.<hex(msgpack(key))>}:v` (value), `...:l` (lock),
+//! `...:c` (channel), `...:n` (version). One hash tag per (function, generation, key), so a value,
+//! its lock, its version and its channel share a Cluster slot. Per function,
+//! `<prefix>:{<hex(name)>}:g` holds the generation (bumped by `invalidate_all`) and
+//! `<prefix>:{<hex(name)>}:c` announces it. Barrier locks live under `{!<hex(name)>.<hex(key)>}`.
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
 
 use crate::store::contract::{StoreError, StoreErrorKind};
@@ -38,15 +40,37 @@ impl KeySpace {
     pub(crate) fn keys<K: Serialize + ?Sized>(
         &self,
         name: &str,
+        generation: u64,
         key: &K,
     ) -> Result<Keys, StoreError> {
-        self.keys_raw(None, name, key)
+        self.keys_raw(None, Some(generation), name, key)
+    }
+
+    /// The key holding function `name`'s generation.
+    pub(crate) fn generation_key(&self, name: &str) -> Vec<u8> {
+        self.function_key(name, b":g")
+    }
+
+    /// The channel announcing function `name`'s new generations.
+    pub(crate) fn generation_channel(&self, name: &str) -> Vec<u8> {
+        self.function_key(name, b":c")
+    }
+
+    fn function_key(&self, name: &str, suffix: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + 6 + 2 * name.len());
+        k.extend_from_slice(self.prefix.as_bytes());
+        k.extend_from_slice(b":{");
+        hex(name.as_bytes(), &mut k);
+        k.push(b'}');
+        k.extend_from_slice(suffix);
+        k
     }
 
     /// `marker`: a non-hex byte opening the hash tag, giving a key space of its own.
     fn keys_raw<K: Serialize + ?Sized>(
         &self,
         marker: Option<u8>,
+        generation: Option<u64>,
         name: &str,
         key: &K,
     ) -> Result<Keys, StoreError> {
@@ -62,6 +86,10 @@ impl KeySpace {
         base.extend(marker);
         hex(name.as_bytes(), &mut base);
         base.push(b'.');
+        if let Some(g) = generation {
+            base.extend_from_slice(g.to_string().as_bytes());
+            base.push(b'.');
+        }
         hex(&encoded, &mut base);
         base.push(b'}');
         let with = |suffix: &[u8]| {
@@ -86,17 +114,7 @@ impl KeySpace {
         name: &str,
         key: &K,
     ) -> Result<Keys, StoreError> {
-        self.keys_raw(Some(b'!'), name, key)
-    }
-
-    /// A SCAN pattern matching every key of function `name` (glob characters of the prefix
-    /// escaped, so a prefix such as `a*` matches only itself).
-    pub(crate) fn function_pattern(&self, name: &str) -> Vec<u8> {
-        let mut p = glob_escape(&self.prefix);
-        p.extend_from_slice(b":{");
-        hex(name.as_bytes(), &mut p);
-        p.extend_from_slice(b".*");
-        p
+        self.keys_raw(Some(b'!'), None, name, key)
     }
 }
 

@@ -20,6 +20,7 @@
 
 mod conn;
 mod connect;
+mod generation;
 mod keys;
 mod lock;
 mod plain;
@@ -124,6 +125,7 @@ impl RedisStoreBuilder {
                 max_value_bytes: self.max_value_bytes,
                 names: NamespaceRegistry::default(),
                 warnings: record::Warnings::new(),
+                generations: generation::Generations::new(),
             }),
         })
     }
@@ -231,6 +233,7 @@ struct Inner {
     max_value_bytes: usize,
     names: NamespaceRegistry,
     warnings: record::Warnings,
+    generations: generation::Generations,
 }
 
 /// A store shared by every process that points at the same Redis.
@@ -302,7 +305,8 @@ impl RedisStore {
         self.inner.conn.breaker.is_open()
     }
 
-    /// The Redis key under which `key` of function `name` is stored (for tools and tests).
+    /// The Redis key under which `key` of function `name` is stored (for tools and tests), under
+    /// the function's generation as this store last saw it.
     ///
     /// Panics if the key cannot be encoded as MessagePack (the engine treats that case as a
     /// store error instead and computes locally).
@@ -322,7 +326,24 @@ impl RedisStore {
         }
     }
 
+    /// The keys under the generation this store last saw for `name` (no I/O).
     fn keys<K: Serialize + ?Sized>(&self, name: &str, key: &K) -> Result<Keys, StoreError> {
-        self.inner.space.keys(name, key)
+        let generation = self.inner.generations.cached(name);
+        self.inner.space.keys(name, generation, key)
+    }
+
+    /// The keys under the function's current generation (re-read when the cached copy is
+    /// stale; see the `generation` module).
+    async fn entry_keys<K: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        key: &K,
+    ) -> Result<Keys, StoreError> {
+        let generation = self
+            .inner
+            .generations
+            .current(&self.inner.conn, &self.inner.space, name)
+            .await?;
+        self.inner.space.keys(name, generation, key)
     }
 }

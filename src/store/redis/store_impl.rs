@@ -102,7 +102,7 @@ where
     }
 
     async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
-        let k = self.keys(ns.name(), key)?.value;
+        let k = self.entry_keys(ns.name(), key).await?.value;
         let max = self.inner.max_value_bytes;
         let conn = &self.inner.conn;
         let k2 = k.clone();
@@ -147,7 +147,7 @@ where
         ttl: Duration,
         lock: Option<HeldLock>,
     ) -> Result<Written, StoreError> {
-        let keys = self.keys(ns.name(), key)?;
+        let keys = self.entry_keys(ns.name(), key).await?;
         // An unencodable or oversized value is refused here (counted, warned); the lock, if
         // any, is released by its drop, waking waiters.
         let record = self.encode(ns.name(), &entry)?;
@@ -202,7 +202,7 @@ where
         max_hold: Duration,
         now: u64,
     ) -> Result<LockOutcome<V, HeldLock>, StoreError> {
-        let keys = self.keys(ns.name(), key)?;
+        let keys = self.entry_keys(ns.name(), key).await?;
         let lease = self.lease(lease);
         let mut ignore_value = false;
         loop {
@@ -281,7 +281,7 @@ where
         max_hold: Duration,
         now: u64,
     ) -> Result<RefreshOutcome<HeldLock>, StoreError> {
-        let keys = self.keys(ns.name(), key)?;
+        let keys = self.entry_keys(ns.name(), key).await?;
         let lease = self.lease(lease);
         // A replaced value has a PTTL well above what the reader saw; 2 ms absorbs the read's
         // own latency.
@@ -336,7 +336,7 @@ where
     }
 
     async fn write_ticket(&self, ns: &Namespace, key: &K) -> Result<Option<HeldLock>, StoreError> {
-        let keys = self.keys(ns.name(), key)?;
+        let keys = self.entry_keys(ns.name(), key).await?;
         if self.inner.conn.plain_commands() {
             return Ok(None); // nothing to fence with
         }
@@ -363,7 +363,7 @@ where
     }
 
     async fn invalidate(&self, ns: &Namespace, key: &K) -> Result<(), StoreError> {
-        let keys = self.keys(ns.name(), key)?;
+        let keys = self.entry_keys(ns.name(), key).await?;
         let conn = &self.inner.conn;
         let k2 = keys.clone();
         let Keys {
@@ -393,42 +393,13 @@ where
     }
 
     async fn invalidate_all(&self, ns: &Namespace) -> Result<(), StoreError> {
-        // An incremental SCAN of this function's keys (never KEYS: the server stays responsive),
-        // unlinked batch by batch. Its cost grows with the keyspace; see `Memoized::invalidate_all`.
-        let pattern = self.inner.space.function_pattern(ns.name());
-        let mut cursor: u64 = 0;
-        loop {
-            let p = pattern.clone();
-            let (next, batch): (u64, Vec<Vec<u8>>) = self
-                .inner
-                .conn
-                .call(move |mut m| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(p)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut m)
-                        .await
-                })
-                .await?;
-            if !batch.is_empty() {
-                self.inner
-                    .conn
-                    .call(move |mut m| async move {
-                        redis::cmd("UNLINK")
-                            .arg(batch)
-                            .query_async::<i64>(&mut m)
-                            .await
-                    })
-                    .await?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
+        // One INCR of the function's generation (see the `generation` module): no scan, and
+        // the old entries, unreachable, expire by their TTL.
+        self.inner
+            .generations
+            .bump(&self.inner.conn, &self.inner.space, ns.name())
+            .await
+            .map(|_| ())
     }
 
     async fn wait_for_value(
@@ -438,7 +409,7 @@ where
         max: Duration,
         mode: WaitMode,
     ) -> Result<(), StoreError> {
-        let keys = self.keys(ns.name(), key)?;
+        let keys = self.entry_keys(ns.name(), key).await?;
         self.inner
             .conn
             .wait_lock(&keys.channel, &keys.lock, max, mode)
