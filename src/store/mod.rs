@@ -38,6 +38,8 @@
 pub(crate) mod contract;
 pub mod memory;
 #[cfg(feature = "redis")]
+pub mod near;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 #[cfg(feature = "redis")]
@@ -49,3 +51,5 @@ pub use contract::{
     StoreErrorKind, Written,
 };
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "redis")]
+pub use near::{NearStats, NearStore, NearStoreBuilder};

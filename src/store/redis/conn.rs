@@ -4,6 +4,7 @@
 
 mod slot;
 
+use super::announce::Announcement;
 use super::connect::{display_url, store_error};
 use crate::clock::saturating_nanos;
 use crate::store::contract::{StoreError, StoreErrorKind};
@@ -141,6 +142,8 @@ pub(crate) struct Wakeups {
     channels: Mutex<HashMap<Vec<u8>, Weak<Event>>>,
     /// True while the pattern subscription is live (else waiters poll).
     pub(crate) live: AtomicBool,
+    /// Near tiers listening to what the subscription hears.
+    pub(crate) taps: super::announce::Taps,
 }
 
 impl Wakeups {
@@ -542,16 +545,18 @@ async fn subscriber(
     stats: Arc<RedisStats>,
 ) {
     let mut backoff = Duration::from_millis(50);
-    let mut checked = false;
     loop {
         let Some(w) = wakeups.upgrade() else { return };
-        if !checked {
+        // Asked before every (re)subscription: permissions can be revoked while we run (an
+        // `ACL SETUSER … resetchannels` also disconnects the subscription).
+        {
             // redis-rs's `PubSub::psubscribe` returns Ok even when an ACL refuses the pattern,
             // which would leave waiters "woken" by a subscription that does not exist. Ask once
             // with a plain command, which does report NOPERM.
             match subscribe_refused(&client, &pattern).await {
                 Some(true) => {
                     w.live.store(false, Ordering::Release);
+                    w.taps.announce(&Announcement::Disconnected);
                     stats.pubsub_refused.store(1, Ordering::Relaxed);
                     tracing::warn!(
                         pattern = %String::from_utf8_lossy(&pattern),
@@ -561,8 +566,8 @@ async fn subscriber(
                     );
                     return; // poll-only for good: retrying would be refused again
                 }
-                Some(false) => checked = true,
-                None => {} // could not ask (server down): ask again on the next round
+                Some(false) => {}
+                None => {} // could not ask (server down): the subscription attempt fails too
             }
         }
         let connected = async {
@@ -574,21 +579,27 @@ async fn subscriber(
             Ok(Ok(ps)) => {
                 backoff = Duration::from_millis(50);
                 w.live.store(true, Ordering::Release);
-                // Anything published while we were down was missed: let waiters re-check.
+                // Anything published while we were down was missed: let waiters re-check, and
+                // near tiers drop what they hold.
+                w.taps.announce(&Announcement::Connected);
                 w.wake_all();
                 drop(w);
                 let mut stream = ps.into_on_message();
                 while let Some(msg) = stream.next().await {
                     let Some(w) = wakeups.upgrade() else { return };
-                    w.wake(msg.get_channel_name().as_bytes());
+                    let channel = msg.get_channel_name().as_bytes();
+                    w.taps.message(channel, msg.get_payload_bytes());
+                    w.wake(channel);
                 }
                 if let Some(w) = wakeups.upgrade() {
                     w.live.store(false, Ordering::Release);
+                    w.taps.announce(&Announcement::Disconnected);
                     w.wake_all();
                 }
             }
             _ => {
                 w.live.store(false, Ordering::Release);
+                w.taps.announce(&Announcement::Disconnected);
                 drop(w);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));

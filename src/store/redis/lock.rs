@@ -7,7 +7,8 @@
 
 use super::conn::Conn;
 use super::keys::{token, KeySpace, Keys};
-use super::{plain, scripts};
+use super::plain;
+use super::scripts;
 use crate::lock::{Lock, LockError};
 use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::wait::{Contention, Patience, WaitMode};

@@ -18,6 +18,7 @@
 //! `<prefix>:{<hex(name)>.<hex(msgpack(key))>}:v` (value), `...:l` (lock), `...:c` (channel).
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
 
+mod announce;
 mod conn;
 mod connect;
 mod generation;
@@ -30,6 +31,7 @@ mod store_impl;
 
 use crate::error::ConfigError;
 use crate::store::contract::{NamespaceRegistry, StoreError};
+pub(crate) use announce::{Announcement, Tap};
 pub use conn::RedisStats;
 use conn::{Breaker, Conn};
 pub use connect::ConnectError;
@@ -298,6 +300,16 @@ impl RedisStore {
     /// This store's counters.
     pub fn stats(&self) -> &RedisStats {
         &self.inner.conn.stats
+    }
+
+    /// Registers a near tier's hook (held weakly) and says whether the subscription is up now.
+    pub(crate) fn tap(&self, tap: &Tap) -> bool {
+        self.inner.conn.wakeups.taps.add(tap);
+        self.inner
+            .conn
+            .wakeups
+            .live
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// True while the circuit breaker keeps calls away from the server.

@@ -1,0 +1,45 @@
+//! What a near tier holds: typed keys (one probe per hit, borrowed lookups hash like owned
+//! keys) and entries stamped with when they were read from Redis.
+
+use super::epochs::{Epochs, NearStats};
+use crate::entry::Entry;
+use crate::store::redis::RedisStore;
+use quick_cache::{sync::Cache, Equivalent};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct NearKey<K> {
+    pub(crate) ns: u32,
+    pub(crate) key: K,
+}
+
+/// A borrowed key: hashes exactly like [`NearKey`].
+#[derive(Hash)]
+pub(crate) struct NearKeyRef<'a, K> {
+    pub(crate) ns: u32,
+    pub(crate) key: &'a K,
+}
+
+impl<K: Eq> Equivalent<NearKey<K>> for NearKeyRef<'_, K> {
+    fn equivalent(&self, other: &NearKey<K>) -> bool {
+        self.ns == other.ns && *self.key == other.key
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct NearEntry<V> {
+    pub(crate) entry: Entry<V>,
+    /// When it was read from Redis (for the staleness bound while the channel is down).
+    pub(crate) read_at: Instant,
+}
+
+pub(crate) struct Inner<K, V> {
+    pub(crate) shared: RedisStore,
+    pub(crate) local: Cache<NearKey<K>, NearEntry<V>>,
+    pub(crate) epochs: Epochs,
+    pub(crate) max_stale: Duration,
+    pub(crate) stats: Arc<NearStats>,
+    /// Keeps this tier's announcement hook registered (the store holds it weakly).
+    pub(crate) _tap: crate::store::redis::Tap,
+}
