@@ -56,7 +56,6 @@ enum Policy {
 enum Op {
     Get(u8, Policy),
     Refresh(u8),
-    Peek(u8),
     Invalidate(u8),
     InvalidateAll,
     Insert(u8),
@@ -76,7 +75,6 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..KEYS, policy).prop_map(|(k, p)| Op::Get(k, p)),
         1 => (0..KEYS).prop_map(Op::Refresh),
-        2 => (0..KEYS).prop_map(Op::Peek),
         3 => (0..KEYS).prop_map(Op::Invalidate),
         1 => Just(Op::InvalidateAll),
         2 => (0..KEYS).prop_map(Op::Insert),
@@ -256,7 +254,6 @@ fn run_case(case: &Case, strict: bool, totals: &Totals) -> Result<(), TestCaseEr
                     spawn_call(&world, &f, k, "get_fail_fast", &mut tasks)
                 }
                 Op::Refresh(k) => spawn_call(&world, &f, k, "refresh", &mut tasks),
-                Op::Peek(_) => {} // every step peeks every key below
                 Op::Invalidate(k) => {
                     let t = world.write(k);
                     f.invalidate(&k).await.unwrap();
@@ -439,4 +436,364 @@ fn invalidate_insert_and_invalidate_all_race_computations() {
 fn joining_a_computation_started_before_invalidate() {
     let totals = bounded(Duration::from_secs(120), || run_all(128, true));
     eprintln!("{totals:?}");
+}
+
+/// The minimal reproduction of the bug [`joining_a_computation_started_before_invalidate`]
+/// finds, step by step (ignored while it fails).
+#[test]
+#[ignore = "fails on the current code: a get after invalidate joins the stale in-flight computation"]
+fn a_get_after_invalidate_does_not_join_the_stale_computation() {
+    bounded(Duration::from_secs(20), || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let world = Arc::new(World::default());
+            let store = MemoryStore::<u8, Val>::new(64).unwrap();
+            let w = world.clone();
+            let f: Fun = memoize_stampede(&store, TTL)
+                .clock(ManualClock::new())
+                .build_infallible(move |k: u8| w.compute(k))
+                .unwrap();
+            let (f1, f2) = (f.clone(), f.clone());
+            let first = tokio::spawn(async move { f1.get(&0).await.unwrap() });
+            settle(3).await; // computing from truth 0, gate closed
+            assert_eq!(world.pending.lock().unwrap().len(), 1);
+            world.write(0); // the data changes (truth 1) ...
+            f.invalidate(&0).await.unwrap(); // ... and the cache is told
+            let second = tokio::spawn(async move { f2.get(&0).await.unwrap() });
+            settle(3).await; // the second get started after invalidate returned
+            for p in world.pending.lock().unwrap().drain(..) {
+                let _ = p.open.send(());
+            }
+            settle(3).await;
+            for p in world.pending.lock().unwrap().drain(..) {
+                let _ = p.open.send(());
+            }
+            assert_eq!(first.await.unwrap().truth, 0, "the first get asked before");
+            assert_eq!(f.peek(&0).await, None, "the store kept the invalidation");
+            let v = second.await.unwrap();
+            assert_eq!(
+                v.truth, 1,
+                "a get that started after invalidate returned got {v:?}, computed from the old data"
+            );
+        });
+    });
+}
+
+/// The blocking facade on real threads: one writer changes the data and invalidates
+/// (`invalidate`, `insert` of the new value, or `invalidate_all`) while readers call `peek`
+/// and `get` (half of them computing at once beside a running computation instead of waiting).
+/// A `peek` that starts after an invalidation returned never sees an older value; a `get`
+/// neither, except the value of a computation that had already started when the call began
+/// (it may have joined it, see above).
+#[test]
+fn blocking_facade_on_threads() {
+    use herdless::BlockingMemoized;
+    const CALLS: u64 = 30_000;
+    const WRITES: u64 = 3_000;
+    const READERS: usize = 3;
+    struct Shared {
+        truth: [AtomicU64; KEYS as usize],
+        floor: [AtomicU64; KEYS as usize],
+        next_id: AtomicU64,
+        calls: AtomicU64,
+        done: std::sync::atomic::AtomicBool,
+    }
+    bounded(Duration::from_secs(60), || {
+        let sh = Arc::new(Shared {
+            truth: Default::default(),
+            floor: Default::default(),
+            next_id: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            done: Default::default(),
+        });
+        let store = MemoryStore::<u8, Val>::new(64).unwrap();
+        let s2 = sh.clone();
+        let f: BlockingMemoized<u8, Val, Infallible, MemoryStore<u8, Val>> =
+            memoize_stampede(&store, Duration::from_secs(3600))
+                .name("race_blocking")
+                .build_blocking_infallible(move |k: &u8| {
+                    let truth = s2.truth[*k as usize].load(Ordering::SeqCst);
+                    let id = s2.next_id.fetch_add(1, Ordering::SeqCst);
+                    for _ in 0..(id % 7) {
+                        std::thread::yield_now();
+                    }
+                    Val {
+                        key: *k,
+                        truth,
+                        computation: Some(id),
+                    }
+                })
+                .unwrap();
+        let readers: Vec<_> = (0..READERS)
+            .map(|r| {
+                let (f, sh) = (f.clone(), sh.clone());
+                std::thread::spawn(move || {
+                    let (mut calls, mut violations, mut i) = (0u64, Vec::new(), r as u64);
+                    while !sh.done.load(Ordering::SeqCst) {
+                        i += 1;
+                        let k = (i % KEYS as u64) as u8;
+                        let floor = sh.floor[k as usize].load(Ordering::SeqCst);
+                        let started = sh.next_id.load(Ordering::SeqCst);
+                        if let Some(v) = f.peek(&k) {
+                            if v.truth < floor {
+                                violations.push(format!("peek: {v:?} < floor {floor}"));
+                            }
+                        }
+                        let v = if i % 2 == 0 {
+                            f.get(&k).unwrap()
+                        } else {
+                            f.get_with(&k, Contention::ComputeAfter(Duration::ZERO))
+                                .unwrap()
+                        };
+                        calls += 1;
+                        sh.calls.fetch_add(1, Ordering::Relaxed);
+                        let joined = v.computation.is_some_and(|id| id < started);
+                        if v.truth < floor && !joined {
+                            violations.push(format!("get: {v:?} < floor {floor}"));
+                        }
+                    }
+                    (calls, violations)
+                })
+            })
+            .collect();
+        // The writer runs until the readers made enough calls (bounded in time as well).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut round = 0u64;
+        while (sh.calls.load(Ordering::Relaxed) < CALLS || round < WRITES)
+            && std::time::Instant::now() < deadline
+        {
+            round += 1;
+            let k = (round % KEYS as u64) as u8;
+            match round % 5 {
+                0 | 1 => {
+                    let t = sh.truth[k as usize].fetch_add(1, Ordering::SeqCst) + 1;
+                    f.invalidate(&k).unwrap();
+                    sh.floor[k as usize].store(t, Ordering::SeqCst);
+                }
+                2 | 3 => {
+                    let t = sh.truth[k as usize].fetch_add(1, Ordering::SeqCst) + 1;
+                    let v = Val {
+                        key: k,
+                        truth: t,
+                        computation: None,
+                    };
+                    f.insert(&k, v).unwrap();
+                    sh.floor[k as usize].store(t, Ordering::SeqCst);
+                }
+                _ => {
+                    let ts: Vec<u64> = sh
+                        .truth
+                        .iter()
+                        .map(|t| t.fetch_add(1, Ordering::SeqCst) + 1)
+                        .collect();
+                    f.invalidate_all().unwrap();
+                    for (fl, t) in sh.floor.iter().zip(ts) {
+                        fl.store(t, Ordering::SeqCst);
+                    }
+                }
+            }
+            if round % 4 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        sh.done.store(true, Ordering::SeqCst);
+        let mut total = 0;
+        for r in readers {
+            let (calls, violations) = r.join().unwrap();
+            assert!(violations.is_empty(), "{violations:#?}");
+            total += calls;
+        }
+        let st = f.stats();
+        eprintln!(
+            "blocking: {total} reader calls, {round} writes, {} computations, {} fenced writes",
+            st.computations, st.fenced_writes
+        );
+        assert!(
+            total >= CALLS,
+            "the readers ran: {total} calls, {round} writes"
+        );
+    });
+}
+
+/// A `MemoryStore` that can stop a thread inside `set` (after the engine checked its fences,
+/// before the entry lands) and inside the engine's own `invalidate` that undoes a write which
+/// raced an invalidation. The pauses stand for the preemption a real thread may suffer there.
+#[derive(Clone)]
+struct Paused {
+    inner: MemoryStore<u8, Val>,
+    hooks: Arc<(Mutex<Hooks>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct Hooks {
+    /// Pause the next `set` of a computed value.
+    armed: bool,
+    computing: Option<std::thread::ThreadId>,
+    in_set: bool,
+    set_go: bool,
+    in_undo: bool,
+    undo_go: bool,
+}
+
+impl Paused {
+    fn wait_for(&self, what: &str, cond: impl Fn(&Hooks) -> bool) {
+        let (m, cv) = &*self.hooks;
+        let g = m.lock().unwrap();
+        let (_g, t) = cv
+            .wait_timeout_while(g, Duration::from_secs(10), |h| !cond(h))
+            .unwrap();
+        assert!(!t.timed_out(), "timed out waiting for {what}");
+    }
+    fn update(&self, f: impl FnOnce(&mut Hooks)) {
+        let (m, cv) = &*self.hooks;
+        f(&mut m.lock().unwrap());
+        cv.notify_all();
+    }
+}
+
+impl herdless::Store<u8, Val> for Paused {
+    type Lock = Infallible;
+    fn namespace(&self, name: &str) -> herdless::store::Namespace {
+        self.inner.namespace(name)
+    }
+    fn get_now(&self, ns: &herdless::store::Namespace, key: &u8) -> herdless::store::Lookup<Val> {
+        self.inner.get_now(ns, key)
+    }
+    async fn get(
+        &self,
+        ns: &herdless::store::Namespace,
+        key: &u8,
+        now: u64,
+    ) -> Result<Option<herdless::Entry<Val>>, herdless::store::StoreError> {
+        self.inner.get(ns, key, now).await
+    }
+    async fn set(
+        &self,
+        ns: &herdless::store::Namespace,
+        key: &u8,
+        entry: herdless::Entry<Val>,
+        ttl: Duration,
+        lock: Option<Infallible>,
+    ) -> Result<herdless::store::Written, herdless::store::StoreError> {
+        let pause = {
+            let mut h = self.hooks.0.lock().unwrap();
+            let pause = h.armed && entry.value.computation.is_some();
+            if pause {
+                h.armed = false;
+                h.computing = Some(std::thread::current().id());
+                h.in_set = true;
+            }
+            pause
+        };
+        if pause {
+            self.hooks.1.notify_all();
+            self.wait_for("set_go", |h| h.set_go);
+        }
+        self.inner.set(ns, key, entry, ttl, lock).await
+    }
+    async fn lock_or_get(
+        &self,
+        ns: &herdless::store::Namespace,
+        key: &u8,
+        lease: Duration,
+        max_hold: Duration,
+        now: u64,
+    ) -> Result<herdless::store::LockOutcome<Val, Infallible>, herdless::store::StoreError> {
+        self.inner.lock_or_get(ns, key, lease, max_hold, now).await
+    }
+    async fn try_lock_refresh(
+        &self,
+        ns: &herdless::store::Namespace,
+        key: &u8,
+        seen_expires_at: u64,
+        lease: Duration,
+        max_hold: Duration,
+        now: u64,
+    ) -> Result<herdless::store::RefreshOutcome<Infallible>, herdless::store::StoreError> {
+        self.inner
+            .try_lock_refresh(ns, key, seen_expires_at, lease, max_hold, now)
+            .await
+    }
+    async fn invalidate(
+        &self,
+        ns: &herdless::store::Namespace,
+        key: &u8,
+    ) -> Result<(), herdless::store::StoreError> {
+        let undo = {
+            let mut h = self.hooks.0.lock().unwrap();
+            let undo = h.computing == Some(std::thread::current().id());
+            if undo {
+                h.in_undo = true;
+            }
+            undo
+        };
+        if undo {
+            self.hooks.1.notify_all();
+            self.wait_for("undo_go", |h| h.undo_go);
+        }
+        self.inner.invalidate(ns, key).await
+    }
+    async fn invalidate_all(
+        &self,
+        ns: &herdless::store::Namespace,
+    ) -> Result<(), herdless::store::StoreError> {
+        self.inner.invalidate_all(ns).await
+    }
+}
+
+/// The engine checks its fences, then writes, then checks again and undoes the write if an
+/// invalidation came in between. Between that write and its undo the stale value is in the
+/// store, and a reader that starts after `invalidate` returned can get it. Fails on the
+/// current code. Reproduction (threads): thread C's `get(k)` computes from truth 0 and passes
+/// its fence check; C is preempted before `set`; truth := 1 and `invalidate(k)` returns on the
+/// main thread; C's `set` stores the truth-0 value; C is preempted before its undo; the main
+/// thread's `peek(k)` (or `get(k)`, a plain hit) returns the truth-0 value.
+#[test]
+#[ignore = "fails on the current code: a fenced write is stored, then undone, and is visible in between"]
+fn a_write_racing_invalidate_is_never_visible() {
+    use herdless::BlockingMemoized;
+    bounded(Duration::from_secs(30), || {
+        let store = Paused {
+            inner: MemoryStore::new(64).unwrap(),
+            hooks: Default::default(),
+        };
+        let truth = Arc::new(AtomicU64::new(0));
+        let t2 = truth.clone();
+        let f: BlockingMemoized<u8, Val, Infallible, Paused> =
+            memoize_stampede(&store, Duration::from_secs(3600))
+                .build_blocking_infallible(move |k: &u8| Val {
+                    key: *k,
+                    truth: t2.load(Ordering::SeqCst),
+                    computation: Some(0),
+                })
+                .unwrap();
+        store.update(|h| h.armed = true);
+        let g = f.clone();
+        let c = std::thread::spawn(move || g.get(&0).unwrap());
+        store.wait_for("C inside set", |h| h.in_set);
+        truth.store(1, Ordering::SeqCst);
+        f.invalidate(&0).unwrap();
+        store.update(|h| h.set_go = true);
+        // Either the engine undoes its write (the stale value is stored meanwhile) or it never
+        // stored it: wait for whichever happens.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(store.hooks.0.lock().unwrap().in_undo || c.is_finished()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "C neither undid nor returned"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let seen = f.peek(&0);
+        store.update(|h| h.undo_go = true);
+        assert_eq!(c.join().unwrap().truth, 0);
+        assert_eq!(
+            seen, None,
+            "peek after invalidate returned saw the value computed from the old data"
+        );
+        assert_eq!(f.get(&0).unwrap().truth, 1);
+    });
 }
