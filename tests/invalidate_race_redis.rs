@@ -27,7 +27,7 @@ const RUN: Duration = Duration::from_secs(4);
 /// arrives (one pub/sub message, well under a millisecond on one host; see
 /// `src/store/redis/generation.rs`). The writer lets this much time pass before it declares the
 /// invalidation done, as generous slack for that message on a busy machine.
-const ALL_SLACK: Duration = Duration::from_millis(100);
+const ALL_SLACK: Duration = Duration::from_millis(20);
 
 fn store(url: &str) -> RedisStore {
     // Generous timeouts: these tests are about coordination, not about a slow machine failing
@@ -123,6 +123,7 @@ fn progress(con: &mut redis::Connection, k: &str) -> (u64, bool) {
 fn child_race_caller() {
     let Some(env) = ChildEnv::get() else { return };
     let blocking = env.var("HERDLESS_MODE") == "blocking";
+    let tasks: usize = std::env::var("HERDLESS_TASKS").map_or(1, |t| t.parse().unwrap());
     let port = env.port;
     let s = store(&env.url());
     warm_up(&s, &mut raw(port), 1);
@@ -202,32 +203,55 @@ fn child_race_caller() {
         rt.block_on(f.get(&"warm".to_string())).unwrap();
         report("READY", std::process::id());
         wait_for_go(port);
-        let mut i = 0u64;
-        while Instant::now() < deadline {
-            i += 1;
-            let k = KEYS[rng.below(KEYS.len() as u64) as usize];
-            let (done, stop) = progress(&mut con, k);
-            if stop {
-                break;
-            }
-            let key = k.to_string();
-            let got = rt.block_on(async {
-                let call = async {
-                    if i % 2 == 0 {
-                        f.get(&key).await
-                    } else {
-                        f.get_with(&key, Contention::ComputeAfter(Duration::from_millis(1)))
+        // `tasks` callers in this process, each in its own loop (one by default).
+        let shared = Arc::new(Mutex::new(std::mem::take(&mut tally)));
+        let loops: Vec<_> = (0..tasks)
+            .map(|t| {
+                let (f, shared, client) = (f.clone(), shared.clone(), client.clone());
+                let mut rng = Rng::new(seed() ^ (t as u64 + 1).wrapping_mul(0x2545_f491));
+                rt.spawn(async move {
+                    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+                    let mut i = t as u64;
+                    while Instant::now() < deadline {
+                        i += 1;
+                        let k = KEYS[rng.below(KEYS.len() as u64) as usize];
+                        let (done, stop): (Option<u64>, Option<u64>) = redis::cmd("MGET")
+                            .arg(done_key(k))
+                            .arg("stop")
+                            .query_async(&mut con)
                             .await
+                            .expect("MGET");
+                        if stop == Some(1) {
+                            break;
+                        }
+                        let key = k.to_string();
+                        let call = async {
+                            if i % 2 == 0 {
+                                f.get(&key).await
+                            } else {
+                                f.get_with(&key, Contention::ComputeAfter(Duration::from_millis(1)))
+                                    .await
+                            }
+                        };
+                        let got = match tokio::time::timeout(BOUND, call).await {
+                            Ok(r) => r.map_err(|e| e.to_string()),
+                            Err(_) => Err(format!("no answer within {BOUND:?}")),
+                        };
+                        shared.lock().unwrap().check(k, done.unwrap_or(0), got);
+                        tokio::time::sleep(Duration::from_micros(rng.below(2_000))).await;
                     }
-                };
-                match tokio::time::timeout(BOUND, call).await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!("no answer within {BOUND:?}")),
-                }
-            });
-            tally.check(k, done, got);
-            std::thread::sleep(Duration::from_micros(rng.below(2_000)));
-        }
+                })
+            })
+            .collect();
+        rt.block_on(async {
+            for l in loops {
+                tokio::time::timeout(Duration::from_secs(90), l)
+                    .await
+                    .expect("a caller loop hung")
+                    .expect("a caller loop panicked");
+            }
+        });
+        tally = std::mem::take(&mut *shared.lock().unwrap());
         let st = f.stats();
         (fenced_engine, computations, st_errors) = (st.fenced_writes, st.computations, st.errors);
     }
@@ -262,6 +286,23 @@ fn wait_for_go(port: u16) {
 /// older was computed before the invalidation and must have been fenced.
 #[test]
 fn invalidations_race_computations_across_processes() {
+    race(&[("async", 1), ("async", 1), ("blocking", 1)]);
+}
+
+/// Like [`invalidations_race_computations_across_processes`] with three concurrent callers in
+/// each of two processes. Fails on the current code: a call that starts after the invalidation
+/// returned joins a computation another task of its process started before it (the in-process
+/// flight outlives the invalidation) and returns that computation's stale value, although the
+/// store fenced its write. The same bug as `joining_a_computation_started_before_invalidate` in
+/// tests/invalidate_race_memory.rs, seen across processes.
+#[test]
+#[ignore = "fails on the current code: a call after invalidate joins a stale in-process flight"]
+fn concurrent_callers_in_one_process_race_invalidations() {
+    race(&[("async", 3), ("async", 3)]);
+}
+
+/// Runs the race with one child per `(mode, tasks)`.
+fn race(spec: &[(&str, usize)]) {
     let Some(server) = redis_or_skip() else {
         return;
     };
@@ -276,15 +317,17 @@ fn invalidations_race_computations_across_processes() {
             .query(&mut con)
             .unwrap();
     }
-    let modes = ["async", "async", "blocking"];
-    let mut children: Vec<ChildProc> = modes
+    let mut children: Vec<ChildProc> = spec
         .iter()
-        .map(|m| {
+        .map(|(m, tasks)| {
             ChildProc::spawn(
                 "child_race_caller",
                 port,
                 m,
-                &[("HERDLESS_MODE", m.to_string())],
+                &[
+                    ("HERDLESS_MODE", m.to_string()),
+                    ("HERDLESS_TASKS", tasks.to_string()),
+                ],
             )
         })
         .collect();
@@ -358,7 +401,7 @@ fn invalidations_race_computations_across_processes() {
 
     let (mut violations, mut fenced_engine, mut fenced_store) = (0, 0, 0);
     let mut summary = Vec::new();
-    for (c, mode) in children.iter_mut().zip(modes) {
+    for (c, (mode, _)) in children.iter_mut().zip(spec) {
         let line = c.wait_report("RESULT", BOUND);
         let r = fields(&line);
         c.expect_success(BOUND);
