@@ -11,6 +11,7 @@ mod support;
 
 use herdless::store::RedisStore;
 use herdless::{memoize_stampede, Contention};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -348,6 +349,8 @@ fn race(spec: &[(&str, usize)]) {
 
     let mut rng = Rng::new(seed());
     let (mut rounds, mut alls, mut inserts) = (0u64, 0u64, 0u64);
+    // Which operation published each `inv_done` value, to name it in a failure.
+    let mut kinds: HashMap<(String, u64), &str> = HashMap::new();
     let start = Instant::now();
     while start.elapsed() < RUN {
         rounds += 1;
@@ -363,6 +366,7 @@ fn race(spec: &[(&str, usize)]) {
                 writer.invalidate_all().unwrap();
                 std::thread::sleep(ALL_SLACK);
                 for (k, t) in KEYS.iter().zip(ts) {
+                    kinds.insert((k.to_string(), t), "invalidate_all");
                     let _: () = redis::cmd("SET")
                         .arg(done_key(k))
                         .arg(t)
@@ -374,6 +378,7 @@ fn race(spec: &[(&str, usize)]) {
             1..=7 => {
                 let t = incr(&mut con, k);
                 writer.insert(&key, t).unwrap();
+                kinds.insert((key.clone(), t), "insert");
                 let _: () = redis::cmd("SET")
                     .arg(done_key(k))
                     .arg(t)
@@ -384,6 +389,7 @@ fn race(spec: &[(&str, usize)]) {
             _ => {
                 let t = incr(&mut con, k);
                 writer.invalidate(&key).unwrap();
+                kinds.insert((key.clone(), t), "invalidate");
                 let _: () = redis::cmd("SET")
                     .arg(done_key(k))
                     .arg(t)
@@ -421,9 +427,20 @@ fn race(spec: &[(&str, usize)]) {
         "writer: {rounds} rounds ({inserts} inserts, {alls} invalidate_all)\n  {summary}\n  \
          fenced writes: {fenced_engine} (engine), {fenced_store} of them by the store's version"
     );
+    // Name the operation behind each example (`alpha:got58<done61`).
+    let named: Vec<String> = summary
+        .split(|c: char| c.is_whitespace() || c == '|' || c == '=')
+        .filter_map(|ex| {
+            let (k, rest) = ex.split_once(":got")?;
+            let done: u64 = rest.split_once("<done")?.1.parse().ok()?;
+            let kind = kinds.get(&(k.to_string(), done)).copied().unwrap_or("?");
+            Some(format!("{ex} (after {kind})"))
+        })
+        .collect();
     assert_eq!(
         violations, 0,
-        "calls returned values computed before an invalidation that had returned:\n  {summary}"
+        "calls returned values computed before an invalidation that had returned:\n  {summary}\n  \
+         examples: {named:?}"
     );
     assert!(rounds > 100, "the writer ran {rounds} rounds");
     assert!(
