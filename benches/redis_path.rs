@@ -7,6 +7,10 @@
 //!   thread (what blocking callers use): one thread hop each way;
 //! - `waiter_wakeup`: from the moment the lock winner's computation returns to the moment a
 //!   waiter on another connection (another store, as another process would be) returns.
+//! - `near_invalidate_propagation`: from the moment `insert` (or `invalidate`) returns in one
+//!   store to the moment another store's near tier no longer serves the old value (its own
+//!   connection and subscription, as another process would have). Besides criterion's mean, it
+//!   prints the median and p99 of every sample.
 //!
 //! Starts its own redis-server on a free port and stops it afterwards.
 
@@ -185,8 +189,77 @@ fn redis_path(c: &mut Criterion) {
             total
         })
     });
+    near_invalidate_propagation(&mut g, &url, &rt);
     g.finish();
     drop(server);
+}
+
+fn near_invalidate_propagation(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    url: &str,
+    rt: &tokio::runtime::Runtime,
+) {
+    use herdless::store::NearStore;
+    let writer_store = RedisStore::builder(url).prefix("near").build().unwrap();
+    let reader_shared = RedisStore::builder(url).prefix("near").build().unwrap();
+    let reader_near = NearStore::builder(&reader_shared)
+        .capacity(100)
+        .build::<String, u64>()
+        .unwrap();
+    let writer = memoize_stampede(&writer_store, Duration::from_secs(3600))
+        .name("prop")
+        .build_infallible(|_k: String| std::future::ready(0u64))
+        .unwrap();
+    let reader = memoize_stampede(&reader_near, Duration::from_secs(3600))
+        .name("prop")
+        .build_infallible(|_k: String| std::future::ready(0u64))
+        .unwrap();
+    let key = "k".to_string();
+    let mut round = 0u64;
+    let mut samples: Vec<Duration> = Vec::new();
+    g.bench_function("near_invalidate_propagation", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                round += 1;
+                let took = rt.block_on(async {
+                    // The reader holds the current value near.
+                    while reader_near.is_empty() || reader.get(&key).await.unwrap() != round - 1 {
+                        if round == 1 {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    // An insert (not an invalidate, whose reader would then also run its
+                    // closure) measures the propagation alone.
+                    writer.insert(&key, round).await.unwrap();
+                    let returned = Instant::now();
+                    let deadline = returned + Duration::from_secs(5);
+                    loop {
+                        if reader.get(&key).await.unwrap() == round {
+                            break returned.elapsed();
+                        }
+                        assert!(Instant::now() < deadline, "the change never reached the reader");
+                        tokio::task::yield_now().await;
+                    }
+                });
+                samples.push(took);
+                total += took;
+            }
+            total
+        })
+    });
+    samples.sort();
+    if !samples.is_empty() {
+        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+        println!(
+            "near_invalidate_propagation: {} samples, median {:?}, p99 {:?}, max {:?}",
+            samples.len(),
+            at(0.5),
+            at(0.99),
+            samples[samples.len() - 1]
+        );
+    }
 }
 
 criterion_group!(benches, redis_path);
