@@ -7,7 +7,7 @@
 //! - `HERDLESS_SHUTTLE_SEED`: run the random scheduler from this seed (to reproduce a run);
 //! - `HERDLESS_SHUTTLE_REPLAY`: replay the one schedule a failing check printed.
 
-use crate::flight::{FlightMap, Joined, RefreshSlots, Waited};
+use crate::flight::{Begin, FlightMap, Joined, RefreshSlots, Waited};
 use crate::wait::{block_on, WaitMode};
 use shuttle::sync::atomic::{AtomicUsize, Ordering};
 use shuttle::thread;
@@ -118,7 +118,7 @@ fn shuttle_checks_refresh_slot_is_exclusive() {
             .map(|_| {
                 let (slots, running) = (slots.clone(), running.clone());
                 thread::spawn(move || {
-                    if slots.try_begin(&1, 0) {
+                    if slots.try_begin(&1, 0) == Begin::Started {
                         assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0);
                         running.fetch_sub(1, Ordering::SeqCst);
                         slots.clear(&1);
@@ -130,7 +130,7 @@ fn shuttle_checks_refresh_slot_is_exclusive() {
             h.join().unwrap();
         }
         assert!(
-            slots.try_begin(&1, 0),
+            slots.try_begin(&1, 0) == Begin::Started,
             "a cleared slot can be claimed again"
         );
     });
@@ -149,7 +149,7 @@ fn shuttle_checks_failed_refresh_hands_over_to_hard_misses() {
         let refresher = {
             let (map, slots, leaders) = (map.clone(), slots.clone(), leaders.clone());
             thread::spawn(move || {
-                if !slots.try_begin(&7, 0) {
+                if slots.try_begin(&7, 0) != Begin::Started {
                     return;
                 }
                 match map.join(&7) {
@@ -157,7 +157,7 @@ fn shuttle_checks_failed_refresh_hands_over_to_hard_misses() {
                         assert_eq!(leaders.fetch_add(1, Ordering::SeqCst), 0);
                         leaders.fetch_sub(1, Ordering::SeqCst);
                         drop(l); // the refresh failed
-                        slots.back_off(&7, 100);
+                        slots.back_off(&7, 0, 100);
                     }
                     Joined::Follower(_) => slots.clear(&7), // a hard miss is computing
                 }

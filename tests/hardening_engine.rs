@@ -47,4 +47,8 @@ async fn cancellation_storm_starts_at_most_two_computations() {
     println!("computations started: {} ({s:?})", started.load(Ordering::SeqCst));
     assert_eq!(f.peek(&7).await, Some(8), "the computation ran to completion and stored");
     assert!(started.load(Ordering::SeqCst) <= 2, "{} computations", started.load(Ordering::SeqCst));
+    assert_eq!(s.computations, started.load(Ordering::SeqCst));
+    assert!(s.abandoned_callers >= 900, "the callers that gave up are counted: {s:?}");
+    assert_eq!(s.takeovers, 0, "nobody took over: the computation was never abandoned");
+    assert_eq!(f.get(&7).await.unwrap(), 8);
 }
