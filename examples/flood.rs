@@ -29,7 +29,10 @@ fn status_kib(field: &str) -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "auto".into());
-    let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = args
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let store = MemoryStore::<u64, u64>::new(100_000).unwrap();
     let builder = memoize_stampede(&store, Duration::from_secs(60)).name("flood");
     let builder = match mode.as_str() {
@@ -37,7 +40,9 @@ fn main() {
         "fixed" => builder.beta(1.0),
         other => panic!("mode must be auto or fixed, got {other}"),
     };
-    let f = builder.build_blocking_infallible(|k: &u64| k ^ 0x5a5a).unwrap();
+    let f = builder
+        .build_blocking_infallible(|k: &u64| k ^ 0x5a5a)
+        .unwrap();
     const HOT: u64 = u64::MAX;
     f.get(&HOT).unwrap();
     let rss_before = status_kib("VmRSS:");
@@ -46,7 +51,12 @@ fn main() {
     let worst_hit_ns = Arc::new(AtomicU64::new(0));
     let hot_hits = Arc::new(AtomicU64::new(0));
     let hot = {
-        let (f, stop, worst, hits) = (f.clone(), stop.clone(), worst_hit_ns.clone(), hot_hits.clone());
+        let (f, stop, worst, hits) = (
+            f.clone(),
+            stop.clone(),
+            worst_hit_ns.clone(),
+            hot_hits.clone(),
+        );
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();

@@ -116,8 +116,7 @@ impl<K: Hash + Eq + Clone, T> FlightMap<K, T> {
     pub(crate) fn join(self: &Arc<Self>, key: &K) -> Joined<K, T> {
         let mut shard = lock(self.shard(key));
         if let Some(f) = shard.get(key) {
-            f.followers
-                .fetch_add(1, Ordering::Relaxed);
+            f.followers.fetch_add(1, Ordering::Relaxed);
             return Joined::Follower(f.clone());
         }
         let flight = Arc::new(Flight {
@@ -175,9 +174,7 @@ impl<K: Hash + Eq, T> Leader<K, T> {
     /// joined it as followers.
     pub(crate) fn finish(mut self, value: T) -> usize {
         self.end(Slot::Done(value));
-        self.flight
-            .followers
-            .load(Ordering::Relaxed)
+        self.flight.followers.load(Ordering::Relaxed)
     }
 
     /// Retires the flight without an outcome to share: the leader's own contention policy gave
@@ -396,7 +393,11 @@ mod tests {
             assert_eq!(slots.try_begin(&k, 0), Begin::Started);
             slots.back_off(&k, 0, u64::MAX);
         }
-        assert!(slots.backoffs() <= SHARDS * BACKOFF_CAP, "{}", slots.backoffs());
+        assert!(
+            slots.backoffs() <= SHARDS * BACKOFF_CAP,
+            "{}",
+            slots.backoffs()
+        );
     }
 
     #[test]
