@@ -1,10 +1,12 @@
-//! A flood of one-off keys, with automatic β or a fixed β, while one thread keeps hitting a hot
-//! key: how long the flood takes, the peak RSS, and the slowest hot-key hit.
+//! A flood of one-off keys, with automatic β or a fixed β: how long the flood takes (wall time
+//! and the flooding thread's CPU time, which a busy machine disturbs less), and the peak RSS.
+//! With `hot`, another thread keeps hitting one hot key meanwhile and the slowest of those hits
+//! is reported too.
 //!
 //! ```text
 //! cargo run --release --example flood -- auto     # beta_auto(LeadTarget::default())
 //! cargo run --release --example flood -- fixed    # beta(1.0)
-//! cargo run --release --example flood -- auto 2000000
+//! cargo run --release --example flood -- auto 2000000 hot
 //! ```
 //! Run each mode in its own process: the peak RSS is the process's (`VmHWM`).
 
@@ -23,6 +25,14 @@ fn status_kib(field: &str) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|n| n.parse().ok())
         })
+        .unwrap_or(0)
+}
+
+/// This thread's CPU time in ns (`/proc/thread-self/schedstat`; 0 where unavailable).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -50,7 +60,7 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let worst_hit_ns = Arc::new(AtomicU64::new(0));
     let hot_hits = Arc::new(AtomicU64::new(0));
-    let hot = {
+    let hot = with_hot.then(|| {
         let (f, stop, worst, hits) = (
             f.clone(),
             stop.clone(),
@@ -66,18 +76,23 @@ fn main() {
                 hits.fetch_add(1, Ordering::Relaxed);
             }
         })
-    };
+    });
+    let cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
     for k in 0..n {
         f.get(&k).unwrap();
     }
     let took = t0.elapsed();
+    let cpu = thread_cpu_ns().saturating_sub(cpu0);
     stop.store(true, Ordering::Relaxed);
-    hot.join().unwrap();
+    if let Some(h) = hot {
+        h.join().unwrap();
+    }
     println!(
-        "mode={mode} keys={n} flood={:.3}s rss_before={}KiB rss_after={}KiB peak_rss={}KiB \
-         hot_hits={} worst_hot_hit={}us",
+        "mode={mode} keys={n} flood={:.3}s flood_cpu={:.3}s rss_before={}KiB rss_after={}KiB \
+         peak_rss={}KiB hot_hits={} worst_hot_hit={}us",
         took.as_secs_f64(),
+        cpu as f64 / 1e9,
         rss_before,
         status_kib("VmRSS:"),
         status_kib("VmHWM:"),

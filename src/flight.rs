@@ -2,9 +2,12 @@
 //!
 //! A [`FlightMap`] maps keys to in-progress [`Flight`]s. The first caller becomes the leader;
 //! later callers get the flight and wait on its event. The leader either finishes (publishes
-//! its outcome to all waiters) or is dropped unfinished (panic, cancelled future), in which case
-//! the flight is marked abandoned and waiters race to lead a fresh flight: nobody hangs and the
-//! key is never poisoned.
+//! its outcome to all waiters), hands the flight back (its own contention policy gave up: the
+//! waiters join again under theirs), or is dropped unfinished (a failed refresh, a future
+//! cancelled before it computed), in which case the flight is marked abandoned and waiters race
+//! to lead a fresh flight: nobody hangs and the key is never poisoned. (A hard miss's
+//! computation runs detached from the caller that started it, so a caller giving up does not
+//! abandon it; see `miss`.)
 //!
 //! The same mechanism serves as a per-key mutex for the barrier layer ([`LocalLock`](crate::LocalLock)):
 //! waiters simply ignore the outcome and join again. [`RefreshSlots`] holds the other per-key
