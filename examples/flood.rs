@@ -43,6 +43,7 @@ fn main() {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
+    let with_hot = args.next().as_deref() == Some("hot");
     let store = MemoryStore::<u64, u64>::new(100_000).unwrap();
     let builder = memoize_stampede(&store, Duration::from_secs(60)).name("flood");
     let builder = match mode.as_str() {
