@@ -373,4 +373,23 @@ mod tests {
         // 8 calls every 16 µs: 500 000 calls/s.
         assert!((hot - 500_000.0).abs() / 500_000.0 < 0.1, "hot rate {hot}");
     }
+
+    /// A hot key's sample does not wait behind a writer holding its shard (a flood's insert):
+    /// it is dropped instead.
+    #[test]
+    fn a_sample_never_waits_for_a_shard_lock() {
+        let m = RateMeters::<u64>::new();
+        m.record(&1, 0, SAMPLE as u64);
+        let held = m.shard(&1).write().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                m.record(&1, 1_000, SAMPLE as u64);
+                let _ = tx.send(());
+            });
+            let returned = rx.recv_timeout(Duration::from_secs(10));
+            drop(held);
+            returned.expect("a sample waited for the shard's write lock");
+        });
+    }
 }
