@@ -180,3 +180,43 @@ fn shuttle_checks_failed_refresh_hands_over_to_hard_misses() {
         assert_eq!(map.len(), 0, "no flight is left behind");
     });
 }
+
+/// A leader whose own contention policy gives up hands the flight back: the callers waiting
+/// behind it join again, one of them leads, and all end with the value; a handed-back flight
+/// is told apart from an abandoned one, and no flight is left behind.
+#[test]
+fn shuttle_checks_handed_back_flights_are_joined_again() {
+    check(|| {
+        let map = Arc::new(FlightMap::<u32, u64>::new());
+        let impatient = {
+            let map = map.clone();
+            thread::spawn(move || match map.join(&7) {
+                Joined::Leader(l) => l.hand_back(),
+                Joined::Follower(_) => {} // fail-fast: gives up at once
+            })
+        };
+        let patient: Vec<_> = (0..2)
+            .map(|_| {
+                let map = map.clone();
+                thread::spawn(move || loop {
+                    match map.join(&7) {
+                        Joined::Leader(l) => {
+                            l.finish(42);
+                            return 42;
+                        }
+                        Joined::Follower(f) => match block_on(f.wait(WaitMode::Blocking, None)) {
+                            Waited::Done(v) => return v,
+                            Waited::Abandoned => assert!(f.handed_back(), "nobody abandoned"),
+                            Waited::TimedOut => unreachable!("no deadline"),
+                        },
+                    }
+                })
+            })
+            .collect();
+        for p in patient {
+            assert_eq!(p.join().unwrap(), 42);
+        }
+        impatient.join().unwrap();
+        assert_eq!(map.len(), 0, "no flight is left behind");
+    });
+}
