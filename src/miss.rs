@@ -95,7 +95,8 @@ where
     xfetch::decide(gap_us, delta, beta, eng.draws.exp1())
 }
 
-/// Counts a hard-miss caller that gave up before its answer (its future was dropped).
+/// Counts a hard-miss caller that gave up before its answer (its future was dropped); a
+/// caller unwinding from its closure's panic is not one.
 struct Caller<'a> {
     stats: &'a crate::stats::Stats,
     answered: bool,
@@ -103,7 +104,7 @@ struct Caller<'a> {
 
 impl Drop for Caller<'_> {
     fn drop(&mut self) {
-        if !self.answered {
+        if !self.answered && !std::thread::panicking() {
             bump!(self.stats, abandoned_callers);
         }
     }

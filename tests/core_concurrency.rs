@@ -607,6 +607,11 @@ async fn a_panicking_async_computation_gives_its_waiters_panicked() {
         "the panicking closure ran once"
     );
     assert_eq!(f.stats().takeovers, 0);
+    assert_eq!(
+        f.stats().abandoned_callers,
+        0,
+        "a panicking caller gave up nothing"
+    );
     assert_eq!(f.get(&4).await.unwrap(), 1, "the key is not poisoned");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
