@@ -202,7 +202,7 @@ struct Body {
 fn wall_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -400,7 +400,7 @@ fn run_local(args: &Args, name: &str) -> Raw {
     let compute = Duration::from_millis(args.compute_ms);
     let body = Body::new(compute);
     let call = build(args, strategy, &body);
-    let slow_ns = (compute.as_nanos() as u64) * 9 / 10;
+    let slow_ns = u64::try_from(compute.as_nanos()).unwrap_or(u64::MAX) / 10 * 9;
     let stop = Arc::new(AtomicBool::new(false));
     let key = "landing".to_string();
     let started = Instant::now();
@@ -417,10 +417,13 @@ fn run_local(args: &Args, name: &str) -> Raw {
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
                     let page = call(&key);
-                    let ns = t0.elapsed().as_nanos() as u64;
+                    let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     sink = sink.wrapping_add(page.len());
                     hist.record(ns);
-                    let bucket = started_ns + (t0 - started).as_millis() as u64 * 1_000_000;
+                    let bucket = started_ns
+                        + u64::try_from((t0 - started).as_millis())
+                            .unwrap_or(u64::MAX)
+                            .saturating_mul(1_000_000);
                     match timeline.last_mut() {
                         Some((b, worst)) if *b == bucket => *worst = (*worst).max(ns),
                         _ => timeline.push((bucket, ns)),

@@ -10,18 +10,28 @@
 //! (at random, so a key's first sample does not wait for every thread's SAMPLE-th call) adds
 //! `SAMPLE` to its key's meter (one read-locked shard lookup and one atomic add). Until a key
 //! has a rate there is no basis for a β, and it is not refreshed early.
+//!
+//! Memory is bounded: each of the [`SHARDS`] shards meters at most [`SHARD_CAP`] keys. A new
+//! key past the cap evicts one by CLOCK (second chance): a meter sampled since the hand last
+//! passed it is kept and its mark cleared, so hot keys keep their meters through a flood of
+//! one-off keys, and each eviction costs O(1) amortised (every skip consumes a mark that a
+//! sample set). A sample never waits for a shard's lock: if a writer holds it, the sample is
+//! dropped (the rate is an estimate anyway), so hits never stall behind a flood's inserts.
 
 use crate::xfetch::theory::{beta_for_late_bound, solve_beta, LATE_REFRESH_BOUND};
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, TryLockError};
 use std::time::Duration;
 
 /// Calls per sample.
 pub(crate) const SAMPLE: u32 = 8;
 const SHARDS: usize = 16;
+/// Keys one shard meters at most: 16 × 512 = 8192 metered keys per function (about 100 bytes
+/// each plus two copies of the key).
+const SHARD_CAP: usize = 512;
 /// A rate window closes after this long (or sooner once it holds enough samples).
 const WINDOW_NS: u64 = 250_000_000;
 
@@ -67,9 +77,20 @@ struct Meter {
     cached_beta: AtomicU64,
     cached_rate: AtomicU64,
     cached_delta_us: AtomicU64,
+    /// Sampled since the CLOCK hand last passed: spared once by the next eviction.
+    referenced: AtomicBool,
 }
 
-type Shard<K> = RwLock<HashMap<K, Arc<Meter>>>;
+/// One shard's meters and its CLOCK ring (the hand is the front).
+struct MeterShard<K> {
+    map: HashMap<K, Arc<Meter>>,
+    ring: VecDeque<K>,
+    /// Ring entries the hand examined (for the amortised-cost test).
+    #[cfg(test)]
+    examined: u64,
+}
+
+type Shard<K> = RwLock<MeterShard<K>>;
 
 /// Per-key request rates, sampled.
 pub(crate) struct RateMeters<K> {
@@ -83,6 +104,18 @@ thread_local! {
 }
 
 impl Meter {
+    fn new(now: u64) -> Self {
+        Meter {
+            window_start: AtomicU64::new(now),
+            count: AtomicU64::new(0),
+            rate: AtomicU64::new(0),
+            cached_beta: AtomicU64::new(0),
+            cached_rate: AtomicU64::new(0),
+            cached_delta_us: AtomicU64::new(0),
+            referenced: AtomicBool::new(false),
+        }
+    }
+
     fn rate(&self, now: u64) -> Option<f64> {
         let closed = f64::from_bits(self.rate.load(Ordering::Relaxed));
         if closed > 0.0 {
@@ -97,7 +130,16 @@ impl Meter {
 impl<K: Hash + Eq + Clone> RateMeters<K> {
     pub(crate) fn new() -> Self {
         RateMeters {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    RwLock::new(MeterShard {
+                        map: HashMap::new(),
+                        ring: VecDeque::new(),
+                        #[cfg(test)]
+                        examined: 0,
+                    })
+                })
+                .collect(),
             hasher: RandomState::new(),
         }
     }
@@ -127,35 +169,24 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
 
     fn record(&self, key: &K, now: u64, calls: u64) {
         let shard = self.shard(key);
-        let meter = {
-            let read = shard.read().unwrap_or_else(|p| p.into_inner());
-            read.get(key).cloned()
+        let found = match shard.try_read() {
+            Ok(read) => read.map.get(key).cloned(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().map.get(key).cloned(),
+            // A writer holds the shard (a new key going in): drop this sample, never wait.
+            Err(TryLockError::WouldBlock) => return,
         };
-        let meter = match meter {
-            Some(m) => m,
-            None => {
-                let mut write = shard.write().unwrap_or_else(|p| p.into_inner());
-                if write.len() > 4096 {
-                    // Forget keys that have not been sampled for a while.
-                    write.retain(|_, m| {
-                        now.saturating_sub(m.window_start.load(Ordering::Relaxed))
-                            < 10 * WINDOW_NS * 4
-                    });
+        let meter = match found {
+            Some(m) => {
+                if !m.referenced.load(Ordering::Relaxed) {
+                    m.referenced.store(true, Ordering::Relaxed);
                 }
-                write
-                    .entry(key.clone())
-                    .or_insert_with(|| {
-                        Arc::new(Meter {
-                            window_start: AtomicU64::new(now),
-                            count: AtomicU64::new(0),
-                            rate: AtomicU64::new(0),
-                            cached_beta: AtomicU64::new(0),
-                            cached_rate: AtomicU64::new(0),
-                            cached_delta_us: AtomicU64::new(0),
-                        })
-                    })
-                    .clone()
+                m
             }
+            None => match shard.try_write() {
+                Ok(mut write) => write.insert(key, now),
+                Err(TryLockError::Poisoned(p)) => p.into_inner().insert(key, now),
+                Err(TryLockError::WouldBlock) => return,
+            },
         };
         let count = meter.count.fetch_add(calls, Ordering::Relaxed) + calls;
         let start = meter.window_start.load(Ordering::Relaxed);
@@ -177,7 +208,7 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
     #[cfg(test)]
     pub(crate) fn rate(&self, key: &K, now: u64) -> Option<f64> {
         let read = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
-        read.get(key).and_then(|m| m.rate(now))
+        read.map.get(key).and_then(|m| m.rate(now))
     }
 
     /// The β that gives `key` the target lead, for an entry computed in `delta_us`.
@@ -195,7 +226,9 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
     ) -> f64 {
         let read = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
         // No rate yet: no basis for a β, so no early refresh (β = 0) until the meter has one.
-        let Some(m) = read.get(key) else { return 0.0 };
+        let Some(m) = read.map.get(key) else {
+            return 0.0;
+        };
         let Some(rate) = m.rate(now) else { return 0.0 };
         let rate_bits = m.rate.load(Ordering::Relaxed);
         if rate_bits != 0
@@ -219,6 +252,43 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
             m.cached_rate.store(rate_bits, Ordering::Relaxed);
         }
         beta
+    }
+}
+
+impl<K: Hash + Eq + Clone> MeterShard<K> {
+    /// The key's meter, created now; past the cap one meter is evicted first.
+    fn insert(&mut self, key: &K, now: u64) -> Arc<Meter> {
+        if let Some(m) = self.map.get(key) {
+            return m.clone(); // another sampler inserted it meanwhile
+        }
+        if self.map.len() >= SHARD_CAP {
+            self.evict_one();
+        }
+        let m = Arc::new(Meter::new(now));
+        self.map.insert(key.clone(), m.clone());
+        self.ring.push_back(key.clone());
+        m
+    }
+
+    /// CLOCK: spare (and unmark) meters sampled since the hand last passed; evict the first
+    /// unmarked one. Within one lap every mark is cleared, so this ends.
+    fn evict_one(&mut self) {
+        for _ in 0..=self.ring.len() {
+            let Some(k) = self.ring.pop_front() else {
+                return;
+            };
+            #[cfg(test)]
+            {
+                self.examined += 1;
+            }
+            match self.map.get(&k) {
+                Some(m) if m.referenced.swap(false, Ordering::Relaxed) => self.ring.push_back(k),
+                _ => {
+                    self.map.remove(&k);
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -266,5 +336,60 @@ mod tests {
         }
         let r = m.rate(&7, 500_000_000).unwrap();
         assert!((r - 2000.0).abs() / 2000.0 < 0.05, "rate {r}");
+    }
+
+    /// A flood of one-off keys (each sampled once) interleaved with a hot key: the meters stay
+    /// under the cap, each insert examines O(1) ring entries on average, and the hot key keeps
+    /// its meter (and its rate) throughout.
+    #[test]
+    fn a_flood_of_one_off_keys_is_bounded_and_spares_the_hot_key() {
+        const HOT: u64 = u64::MAX;
+        let m = RateMeters::<u64>::new();
+        let flood = 300_000u64;
+        for i in 0..flood {
+            let now = i * 1_000; // 1 µs apart: the flood lasts 0.3 s
+            m.record(&i, now, SAMPLE as u64);
+            if i % 16 == 0 {
+                m.record(&HOT, now, SAMPLE as u64);
+            }
+        }
+        let (held, examined): (usize, u64) = m
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.read().unwrap();
+                assert_eq!(s.map.len(), s.ring.len());
+                (s.map.len(), s.examined)
+            })
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        assert!(held <= SHARDS * SHARD_CAP, "{held} meters");
+        assert!(
+            examined <= 3 * flood,
+            "{examined} ring steps for {flood} inserts"
+        );
+        let hot = m
+            .rate(&HOT, flood * 1_000)
+            .expect("the hot key lost its meter");
+        // 8 calls every 16 µs: 500 000 calls/s.
+        assert!((hot - 500_000.0).abs() / 500_000.0 < 0.1, "hot rate {hot}");
+    }
+
+    /// A hot key's sample does not wait behind a writer holding its shard (a flood's insert):
+    /// it is dropped instead.
+    #[test]
+    fn a_sample_never_waits_for_a_shard_lock() {
+        let m = RateMeters::<u64>::new();
+        m.record(&1, 0, SAMPLE as u64);
+        let held = m.shard(&1).write().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                m.record(&1, 1_000, SAMPLE as u64);
+                let _ = tx.send(());
+            });
+            let returned = rx.recv_timeout(Duration::from_secs(10));
+            drop(held);
+            returned.expect("a sample waited for the shard's write lock");
+        });
     }
 }

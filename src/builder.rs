@@ -7,6 +7,7 @@ use crate::blocking::BlockingMemoized;
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{Config, Draws, Engine};
 use crate::error::ConfigError;
+use crate::flight::DEFAULT_MAX_REFRESHES;
 use crate::layer::{BlockingLayer, ComputeFn, Layer};
 use crate::memoized::Memoized;
 use crate::store::contract::Store;
@@ -50,6 +51,7 @@ pub struct Builder<K, V, S> {
     clock: Option<Arc<dyn Clock>>,
     seed: Option<u64>,
     auto: Option<LeadTarget>,
+    max_refreshes: usize,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -62,6 +64,17 @@ impl<K, V, S> std::fmt::Debug for Builder<K, V, S> {
             .field("contention", &self.contention)
             .finish_non_exhaustive()
     }
+}
+
+/// Refuses a duration the engine cannot hold in u64 nanoseconds.
+fn representable(field: &'static str, d: Duration) -> Result<(), ConfigError> {
+    if u64::try_from(d.as_nanos()).is_err() {
+        return Err(ConfigError::new(
+            field,
+            format!("{d:?} is too long (at most u64::MAX nanoseconds, about 584 years)"),
+        ));
+    }
+    Ok(())
 }
 
 fn anonymous_name() -> String {
@@ -87,6 +100,7 @@ where
             clock: None,
             seed: None,
             auto: None,
+            max_refreshes: DEFAULT_MAX_REFRESHES,
             _types: PhantomData,
         }
     }
@@ -170,6 +184,33 @@ where
         self
     }
 
+    /// At most this many background refreshes of this function run at once (default 16).
+    /// Keys written together reach their early window together; past the limit a trigger is
+    /// skipped (counted in [`StatsSnapshot::early_refreshes_throttled`](crate::StatsSnapshot))
+    /// and the current value is served: XFetch triggers again on a later call, ever more likely
+    /// as expiry nears, and at expiry a hard miss computes as usual. It also bounds the worker
+    /// threads the blocking facade runs refreshes on. Must be at least 1 (`beta(0.0)` turns
+    /// early refresh off).
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, u32>::new(100).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(10))
+    ///     .max_refreshes(4)
+    ///     .build_blocking_infallible(|k: &u32| k + 1)
+    ///     .unwrap();
+    /// assert_eq!(f.get(&1).unwrap(), 2);
+    /// let zero = memoize_stampede(&store, Duration::from_secs(10))
+    ///     .max_refreshes(0)
+    ///     .build_blocking_infallible(|k: &u32| k + 1);
+    /// assert_eq!(zero.unwrap_err().field(), "max_refreshes");
+    /// ```
+    pub fn max_refreshes(mut self, n: usize) -> Self {
+        self.max_refreshes = n;
+        self
+    }
+
     /// Replaces the system clock (tests use [`ManualClock`](crate::ManualClock)).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Some(Arc::new(clock));
@@ -216,6 +257,20 @@ where
             }
             _ => {}
         }
+        if self.max_refreshes == 0 {
+            return Err(ConfigError::new(
+                "max_refreshes",
+                "must be ≥ 1 (use beta(0.0) to turn early refresh off)",
+            ));
+        }
+        // Times are u64 nanoseconds on the engine's clock: a duration beyond that (~584 years)
+        // would be cut short silently, so it is refused here instead.
+        representable("ttl", self.ttl)?;
+        representable("refresh_backoff", self.refresh_backoff)?;
+        representable("lease_bounds", self.lease.1)?;
+        if let Some(LeadTarget::Fixed(d)) = self.auto {
+            representable("beta_auto", d)?;
+        }
         if self.name.as_deref() == Some("") {
             return Err(ConfigError::new("name", "must not be empty"));
         }
@@ -238,6 +293,7 @@ where
             lease_min: self.lease.0,
             lease_max: self.lease.1,
             auto: self.auto,
+            max_refreshes: self.max_refreshes,
         })
     }
 

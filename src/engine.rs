@@ -103,6 +103,8 @@ pub(crate) struct Config {
     pub lease_max: Duration,
     /// Automatic β: aim the XFetch lead at this target from each key's measured rate.
     pub auto: Option<LeadTarget>,
+    /// Background refreshes of this function that may run at once.
+    pub max_refreshes: usize,
 }
 
 /// What the hit path saw.
@@ -173,6 +175,7 @@ where
     ) -> Self {
         let lag = clock.recent_lag();
         let stats = Stats::new(&ns.name);
+        let refreshes = RefreshSlots::with_limit(cfg.max_refreshes);
         Engine {
             reach_ns_per_us: AtomicU64::new(
                 theory::reach(1000.0, if cfg.auto.is_some() { 1.0 } else { cfg.beta }).to_bits(),
@@ -187,7 +190,7 @@ where
             cfg,
             flights: Arc::new(FlightMap::new()),
             handoff_until: AtomicU64::new(0),
-            refreshes: RefreshSlots::new(),
+            refreshes,
             fences: Fences::new(),
             stats,
         }

@@ -2,9 +2,12 @@
 //!
 //! A [`FlightMap`] maps keys to in-progress [`Flight`]s. The first caller becomes the leader;
 //! later callers get the flight and wait on its event. The leader either finishes (publishes
-//! its outcome to all waiters) or is dropped unfinished (panic, cancelled future), in which case
-//! the flight is marked abandoned and waiters race to lead a fresh flight: nobody hangs and the
-//! key is never poisoned.
+//! its outcome to all waiters), hands the flight back (its own contention policy gave up: the
+//! waiters join again under theirs), or is dropped unfinished (a failed refresh, a future
+//! cancelled before it computed), in which case the flight is marked abandoned and waiters race
+//! to lead a fresh flight: nobody hangs and the key is never poisoned. (A hard miss's
+//! computation runs detached from the caller that started it, so a caller giving up does not
+//! abandon it; see `miss`.)
 //!
 //! The same mechanism serves as a per-key mutex for the barrier layer ([`LocalLock`](crate::LocalLock)):
 //! waiters simply ignore the outcome and join again. [`RefreshSlots`] holds the other per-key
@@ -14,6 +17,7 @@
 use crate::wait::{Event, Mutex, MutexGuard, WaitMode};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +34,10 @@ pub(crate) struct Flight<T> {
     slot: Mutex<Slot<T>>,
     event: Event,
     /// Callers that joined as followers (so the leader knows whether anyone waits).
-    followers: std::sync::atomic::AtomicUsize,
+    followers: AtomicUsize,
+    /// The leader gave the flight back unfinished on purpose ([`Leader::hand_back`]): its
+    /// outcome was its own (its contention policy gave up), not one to share, and nothing failed.
+    handed_back: AtomicBool,
 }
 
 /// How waiting on a flight ended.
@@ -44,6 +51,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic never happens while these locks are held (no user code runs under them), but be
     // robust anyway: the data is always consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<T> Flight<T> {
+    /// True when an `Abandoned` flight was handed back by a leader whose own patience ran out
+    /// (nothing failed; the waiter simply joins again under its own policy).
+    pub(crate) fn handed_back(&self) -> bool {
+        self.handed_back.load(Ordering::Acquire)
+    }
 }
 
 impl<T: Clone> Flight<T> {
@@ -104,14 +119,14 @@ impl<K: Hash + Eq + Clone, T> FlightMap<K, T> {
     pub(crate) fn join(self: &Arc<Self>, key: &K) -> Joined<K, T> {
         let mut shard = lock(self.shard(key));
         if let Some(f) = shard.get(key) {
-            f.followers
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            f.followers.fetch_add(1, Ordering::Relaxed);
             return Joined::Follower(f.clone());
         }
         let flight = Arc::new(Flight {
             slot: Mutex::new(Slot::Running),
             event: Event::new(),
-            followers: std::sync::atomic::AtomicUsize::new(0),
+            followers: AtomicUsize::new(0),
+            handed_back: AtomicBool::new(false),
         });
         shard.insert(key.clone(), flight.clone());
         Joined::Leader(Leader {
@@ -162,9 +177,15 @@ impl<K: Hash + Eq, T> Leader<K, T> {
     /// joined it as followers.
     pub(crate) fn finish(mut self, value: T) -> usize {
         self.end(Slot::Done(value));
-        self.flight
-            .followers
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.flight.followers.load(Ordering::Relaxed)
+    }
+
+    /// Retires the flight without an outcome to share: the leader's own contention policy gave
+    /// up (fail-fast, or its wait ran out behind another process's lock). Followers are not
+    /// bound by the leader's patience: they join again, and one of them leads with its own.
+    pub(crate) fn hand_back(mut self) {
+        self.flight.handed_back.store(true, Ordering::Release);
+        self.end(Slot::Abandoned);
     }
 }
 
@@ -176,10 +197,30 @@ impl<K: Hash + Eq, T> Drop for Leader<K, T> {
     }
 }
 
-/// Per-key state of background refreshes: at most one runs per key, and a failed one backs off.
+/// Background refreshes one function runs at once by default (see `Builder::max_refreshes`).
+pub(crate) const DEFAULT_MAX_REFRESHES: usize = 16;
+/// Backoff entries one shard holds before it forgets expired ones (then it waits for as many
+/// new ones as it kept, so each entry is scanned O(1) times on average).
+const BACKOFF_PURGE_MIN: usize = 64;
+/// Hard bound on one shard's entries after a purge (64 shards: 64 Ki backoffs per function).
+/// Past it, unexpired backoffs are forgotten too: such a key may only retry sooner.
+const BACKOFF_CAP: usize = 1024;
+
+/// Per-key state of background refreshes: at most one runs per key, at most `limit` run at
+/// once, and a failed one backs off. Backoffs of keys that never refresh again are forgotten
+/// once expired, and never exceed [`BACKOFF_CAP`] per shard.
 pub(crate) struct RefreshSlots<K> {
-    shards: Box<[Mutex<HashMap<K, RefreshState>>]>,
+    shards: Box<[Mutex<SlotShard<K>>]>,
     hasher: RandomState,
+    /// Refreshes claimed and not yet ended, and how many may be.
+    running: AtomicUsize,
+    limit: usize,
+}
+
+struct SlotShard<K> {
+    map: HashMap<K, RefreshState>,
+    /// The size at which the next [`RefreshSlots::back_off`] purges expired backoffs.
+    purge_at: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -188,50 +229,193 @@ enum RefreshState {
     BackoffUntil(u64),
 }
 
+/// The answer of [`RefreshSlots::try_begin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Begin {
+    /// Claimed: this caller refreshes the key and must end the claim.
+    Started,
+    /// The key refreshes already, or backs off after a failure.
+    Busy,
+    /// The function already runs its maximum of refreshes.
+    Full,
+}
+
 impl<K: Hash + Eq + Clone> RefreshSlots<K> {
+    #[allow(dead_code)] // the shuttle checks use the default limit
     pub(crate) fn new() -> Self {
+        Self::with_limit(DEFAULT_MAX_REFRESHES)
+    }
+
+    pub(crate) fn with_limit(limit: usize) -> Self {
         RefreshSlots {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(SlotShard {
+                        map: HashMap::new(),
+                        purge_at: BACKOFF_PURGE_MIN,
+                    })
+                })
+                .collect(),
             hasher: RandomState::new(),
+            running: AtomicUsize::new(0),
+            limit,
         }
     }
 
-    fn shard(&self, key: &K) -> MutexGuard<'_, HashMap<K, RefreshState>> {
+    fn shard(&self, key: &K) -> MutexGuard<'_, SlotShard<K>> {
         lock(&self.shards[self.hasher.hash_one(key) as usize % SHARDS])
     }
 
-    /// Claims the refresh of `key` at time `now`; false if one runs or a failure backs off.
-    pub(crate) fn try_begin(&self, key: &K, now: u64) -> bool {
+    /// Claims the refresh of `key` at time `now`, within the limit of concurrent refreshes.
+    pub(crate) fn try_begin(&self, key: &K, now: u64) -> Begin {
         let mut shard = self.shard(key);
-        match shard.get(key) {
-            Some(RefreshState::Running) => false,
-            Some(RefreshState::BackoffUntil(t)) if now < *t => false,
+        match shard.map.get(key) {
+            Some(RefreshState::Running) => Begin::Busy,
+            Some(RefreshState::BackoffUntil(t)) if now < *t => Begin::Busy,
             _ => {
-                shard.insert(key.clone(), RefreshState::Running);
-                true
+                // Counted under the shard lock, so the key's state and the count move together.
+                if self.running.fetch_add(1, Ordering::AcqRel) >= self.limit {
+                    self.running.fetch_sub(1, Ordering::AcqRel);
+                    return Begin::Full;
+                }
+                shard.map.insert(key.clone(), RefreshState::Running);
+                Begin::Started
             }
         }
     }
 
-    /// Ends a refresh (or a successful hard miss): the key may refresh again at any time.
+    /// Ends a claimed refresh: the key may refresh again at any time.
     pub(crate) fn clear(&self, key: &K) {
         let mut shard = self.shard(key);
-        if let Some(RefreshState::BackoffUntil(_)) | Some(RefreshState::Running) = shard.get(key) {
-            shard.remove(key);
+        match shard.map.get(key) {
+            Some(RefreshState::Running) => {
+                shard.map.remove(key);
+                self.running.fetch_sub(1, Ordering::AcqRel);
+            }
+            Some(RefreshState::BackoffUntil(_)) => {
+                shard.map.remove(key);
+            }
+            None => {}
         }
     }
 
     /// Clears a backoff left by an earlier failure, leaving a running refresh alone.
     pub(crate) fn clear_backoff(&self, key: &K) {
         let mut shard = self.shard(key);
-        if let Some(RefreshState::BackoffUntil(_)) = shard.get(key) {
-            shard.remove(key);
+        if let Some(RefreshState::BackoffUntil(_)) = shard.map.get(key) {
+            shard.map.remove(key);
         }
     }
 
-    /// Ends a failed refresh: no new refresh of `key` before `until`.
-    pub(crate) fn back_off(&self, key: &K, until: u64) {
-        self.shard(key)
+    /// Ends a failed refresh at `now`: no new refresh of `key` before `until`.
+    pub(crate) fn back_off(&self, key: &K, now: u64, until: u64) {
+        let mut shard = self.shard(key);
+        let previous = shard
+            .map
             .insert(key.clone(), RefreshState::BackoffUntil(until));
+        if let Some(RefreshState::Running) = previous {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+        }
+        if shard.map.len() >= shard.purge_at {
+            shard.purge(key, now);
+        }
+    }
+
+    /// Refreshes claimed and not yet ended.
+    #[cfg(test)]
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Backoff entries held (for tests).
+    #[cfg(test)]
+    pub(crate) fn backoffs(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                lock(s)
+                    .map
+                    .values()
+                    .filter(|st| matches!(st, RefreshState::BackoffUntil(_)))
+                    .count()
+            })
+            .sum()
+    }
+}
+
+impl<K: Hash + Eq + Clone> SlotShard<K> {
+    /// Forgets expired backoffs, then unexpired ones beyond half the cap (never `keep`'s).
+    /// The next purge waits until the shard has doubled: amortised O(1) per backoff.
+    fn purge(&mut self, keep: &K, now: u64) {
+        self.map
+            .retain(|_, st| !matches!(st, RefreshState::BackoffUntil(t) if *t <= now));
+        let excess = self.map.len().saturating_sub(BACKOFF_CAP / 2);
+        if excess > 0 {
+            let victims: Vec<K> = self
+                .map
+                .iter()
+                .filter(|(k, st)| matches!(st, RefreshState::BackoffUntil(_)) && *k != keep)
+                .map(|(k, _)| k.clone())
+                .take(excess)
+                .collect();
+            for k in victims {
+                self.map.remove(&k);
+            }
+        }
+        self.purge_at = (2 * self.map.len()).max(BACKOFF_PURGE_MIN);
+    }
+}
+
+#[cfg(all(test, not(shuttle)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoffs_of_keys_that_never_refresh_again_are_bounded() {
+        let slots = RefreshSlots::<u64>::new();
+        // 200 000 keys fail once each, 1 ms apart, with a 1 s backoff: at any time about a
+        // thousand backoffs are live; none of the others may stay.
+        for k in 0..200_000u64 {
+            let now = k * 1_000_000;
+            assert_eq!(slots.try_begin(&k, now), Begin::Started);
+            slots.back_off(&k, now, now + 1_000_000_000);
+        }
+        let held = slots.backoffs();
+        assert!(held <= SHARDS * BACKOFF_CAP, "{held} backoffs held");
+        assert!(held < 10_000, "{held} backoffs held");
+        assert_eq!(slots.running(), 0);
+        // A key still backing off stays refused; an expired one may start again.
+        let last = 199_999u64;
+        assert_eq!(slots.try_begin(&last, last * 1_000_000 + 1), Begin::Busy);
+    }
+
+    #[test]
+    fn backoffs_stay_under_the_hard_cap_when_all_are_live() {
+        let slots = RefreshSlots::<u64>::new();
+        for k in 0..200_000u64 {
+            assert_eq!(slots.try_begin(&k, 0), Begin::Started);
+            slots.back_off(&k, 0, u64::MAX);
+        }
+        assert!(
+            slots.backoffs() <= SHARDS * BACKOFF_CAP,
+            "{}",
+            slots.backoffs()
+        );
+    }
+
+    #[test]
+    fn refreshes_are_limited_and_the_limit_frees_up() {
+        let slots = RefreshSlots::<u64>::with_limit(2);
+        assert_eq!(slots.try_begin(&1, 0), Begin::Started);
+        assert_eq!(slots.try_begin(&1, 0), Begin::Busy);
+        assert_eq!(slots.try_begin(&2, 0), Begin::Started);
+        assert_eq!(slots.try_begin(&3, 0), Begin::Full);
+        slots.clear(&1);
+        assert_eq!(slots.try_begin(&3, 0), Begin::Started);
+        slots.back_off(&2, 0, 10);
+        assert_eq!(slots.running(), 1);
+        assert_eq!(slots.try_begin(&2, 5), Begin::Busy);
+        assert_eq!(slots.try_begin(&2, 10), Begin::Started);
+        assert_eq!(slots.running(), 2);
     }
 }

@@ -49,11 +49,14 @@
 //!   read. Only near expiry does a call read `Instant::now()` and draw.
 //! - Memory: per entry, key + value + 16 bytes (`delta`, `expiry`) + a 4-byte namespace id +
 //!   quick_cache's slot overhead. Per memoized function: 2 × 64 small mutex-guarded maps, holding
-//!   only keys being computed or refreshed (and keys whose refresh failed, until they succeed),
+//!   only keys being computed or refreshed (and, at most 64 Ki, keys backing off a failed refresh),
 //!   and a 4 KiB hit counter (one cache line per thread stripe, so hits never share a line).
 //! - The clock and the RNG are injected ([`Clock`], [`Builder::rng_seed`]); tests are exact.
 //! - Errors are never cached; waiters of a panicking computation get [`Error::Panicked`]; a
-//!   cancelled computing caller hands over to a waiter.
+//!   caller that gives up (a timeout drops its future) does not cancel the computation it
+//!   started: on a Tokio runtime it runs on as its own task, stores its value and answers the
+//!   waiters. Background refreshes are capped per function ([`Builder::max_refreshes`]) and
+//!   `beta_auto`'s rate meters per shard (8192 keys per function).
 //!
 //! ## Which layer do I want?
 //! Almost always [`memoize_stampede`]: it serves hits at once, refreshes a hot key in the

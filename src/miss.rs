@@ -5,11 +5,11 @@
 use crate::engine::{Engine, Probe};
 use crate::entry::Entry;
 use crate::error::Error;
-use crate::flight::{Joined, Waited};
+use crate::flight::{Joined, Leader, Waited};
 use crate::refresh;
 use crate::stats::bump;
 use crate::store::contract::{LockOutcome, Store};
-use crate::wait::{Contention, Patience};
+use crate::wait::{Contention, Patience, WaitMode};
 use crate::xfetch::{self, Decision};
 use std::hash::Hash;
 use std::sync::Arc;
@@ -95,7 +95,26 @@ where
     xfetch::decide(gap_us, delta, beta, eng.draws.exp1())
 }
 
+/// Counts a hard-miss caller that gave up before its answer (its future was dropped); a
+/// caller unwinding from its closure's panic is not one.
+struct Caller<'a> {
+    stats: &'a crate::stats::Stats,
+    answered: bool,
+}
+
+impl Drop for Caller<'_> {
+    fn drop(&mut self) {
+        if !self.answered && !std::thread::panicking() {
+            bump!(self.stats, abandoned_callers);
+        }
+    }
+}
+
 /// One computation per key in this process; across processes, the store's lock.
+///
+/// Every caller keeps its own [`Contention`] policy: a leader whose policy gives up behind
+/// another process's lock hands the flight back ([`Leader::hand_back`]) instead of passing its
+/// `Busy` / `WaitTimeout` on, and its followers join again under their own policies.
 async fn hard_miss<K, V, E, S>(
     eng: &Arc<Engine<K, V, E, S>>,
     key: &K,
@@ -109,42 +128,43 @@ where
     S: Store<K, V>,
 {
     let mut patience = Patience::new(contention);
-    let mut abandoned = false;
-    loop {
+    let mut caller = Caller {
+        stats: &eng.stats,
+        answered: false,
+    };
+    let mut took_over = false;
+    let out = loop {
         match eng.flights.join(key) {
-            Joined::Leader(leader) => {
-                use futures::FutureExt;
-                let led = std::panic::AssertUnwindSafe(lead(eng, key, &mut patience))
-                    .catch_unwind()
-                    .await;
-                let (out, computed) = match led {
-                    Ok(led) => led,
-                    Err(panic) => {
-                        // Coalesced waiters get `Error::Panicked` (shared) instead of re-running
-                        // a closure that just panicked, one after another; this caller gets its
-                        // panic back; nothing is stored, so the next call computes again.
-                        bump!(eng.stats, errors);
-                        let followers = leader.finish(Err(Error::Panicked));
-                        eng.handed_off(followers);
-                        std::panic::resume_unwind(panic);
-                    }
-                };
-                if abandoned && computed {
-                    bump!(eng.stats, takeovers);
+            Joined::Leader(leader) => match lead(eng, key, &mut patience).await {
+                Led::Found(v) => {
+                    let followers = leader.finish(Ok(v.clone()));
+                    eng.handed_off(followers);
+                    break Ok(v);
                 }
-                let followers = leader.finish(out.clone());
-                eng.handed_off(followers);
-                return out;
-            }
+                Led::GaveUp(err) => {
+                    // This caller's patience ran out, not the followers': they join again.
+                    leader.hand_back();
+                    break Err(err);
+                }
+                Led::Compute(lock) => {
+                    if took_over {
+                        bump!(eng.stats, takeovers);
+                    }
+                    match compute_as_leader(eng, key, lock, leader).await {
+                        Some(out) => break out,
+                        None => took_over = true,
+                    }
+                }
+            },
             Joined::Follower(flight) => {
                 if eng.cfg.serve_stale {
                     if let Some(v) = stale.take() {
                         bump!(eng.stats, stale_served);
-                        return Ok(v);
+                        break Ok(v);
                     }
                 }
                 if patience.fail_fast() {
-                    return Err(Error::Busy);
+                    break Err(Error::Busy);
                 }
                 tracing::debug!(name = %eng.ns.name, "waiting for another caller's computation");
                 let waiting = Instant::now();
@@ -154,31 +174,100 @@ where
                     Waited::Done(out) => {
                         bump!(eng.stats, coalesced_waiters);
                         eng.compute.mode().hand_off();
-                        return out;
+                        break out;
+                    }
+                    Waited::Abandoned if flight.handed_back() => {
+                        tracing::debug!(name = %eng.ns.name, "the leader's own policy gave up on another process's lock; joining again under ours");
                     }
                     Waited::Abandoned => {
-                        abandoned = true;
-                        tracing::warn!(name = %eng.ns.name, "the computation we waited for was abandoned (panic, cancellation, failed refresh); taking over");
+                        took_over = true;
+                        tracing::warn!(name = %eng.ns.name, "the computation we waited for was abandoned (cancelled before computing, failed refresh); taking over");
                     }
                     Waited::TimedOut => {
                         if let Contention::ComputeAfter(_) = contention {
-                            return eng.compute_and_store(key, None).await;
+                            break eng.compute_and_store(key, None).await;
                         }
-                        return Err(Error::WaitTimeout(contention.max_wait()));
+                        break Err(Error::WaitTimeout(contention.max_wait()));
                     }
                 }
             }
         }
-    }
+    };
+    caller.answered = true;
+    out
 }
 
-/// The in-process leader of a hard miss: ask the store who computes, then compute or wait.
-/// Returns the outcome and whether this caller ran the closure.
+/// Runs the closure for the flight this caller leads and publishes the outcome to the flight's
+/// followers; a panic gives them [`Error::Panicked`] and is resumed in this caller.
+///
+/// An async closure on a Tokio runtime runs as its own task: the computation's future is
+/// `'static`, so when this caller gives up (a timeout drops its future) the computation still
+/// runs to completion, stores its value and answers the followers, instead of being cancelled
+/// and restarted by the next waiter (which a storm of short timeouts would do hundreds of
+/// times). `None`: the task was cancelled by its runtime shutting down; the flight was
+/// abandoned and the caller joins again.
+async fn compute_as_leader<K, V, E, S>(
+    eng: &Arc<Engine<K, V, E, S>>,
+    key: &K,
+    lock: Option<S::Lock>,
+    leader: Leader<K, Result<V, Error<E>>>,
+) -> Option<Result<V, Error<E>>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    use futures::FutureExt;
+    let job = {
+        let (eng, key) = (eng.clone(), key.clone());
+        async move {
+            let out = std::panic::AssertUnwindSafe(eng.compute_and_store(&key, lock))
+                .catch_unwind()
+                .await;
+            let shared = match &out {
+                Ok(out) => out.clone(),
+                Err(_) => {
+                    // Coalesced waiters get `Error::Panicked` (shared) instead of re-running a
+                    // closure that just panicked; nothing is stored, so the next call computes.
+                    bump!(eng.stats, errors);
+                    Err(Error::Panicked)
+                }
+            };
+            let followers = leader.finish(shared);
+            eng.handed_off(followers);
+            out
+        }
+    };
+    let out = match (eng.compute.mode(), tokio::runtime::Handle::try_current()) {
+        (WaitMode::Async, Ok(rt)) => match rt.spawn(job).await {
+            Ok(out) => out,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return None,
+        },
+        // Blocking callers cannot be cancelled (and have no runtime to spawn on).
+        _ => job.await,
+    };
+    Some(out.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+}
+
+/// What the in-process leader of a hard miss learned from the store.
+enum Led<V, E, L> {
+    /// The value another process stored meanwhile.
+    Found(V),
+    /// This caller's own policy gave up behind another process's lock: its answer alone.
+    GaveUp(Error<E>),
+    /// Compute, holding the store's lock if there is one.
+    Compute(Option<L>),
+}
+
+/// The in-process leader of a hard miss: asks the store who computes, and waits (under this
+/// caller's patience) while another process does.
 async fn lead<K, V, E, S>(
     eng: &Arc<Engine<K, V, E, S>>,
     key: &K,
     patience: &mut Patience,
-) -> (Result<V, Error<E>>, bool)
+) -> Led<V, E, S::Lock>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -193,13 +282,9 @@ where
             .lock_or_get(&eng.ns, key, eng.lease(None), eng.cfg.lease_max, now)
             .await
         {
-            Ok(LockOutcome::Found(e)) if e.expires_at > now => return (Ok(e.value), false),
-            Ok(LockOutcome::Found(_)) | Ok(LockOutcome::Local) => {
-                return (eng.compute_and_store(key, None).await, true)
-            }
-            Ok(LockOutcome::Acquired(lock)) => {
-                return (eng.compute_and_store(key, Some(lock)).await, true)
-            }
+            Ok(LockOutcome::Found(e)) if e.expires_at > now => return Led::Found(e.value),
+            Ok(LockOutcome::Found(_)) | Ok(LockOutcome::Local) => return Led::Compute(None),
+            Ok(LockOutcome::Acquired(lock)) => return Led::Compute(Some(lock)),
             Ok(LockOutcome::Busy) => {
                 if !waited_remotely {
                     waited_remotely = true;
@@ -207,16 +292,14 @@ where
                     tracing::debug!(name = %eng.ns.name, "another process holds the lock; waiting for its value");
                 }
                 if patience.fail_fast() {
-                    return (Err(Error::Busy), false);
+                    return Led::GaveUp(Error::Busy);
                 }
                 // Wake on the holder's publish; re-ask at a growing interval in case the
                 // message is lost or the holder died (its lease then lapses).
                 let Some(wait) = patience.next_poll() else {
                     return match patience.policy() {
-                        Contention::ComputeAfter(_) => {
-                            (eng.compute_and_store(key, None).await, true)
-                        }
-                        policy => (Err(Error::WaitTimeout(policy.max_wait())), false),
+                        Contention::ComputeAfter(_) => Led::Compute(None),
+                        policy => Led::GaveUp(Error::WaitTimeout(policy.max_wait())),
                     };
                 };
                 if let Err(err) = eng
@@ -233,7 +316,7 @@ where
             Err(err) => {
                 bump!(eng.stats, store_errors);
                 tracing::debug!(name = %eng.ns.name, error = %err, "store lock failed; computing locally");
-                return (eng.compute_and_store(key, None).await, true);
+                return Led::Compute(None);
             }
         }
     }

@@ -1,12 +1,13 @@
 //! Background refreshes: an XFetch trigger claims the key's refresh slot without waiting and
 //! recomputes off the caller's path, on a Tokio task (async callers) or a worker thread
-//! (blocking callers). The claim is held until the refresh ends, however long it takes; the
+//! (blocking callers). At most `Builder::max_refreshes` run at once per function (so at most
+//! that many refresh threads for the blocking facade); a trigger beyond it is skipped. The claim is held until the refresh ends, however long it takes; the
 //! refresh is also the key's in-process flight, so a hard miss that arrives meanwhile waits for
 //! it instead of computing beside it.
 
 use crate::clock::saturating_nanos;
 use crate::engine::Engine;
-use crate::flight::Joined;
+use crate::flight::{Begin, Joined};
 use crate::stats::bump;
 use crate::store::contract::{RefreshOutcome, Store};
 use crate::wait::WaitMode;
@@ -27,9 +28,18 @@ pub(crate) fn trigger<K, V, E, S>(
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
-    if !eng.refreshes.try_begin(key, now) {
-        bump!(eng.stats, early_refreshes_skipped);
-        return;
+    match eng.refreshes.try_begin(key, now) {
+        Begin::Started => {}
+        Begin::Busy => {
+            bump!(eng.stats, early_refreshes_skipped);
+            return;
+        }
+        Begin::Full => {
+            // As many refreshes run as the function allows: skip. The value is still served,
+            // and XFetch triggers again on a later call (ever more likely as expiry nears).
+            bump!(eng.stats, early_refreshes_throttled);
+            return;
+        }
     }
     let claim = RefreshClaim {
         engine: eng.clone(),
@@ -80,12 +90,9 @@ where
                 bump!(self.engine.stats, early_refreshes_failed);
             }
             // The backoff counts from the failure, not from the trigger.
-            let until = self
-                .engine
-                .clock
-                .now()
-                .saturating_add(saturating_nanos(self.engine.cfg.refresh_backoff));
-            self.engine.refreshes.back_off(&self.key, until);
+            let now = self.engine.clock.now();
+            let until = now.saturating_add(saturating_nanos(self.engine.cfg.refresh_backoff));
+            self.engine.refreshes.back_off(&self.key, now, until);
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - `HERDLESS_SHUTTLE_SEED`: run the random scheduler from this seed (to reproduce a run);
 //! - `HERDLESS_SHUTTLE_REPLAY`: replay the one schedule a failing check printed.
 
-use crate::flight::{FlightMap, Joined, RefreshSlots, Waited};
+use crate::flight::{Begin, FlightMap, Joined, RefreshSlots, Waited};
 use crate::wait::{block_on, WaitMode};
 use shuttle::sync::atomic::{AtomicUsize, Ordering};
 use shuttle::thread;
@@ -118,7 +118,7 @@ fn shuttle_checks_refresh_slot_is_exclusive() {
             .map(|_| {
                 let (slots, running) = (slots.clone(), running.clone());
                 thread::spawn(move || {
-                    if slots.try_begin(&1, 0) {
+                    if slots.try_begin(&1, 0) == Begin::Started {
                         assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0);
                         running.fetch_sub(1, Ordering::SeqCst);
                         slots.clear(&1);
@@ -130,7 +130,7 @@ fn shuttle_checks_refresh_slot_is_exclusive() {
             h.join().unwrap();
         }
         assert!(
-            slots.try_begin(&1, 0),
+            slots.try_begin(&1, 0) == Begin::Started,
             "a cleared slot can be claimed again"
         );
     });
@@ -149,7 +149,7 @@ fn shuttle_checks_failed_refresh_hands_over_to_hard_misses() {
         let refresher = {
             let (map, slots, leaders) = (map.clone(), slots.clone(), leaders.clone());
             thread::spawn(move || {
-                if !slots.try_begin(&7, 0) {
+                if slots.try_begin(&7, 0) != Begin::Started {
                     return;
                 }
                 match map.join(&7) {
@@ -157,7 +157,7 @@ fn shuttle_checks_failed_refresh_hands_over_to_hard_misses() {
                         assert_eq!(leaders.fetch_add(1, Ordering::SeqCst), 0);
                         leaders.fetch_sub(1, Ordering::SeqCst);
                         drop(l); // the refresh failed
-                        slots.back_off(&7, 100);
+                        slots.back_off(&7, 0, 100);
                     }
                     Joined::Follower(_) => slots.clear(&7), // a hard miss is computing
                 }
@@ -177,6 +177,46 @@ fn shuttle_checks_failed_refresh_hands_over_to_hard_misses() {
         for m in misses {
             assert_eq!(m.join().unwrap(), Some(42));
         }
+        assert_eq!(map.len(), 0, "no flight is left behind");
+    });
+}
+
+/// A leader whose own contention policy gives up hands the flight back: the callers waiting
+/// behind it join again, one of them leads, and all end with the value; a handed-back flight
+/// is told apart from an abandoned one, and no flight is left behind.
+#[test]
+fn shuttle_checks_handed_back_flights_are_joined_again() {
+    check(|| {
+        let map = Arc::new(FlightMap::<u32, u64>::new());
+        let impatient = {
+            let map = map.clone();
+            thread::spawn(move || match map.join(&7) {
+                Joined::Leader(l) => l.hand_back(),
+                Joined::Follower(_) => {} // fail-fast: gives up at once
+            })
+        };
+        let patient: Vec<_> = (0..2)
+            .map(|_| {
+                let map = map.clone();
+                thread::spawn(move || loop {
+                    match map.join(&7) {
+                        Joined::Leader(l) => {
+                            l.finish(42);
+                            return 42;
+                        }
+                        Joined::Follower(f) => match block_on(f.wait(WaitMode::Blocking, None)) {
+                            Waited::Done(v) => return v,
+                            Waited::Abandoned => assert!(f.handed_back(), "nobody abandoned"),
+                            Waited::TimedOut => unreachable!("no deadline"),
+                        },
+                    }
+                })
+            })
+            .collect();
+        for p in patient {
+            assert_eq!(p.join().unwrap(), 42);
+        }
+        impatient.join().unwrap();
         assert_eq!(map.len(), 0, "no flight is left behind");
     });
 }

@@ -95,6 +95,9 @@ counters! {
     early_refreshes_failed,
     /// XFetch triggers that found a refresh already running or backing off, and kept serving.
     early_refreshes_skipped,
+    /// XFetch triggers skipped because the function already ran its maximum of concurrent
+    /// background refreshes (`Builder::max_refreshes`); a later call triggers again.
+    early_refreshes_throttled,
     /// Calls that found no unexpired value.
     hard_misses,
     /// Executions of the closure (hard misses and refreshes).
@@ -105,8 +108,12 @@ counters! {
     stale_served,
     /// Calls that returned an error (closure error, fail-fast, wait timeout, panic).
     errors,
-    /// Waiters that took over a computation abandoned by a panicking or cancelled caller.
+    /// Waiters that took over a key whose leader left before computing (a cancelled caller
+    /// still waiting on another process's lock) or whose background refresh failed.
     takeovers,
+    /// Callers that gave up on a hard miss before it was answered (their future was dropped,
+    /// e.g. by a timeout). A computation they started runs on and stores its value.
+    abandoned_callers,
     /// Store operations that failed or timed out (the call then computes locally: fail-open).
     store_errors,
     /// Writes the store refused because the lock was lost (fencing).
@@ -152,7 +159,7 @@ counters! {
 impl std::fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // (indented?, label, value); `None` is a group heading.
-        let rows: [(bool, &str, Option<u64>); 19] = [
+        let rows: [(bool, &str, Option<u64>); 21] = [
             (false, "calls", Some(self.calls)),
             (true, "hits", Some(self.hits)),
             (true, "slow calls", Some(self.slow_calls)),
@@ -163,8 +170,10 @@ impl std::fmt::Display for StatsSnapshot {
             (true, "completed", Some(self.early_refreshes_completed)),
             (true, "failed", Some(self.early_refreshes_failed)),
             (true, "skipped", Some(self.early_refreshes_skipped)),
+            (true, "throttled", Some(self.early_refreshes_throttled)),
             (false, "coalesced waiters", Some(self.coalesced_waiters)),
             (false, "takeovers", Some(self.takeovers)),
+            (false, "abandoned callers", Some(self.abandoned_callers)),
             (false, "stale served", Some(self.stale_served)),
             (false, "remote waits", Some(self.remote_waits)),
             (false, "errors", Some(self.errors)),

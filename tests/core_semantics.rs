@@ -298,7 +298,10 @@ async fn record_holds_value_delta_and_expiry_and_50us_delta_triggers_early_refre
         e.delta_us, 50,
         "delta must be measured in µs on the injected clock"
     );
-    assert_eq!(e.expires_at, t0 + 50 * US + ttl.as_nanos() as u64);
+    assert_eq!(
+        e.expires_at,
+        t0 + 50 * US + u64::try_from(ttl.as_nanos()).unwrap()
+    );
 
     // Far from expiry (gap ≫ δβ·E_MAX = 1.8 ms): served, no refresh whatever the draw.
     clock.advance(Duration::from_millis(5));
@@ -338,7 +341,10 @@ async fn record_holds_value_delta_and_expiry_and_50us_delta_triggers_early_refre
     let e2 = entry_of(&store, "fifty_us", 1).unwrap();
     assert_eq!(e2.value, "1-gen1");
     assert_eq!(e2.delta_us, 50);
-    assert_eq!(e2.expires_at, refresh_end + ttl.as_nanos() as u64);
+    assert_eq!(
+        e2.expires_at,
+        refresh_end + u64::try_from(ttl.as_nanos()).unwrap()
+    );
     assert_eq!(f.get(&1).await.unwrap(), "1-gen1");
 }
 

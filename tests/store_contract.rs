@@ -61,7 +61,7 @@ fn now() -> u64 {
 }
 
 fn nanos(d: Duration) -> u64 {
-    d.as_nanos() as u64
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// An entry as the engine writes it: expiring `ttl` from now on the engine clock.
