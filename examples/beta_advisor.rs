@@ -60,7 +60,8 @@ fn recommend(w: &Workload) -> Recommendation {
     }
 }
 
-const USAGE: &str = "beta_advisor: which XFetch β for a workload? Recommends one and compares several,
+const USAGE: &str =
+    "beta_advisor: which XFetch β for a workload? Recommends one and compares several,
 closed form next to simulation, without coordination and with herdless's lock.
 
 usage: beta_advisor [FLAGS]   (also --flag=value)

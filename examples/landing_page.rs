@@ -35,7 +35,8 @@ struct Args {
     plot: Option<std::path::PathBuf>,
 }
 
-const DEFAULT_STRATEGIES: &str = "none,traditional,barrier,stampede=1,stampede=0.5,stampede=0.3,auto";
+const DEFAULT_STRATEGIES: &str =
+    "none,traditional,barrier,stampede=1,stampede=0.5,stampede=0.3,auto";
 
 fn help() -> String {
     format!(
@@ -64,7 +65,9 @@ usage: landing_page [FLAGS]
 
 /// Bad command line: says what is wrong, points at --help, exits 2.
 fn fail(msg: &str) -> ! {
-    eprintln!("landing_page: error: {msg}\nrun `landing_page --help` for the flags and their defaults");
+    eprintln!(
+        "landing_page: error: {msg}\nrun `landing_page --help` for the flags and their defaults"
+    );
     std::process::exit(2)
 }
 
@@ -114,7 +117,10 @@ fn parse_args() -> Args {
         }
     }
     if a.store != "memory" && a.store != "redis" {
-        fail(&format!("--store must be memory or redis, got {:?}", a.store));
+        fail(&format!(
+            "--store must be memory or redis, got {:?}",
+            a.store
+        ));
     }
     if a.procs > 1 && a.store == "memory" {
         fail("--procs needs --store redis (processes share nothing in memory)");
@@ -377,7 +383,10 @@ fn build(args: &Args, strategy: Strategy, body: &Body) -> (Call, Option<RedisSto
         (call, Some(store))
     } else {
         let store = MemoryStore::<String, String>::new(1024).expect("capacity");
-        (build_with(strategy, body, ttl, store, LocalLock::new()), None)
+        (
+            build_with(strategy, body, ttl, store, LocalLock::new()),
+            None,
+        )
     }
 }
 

@@ -221,7 +221,12 @@ impl Pool {
 
     async fn query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, String> {
         let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
-        let client = self.clients.lock().unwrap().pop().expect("a permit per client");
+        let client = self
+            .clients
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("a permit per client");
         let result = client.query(sql, &[]).await.map_err(|e| e.to_string());
         self.clients.lock().unwrap().push(client);
         result
@@ -307,7 +312,11 @@ pub async fn app(cfg: &Config) -> Result<(Router, Arc<Counters>), String> {
     let c = counters.clone();
     let compute: Page = Arc::new(move || Box::pin(render(pool.clone(), c.clone(), sql.clone())));
     let page = match cfg.store.as_str() {
-        "memory" => memoized(cfg, MemoryStore::new(16).map_err(|e| e.to_string())?, compute)?,
+        "memory" => memoized(
+            cfg,
+            MemoryStore::new(16).map_err(|e| e.to_string())?,
+            compute,
+        )?,
         "redis" => {
             let store = RedisStore::builder(&cfg.redis_url)
                 .prefix(&format!("herdless-service-{}", std::process::id()))
@@ -329,7 +338,9 @@ pub async fn app(cfg: &Config) -> Result<(Router, Arc<Counters>), String> {
     Ok((router, counters))
 }
 
-async fn landing(State(app): State<Arc<App>>) -> Result<axum::response::Html<String>, (StatusCode, String)> {
+async fn landing(
+    State(app): State<Arc<App>>,
+) -> Result<axum::response::Html<String>, (StatusCode, String)> {
     (app.page)()
         .await
         .map(axum::response::Html)
@@ -420,6 +431,24 @@ fn parse_args() -> Result<Args, String> {
             a.drive = true;
             continue;
         }
+        const VALUED: &[&str] = &[
+            "--strategy",
+            "--store",
+            "--redis-url",
+            "--database-url",
+            "--table",
+            "--rows",
+            "--ttl-ms",
+            "--db-connections",
+            "--port",
+            "--strategies",
+            "--duration",
+            "--connections",
+            "--threads",
+        ];
+        if !VALUED.contains(&flag.as_str()) {
+            return Err(format!("unknown flag {flag:?}"));
+        }
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--strategy" => {
@@ -443,7 +472,10 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if a.cfg.store != "memory" && a.cfg.store != "redis" {
-        return Err(format!("--store must be memory or redis, got {:?}", a.cfg.store));
+        return Err(format!(
+            "--store must be memory or redis, got {:?}",
+            a.cfg.store
+        ));
     }
     if a.cfg.ttl.is_zero() || a.cfg.rows == 0 || a.cfg.db_connections == 0 {
         return Err("--ttl-ms, --rows and --db-connections must be positive".into());
@@ -501,10 +533,11 @@ async fn sample_peak(db: Client, marker: String, stop: Arc<tokio::sync::Notify>)
     let sql = "SELECT count(*) FROM pg_stat_activity \
                WHERE state = 'active' AND pid <> pg_backend_pid() AND position($1 in query) > 0";
     let mut peak = 0i64;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&marker];
     loop {
         tokio::select! {
             _ = stop.notified() => return peak as u64,
-            row = db.query_one(sql, &[&marker]) => {
+            row = db.query_one(sql, &params) => {
                 if let Ok(row) = row {
                     peak = peak.max(row.get::<_, i64>(0));
                 }
@@ -519,7 +552,12 @@ async fn drive_one(a: &Args, name: &str) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(exe)
         .args(["--strategy", name, "--port", "0", "--store", &a.cfg.store])
-        .args(["--redis-url", &a.cfg.redis_url, "--database-url", &a.cfg.database_url])
+        .args([
+            "--redis-url",
+            &a.cfg.redis_url,
+            "--database-url",
+            &a.cfg.database_url,
+        ])
         .args(["--table", &a.cfg.table, "--rows", &a.cfg.rows.to_string()])
         .args(["--ttl-ms", &a.cfg.ttl.as_millis().to_string()])
         .args(["--db-connections", &a.cfg.db_connections.to_string()])
@@ -545,7 +583,12 @@ async fn drive_one(a: &Args, name: &str) -> Result<String, String> {
     ));
     let wrk = tokio::process::Command::new("wrk")
         .args(["--latency", "-t", &a.threads.to_string()])
-        .args(["-c", &a.connections.to_string(), "-d", &format!("{}s", a.duration)])
+        .args([
+            "-c",
+            &a.connections.to_string(),
+            "-d",
+            &format!("{}s", a.duration),
+        ])
         .arg(format!("{url}/"))
         .output()
         .await
@@ -559,7 +602,9 @@ async fn drive_one(a: &Args, name: &str) -> Result<String, String> {
         .parse()
         .map_err(|e| format!("{url}: {e}"))?;
     let mut conn = http_connect(addr).await.map_err(|e| e.to_string())?;
-    let (_, stats) = http_get(&mut conn, "/stats").await.map_err(|e| e.to_string())?;
+    let (_, stats) = http_get(&mut conn, "/stats")
+        .await
+        .map_err(|e| e.to_string())?;
     let queries = stats
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix("queries="))
@@ -639,11 +684,17 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(msg) => {
-            eprintln!("service: error: {msg}\nrun `service --help` for the flags and their defaults");
+            eprintln!(
+                "service: error: {msg}\nrun `service --help` for the flags and their defaults"
+            );
             return ExitCode::from(2);
         }
     };
-    let result = if a.drive { drive(&a).await } else { serve(&a).await };
+    let result = if a.drive {
+        drive(&a).await
+    } else {
+        serve(&a).await
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -91,7 +91,9 @@
 
 #![warn(missing_docs)]
 
-#[cfg(doctest)] #[doc = include_str!("../README.md")] struct ReadmeDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod auto;
 mod barrier;

@@ -82,9 +82,10 @@ async fn load(strategy: Strategy) -> Run {
             tokio::spawn(async move {
                 let mut conn = http_connect(addr).await.expect("connect to the service");
                 while !stop.load(Ordering::Relaxed) {
-                    let got = tokio::time::timeout(Duration::from_secs(10), http_get(&mut conn, "/"))
-                        .await
-                        .expect("a request took over 10 s");
+                    let got =
+                        tokio::time::timeout(Duration::from_secs(10), http_get(&mut conn, "/"))
+                            .await
+                            .expect("a request took over 10 s");
                     match got {
                         Ok((200, body)) if body.contains("Top categories") => {
                             requests.fetch_add(1, Ordering::Relaxed);
@@ -129,7 +130,11 @@ async fn one_query_per_ttl_cycle_under_http_load() {
         auto.requests, auto.errors, auto.queries, auto.peak, auto.elapsed
     );
     assert_eq!(auto.errors, 0);
-    assert!(auto.requests > 10 * CLIENTS as u64, "too little load: {}", auto.requests);
+    assert!(
+        auto.requests > 10 * CLIENTS as u64,
+        "too little load: {}",
+        auto.requests
+    );
     assert_eq!(auto.peak, 1, "the query ran more than once at a time");
     // One cold query plus one per TTL cycle. A cycle can be shorter than the TTL by the
     // refresh lead (~1.25 δ, δ well under TTL/4 here), so allow two per TTL: a stampede would

@@ -171,7 +171,11 @@ pub fn plot_latency(
         &[
             (format!("median {bucket}"), BLUE, Mark::Dot),
             (format!("max {bucket}"), ORANGE, Mark::Dot),
-            (format!("{} samples: {what}", samples.len()), GREY, Mark::None),
+            (
+                format!("{} samples: {what}", samples.len()),
+                GREY,
+                Mark::None,
+            ),
         ],
     )?;
     let mut chart = ChartBuilder::on(&plot)
@@ -222,8 +226,16 @@ pub fn plot_beta(path: &Path, title: &str, rows: &[(f64, f64, f64)]) -> PlotResu
     let (_, lead_hi) = padded(rows.iter().map(|r| r.1), 0.08);
     let lead_lo = rows.iter().map(|r| r.1).fold(0.0, f64::min);
     // Log axis: whole decades around the data, never below 0.1 (a stampede is at least ~1).
-    let st_min = rows.iter().map(|r| r.2).fold(f64::INFINITY, f64::min).max(0.1);
-    let st_max = rows.iter().map(|r| r.2).fold(0.0, f64::max).max(st_min * 10.0);
+    let st_min = rows
+        .iter()
+        .map(|r| r.2)
+        .fold(f64::INFINITY, f64::min)
+        .max(0.1);
+    let st_max = rows
+        .iter()
+        .map(|r| r.2)
+        .fold(0.0, f64::max)
+        .max(st_min * 10.0);
     let st_lo = if st_min.is_finite() {
         10f64.powf(st_min.log10().floor())
     } else {
