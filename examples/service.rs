@@ -221,15 +221,31 @@ impl Pool {
 
     async fn query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, String> {
         let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
-        let client = self
-            .clients
-            .lock()
-            .unwrap()
-            .pop()
-            .expect("a permit per client");
-        let result = client.query(sql, &[]).await.map_err(|e| e.to_string());
-        self.clients.lock().unwrap().push(client);
-        result
+        let lent = Lent {
+            pool: self,
+            client: self.clients.lock().unwrap_or_else(|p| p.into_inner()).pop(),
+        };
+        let client = lent.client.as_ref().expect("a client per permit");
+        client.query(sql, &[]).await.map_err(|e| e.to_string())
+    }
+}
+
+/// A client out of the pool; it goes back when dropped, also when the request that borrowed it
+/// is cancelled (a load generator closing its connection drops the handler's future).
+struct Lent<'a> {
+    pool: &'a Pool,
+    client: Option<Client>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            self.pool
+                .clients
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(c);
+        }
     }
 }
 
@@ -497,6 +513,8 @@ struct WrkReport {
     p99_ms: f64,
     max_ms: f64,
     non_2xx: u64,
+    /// Requests wrk gave up on (its timeout is 2 s).
+    timeouts: u64,
 }
 
 /// wrk prints durations as `812.00us`, `1.23ms`, `2.01s` or `1.00m`.
@@ -522,16 +540,49 @@ fn parse_wrk(out: &str) -> Option<WrkReport> {
             ["99%", v] => r.p99_ms = wrk_ms(v)?,
             ["Requests/sec:", v] => r.requests_per_s = v.parse().ok()?,
             ["Non-2xx", "or", "3xx", "responses:", n] => r.non_2xx = n.parse().ok()?,
+            ["Socket", "errors:", .., "timeout", n] => r.timeouts = n.parse().ok()?,
             _ => {}
         }
     }
     (r.requests_per_s > 0.0).then_some(r)
 }
 
+const ACTIVE_SQL: &str = "SELECT count(*) FROM pg_stat_activity \
+    WHERE state = 'active' AND pid <> pg_backend_pid() AND position($1 in query) > 0";
+
+/// Waits until no landing query is running any more: a killed server's backends finish the
+/// query they were running, and would be counted in the next strategy's peak. After 10 s they
+/// are terminated.
+async fn drain(db: &Client, marker: &str) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let n: i64 = db
+            .query_one(ACTIVE_SQL, &[&marker])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if n == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid <> pg_backend_pid() AND position($1 in query) > 0",
+                &[&marker],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{n} landing queries still running after 30 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Samples how many executions of the landing query PostgreSQL shows as active, until `stop`.
 async fn sample_peak(db: Client, marker: String, stop: Arc<tokio::sync::Notify>) -> u64 {
-    let sql = "SELECT count(*) FROM pg_stat_activity \
-               WHERE state = 'active' AND pid <> pg_backend_pid() AND position($1 in query) > 0";
+    let sql = ACTIVE_SQL;
     let mut peak = 0i64;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&marker];
     loop {
@@ -548,7 +599,8 @@ async fn sample_peak(db: Client, marker: String, stop: Arc<tokio::sync::Notify>)
 }
 
 /// One strategy: a fresh server process, wrk against it, pg_stat_activity sampled meanwhile.
-async fn drive_one(a: &Args, name: &str) -> Result<String, String> {
+async fn drive_one(a: &Args, db: &Client, name: &str) -> Result<String, String> {
+    drain(db, &query_marker(&a.cfg.table)).await?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(exe)
         .args(["--strategy", name, "--port", "0", "--store", &a.cfg.store])
@@ -617,8 +669,8 @@ async fn drive_one(a: &Args, name: &str) -> Result<String, String> {
         String::new()
     };
     Ok(format!(
-        "{name:<14} {:>10.0} {:>9.2} {:>9.2} {:>9.1} {queries:>8} {peak:>5}{errors}",
-        report.requests_per_s, report.p50_ms, report.p99_ms, report.max_ms
+        "{name:<14} {:>10.0} {:>9.2} {:>9.2} {:>9.1} {:>8} {queries:>8} {peak:>5}{errors}",
+        report.requests_per_s, report.p50_ms, report.p99_ms, report.max_ms, report.timeouts
     ))
 }
 
@@ -645,15 +697,16 @@ async fn drive(a: &Args) -> Result<(), String> {
         a.cfg.rows
     );
     println!(
-        "key: req/s, p50/p99/max = wrk; queries = times the query ran (counted in the handler); \
-         peak = most executions of it active at once in pg_stat_activity"
+        "key: req/s, p50/p99/max latency, timeouts (requests past wrk's 2 s) = wrk; queries = \
+         times the query ran (counted in the handler); peak = most executions of it active at \
+         once in pg_stat_activity"
     );
     println!(
-        "{:<14} {:>10} {:>9} {:>9} {:>9} {:>8} {:>5}",
-        "strategy", "req/s", "p50 ms", "p99 ms", "max ms", "queries", "peak"
+        "{:<14} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>5}",
+        "strategy", "req/s", "p50 ms", "p99 ms", "max ms", "timeouts", "queries", "peak"
     );
     for name in &a.strategies {
-        println!("{}", drive_one(a, name).await?);
+        println!("{}", drive_one(a, &db, name).await?);
     }
     Ok(())
 }
@@ -666,10 +719,6 @@ async fn serve(a: &Args) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // The driver reads this line to find the port.
     println!("listening on http://{addr}");
-    eprintln!(
-        "strategy {:?}, {} store, TTL {:?}; GET / (the page), GET /stats",
-        a.cfg.strategy, a.cfg.store, a.cfg.ttl
-    );
     axum::serve(listener, router)
         .await
         .map_err(|e| e.to_string())
