@@ -7,10 +7,10 @@
 //! cargo run --example beta_advisor -- --help
 //! ```
 //!
-//! The recommendation is the β that `beta_auto` (automatic β) would pick for this rate: it aims
-//! the first refresh at 1.25 δ before expiry (the refresh then lands a quarter δ before the value
-//! expires: about one refresh per TTL, nobody waits), raised where needed so that fewer than 5 %
-//! of the refreshes land after expiry.
+//! The recommendation is the β that automatic β (`memoize_stampede`'s default) would pick for
+//! this rate: it aims the first refresh at 1.25 δ before expiry (the refresh then lands a
+//! quarter δ before the value expires: about one refresh per TTL, nobody waits), raised where
+//! needed so that fewer than 5 % of the refreshes land after expiry.
 //!
 //! Columns: `expected_*` and the probabilities come from `herdless::tune::advise`. Two
 //! simulations run per β (`herdless::sim`): herdless's try-lock (`Strategy::XFetchCoordinated`)
@@ -268,8 +268,9 @@ fn print_table(o: &Options, rows: &[Row], rec: &Recommendation) {
 fn print_recommendation(w: &Workload, rec: &Recommendation) {
     let delta_ms = ms(w.delta);
     println!(
-        "\nrecommended: beta = {:.3}  (or let herdless pick it: .beta_auto(LeadTarget::default()))",
-        rec.beta
+        "\nrecommended: beta = {:.3}  (memoize_stampede's automatic β picks this from the rate it \
+         measures; .beta({:.3}) fixes it)",
+        rec.beta, rec.beta
     );
     println!(
         "  aims the first refresh at {:.0} ms before expiry (1.25 x delta): the refresh then lands \
