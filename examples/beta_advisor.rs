@@ -207,11 +207,8 @@ fn print_table(o: &Options, rows: &[Row], rec: &Recommendation) {
         o.rate, o.delta_ms, o.ttl_ms, o.cycles, o.seed
     );
     println!(
-        "{:>6} | {:<42} | {:<32} | {}",
-        "",
-        "first refresh (same with or without lock)",
-        "UNCOORDINATED cache (no lock)",
-        "HERDLESS (try-lock)"
+        "{:>6} | {:<42} | {:<32} | HERDLESS (try-lock)",
+        "", "first refresh (same with or without lock)", "UNCOORDINATED cache (no lock)",
     );
     println!(
         "{:>6} | {:>9} {:>9} {:>9} {:>9}  | {:>9} {:>9}  {:>10} | {:>8} {:>8}",

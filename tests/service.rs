@@ -6,7 +6,7 @@
 //! is set, in which case it fails.
 
 #[path = "../examples/service.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod service;
 
 use service::{http_connect, http_get, Config, Counters, Strategy};
