@@ -5,8 +5,14 @@
 //! body really ran, how many ran at once, and how long callers waited.
 //!
 //! ```text
+//! cargo run --release --example landing_page                  # every strategy, auto included
+//! cargo run --release --example landing_page -- --help        # every flag and its default
 //! cargo run --release --example landing_page -- --duration 10 --threads 10 --json
 //! ```
+//!
+//! The table starts with a one-line key of its columns and ends with a one-line summary. With
+//! `--store redis`, a Redis that does not answer gets a warning above and below the table and
+//! exit status 1: herdless fails open, so the figures would otherwise look normal.
 
 #[path = "support/plot.rs"]
 mod plot;
