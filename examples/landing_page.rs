@@ -14,8 +14,12 @@
 //! `--store redis`, a Redis that does not answer gets a warning above and below the table and
 //! exit status 1: herdless fails open, so the figures would otherwise look normal.
 
+#[path = "support/measure.rs"]
+mod measure;
 #[path = "support/plot.rs"]
 mod plot;
+
+use measure::{Histogram, Raw};
 
 use herdless::store::RedisStore;
 use herdless::{barrier, memoize, memoize_stampede, LocalLock, MemoryStore};
@@ -169,67 +173,6 @@ impl Strategy {
     }
 }
 
-/// Latency histogram: log-linear buckets (64 per power of two, < 1.6 % error), exact max.
-struct Histogram {
-    counts: Vec<u64>,
-    max_ns: u64,
-    total: u64,
-}
-
-const SUB: u64 = 64;
-
-impl Histogram {
-    fn new() -> Self {
-        Histogram {
-            counts: vec![0; 64 * SUB as usize],
-            max_ns: 0,
-            total: 0,
-        }
-    }
-    fn index(ns: u64) -> usize {
-        if ns < SUB {
-            return ns as usize;
-        }
-        let exp = 63 - ns.leading_zeros() as u64; // ≥ 6
-        let sub = (ns >> (exp - 6)) - SUB; // 0..64
-        ((exp - 5) * SUB + sub) as usize
-    }
-    fn lower_bound(idx: usize) -> u64 {
-        let idx = idx as u64;
-        if idx < SUB {
-            return idx;
-        }
-        let exp = idx / SUB + 5;
-        let sub = idx % SUB;
-        (SUB + sub) << (exp - 6)
-    }
-    fn record(&mut self, ns: u64) {
-        self.counts[Self::index(ns)] += 1;
-        self.max_ns = self.max_ns.max(ns);
-        self.total += 1;
-    }
-    fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        self.max_ns = self.max_ns.max(other.max_ns);
-        self.total += other.total;
-    }
-    fn quantile_ms(&self, q: f64) -> f64 {
-        let target = ((self.total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= target {
-                let lo = Self::lower_bound(i);
-                let hi = Self::lower_bound(i + 1).max(lo + 1);
-                return ((lo + hi) as f64 / 2.0).min(self.max_ns as f64) / 1e6;
-            }
-        }
-        self.max_ns as f64 / 1e6
-    }
-}
-
 /// The function under test: sleeps `compute` and records when it ran.
 #[derive(Clone)]
 struct Body {
@@ -266,111 +209,6 @@ impl Body {
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.intervals.lock().unwrap().push((start, wall_ns()));
         format!("<html><body>{key} rendered at {start}</body></html>")
-    }
-}
-
-/// One strategy's measurements from one process (or merged from several).
-struct Raw {
-    hist: Histogram,
-    slow: u64,
-    intervals: Vec<(u64, u64)>,
-    duration_s: f64,
-    /// Wall-clock ns when the run started (the earliest, once merged).
-    started_ns: u64,
-    /// (wall-clock ns of a 1 ms bucket, slowest call in it in ns), per thread.
-    timeline: Vec<(u64, u64)>,
-    /// Redis requests that failed or timed out (0 for the memory store).
-    store_errors: u64,
-}
-
-impl Raw {
-    fn to_json(&self) -> String {
-        let buckets: Vec<String> = self
-            .hist
-            .counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| format!("[{i},{c}]"))
-            .collect();
-        let intervals: Vec<String> = self
-            .intervals
-            .iter()
-            .map(|(a, b)| format!("[{a},{b}]"))
-            .collect();
-        let timeline: Vec<String> = self
-            .timeline
-            .iter()
-            .map(|(t, l)| format!("[{t},{l}]"))
-            .collect();
-        format!(
-            "{{\"buckets\":[{}],\"max_ns\":{},\"slow\":{},\"intervals\":[{}],\"duration_s\":{},\"started_ns\":{},\"timeline\":[{}],\"store_errors\":{}}}",
-            buckets.join(","),
-            self.hist.max_ns,
-            self.slow,
-            intervals.join(","),
-            self.duration_s,
-            self.started_ns,
-            timeline.join(","),
-            self.store_errors
-        )
-    }
-
-    fn from_json(line: &str) -> Option<Raw> {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        let mut hist = Histogram::new();
-        for b in v["buckets"].as_array()? {
-            let (i, c) = (b[0].as_u64()? as usize, b[1].as_u64()?);
-            *hist.counts.get_mut(i)? += c;
-            hist.total += c;
-        }
-        hist.max_ns = v["max_ns"].as_u64()?;
-        let intervals = v["intervals"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
-            .collect();
-        let timeline = v["timeline"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
-            .collect();
-        Some(Raw {
-            hist,
-            slow: v["slow"].as_u64()?,
-            intervals,
-            duration_s: v["duration_s"].as_f64()?,
-            started_ns: v["started_ns"].as_u64()?,
-            timeline,
-            store_errors: v["store_errors"].as_u64().unwrap_or(0),
-        })
-    }
-
-    fn merge(&mut self, other: Raw) {
-        self.hist.merge(&other.hist);
-        self.slow += other.slow;
-        self.intervals.extend(other.intervals);
-        self.duration_s = self.duration_s.max(other.duration_s);
-        self.started_ns = self.started_ns.min(other.started_ns);
-        self.timeline.extend(other.timeline);
-        self.store_errors += other.store_errors;
-    }
-
-    /// The most executions that overlapped in time (across processes: wall-clock intervals).
-    fn peak(&self) -> u64 {
-        let mut events: Vec<(u64, i64)> = Vec::with_capacity(self.intervals.len() * 2);
-        for &(a, b) in &self.intervals {
-            events.push((a, 1));
-            events.push((b, -1));
-        }
-        // Ends sort before starts at the same instant: back-to-back runs do not overlap.
-        events.sort();
-        let (mut now, mut peak) = (0i64, 0i64);
-        for (_, d) in events {
-            now += d;
-            peak = peak.max(now);
-        }
-        peak as u64
     }
 }
 
@@ -709,7 +547,7 @@ fn main() {
 }
 
 /// One line: which strategy ran the body least, which had the fewest slow calls, and which
-/// did best on both (fewest slow calls, then fewest runs).
+/// did best: fewest slow calls, and among those the fewest runs.
 fn summary(results: &[(String, usize, u64)]) -> String {
     let names = |pick: &dyn Fn(&(String, usize, u64)) -> bool| {
         results
@@ -731,7 +569,7 @@ fn summary(results: &[(String, usize, u64)]) -> String {
         .expect("non-empty");
     format!(
         "summary: fewest runs: {} ({min_runs}); fewest slow calls: {} ({min_slow}); \
-         best on both: {} ({} runs, {} slow)",
+         fewest slow calls, then runs: {} ({} runs, {} slow)",
         names(&|r| r.1 == min_runs),
         names(&|r| r.2 == min_slow),
         best.0,

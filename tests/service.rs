@@ -5,11 +5,10 @@
 //! `HERDLESS_TEST_DATABASE_URL`). Without it the test prints one line and passes, unless `CI`
 //! is set, in which case it fails.
 
-#[path = "../examples/service.rs"]
-#[allow(unused_imports)]
-mod service;
+#[path = "../examples/support/landing_service.rs"]
+mod landing_service;
 
-use service::{http_connect, http_get, Config, Counters, Strategy};
+use landing_service::{http_connect, http_get, Config, Counters, Strategy};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,13 +23,14 @@ const CLIENTS: usize = 12;
 
 fn database_url() -> String {
     std::env::var("HERDLESS_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| service::DEFAULT_DATABASE_URL.to_string())
+        .unwrap_or_else(|_| landing_service::DEFAULT_DATABASE_URL.to_string())
 }
 
 /// `Some(())` when PostgreSQL answers; otherwise one line and `None`, or a panic under CI.
 async fn postgres_or_skip() -> Option<()> {
     let url = database_url();
-    let reachable = tokio::time::timeout(Duration::from_secs(5), service::connect(&url)).await;
+    let reachable =
+        tokio::time::timeout(Duration::from_secs(5), landing_service::connect(&url)).await;
     match reachable {
         Ok(Ok(_)) => Some(()),
         other => {
@@ -68,7 +68,7 @@ async fn load(strategy: Strategy) -> Run {
         db_connections: CLIENTS,
         ..Config::default()
     };
-    let (router, counters): (_, Arc<Counters>) = service::app(&cfg).await.expect("service");
+    let (router, counters): (_, Arc<Counters>) = landing_service::app(&cfg).await.expect("service");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
