@@ -239,7 +239,10 @@ fn near_invalidate_propagation(
                         if reader.get(&key).await.unwrap() == round {
                             break returned.elapsed();
                         }
-                        assert!(Instant::now() < deadline, "the change never reached the reader");
+                        assert!(
+                            Instant::now() < deadline,
+                            "the change never reached the reader"
+                        );
                         tokio::task::yield_now().await;
                     }
                 });

@@ -5,12 +5,23 @@
 //! body really ran, how many ran at once, and how long callers waited.
 //!
 //! ```text
+//! cargo run --release --example landing_page                  # every strategy, auto included
+//! cargo run --release --example landing_page -- --help        # every flag and its default
 //! cargo run --release --example landing_page -- --duration 10 --threads 10 --json
 //! ```
+//!
+//! The table starts with a one-line key of its columns and ends with a one-line summary. With
+//! `--store redis`, a Redis that does not answer gets a warning above and below the table and
+//! exit status 1: herdless fails open, so the figures would otherwise look normal.
 
+#[path = "support/measure.rs"]
+mod measure;
 #[path = "support/plot.rs"]
 mod plot;
 
+use measure::{Histogram, Raw};
+
+use herdless::store::RedisStore;
 use herdless::{barrier, memoize, memoize_stampede, LocalLock, MemoryStore};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,11 +45,38 @@ struct Args {
     plot: Option<std::path::PathBuf>,
 }
 
-fn usage() -> ! {
+const DEFAULT_STRATEGIES: &str =
+    "none,traditional,barrier,stampede=1,stampede=0.5,stampede=0.3,auto";
+
+fn help() -> String {
+    format!(
+        "landing_page: DiskCache's landing-page case study. Worker threads call a slow function in a
+tight loop through each caching strategy in turn; the table counts how often its body ran.
+
+usage: landing_page [FLAGS]
+
+  --duration SECS       seconds per strategy                          [default: 10]
+  --threads N           worker threads per process                    [default: 10]
+  --compute-ms MS       how long one run of the body sleeps           [default: 200]
+  --ttl-ms MS           how long a computed page stays valid          [default: 1000]
+  --strategies LIST     comma-separated, run in this order            [default: {DEFAULT_STRATEGIES}]
+                        none | traditional | barrier | stampede=BETA | auto
+  --store KIND          memory | redis                                [default: memory]
+  --redis-url URL       Redis for --store redis                       [default: redis://127.0.0.1:6379/]
+  --procs N             worker processes (needs --store redis)        [default: 1]
+  --plot DIR            write concurrency and latency charts (SVG)    [default: none]
+  --json                one JSON object per strategy instead of a table [default: off]
+  --prefix P            Redis key prefix                              [default: landing<pid>]
+  --worker              internal: run one strategy, print raw JSON (used by --procs) [default: off]
+  -h, --help            print this help and exit
+"
+    )
+}
+
+/// Bad command line: says what is wrong, points at --help, exits 2.
+fn fail(msg: &str) -> ! {
     eprintln!(
-        "usage: landing_page [--duration SECS] [--threads N] [--compute-ms MS] [--ttl-ms MS]\n\
-         \x20                   [--strategies none,traditional,barrier,stampede=BETA,auto,...] [--json]\n\
-         \x20                   [--store memory|redis] [--redis-url URL] [--procs N] [--plot DIR]"
+        "landing_page: error: {msg}\nrun `landing_page --help` for the flags and their defaults"
     );
     std::process::exit(2)
 }
@@ -49,10 +87,7 @@ fn parse_args() -> Args {
         threads: 10,
         compute_ms: 200,
         ttl_ms: 1000,
-        strategies: "none,traditional,barrier,stampede=1,stampede=0.5,stampede=0.3"
-            .split(',')
-            .map(String::from)
-            .collect(),
+        strategies: DEFAULT_STRATEGIES.split(',').map(String::from).collect(),
         json: false,
         store: "memory".into(),
         redis_url: "redis://127.0.0.1:6379/".into(),
@@ -61,45 +96,53 @@ fn parse_args() -> Args {
         prefix: format!("landing{}", std::process::id()),
         plot: None,
     };
+    fn num<T: std::str::FromStr>(flag: &str, v: String) -> T {
+        v.parse()
+            .unwrap_or_else(|_| fail(&format!("{flag}: cannot read {v:?} as a number")))
+    }
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| usage());
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| fail(&format!("{flag} needs a value")))
+        };
         match flag.as_str() {
-            "--duration" => a.duration = val().parse().unwrap_or_else(|_| usage()),
-            "--threads" => a.threads = val().parse().unwrap_or_else(|_| usage()),
-            "--compute-ms" => a.compute_ms = val().parse().unwrap_or_else(|_| usage()),
-            "--ttl-ms" => a.ttl_ms = val().parse().unwrap_or_else(|_| usage()),
+            "--duration" => a.duration = num(&flag, val()),
+            "--threads" => a.threads = num(&flag, val()),
+            "--compute-ms" => a.compute_ms = num(&flag, val()),
+            "--ttl-ms" => a.ttl_ms = num(&flag, val()),
             "--strategies" => a.strategies = val().split(',').map(String::from).collect(),
             "--json" => a.json = true,
             "--store" => a.store = val(),
             "--redis-url" => a.redis_url = val(),
-            "--procs" => a.procs = val().parse().unwrap_or_else(|_| usage()),
+            "--procs" => a.procs = num(&flag, val()),
             "--worker" => a.worker = true,
             "--prefix" => a.prefix = val(),
             "--plot" => a.plot = Some(val().into()),
-            "-h" | "--help" => usage(),
-            _ => {
-                eprintln!("unknown flag {flag}");
-                usage()
+            "-h" | "--help" => {
+                print!("{}", help());
+                std::process::exit(0)
             }
+            _ => fail(&format!("unknown flag {flag:?}")),
         }
     }
     if a.store != "memory" && a.store != "redis" {
-        eprintln!("--store must be memory or redis");
-        usage()
+        fail(&format!(
+            "--store must be memory or redis, got {:?}",
+            a.store
+        ));
     }
     if a.procs > 1 && a.store == "memory" {
-        eprintln!("--procs needs --store redis (processes share nothing in memory)");
-        std::process::exit(2);
+        fail("--procs needs --store redis (processes share nothing in memory)");
     }
     if a.threads == 0 || a.procs == 0 || a.duration <= 0.0 || a.compute_ms == 0 || a.ttl_ms == 0 {
-        eprintln!("--threads, --duration, --compute-ms and --ttl-ms must be positive");
-        std::process::exit(2);
+        fail("--threads, --procs, --duration, --compute-ms and --ttl-ms must be positive");
     }
     for s in &a.strategies {
         if Strategy::parse(s).is_none() {
-            eprintln!("unknown strategy {s:?}");
-            usage()
+            fail(&format!(
+                "unknown strategy {s:?} (none, traditional, barrier, stampede=BETA with BETA ≥ 0, auto)"
+            ));
         }
     }
     a
@@ -127,67 +170,6 @@ impl Strategy {
                 (beta >= 0.0).then_some(Strategy::Stampede(beta))
             }
         }
-    }
-}
-
-/// Latency histogram: log-linear buckets (64 per power of two, < 1.6 % error), exact max.
-struct Histogram {
-    counts: Vec<u64>,
-    max_ns: u64,
-    total: u64,
-}
-
-const SUB: u64 = 64;
-
-impl Histogram {
-    fn new() -> Self {
-        Histogram {
-            counts: vec![0; 64 * SUB as usize],
-            max_ns: 0,
-            total: 0,
-        }
-    }
-    fn index(ns: u64) -> usize {
-        if ns < SUB {
-            return ns as usize;
-        }
-        let exp = 63 - ns.leading_zeros() as u64; // ≥ 6
-        let sub = (ns >> (exp - 6)) - SUB; // 0..64
-        ((exp - 5) * SUB + sub) as usize
-    }
-    fn lower_bound(idx: usize) -> u64 {
-        let idx = idx as u64;
-        if idx < SUB {
-            return idx;
-        }
-        let exp = idx / SUB + 5;
-        let sub = idx % SUB;
-        (SUB + sub) << (exp - 6)
-    }
-    fn record(&mut self, ns: u64) {
-        self.counts[Self::index(ns)] += 1;
-        self.max_ns = self.max_ns.max(ns);
-        self.total += 1;
-    }
-    fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        self.max_ns = self.max_ns.max(other.max_ns);
-        self.total += other.total;
-    }
-    fn quantile_ms(&self, q: f64) -> f64 {
-        let target = ((self.total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= target {
-                let lo = Self::lower_bound(i);
-                let hi = Self::lower_bound(i + 1).max(lo + 1);
-                return ((lo + hi) as f64 / 2.0).min(self.max_ns as f64) / 1e6;
-            }
-        }
-        self.max_ns as f64 / 1e6
     }
 }
 
@@ -230,121 +212,41 @@ impl Body {
     }
 }
 
-/// One strategy's measurements from one process (or merged from several).
-struct Raw {
-    hist: Histogram,
-    slow: u64,
-    intervals: Vec<(u64, u64)>,
-    duration_s: f64,
-    /// Wall-clock ns when the run started (the earliest, once merged).
-    started_ns: u64,
-    /// (wall-clock ns of a 1 ms bucket, slowest call in it in ns), per thread.
-    timeline: Vec<(u64, u64)>,
-}
-
-impl Raw {
-    fn to_json(&self) -> String {
-        let buckets: Vec<String> = self
-            .hist
-            .counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| format!("[{i},{c}]"))
-            .collect();
-        let intervals: Vec<String> = self
-            .intervals
-            .iter()
-            .map(|(a, b)| format!("[{a},{b}]"))
-            .collect();
-        let timeline: Vec<String> = self
-            .timeline
-            .iter()
-            .map(|(t, l)| format!("[{t},{l}]"))
-            .collect();
-        format!(
-            "{{\"buckets\":[{}],\"max_ns\":{},\"slow\":{},\"intervals\":[{}],\"duration_s\":{},\"started_ns\":{},\"timeline\":[{}]}}",
-            buckets.join(","),
-            self.hist.max_ns,
-            self.slow,
-            intervals.join(","),
-            self.duration_s,
-            self.started_ns,
-            timeline.join(",")
-        )
-    }
-
-    fn from_json(line: &str) -> Option<Raw> {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        let mut hist = Histogram::new();
-        for b in v["buckets"].as_array()? {
-            let (i, c) = (b[0].as_u64()? as usize, b[1].as_u64()?);
-            *hist.counts.get_mut(i)? += c;
-            hist.total += c;
-        }
-        hist.max_ns = v["max_ns"].as_u64()?;
-        let intervals = v["intervals"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
-            .collect();
-        let timeline = v["timeline"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
-            .collect();
-        Some(Raw {
-            hist,
-            slow: v["slow"].as_u64()?,
-            intervals,
-            duration_s: v["duration_s"].as_f64()?,
-            started_ns: v["started_ns"].as_u64()?,
-            timeline,
-        })
-    }
-
-    fn merge(&mut self, other: Raw) {
-        self.hist.merge(&other.hist);
-        self.slow += other.slow;
-        self.intervals.extend(other.intervals);
-        self.duration_s = self.duration_s.max(other.duration_s);
-        self.started_ns = self.started_ns.min(other.started_ns);
-        self.timeline.extend(other.timeline);
-    }
-
-    /// The most executions that overlapped in time (across processes: wall-clock intervals).
-    fn peak(&self) -> u64 {
-        let mut events: Vec<(u64, i64)> = Vec::with_capacity(self.intervals.len() * 2);
-        for &(a, b) in &self.intervals {
-            events.push((a, 1));
-            events.push((b, -1));
-        }
-        // Ends sort before starts at the same instant: back-to-back runs do not overlap.
-        events.sort();
-        let (mut now, mut peak) = (0i64, 0i64);
-        for (_, d) in events {
-            now += d;
-            peak = peak.max(now);
-        }
-        peak as u64
-    }
-}
-
 type Call = Arc<dyn Fn(&String) -> String + Send + Sync>;
 
-fn build(args: &Args, strategy: Strategy, body: &Body) -> Call {
+/// The memoized function, and the Redis store behind it (to count its errors afterwards).
+fn build(args: &Args, strategy: Strategy, body: &Body) -> (Call, Option<RedisStore>) {
     let ttl = Duration::from_millis(args.ttl_ms);
     if args.store == "redis" {
-        let store = herdless::store::RedisStore::builder(&args.redis_url)
+        let store = RedisStore::builder(&args.redis_url)
             .prefix(&args.prefix)
             .build()
-            .expect("redis store config");
+            .unwrap_or_else(|e| fail(&format!("--redis-url {}: {e}", args.redis_url)));
         let lock = store.lock("landing");
-        build_with(strategy, body, ttl, store, lock)
+        let call = build_with(strategy, body, ttl, store.clone(), lock);
+        (call, Some(store))
     } else {
         let store = MemoryStore::<String, String>::new(1024).expect("capacity");
-        build_with(strategy, body, ttl, store, LocalLock::new())
+        (
+            build_with(strategy, body, ttl, store, LocalLock::new()),
+            None,
+        )
     }
+}
+
+/// Checks up front that Redis answers; herdless fails open, so without this a dead Redis would
+/// give a normal-looking table in which every process computed on its own.
+fn check_redis(args: &Args) -> Result<(), String> {
+    RedisStore::builder(&args.redis_url)
+        .prefix(&args.prefix)
+        .connect_blocking()
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn warn_store(msg: &str) {
+    let bar = "!".repeat(100);
+    eprintln!("{bar}\nWARNING: {msg}\n{bar}");
 }
 
 fn build_with<S, L>(strategy: Strategy, body: &Body, ttl: Duration, store: S, lock: L) -> Call
@@ -399,7 +301,7 @@ fn run_local(args: &Args, name: &str) -> Raw {
     let strategy = Strategy::parse(name).expect("validated");
     let compute = Duration::from_millis(args.compute_ms);
     let body = Body::new(compute);
-    let call = build(args, strategy, &body);
+    let (call, redis) = build(args, strategy, &body);
     let slow_ns = u64::try_from(compute.as_nanos()).unwrap_or(u64::MAX) / 10 * 9;
     let stop = Arc::new(AtomicBool::new(false));
     let key = "landing".to_string();
@@ -462,7 +364,9 @@ fn run_local(args: &Args, name: &str) -> Raw {
         std::thread::sleep(Duration::from_millis(5));
     }
     let intervals = body.intervals.lock().unwrap().clone();
+    let store_errors = redis.map_or(0, |r| r.stats().errors.load(Ordering::Relaxed));
     Raw {
+        store_errors,
         hist,
         slow,
         intervals,
@@ -500,7 +404,8 @@ fn write_plots(dir: &std::path::Path, name: &str, raw: &Raw, args: &Args) {
         ),
         plot::plot_latency(
             &dir.join(format!("{file}_latency.svg")),
-            &format!("{name}: slowest call per ms ({shape})"),
+            &format!("{name}: call latency ({shape})"),
+            "slowest call per thread per ms",
             &samples,
             raw.duration_s,
         ),
@@ -552,16 +457,38 @@ fn main() {
         println!("{}", run_local(&args, &name).to_json());
         return;
     }
+    let unreachable = if args.store == "redis" {
+        check_redis(&args).err()
+    } else {
+        None
+    };
+    if let Some(e) = &unreachable {
+        warn_store(&format!(
+            "Redis at {} is unreachable ({e}).\n\
+             herdless fails open: every process computes on its own, so the figures below do NOT \
+             show coordination through Redis. Start redis-server or fix --redis-url.",
+            args.redis_url
+        ));
+    }
     if !args.json {
         println!(
             "landing page: {} process(es) x {} threads, {} ms compute, {} ms TTL, {} s per strategy, {} store",
             args.procs, args.threads, args.compute_ms, args.ttl_ms, args.duration, args.store
         );
         println!(
+            "key: calls = calls served; runs = times the body really ran (background refreshes \
+             included); peak = most runs at once; slow = calls >= {} ms (90 % of the body); \
+             p50/p99/max = call latency",
+            args.compute_ms * 9 / 10
+        );
+        println!(
             "{:<14} {:>10} {:>6} {:>5} {:>6} {:>9} {:>9} {:>9}",
             "strategy", "calls", "runs", "peak", "slow", "p50 ms", "p99 ms", "max ms"
         );
     }
+    // (name, runs, slow) per strategy, for the summary line.
+    let mut results: Vec<(String, usize, u64)> = Vec::new();
+    let mut store_errors = 0;
     for (i, name) in args.strategies.iter().enumerate() {
         // A fresh key space per strategy, so no run inherits the previous one's value or lock.
         let prefix = format!("{}s{}", args.prefix, i);
@@ -585,16 +512,71 @@ fn main() {
             }
         }
         let (calls, runs, peak) = (raw.hist.total, raw.intervals.len(), raw.peak());
+        store_errors += raw.store_errors;
         if args.json {
             println!(
-                "{{\"strategy\":\"{name}\",\"calls\":{calls},\"runs\":{runs},\"peak_concurrent_runs\":{peak},\"slow_calls\":{},\"p50_ms\":{p50:.6},\"p99_ms\":{p99:.6},\"max_ms\":{max:.3},\"duration_s\":{:.3}}}",
-                raw.slow, raw.duration_s
+                "{{\"strategy\":\"{name}\",\"calls\":{calls},\"runs\":{runs},\"peak_concurrent_runs\":{peak},\"slow_calls\":{},\"p50_ms\":{p50:.6},\"p99_ms\":{p99:.6},\"max_ms\":{max:.3},\"duration_s\":{:.3},\"store_errors\":{}}}",
+                raw.slow, raw.duration_s, raw.store_errors
             );
         } else {
+            let flag = if raw.store_errors > 0 {
+                format!("  <- {} Redis errors", raw.store_errors)
+            } else {
+                String::new()
+            };
             println!(
-                "{name:<14} {calls:>10} {runs:>6} {peak:>5} {:>6} {p50:>9.4} {p99:>9.4} {max:>9.1}",
+                "{name:<14} {calls:>10} {runs:>6} {peak:>5} {:>6} {p50:>9.4} {p99:>9.4} {max:>9.1}{flag}",
                 raw.slow
             );
         }
+        results.push((name.clone(), runs, raw.slow));
     }
+    if !args.json {
+        println!("{}", summary(&results));
+    }
+    if unreachable.is_some() || store_errors > 0 {
+        warn_store(&format!(
+            "the Redis store at {} failed {store_errors} request(s){}: the rows above include \
+             local computations that Redis did not coordinate.",
+            args.redis_url,
+            if unreachable.is_some() {
+                " and was unreachable at the start"
+            } else {
+                ""
+            }
+        ));
+        std::process::exit(1);
+    }
+}
+
+/// One line: which strategy ran the body least, which had the fewest slow calls, and which
+/// did best: fewest slow calls, and among those the fewest runs.
+fn summary(results: &[(String, usize, u64)]) -> String {
+    let names = |pick: &dyn Fn(&(String, usize, u64)) -> bool| {
+        results
+            .iter()
+            .filter(|r| pick(r))
+            .map(|r| r.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (Some(min_runs), Some(min_slow)) = (
+        results.iter().map(|r| r.1).min(),
+        results.iter().map(|r| r.2).min(),
+    ) else {
+        return "summary: no strategy ran".into();
+    };
+    let best = results
+        .iter()
+        .min_by_key(|r| (r.2, r.1))
+        .expect("non-empty");
+    format!(
+        "summary: fewest runs: {} ({min_runs}); fewest slow calls: {} ({min_slow}); \
+         fewest slow calls, then runs: {} ({} runs, {} slow)",
+        names(&|r| r.1 == min_runs),
+        names(&|r| r.2 == min_slow),
+        best.0,
+        best.1,
+        best.2
+    )
 }

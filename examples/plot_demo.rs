@@ -7,11 +7,24 @@ mod plot;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "/tmp/herdless-plot-demo".into()),
-    );
+    let mut args = std::env::args().skip(1);
+    let out = match (args.next(), args.next()) {
+        (None, _) => PathBuf::from("/tmp/herdless-plot-demo"),
+        (Some(h), None) if h == "-h" || h == "--help" => {
+            println!(
+                "plot_demo: writes sample charts from synthetic data\n\n\
+                 usage: plot_demo [OUT_DIR]\n\n  \
+                 OUT_DIR     where to write the SVG files   [default: /tmp/herdless-plot-demo]\n  \
+                 -h, --help  print this help and exit"
+            );
+            return Ok(());
+        }
+        (Some(dir), None) if !dir.starts_with('-') => PathBuf::from(dir),
+        (Some(a), _) => {
+            eprintln!("plot_demo: error: unexpected argument {a:?}\nrun `plot_demo --help`");
+            std::process::exit(2);
+        }
+    };
     std::fs::create_dir_all(&out)?;
     let duration = 10.0;
 
@@ -46,6 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     plot::plot_latency(
         &out.join("latency.svg"),
         "Call latency, no protection",
+        "one call each",
         &samples,
         duration,
     )?;

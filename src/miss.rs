@@ -310,7 +310,7 @@ where
                     // Once the store fails, compute: asking again would stack another timeout.
                     bump!(eng.stats, store_errors);
                     tracing::debug!(name = %eng.ns.name, error = %err, "waiting on the store failed; computing locally");
-                    return (eng.compute_and_store(key, None).await, true);
+                    return Led::Compute(None);
                 }
             }
             Err(err) => {

@@ -13,7 +13,8 @@ use std::time::Duration;
 /// - A hard miss (no unexpired value) lets exactly one caller per key compute; the others wait
 ///   for its result under the [`Contention`](crate::Contention) policy.
 ///
-/// `ttl` must be positive; β defaults to 1.
+/// `ttl` must be positive. β is automatic by default ([`Builder::beta_auto`](crate::Builder::beta_auto)
+/// with [`LeadTarget::default`](crate::LeadTarget)); `.beta(b)` fixes it.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -116,19 +116,22 @@ pub fn plot_concurrency(
     Ok(())
 }
 
-/// Call latency over time: scatter of `(t_s, latency_ms)` samples, log-scale y axis.
+/// Call latency over time: scatter of `(t_s, latency_ms)` samples, log-scale y axis (hits take
+/// nanoseconds, misses hundreds of milliseconds: eight decades on one chart).
 ///
 /// Samples are bucketed by time (10 ms buckets, or wider so there are at most 1500) and each
 /// bucket contributes two points, its median and its maximum, so the SVG stays well under
-/// 1 MB (about 200 KB at most) however many samples there are. Latencies below 1 µs
-/// (including 0) are drawn as 1 µs.
+/// 1 MB (about 200 KB at most) however many samples there are. The legend states the bucket
+/// width; `what` says what one sample is (e.g. "slowest call per thread per ms"). Latencies
+/// below 10 ns (including 0) are drawn as 10 ns.
 pub fn plot_latency(
     path: &Path,
     title: &str,
+    what: &str,
     samples: &[(f64, f64)],
     duration_s: f64,
 ) -> PlotResult {
-    const FLOOR_MS: f64 = 1e-3;
+    const FLOOR_MS: f64 = 1e-5;
     let duration_s = positive_or(duration_s, 1.0);
     let width = (duration_s / BUCKETS as f64).max(0.010);
     let n = ((duration_s / width).ceil() as usize).max(1);
@@ -161,14 +164,18 @@ pub fn plot_latency(
     // Widen a hair so the decade ends survive rounding in plotters' tick computation.
     let (y_lo, y_hi) = (y_lo * 0.999, y_hi * 1.001);
 
-    let bucket = format!("per {} ms", fmt_num(width * 1e3));
+    let bucket = format!("per {} ms bucket", fmt_num(width * 1e3));
     let (root, strip, plot) = frame(path, title)?;
     legend(
         &strip,
         &[
-            (format!("median latency {bucket}"), BLUE, Mark::Dot),
-            (format!("max latency {bucket}"), ORANGE, Mark::Dot),
-            (format!("{} samples", samples.len()), GREY, Mark::None),
+            (format!("median {bucket}"), BLUE, Mark::Dot),
+            (format!("max {bucket}"), ORANGE, Mark::Dot),
+            (
+                format!("{} samples: {what}", samples.len()),
+                GREY,
+                Mark::None,
+            ),
         ],
     )?;
     let mut chart = ChartBuilder::on(&plot)
@@ -180,8 +187,8 @@ pub fn plot_latency(
     chart
         .configure_mesh()
         .x_desc("time (s)")
-        .y_desc("latency (ms, log scale)")
-        .y_label_formatter(&|v| fmt_num(*v))
+        .y_desc("call latency (log scale)")
+        .y_label_formatter(&|v| fmt_ms(*v))
         .x_label_formatter(&|v| fmt_num(*v))
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
@@ -203,10 +210,11 @@ pub fn plot_latency(
 }
 
 /// β advisor chart: expected lead (ms, left axis, blue) and expected stampede size (right
-/// axis, orange) against β, as two lines with markers on a shared β axis.
+/// axis, orange, log scale) against β, as two lines with markers on a shared β axis.
 ///
-/// `rows` holds `(beta, lead_ms, stampede)`; they are drawn in β order. Both y axes start
-/// at 0 (or below, for negative values).
+/// `rows` holds `(beta, lead_ms, stampede)`; they are drawn in β order. The lead axis starts
+/// at 0; the stampede size `e^(1/β)` spans decades over usual β ranges (22 026 at β = 0.1,
+/// 1.4 at β = 3), so its axis is logarithmic.
 pub fn plot_beta(path: &Path, title: &str, rows: &[(f64, f64, f64)]) -> PlotResult {
     let mut rows: Vec<(f64, f64, f64)> = rows
         .iter()
@@ -216,9 +224,25 @@ pub fn plot_beta(path: &Path, title: &str, rows: &[(f64, f64, f64)]) -> PlotResu
     rows.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (b_lo, b_hi) = padded(rows.iter().map(|r| r.0), 0.03);
     let (_, lead_hi) = padded(rows.iter().map(|r| r.1), 0.08);
-    let (_, st_hi) = padded(rows.iter().map(|r| r.2), 0.08);
     let lead_lo = rows.iter().map(|r| r.1).fold(0.0, f64::min);
-    let st_lo = rows.iter().map(|r| r.2).fold(0.0, f64::min);
+    // Log axis: whole decades around the data, never below 0.1 (a stampede is at least ~1).
+    let st_min = rows
+        .iter()
+        .map(|r| r.2)
+        .fold(f64::INFINITY, f64::min)
+        .max(0.1);
+    let st_max = rows
+        .iter()
+        .map(|r| r.2)
+        .fold(0.0, f64::max)
+        .max(st_min * 10.0);
+    let st_lo = if st_min.is_finite() {
+        10f64.powf(st_min.log10().floor())
+    } else {
+        0.1
+    };
+    let st_hi = 10f64.powf(st_max.log10().ceil()).max(st_lo * 10.0);
+    let (st_lo, st_hi) = (st_lo * 0.999, st_hi * 1.001);
 
     let (root, strip, plot) = frame(path, title)?;
     legend(
@@ -226,7 +250,7 @@ pub fn plot_beta(path: &Path, title: &str, rows: &[(f64, f64, f64)]) -> PlotResu
         &[
             ("expected lead (ms), left axis".to_owned(), BLUE, Mark::Dot),
             (
-                "expected stampede size, right axis".to_owned(),
+                "expected stampede size without a lock, right axis (log)".to_owned(),
                 ORANGE,
                 Mark::Triangle,
             ),
@@ -239,7 +263,7 @@ pub fn plot_beta(path: &Path, title: &str, rows: &[(f64, f64, f64)]) -> PlotResu
         .y_label_area_size(60)
         .right_y_label_area_size(60)
         .build_cartesian_2d(b_lo..b_hi, lead_lo..lead_hi)?
-        .set_secondary_coord(b_lo..b_hi, st_lo..st_hi);
+        .set_secondary_coord(b_lo..b_hi, (st_lo..st_hi).log_scale());
     chart
         .configure_mesh()
         .x_desc("β")
@@ -253,7 +277,7 @@ pub fn plot_beta(path: &Path, title: &str, rows: &[(f64, f64, f64)]) -> PlotResu
         .draw()?;
     chart
         .configure_secondary_axes()
-        .y_desc("expected stampede size")
+        .y_desc("stampede size, no lock (log scale)")
         .y_label_formatter(&|v| fmt_num(*v))
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
@@ -409,6 +433,18 @@ fn padded(values: impl Iterator<Item = f64>, pad: f64) -> (f64, f64) {
     }
     let d = (hi - lo) * pad;
     (lo - d, hi + d)
+}
+
+/// A latency axis label: milliseconds as ms, smaller ones as µs or ns, so a log axis reads at
+/// a glance.
+fn fmt_ms(v: f64) -> String {
+    if v >= 1.0 || v <= 0.0 || !v.is_finite() {
+        format!("{} ms", fmt_num(v))
+    } else if v >= 1e-3 {
+        format!("{} µs", fmt_num(v * 1e3))
+    } else {
+        format!("{} ns", fmt_num(v * 1e6))
+    }
 }
 
 /// Short axis-label formatting: at most 3 significant digits, no trailing zeros.

@@ -61,7 +61,7 @@ mod expand;
 /// | argument | meaning |
 /// |---|---|
 /// | `ttl_secs = <u64>`, `ttl_ms = <u64>` or `ttl = <Duration expr>` | the TTL; **exactly one is required** |
-/// | `beta = <f64 expr>` | XFetch β (default 1.0; `0` disables early refresh) |
+/// | `beta = <f64 expr>` | a fixed XFetch β (default: automatic β, as `memoize_stampede`; `0` disables early refresh) |
 /// | `beta = auto` / `beta = auto(<target>)` | automatic β: `.beta_auto(LeadTarget::default())` / `.beta_auto(<target>)` (a `LeadTarget` or a `Duration`) |
 /// | `name = "<str>"` | the function's namespace in the store; default `concat!(module_path!(), "::", "<fn name>")` |
 /// | `capacity = <u64 expr>` | entries of the function's own in-memory store (default 10 000) |
