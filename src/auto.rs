@@ -223,6 +223,7 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
         delta_us: u64,
         target: LeadTarget,
         late_guard: bool,
+        fleet: f64,
     ) -> f64 {
         let read = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
         // No rate yet: no basis for a β, so no early refresh (β = 0) until the meter has one.
@@ -230,7 +231,9 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
             return 0.0;
         };
         let Some(rate) = m.rate(now) else { return 0.0 };
-        let rate_bits = m.rate.load(Ordering::Relaxed);
+        // The fleet's rate: this process's share times the processes sharing the store.
+        let rate = rate * fleet.max(1.0);
+        let rate_bits = rate.to_bits();
         if rate_bits != 0
             && m.cached_rate.load(Ordering::Relaxed) == rate_bits
             && m.cached_delta_us.load(Ordering::Relaxed) == delta_us
@@ -318,11 +321,22 @@ mod tests {
                 m.record(&7, i * 4_000_000, SAMPLE as u64);
             }
             let rate = m.rate(&7, now).unwrap();
-            let auto = m.beta(&7, now, delta_us, target, false);
+            let auto = m.beta(&7, now, delta_us, target, false, 1.0);
             let advised = crate::tune::beta_for_lead(rate, delta, lead).unwrap();
             assert!(
                 (auto - advised).abs() < 1e-9 * advised,
                 "δ={delta:?} {target:?}: auto {auto} vs tune {advised}"
+            );
+            // A fleet of 4 processes sharing the store: β aims at 4 × the local rate.
+            let fleet = m.beta(&7, now, delta_us, target, false, 4.0);
+            let advised = crate::tune::beta_for_lead(4.0 * rate, delta, lead).unwrap();
+            assert!(
+                (fleet - advised).abs() < 1e-9 * advised,
+                "δ={delta:?} {target:?}: fleet {fleet} vs tune {advised}"
+            );
+            assert!(
+                fleet < auto,
+                "a larger fleet needs a smaller β for the same lead"
             );
         }
     }

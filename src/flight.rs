@@ -137,6 +137,21 @@ impl<K: Hash + Eq + Clone, T> FlightMap<K, T> {
         })
     }
 
+    /// Detaches `key`'s running flight, if any: callers that already joined it still get its
+    /// outcome, later callers start a flight of their own. An invalidation does this, so that a
+    /// call starting after `invalidate` returned never joins a computation that started before
+    /// it (and may have read the data the invalidation was about).
+    pub(crate) fn detach(&self, key: &K) {
+        lock(self.shard(key)).remove(key);
+    }
+
+    /// [`FlightMap::detach`] for every key (`invalidate_all`).
+    pub(crate) fn detach_all(&self) {
+        for shard in self.shards.iter() {
+            lock(shard).clear();
+        }
+    }
+
     /// Number of running flights (for tests and debugging).
     #[allow(dead_code)]
     pub(crate) fn len(&self) -> usize {

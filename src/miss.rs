@@ -83,7 +83,14 @@ where
     let delta = entry.delta_us as f64;
     let beta = match (&eng.meters, eng.cfg.auto) {
         (Some(m), Some(target)) => {
-            let b = m.beta(key, now, entry.delta_us, target, !eng.store.is_shared());
+            let b = m.beta(
+                key,
+                now,
+                entry.delta_us,
+                target,
+                !eng.store.is_shared(),
+                eng.store.fleet_size(),
+            );
             eng.widen_reach(b);
             b
         }

@@ -327,3 +327,32 @@ fn one_refresh_per_cycle_across_processes() {
     assert!(runs <= 7, "runs {runs}: more than one refresh per cycle");
     assert!(calls > 10_000, "the fleet served few calls ({calls})");
 }
+
+/// Automatic β aims at the fleet's rate: every store counts the processes sharing its prefix
+/// (a heartbeat scored with the server's clock), and a silent one drops out.
+#[test]
+fn the_fleet_size_counts_the_processes_sharing_a_prefix() {
+    use herdless::store::Store;
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let url = server.url();
+    let stores: Vec<RedisStore> = (0..3)
+        .map(|_| RedisStore::builder(&url).prefix("fleet").build().unwrap())
+        .collect();
+    let other = RedisStore::builder(&url)
+        .prefix("elsewhere")
+        .build()
+        .unwrap();
+    let size = |s: &RedisStore| Store::<String, String>::fleet_size(s);
+    assert_eq!(size(&stores[0]), 1.0, "1 until the first count");
+    wait_until("every store counts 3", Duration::from_secs(15), || {
+        let sizes: Vec<f64> = stores.iter().map(size).collect(); // asks every store
+        sizes.iter().all(|&n| n == 3.0)
+    });
+    wait_until(
+        "another prefix is another fleet",
+        Duration::from_secs(15),
+        || size(&other) == 1.0,
+    );
+}

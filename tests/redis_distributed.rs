@@ -666,10 +666,12 @@ async fn round_trips_hard_miss_three_hit_one() {
     warm_up(&s, &mut con, 1); // connects and loads the scripts
     let f = memoize_stampede(&s, Duration::from_secs(60))
         .name("rt")
+        .beta(1.0) // fixed: automatic β would also count the fleet (a heartbeat every 5 s)
         .build_infallible(|k: String| std::future::ready(format!("v-{k}")))
         .unwrap();
     let b = memoize_stampede(&s, Duration::from_secs(60))
         .name("rt-blocking")
+        .beta(1.0)
         .build_blocking_infallible(|k: &String| format!("b-{k}"))
         .unwrap();
     let rt = || s.stats().round_trips.load(Ordering::SeqCst);

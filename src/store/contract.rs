@@ -202,6 +202,13 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
         false
     }
 
+    /// About how many processes call this store's functions (1 for a store of one process).
+    /// Automatic β multiplies the rate each process measures by it, so the XFetch lead aims at
+    /// the fleet's request rate, not one process's. Must be cheap (no I/O on the caller's path).
+    fn fleet_size(&self) -> f64 {
+        1.0
+    }
+
     /// A lookup that needs no I/O: [`Lookup::NotLocal`] if this store cannot answer
     /// synchronously.
     fn get_now(&self, ns: &Namespace, key: &K) -> Lookup<V> {

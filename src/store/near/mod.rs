@@ -232,6 +232,10 @@ where
         true
     }
 
+    fn fleet_size(&self) -> f64 {
+        Store::<K, V>::fleet_size(&self.inner.shared)
+    }
+
     #[inline]
     fn get_now(&self, ns: &Namespace, key: &K) -> Lookup<V> {
         match self.inner.local.get(&NearKeyRef { ns: ns.id, key }) {

@@ -56,6 +56,13 @@ impl KeySpace {
         self.function_key(name, b":c")
     }
 
+    /// The sorted set counting the processes that share this prefix (see `fleet`).
+    pub(crate) fn fleet_key(&self) -> Vec<u8> {
+        let mut k = self.prefix.as_bytes().to_vec();
+        k.extend_from_slice(b":{fleet}:z");
+        k
+    }
+
     fn function_key(&self, name: &str, suffix: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + 6 + 2 * name.len());
         k.extend_from_slice(self.prefix.as_bytes());

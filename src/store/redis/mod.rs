@@ -21,6 +21,7 @@
 mod announce;
 mod conn;
 mod connect;
+mod fleet;
 mod generation;
 mod keys;
 mod lock;
@@ -128,6 +129,7 @@ impl RedisStoreBuilder {
                 names: NamespaceRegistry::default(),
                 warnings: record::Warnings::new(),
                 generations: generation::Generations::new(),
+                fleet: Arc::new(fleet::Fleet::new()),
             }),
         })
     }
@@ -236,6 +238,7 @@ struct Inner {
     names: NamespaceRegistry,
     warnings: record::Warnings,
     generations: generation::Generations,
+    fleet: Arc<fleet::Fleet>,
 }
 
 /// A store shared by every process that points at the same Redis.

@@ -97,6 +97,10 @@ where
         true
     }
 
+    fn fleet_size(&self) -> f64 {
+        self.inner.fleet.size(&self.inner.conn, &self.inner.space)
+    }
+
     fn namespace(&self, name: &str) -> Namespace {
         self.inner.names.namespace(name)
     }
