@@ -223,9 +223,11 @@ fn near_invalidate_propagation(
             for _ in 0..iters {
                 round += 1;
                 let took = rt.block_on(async {
-                    // The reader holds the current value near.
-                    while reader_near.is_empty() || reader.get(&key).await.unwrap() != round - 1 {
-                        if round == 1 {
+                    // The reader holds the current value near (a read racing the previous
+                    // announcement is not kept: read again until it is).
+                    while round > 1 {
+                        let v = reader.get(&key).await.unwrap();
+                        if v == round - 1 && !reader_near.is_empty() {
                             break;
                         }
                         tokio::task::yield_now().await;

@@ -18,10 +18,12 @@
 mod measure;
 #[path = "support/plot.rs"]
 mod plot;
+#[path = "support/redis_admin.rs"]
+mod redis_admin;
 
 use measure::{Histogram, Raw};
 
-use herdless::store::RedisStore;
+use herdless::store::{NearStore, RedisStore};
 use herdless::{barrier, memoize, memoize_stampede, LocalLock, MemoryStore};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,9 +63,10 @@ usage: landing_page [FLAGS]
   --ttl-ms MS           how long a computed page stays valid          [default: 1000]
   --strategies LIST     comma-separated, run in this order            [default: {DEFAULT_STRATEGIES}]
                         none | traditional | barrier | stampede=BETA | auto
-  --store KIND          memory | redis                                [default: memory]
-  --redis-url URL       Redis for --store redis                       [default: redis://127.0.0.1:6379/]
-  --procs N             worker processes (needs --store redis)        [default: 1]
+  --store KIND          memory | redis | near (a near cache over redis) [default: memory]
+  --redis-url URL       Redis for --store redis|near (use a private one: store_commands counts
+                        every command the server runs)                [default: redis://127.0.0.1:6379/]
+  --procs N             worker processes (needs --store redis|near)   [default: 1]
   --plot DIR            write concurrency and latency charts (SVG)    [default: none]
   --json                one JSON object per strategy instead of a table [default: off]
   --prefix P            Redis key prefix                              [default: landing<pid>]
@@ -126,14 +129,14 @@ fn parse_args() -> Args {
             _ => fail(&format!("unknown flag {flag:?}")),
         }
     }
-    if a.store != "memory" && a.store != "redis" {
+    if !["memory", "redis", "near"].contains(&a.store.as_str()) {
         fail(&format!(
-            "--store must be memory or redis, got {:?}",
+            "--store must be memory, redis or near, got {:?}",
             a.store
         ));
     }
     if a.procs > 1 && a.store == "memory" {
-        fail("--procs needs --store redis (processes share nothing in memory)");
+        fail("--procs needs --store redis or near (processes share nothing in memory)");
     }
     if a.threads == 0 || a.procs == 0 || a.duration <= 0.0 || a.compute_ms == 0 || a.ttl_ms == 0 {
         fail("--threads, --procs, --duration, --compute-ms and --ttl-ms must be positive");
@@ -217,13 +220,21 @@ type Call = Arc<dyn Fn(&String) -> String + Send + Sync>;
 /// The memoized function, and the Redis store behind it (to count its errors afterwards).
 fn build(args: &Args, strategy: Strategy, body: &Body) -> (Call, Option<RedisStore>) {
     let ttl = Duration::from_millis(args.ttl_ms);
-    if args.store == "redis" {
+    if args.store != "memory" {
         let store = RedisStore::builder(&args.redis_url)
             .prefix(&args.prefix)
             .build()
             .unwrap_or_else(|e| fail(&format!("--redis-url {}: {e}", args.redis_url)));
         let lock = store.lock("landing");
-        let call = build_with(strategy, body, ttl, store.clone(), lock);
+        let call = if args.store == "near" {
+            let near = NearStore::builder(&store)
+                .capacity(1024)
+                .build::<String, String>()
+                .expect("near config");
+            build_with(strategy, body, ttl, near, lock)
+        } else {
+            build_with(strategy, body, ttl, store.clone(), lock)
+        };
         (call, Some(store))
     } else {
         let store = MemoryStore::<String, String>::new(1024).expect("capacity");
@@ -232,16 +243,6 @@ fn build(args: &Args, strategy: Strategy, body: &Body) -> (Call, Option<RedisSto
             None,
         )
     }
-}
-
-/// Checks up front that Redis answers; herdless fails open, so without this a dead Redis would
-/// give a normal-looking table in which every process computed on its own.
-fn check_redis(args: &Args) -> Result<(), String> {
-    RedisStore::builder(&args.redis_url)
-        .prefix(&args.prefix)
-        .connect_blocking()
-        .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 fn warn_store(msg: &str) {
@@ -457,8 +458,8 @@ fn main() {
         println!("{}", run_local(&args, &name).to_json());
         return;
     }
-    let unreachable = if args.store == "redis" {
-        check_redis(&args).err()
+    let unreachable = if args.store != "memory" {
+        redis_admin::check_redis(&args.redis_url, &args.prefix).err()
     } else {
         None
     };
@@ -481,9 +482,14 @@ fn main() {
              p50/p99/max = call latency",
             args.compute_ms * 9 / 10
         );
+        if args.store != "memory" {
+            println!(
+                "store cmds = commands the Redis server ran during the strategy (all processes)"
+            );
+        }
         println!(
-            "{:<14} {:>10} {:>6} {:>5} {:>6} {:>9} {:>9} {:>9}",
-            "strategy", "calls", "runs", "peak", "slow", "p50 ms", "p99 ms", "max ms"
+            "{:<14} {:>10} {:>6} {:>5} {:>6} {:>9} {:>9} {:>9} {:>10}",
+            "strategy", "calls", "runs", "peak", "slow", "p50 ms", "p99 ms", "max ms", "store cmds"
         );
     }
     // (name, runs, slow) per strategy, for the summary line.
@@ -492,6 +498,9 @@ fn main() {
     for (i, name) in args.strategies.iter().enumerate() {
         // A fresh key space per strategy, so no run inherits the previous one's value or lock.
         let prefix = format!("{}s{}", args.prefix, i);
+        let commands_before = (args.store != "memory")
+            .then(|| redis_admin::commands_so_far(&args.redis_url))
+            .flatten();
         let raw = if args.procs > 1 {
             run_procs(&args, name, &prefix)
         } else {
@@ -512,11 +521,17 @@ fn main() {
             }
         }
         let (calls, runs, peak) = (raw.hist.total, raw.intervals.len(), raw.peak());
+        // Commands the strategy caused on the server (the example's own INFO calls excluded).
+        let store_commands = commands_before
+            .and_then(|b| Some(redis_admin::commands_so_far(&args.redis_url)?.saturating_sub(b)));
         store_errors += raw.store_errors;
         if args.json {
             println!(
-                "{{\"strategy\":\"{name}\",\"calls\":{calls},\"runs\":{runs},\"peak_concurrent_runs\":{peak},\"slow_calls\":{},\"p50_ms\":{p50:.6},\"p99_ms\":{p99:.6},\"max_ms\":{max:.3},\"duration_s\":{:.3},\"store_errors\":{}}}",
-                raw.slow, raw.duration_s, raw.store_errors
+                "{{\"strategy\":\"{name}\",\"calls\":{calls},\"runs\":{runs},\"peak_concurrent_runs\":{peak},\"slow_calls\":{},\"p50_ms\":{p50:.6},\"p99_ms\":{p99:.6},\"max_ms\":{max:.3},\"duration_s\":{:.3},\"store_errors\":{},\"store_commands\":{}}}",
+                raw.slow,
+                raw.duration_s,
+                raw.store_errors,
+                store_commands.map_or("null".to_string(), |n| n.to_string())
             );
         } else {
             let flag = if raw.store_errors > 0 {
@@ -524,8 +539,9 @@ fn main() {
             } else {
                 String::new()
             };
+            let cmds = store_commands.map_or("-".to_string(), |n| n.to_string());
             println!(
-                "{name:<14} {calls:>10} {runs:>6} {peak:>5} {:>6} {p50:>9.4} {p99:>9.4} {max:>9.1}{flag}",
+                "{name:<14} {calls:>10} {runs:>6} {peak:>5} {:>6} {p50:>9.4} {p99:>9.4} {max:>9.1} {cmds:>10}{flag}",
                 raw.slow
             );
         }
