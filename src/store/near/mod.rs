@@ -5,7 +5,7 @@
 //! use herdless::{memoize_stampede, store::{NearStore, RedisStore}};
 //! use std::time::Duration;
 //! let shared = RedisStore::new("redis://127.0.0.1:6379/").unwrap();
-//! let near = NearStore::<String, String>::builder(&shared).capacity(10_000).build().unwrap();
+//! let near = NearStore::builder(&shared).capacity(10_000).build::<String, String>().unwrap();
 //! let page = memoize_stampede(&near, Duration::from_secs(1))
 //!     .name("landing_page")
 //!     .build_blocking_infallible(|k: &String| format!("<html>{k}</html>"))
@@ -67,6 +67,22 @@ use std::time::{Duration, Instant};
 use tier::{Inner, NearEntry, NearKey, NearKeyRef};
 
 /// Configures a [`NearStore`]; see [`NearStore::builder`].
+///
+/// ```
+/// use herdless::store::{NearStore, RedisStore};
+/// use std::time::Duration;
+/// let shared = RedisStore::new("redis://127.0.0.1:6379/").unwrap(); // lazy: no I/O yet
+/// let near = NearStore::builder(&shared)
+///     .capacity(1000)
+///     .max_stale(Duration::from_millis(500))
+///     .build::<String, u64>()
+///     .unwrap();
+/// assert!(near.is_empty());
+/// assert_eq!(
+///     NearStore::builder(&shared).capacity(0).build::<String, u64>().unwrap_err().field(),
+///     "capacity"
+/// );
+/// ```
 #[derive(Debug, Clone)]
 pub struct NearStoreBuilder {
     shared: RedisStore,
