@@ -32,7 +32,10 @@ fn key() -> &'static String {
 const TTL: Duration = Duration::from_secs(3600);
 
 /// Leaked, so that no drop is counted in the measured call.
-fn sync_fixture() -> (&'static BlockingMemoized<String, Value, Infallible, Store>, &'static String) {
+fn sync_fixture() -> (
+    &'static BlockingMemoized<String, Value, Infallible, Store>,
+    &'static String,
+) {
     let store = Store::new(10_000).unwrap();
     let f = memoize_stampede(&store, TTL)
         .name("sync")
@@ -53,7 +56,10 @@ fn poll_once<F: Future>(fut: F) -> F::Output {
     }
 }
 
-fn async_fixture() -> (&'static Memoized<String, Value, Infallible, Store>, &'static String) {
+fn async_fixture() -> (
+    &'static Memoized<String, Value, Infallible, Store>,
+    &'static String,
+) {
     let store = Store::new(10_000).unwrap();
     let f = memoize_stampede(&store, TTL)
         .name("async")
@@ -71,7 +77,10 @@ fn async_fixture() -> (&'static Memoized<String, Value, Infallible, Store>, &'st
     (Box::leak(Box::new(f)), k)
 }
 
-fn quick_cache_fixture() -> (&'static quick_cache::sync::Cache<String, Value>, &'static String) {
+fn quick_cache_fixture() -> (
+    &'static quick_cache::sync::Cache<String, Value>,
+    &'static String,
+) {
     let qc = quick_cache::sync::Cache::<String, Value>::new(10_000);
     let k = key();
     qc.insert(k.clone(), value());
@@ -84,7 +93,10 @@ fn quick_cache_fixture() -> (&'static quick_cache::sync::Cache<String, Value>, &
 #[library_benchmark]
 #[bench::hit(setup = sync_fixture)]
 fn herdless_stampede_hit(
-    (f, k): (&'static BlockingMemoized<String, Value, Infallible, Store>, &'static String),
+    (f, k): (
+        &'static BlockingMemoized<String, Value, Infallible, Store>,
+        &'static String,
+    ),
 ) -> Value {
     black_box(f.get(black_box(k)).unwrap())
 }
@@ -92,7 +104,10 @@ fn herdless_stampede_hit(
 #[library_benchmark]
 #[bench::hit(setup = async_fixture)]
 fn herdless_stampede_hit_async(
-    (f, k): (&'static Memoized<String, Value, Infallible, Store>, &'static String),
+    (f, k): (
+        &'static Memoized<String, Value, Infallible, Store>,
+        &'static String,
+    ),
 ) -> Value {
     black_box(poll_once(f.get(black_box(k))).unwrap())
 }
@@ -100,7 +115,10 @@ fn herdless_stampede_hit_async(
 #[library_benchmark]
 #[bench::hit(setup = quick_cache_fixture)]
 fn quick_cache_get(
-    (qc, k): (&'static quick_cache::sync::Cache<String, Value>, &'static String),
+    (qc, k): (
+        &'static quick_cache::sync::Cache<String, Value>,
+        &'static String,
+    ),
 ) -> Value {
     black_box(qc.get(black_box(k)).unwrap())
 }

@@ -7,7 +7,8 @@
 //! - [`Clock::recent`] is cheap and may lag `now` by at most [`Clock::recent_lag`]. The hit path
 //!   reads it first and only pays for `now` when the value is close to its XFetch window.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -36,32 +37,165 @@ pub trait Clock: Send + Sync + 'static {
 
 /// How often the coarse clock thread ticks.
 const TICK: Duration = Duration::from_millis(2);
-/// How far behind the coarse clock is assumed to be at worst. A starved tick thread is the only
-/// way to exceed it; the margin is 100 ticks.
+/// How far behind the coarse clock is assumed to be at worst: 100 ticks. A tick thread starved
+/// past it, or gone (a forked child has no threads but the forking one), is caught by the hit
+/// path's periodic check ([`Coarse::is_stale`]) or by the fork handler, and the clock then
+/// reads the precise time until the tick thread runs again.
 const COARSE_LAG: Duration = Duration::from_millis(200);
+/// The coarse reading while it cannot be trusted: it makes every hit-path gap zero, so calls
+/// take the slow path, which reads the precise clock.
+pub(crate) const UNTRUSTED: u64 = u64::MAX;
 
-struct Coarse {
-    origin: Instant,
+/// A coarse clock: a tick thread stores the time every [`TICK`]. One per process (plus private
+/// ones in tests, whose tick thread can be paused).
+pub(crate) struct Coarse {
     nanos: AtomicU64,
+    /// The most `nanos` may lag the precise time while the tick thread is alive.
+    pub(crate) lag: u64,
+    origin: Instant,
+    /// The process whose tick thread keeps `nanos` fresh (a forked child has none).
+    ticker_pid: AtomicU32,
+    /// Test hook: the tick thread skips its ticks, as if starved.
+    paused: AtomicBool,
 }
 
-fn coarse() -> &'static Coarse {
-    static COARSE: OnceLock<&'static Coarse> = OnceLock::new();
-    COARSE.get_or_init(|| {
+impl Coarse {
+    fn start(lag: Duration) -> &'static Coarse {
         let c: &'static Coarse = Box::leak(Box::new(Coarse {
-            origin: Instant::now(),
             nanos: AtomicU64::new(0),
+            lag: saturating_nanos(lag),
+            origin: Instant::now(),
+            ticker_pid: AtomicU32::new(std::process::id()),
+            paused: AtomicBool::new(false),
         }));
+        c.spawn_ticker();
+        c
+    }
+
+    fn spawn_ticker(&'static self) {
         std::thread::Builder::new()
             .name("herdless-clock".into())
             .spawn(move || loop {
-                let n = c.origin.elapsed().as_nanos() as u64;
-                c.nanos.fetch_max(n, Ordering::Relaxed);
+                if !self.paused.load(Ordering::Relaxed) {
+                    let n = self.elapsed();
+                    // `store` rather than `fetch_max`: a live tick makes an UNTRUSTED clock
+                    // trusted again.
+                    let _ = self
+                        .nanos
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                            (cur == UNTRUSTED || cur < n).then_some(n)
+                        });
+                }
                 std::thread::sleep(TICK);
             })
             .expect("spawn the herdless-clock thread");
-        c
+    }
+
+    #[inline]
+    fn elapsed(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// The coarse reading as stored: [`UNTRUSTED`] while the tick thread is known to be stale.
+    #[inline]
+    pub(crate) fn raw(&self) -> u64 {
+        self.nanos.load(Ordering::Relaxed)
+    }
+
+    /// The precise time. It also pushes a trusted coarse reading forward (which keeps it fresh
+    /// while the process is busy and the tick thread starved), and restarts the tick thread in
+    /// a forked child.
+    #[inline]
+    pub(crate) fn now(&'static self) -> u64 {
+        let n = self.elapsed();
+        if self.nanos.fetch_max(n, Ordering::Relaxed) == UNTRUSTED {
+            self.revive();
+        }
+        n
+    }
+
+    /// The coarse reading, or the precise time while the coarse one is untrusted.
+    #[inline]
+    pub(crate) fn recent(&'static self) -> u64 {
+        match self.raw() {
+            UNTRUSTED => self.now(),
+            r => r,
+        }
+    }
+
+    /// True when the tick thread has fallen further behind than `lag` (starved, or gone after
+    /// a fork), judged from a reading `recent` taken just before. The clock is then marked
+    /// untrusted until the tick thread runs again.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn is_stale(&'static self, recent: u64) -> bool {
+        let stale = recent.saturating_add(self.lag) < self.now();
+        if stale {
+            self.nanos.store(UNTRUSTED, Ordering::Relaxed);
+            self.revive();
+        }
+        stale
+    }
+
+    /// A forked child has no tick thread: start one (once per process).
+    #[cold]
+    fn revive(&'static self) {
+        let me = std::process::id();
+        let owner = self.ticker_pid.load(Ordering::Relaxed);
+        if owner != me
+            && self
+                .ticker_pid
+                .compare_exchange(owner, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.spawn_ticker();
+        }
+    }
+
+    /// Test hook: pause or resume the tick thread, as a starved one would be.
+    #[cfg(test)]
+    pub(crate) fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+}
+
+static COARSE: OnceLock<&'static Coarse> = OnceLock::new();
+
+fn coarse() -> &'static Coarse {
+    COARSE.get_or_init(|| {
+        #[cfg(unix)]
+        fork::watch();
+        Coarse::start(COARSE_LAG)
     })
+}
+
+/// A forked child inherits the coarse reading but not the tick thread: mark the reading
+/// untrusted in the child, so that its first calls read the precise clock (and restart the
+/// tick thread) instead of serving values by a frozen clock.
+#[cfg(unix)]
+mod fork {
+    extern "C" {
+        fn pthread_atfork(
+            prepare: Option<extern "C" fn()>,
+            parent: Option<extern "C" fn()>,
+            child: Option<extern "C" fn()>,
+        ) -> std::ffi::c_int;
+    }
+
+    extern "C" fn in_child() {
+        // Async-signal-safe: one atomic load and one atomic store.
+        if let Some(c) = super::COARSE.get() {
+            c.nanos
+                .store(super::UNTRUSTED, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn watch() {
+        // SAFETY: registers a handler that only touches atomics; valid for the whole process.
+        unsafe {
+            pthread_atfork(None, None, Some(in_child));
+        }
+    }
 }
 
 /// The real monotonic clock (`std::time::Instant`), with a coarse companion updated every 2 ms
@@ -84,6 +218,19 @@ impl SystemClock {
     pub fn new() -> Self {
         SystemClock { inner: coarse() }
     }
+
+    /// A system clock with its own tick thread and lag, which a test can pause.
+    #[cfg(test)]
+    pub(crate) fn private(lag: Duration) -> Self {
+        SystemClock {
+            inner: Coarse::start(lag),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn coarse(&self) -> &'static Coarse {
+        self.inner
+    }
 }
 
 impl Default for SystemClock {
@@ -101,18 +248,59 @@ impl std::fmt::Debug for SystemClock {
 impl Clock for SystemClock {
     #[inline]
     fn now(&self) -> u64 {
-        let n = self.inner.origin.elapsed().as_nanos() as u64;
-        // Precise readings also push the coarse clock forward, which keeps it fresh when the
-        // tick thread is starved and the process is busy.
-        self.inner.nanos.fetch_max(n, Ordering::Relaxed);
-        n
+        self.inner.now()
     }
     #[inline]
     fn recent(&self) -> u64 {
-        self.inner.nanos.load(Ordering::Relaxed)
+        self.inner.recent()
     }
     fn recent_lag(&self) -> u64 {
-        COARSE_LAG.as_nanos() as u64
+        self.inner.lag
+    }
+}
+
+/// The clock an engine holds: any [`Clock`], with the system clock's coarse reading reachable
+/// without dynamic dispatch, so the hit path reads it with one load.
+#[derive(Clone)]
+pub(crate) struct EngineClock {
+    dynamic: Arc<dyn Clock>,
+    coarse: Option<&'static Coarse>,
+}
+
+impl EngineClock {
+    pub(crate) fn new<C: Clock>(clock: C) -> Self {
+        let coarse = (&clock as &dyn Any)
+            .downcast_ref::<SystemClock>()
+            .map(|s| s.inner);
+        EngineClock {
+            dynamic: Arc::new(clock),
+            coarse,
+        }
+    }
+    pub(crate) fn system() -> Self {
+        Self::new(SystemClock::new())
+    }
+    /// The system clock's coarse source, when this is the system clock.
+    #[inline]
+    pub(crate) fn coarse(&self) -> Option<&'static Coarse> {
+        self.coarse
+    }
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        match self.coarse {
+            Some(c) => c.now(),
+            None => self.dynamic.now(),
+        }
+    }
+    #[inline]
+    pub(crate) fn recent(&self) -> u64 {
+        match self.coarse {
+            Some(c) => c.recent(),
+            None => self.dynamic.recent(),
+        }
+    }
+    pub(crate) fn recent_lag(&self) -> u64 {
+        self.dynamic.recent_lag()
     }
 }
 

@@ -7,7 +7,7 @@
 //! the two is captured by [`WaitMode`] (how to wait) and [`ComputeFn`] (how to run the closure).
 
 use crate::auto::{LeadTarget, RateMeters};
-use crate::clock::{saturating_nanos, Clock};
+use crate::clock::{saturating_nanos, Coarse, EngineClock};
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::flight::{FlightMap, RefreshSlots};
@@ -17,6 +17,8 @@ use crate::store::contract::{Lookup, Namespace, Store, Written};
 use crate::wait::{Contention, WaitMode};
 use crate::xfetch::{self, theory};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
+use std::any::TypeId;
+use std::borrow::{Borrow, Cow};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,17 +71,17 @@ impl Fences {
             hasher: std::hash::RandomState::new(),
         }
     }
-    fn shard<K: Hash>(&self, key: &K) -> &AtomicU64 {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &AtomicU64 {
         use std::hash::BuildHasher;
         &self.shards[self.hasher.hash_one(key) as usize % Self::SHARDS]
     }
-    pub(crate) fn snapshot<K: Hash>(&self, key: &K) -> FenceSnapshot {
+    pub(crate) fn snapshot<Q: Hash + ?Sized>(&self, key: &Q) -> FenceSnapshot {
         FenceSnapshot(
             self.shard(key).load(Ordering::Acquire),
             self.all.load(Ordering::Acquire),
         )
     }
-    pub(crate) fn bump<K: Hash>(&self, key: &K) {
+    pub(crate) fn bump<Q: Hash + ?Sized>(&self, key: &Q) {
         self.shard(key).fetch_add(1, Ordering::AcqRel);
     }
     pub(crate) fn bump_all(&self) {
@@ -110,8 +112,9 @@ pub(crate) enum Probe<V> {
     /// A value far enough from expiry that no XFetch draw could fire.
     Hit {
         value: V,
-        /// A hand-off window is open: blocking callers yield once (see [`Engine::handed_off`]).
-        handing_off: bool,
+        /// The coarse time the hit was judged at (blocking callers compare it with the
+        /// hand-off window, [`Engine::handing_off`], without a second clock read).
+        recent: u64,
     },
     /// A value within XFetch reach of its expiry (or past it): the slow path decides.
     NearExpiry(Entry<V>),
@@ -124,13 +127,19 @@ pub(crate) enum Probe<V> {
 pub(crate) struct Engine<K, V, E, S> {
     pub(crate) store: S,
     pub(crate) ns: Namespace,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: EngineClock,
     pub(crate) draws: Draws,
     pub(crate) compute: ComputeFn<K, V, E>,
     pub(crate) cfg: Config,
     /// `β · E_MAX · 1000` (f64 bits): multiplied by delta (µs) gives XFetch's reach in ns. With
     /// automatic β it is the largest β handed out so far, so the hit path stays conservative.
     reach_ns_per_us: AtomicU64,
+    /// The lean hit path's source of time: the system clock's coarse reading, when the clock is
+    /// the system clock, β is fixed and finite (no rate meters) — else `None` and the general
+    /// path runs. One branch on this field replaces one per optional feature.
+    lean: Option<&'static Coarse>,
+    /// `⌈β · E_MAX · 1000⌉` as an integer, for the lean path (fixed β only).
+    reach_int: u64,
     pub(crate) meters: Option<RateMeters<K>>,
     /// How far the cheap clock may lag.
     lag: u64,
@@ -166,17 +175,23 @@ where
     pub(crate) fn new(
         store: S,
         ns: Namespace,
-        clock: Arc<dyn Clock>,
+        clock: EngineClock,
         draws: Draws,
         compute: ComputeFn<K, V, E>,
         cfg: Config,
     ) -> Self {
         let lag = clock.recent_lag();
         let stats = Stats::new(&ns.name);
+        let reach = theory::reach(1000.0, if cfg.auto.is_some() { 1.0 } else { cfg.beta });
+        let lean = clock
+            .coarse()
+            .filter(|_| cfg.auto.is_none() && cfg.beta.is_finite());
         Engine {
-            reach_ns_per_us: AtomicU64::new(
-                theory::reach(1000.0, if cfg.auto.is_some() { 1.0 } else { cfg.beta }).to_bits(),
-            ),
+            reach_ns_per_us: AtomicU64::new(reach.to_bits()),
+            // Rounded up, so the lean path stays conservative: it never skips a draw that could
+            // fire (`as` saturates an infinite or huge reach at u64::MAX).
+            reach_int: reach.ceil() as u64,
+            lean,
             meters: cfg.auto.map(|_| RateMeters::new()),
             lag,
             store,
@@ -193,32 +208,115 @@ where
         }
     }
 
-    /// The hit path: no allocation, no lock, no precise clock read for values far from expiry.
-    #[inline]
-    pub(crate) fn fast(&self, key: &K) -> Probe<V> {
-        if let Some(m) = &self.meters {
-            m.tick(key, self.clock.recent());
+    /// The hit path: one store probe, one coarse-clock load, no allocation, no lock, no precise
+    /// clock read for values far from expiry.
+    #[inline(always)]
+    pub(crate) fn fast<Q>(&self, key: &Q) -> Probe<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + ToOwned<Owned = K> + 'static,
+    {
+        match self.lean {
+            Some(coarse) => self.fast_lean(coarse, key),
+            None => self.fast_general(key),
         }
+    }
+
+    /// The coarse clock of the lean hit path ([`Engine::fast_lean`]), if this function can take
+    /// it. Facades branch on it once, so that the general path's call does not merge into the
+    /// lean path's code.
+    #[inline(always)]
+    pub(crate) fn lean(&self) -> Option<&'static Coarse> {
+        self.lean
+    }
+
+    /// The system clock with a fixed β: integer arithmetic, the coarse reading read directly.
+    #[inline(always)]
+    pub(crate) fn fast_lean<Q>(&self, coarse: &'static Coarse, key: &Q) -> Probe<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match self.store.get_now(&self.ns, key) {
-            Lookup::NotLocal => Probe::NotLocal,
-            Lookup::Missing => Probe::Miss,
             Lookup::Found(entry) => {
                 // `recent + lag ≥ now`, so a positive gap here is a positive gap now, and a gap
-                // beyond δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed).
-                let recent = self.clock.recent();
-                let worst_now = recent.saturating_add(self.lag);
-                let gap = entry.expires_at.saturating_sub(worst_now);
-                let reach = f64::from_bits(self.reach_ns_per_us.load(Ordering::Relaxed));
-                if gap > 0 && gap as f64 > entry.delta_us as f64 * reach {
-                    self.stats.hit();
+                // beyond δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed). An
+                // UNTRUSTED reading saturates the gap to 0: the slow path reads the precise clock.
+                let recent = coarse.raw();
+                let gap = entry
+                    .expires_at
+                    .saturating_sub(recent.saturating_add(coarse.lag));
+                if gap > entry.delta_us.saturating_mul(self.reach_int) {
+                    if self.stats.hit() && !self.clock_checked(coarse, recent) {
+                        return Probe::NearExpiry(entry);
+                    }
                     Probe::Hit {
                         value: entry.value,
-                        handing_off: self.handoff_until.load(Ordering::Relaxed) > recent,
+                        recent,
                     }
                 } else {
                     Probe::NearExpiry(entry)
                 }
             }
+            Lookup::Missing => Probe::Miss,
+            Lookup::NotLocal => Probe::NotLocal,
+        }
+    }
+
+    /// Any clock, automatic β (rate meters on the hit path), β = ∞.
+    #[inline(never)]
+    fn fast_general<Q>(&self, key: &Q) -> Probe<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + ToOwned<Owned = K> + 'static,
+    {
+        if let Some(m) = &self.meters {
+            m.tick(&owned_or_same(key), self.clock.recent());
+        }
+        match self.store.get_now(&self.ns, key) {
+            Lookup::NotLocal => Probe::NotLocal,
+            Lookup::Missing => Probe::Miss,
+            Lookup::Found(entry) => {
+                let recent = self.clock.recent();
+                let worst_now = recent.saturating_add(self.lag);
+                let gap = entry.expires_at.saturating_sub(worst_now);
+                let reach = f64::from_bits(self.reach_ns_per_us.load(Ordering::Relaxed));
+                if gap > 0 && gap as f64 > entry.delta_us as f64 * reach {
+                    let checked = match self.clock.coarse() {
+                        Some(coarse) if self.stats.hit() => self.clock_checked(coarse, recent),
+                        Some(_) => true,
+                        None => {
+                            self.stats.hit();
+                            true
+                        }
+                    };
+                    if !checked {
+                        return Probe::NearExpiry(entry);
+                    }
+                    Probe::Hit {
+                        value: entry.value,
+                        recent,
+                    }
+                } else {
+                    Probe::NearExpiry(entry)
+                }
+            }
+        }
+    }
+
+    /// Every [`CHECK_EVERY`](crate::stats::CHECK_EVERY)-th hit of a thread: is the coarse
+    /// clock still ticking? If its tick thread is starved or gone (a forked child), the hit
+    /// just counted is taken back and the call goes to the slow path, which reads the precise
+    /// clock; the clock stays untrusted (every call precise) until the tick thread runs again.
+    #[cold]
+    #[inline(never)]
+    fn clock_checked(&self, coarse: &'static Coarse, recent: u64) -> bool {
+        if coarse.is_stale(recent) {
+            self.stats.unhit();
+            false
+        } else {
+            self.stats.hit_checked();
+            true
         }
     }
 
@@ -243,14 +341,22 @@ where
     /// Automatic β handed out `beta` for some key: widen the hit path's reach to cover it, so
     /// the hit path stays conservative (it never skips a draw that could fire).
     pub(crate) fn widen_reach(&self, beta: f64) {
+        // Only automatic β widens, and automatic β runs the general path: `reach_int` is fixed.
         self.reach_ns_per_us
             .fetch_max(theory::reach(1000.0, beta).to_bits(), Ordering::Relaxed);
     }
 
-    /// See [`Engine::handed_off`]: one relaxed load on the blocking hit path.
+    /// See [`Engine::handed_off`]: is a hand-off window open at coarse time `recent`? One
+    /// relaxed load on the blocking hit path.
+    #[inline(always)]
+    pub(crate) fn handing_off(&self, recent: u64) -> bool {
+        self.handoff_until.load(Ordering::Relaxed) > recent
+    }
+
+    /// See [`Engine::handed_off`]: yields if a hand-off window is open.
     #[inline]
     pub(crate) fn yield_if_handing_off(&self) {
-        if self.handoff_until.load(Ordering::Relaxed) > self.clock.recent() {
+        if self.handing_off(self.clock.recent()) {
             std::thread::yield_now();
         }
     }
@@ -308,5 +414,39 @@ where
         }
         self.refreshes.clear_backoff(key);
         Ok(value)
+    }
+}
+
+/// `key` as a `&K`: borrowed when `Q` is `K` itself (the common call `get(&k)`), an owned copy
+/// when it is a borrowed form (`&str` for `String`). Used where the slow path, a store or the
+/// rate meters need the owned key type.
+#[inline]
+pub(crate) fn owned_or_same<K, Q>(key: &Q) -> Cow<'_, K>
+where
+    K: Borrow<Q> + Clone + 'static,
+    Q: ?Sized + ToOwned<Owned = K> + 'static,
+{
+    if TypeId::of::<Q>() == TypeId::of::<K>() {
+        // SAFETY: `Q` and `K` are the same type (equal type ids, both `'static`), so a `&Q` is a
+        // `&K`; `K` is sized, so the pointer is thin and the cast keeps its address.
+        Cow::Borrowed(unsafe { &*(key as *const Q).cast::<K>() })
+    } else {
+        Cow::Owned(key.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owned_or_same;
+    use std::borrow::Cow;
+
+    #[test]
+    fn the_owned_key_is_borrowed_and_a_borrowed_form_copied() {
+        let k = "abc".to_string();
+        assert!(
+            matches!(owned_or_same::<String, String>(&k), Cow::Borrowed(b) if std::ptr::eq(b, &k))
+        );
+        assert!(matches!(owned_or_same::<String, str>("abc"), Cow::Owned(o) if o == "abc"));
+        assert!(matches!(owned_or_same::<u64, u64>(&7), Cow::Borrowed(&7)));
     }
 }

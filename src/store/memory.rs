@@ -16,6 +16,7 @@ use super::contract::{
 use crate::entry::Entry;
 use crate::error::ConfigError;
 use quick_cache::{sync::Cache, Equivalent, Weighter};
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,16 +27,25 @@ struct MemKey<K> {
     key: K,
 }
 
-/// A borrowed key for lookups: hashes exactly like [`MemKey`] (field order and types match).
-#[derive(Hash)]
-struct MemKeyRef<'a, K> {
+/// A borrowed key for lookups, in any borrowed form `Q` of `K`: hashes exactly like [`MemKey`]
+/// (same fields in the same order, and `Borrow` promises `Q` hashes like `K`).
+struct MemKeyRef<'a, Q: ?Sized> {
     ns: u32,
-    key: &'a K,
+    key: &'a Q,
 }
 
-impl<K: Eq> Equivalent<MemKey<K>> for MemKeyRef<'_, K> {
+impl<Q: Hash + ?Sized> Hash for MemKeyRef<'_, Q> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.ns.hash(state);
+        self.key.hash(state);
+    }
+}
+
+impl<K: Borrow<Q>, Q: Eq + ?Sized> Equivalent<MemKey<K>> for MemKeyRef<'_, Q> {
+    #[inline]
     fn equivalent(&self, other: &MemKey<K>) -> bool {
-        self.ns == other.ns && *self.key == other.key
+        self.ns == other.ns && self.key == other.key.borrow()
     }
 }
 
@@ -209,8 +219,12 @@ where
     pub fn remove(&self, ns: &Namespace, key: &K) {
         self.inner.cache.remove(&MemKeyRef { ns: ns.id, key });
     }
-    #[inline]
-    fn lookup(&self, ns: &Namespace, key: &K) -> Option<Entry<V>> {
+    #[inline(always)]
+    fn lookup<Q>(&self, ns: &Namespace, key: &Q) -> Option<Entry<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner.cache.get(&MemKeyRef { ns: ns.id, key })
     }
 }
@@ -226,8 +240,12 @@ where
         self.inner.names.namespace(name)
     }
 
-    #[inline]
-    fn get_now(&self, ns: &Namespace, key: &K) -> Lookup<V> {
+    #[inline(always)]
+    fn get_now<Q>(&self, ns: &Namespace, key: &Q) -> Lookup<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match self.lookup(ns, key) {
             Some(e) => Lookup::Found(e),
             None => Lookup::Missing,
