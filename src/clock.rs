@@ -131,10 +131,15 @@ impl Coarse {
     pub(crate) fn is_stale(&'static self, recent: u64) -> bool {
         let stale = recent.saturating_add(self.lag) < self.now();
         if stale {
-            self.nanos.store(UNTRUSTED, Ordering::Relaxed);
+            self.distrust();
             self.revive();
         }
         stale
+    }
+
+    /// Marks the coarse reading untrusted until the tick thread stores a fresh one.
+    pub(crate) fn distrust(&self) {
+        self.nanos.store(UNTRUSTED, Ordering::Relaxed);
     }
 
     /// A forked child has no tick thread: start one (once per process).
@@ -185,8 +190,7 @@ mod fork {
     extern "C" fn in_child() {
         // Async-signal-safe: one atomic load and one atomic store.
         if let Some(c) = super::COARSE.get() {
-            c.nanos
-                .store(super::UNTRUSTED, std::sync::atomic::Ordering::Relaxed);
+            c.distrust();
         }
     }
 
@@ -358,4 +362,83 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 /// A duration in nanoseconds, saturating at `u64::MAX` (about 584 years).
 pub(crate) fn saturating_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{memoize_stampede, MemoryStore};
+    use std::sync::atomic::AtomicU32;
+
+    const LAG: Duration = Duration::from_millis(20);
+    const TTL: Duration = Duration::from_millis(150);
+
+    /// A blocking function on a private system clock, computed once, and a counter of runs.
+    fn computed_once(
+        clock: SystemClock,
+    ) -> (
+        crate::BlockingMemoized<u32, u32, std::convert::Infallible, MemoryStore<u32, u32>>,
+        Arc<AtomicU32>,
+    ) {
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let store = MemoryStore::<u32, u32>::new(10).unwrap();
+        let f = memoize_stampede(&store, TTL)
+            .clock(clock)
+            .build_blocking_infallible(move |_k: &u32| r.fetch_add(1, Ordering::SeqCst) + 1)
+            .unwrap();
+        assert_eq!(f.get(&1).unwrap(), 1);
+        (f, runs)
+    }
+
+    /// Calls until the function recomputes; how many calls that took (bounded).
+    fn calls_until_recomputed(
+        f: &crate::BlockingMemoized<u32, u32, std::convert::Infallible, MemoryStore<u32, u32>>,
+        runs: &AtomicU32,
+    ) -> Option<u64> {
+        let bound = 4 * crate::stats::CHECK_EVERY;
+        (1..=bound).find(|_| {
+            f.get(&1).unwrap();
+            runs.load(Ordering::SeqCst) == 2
+        })
+    }
+
+    #[test]
+    fn a_starved_tick_thread_stops_serving_expired_values_within_one_check() {
+        let clock = SystemClock::private(LAG);
+        let coarse = clock.coarse();
+        let (f, runs) = computed_once(clock);
+        coarse.pause(true);
+        // Past the TTL and the lag: the value has expired, the coarse clock has not moved.
+        std::thread::sleep(TTL + LAG * 5);
+        let calls = calls_until_recomputed(&f, &runs);
+        coarse.pause(false);
+        let calls = calls.expect("the expired value was served as a hit over and over");
+        // At most CHECK_EVERY hits of this thread pass before the clock is checked.
+        assert!(calls <= crate::stats::CHECK_EVERY, "{calls} calls");
+        assert_eq!(f.stats().computations, 2);
+    }
+
+    #[test]
+    fn a_distrusted_clock_after_fork_reads_the_precise_time_at_once() {
+        let clock = SystemClock::private(LAG);
+        let coarse = clock.coarse();
+        let (f, runs) = computed_once(clock);
+        coarse.pause(true);
+        std::thread::sleep(TTL + LAG * 5);
+        // What the fork handler does in a child, whose tick thread is gone.
+        coarse.distrust();
+        assert!(clock.recent() <= clock.now());
+        assert_eq!(calls_until_recomputed(&f, &runs), Some(1));
+        // A tick makes the coarse clock trusted again: hits are served without the slow path.
+        coarse.pause(false);
+        let trusted = (0..500).any(|_| {
+            std::thread::sleep(TICK);
+            coarse.raw() != UNTRUSTED
+        });
+        assert!(trusted);
+        let slow = f.stats().slow_calls;
+        f.get(&1).unwrap();
+        assert_eq!(f.stats().slow_calls, slow);
+    }
 }
