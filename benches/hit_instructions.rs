@@ -48,6 +48,7 @@ fn sync_fixture() -> (
     (Box::leak(Box::new(f)), k)
 }
 
+#[inline(always)]
 fn poll_once<F: Future>(fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {

@@ -10,7 +10,7 @@ use crate::layer::BlockingLayer;
 use crate::miss;
 use crate::ops;
 use crate::stats::StatsSnapshot;
-use crate::store::contract::{Store, StoreError};
+use crate::store::contract::{Lookup, Store, StoreError};
 use crate::wait::{block_on, Contention};
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -112,15 +112,20 @@ where
         let Some(coarse) = self.engine.lean() else {
             return self.general(key, contention);
         };
-        match self.engine.fast_lean(coarse, key) {
-            Probe::Hit { value, recent } => {
-                if self.engine.handing_off(recent) {
-                    std::thread::yield_now();
+        let seen = match self.engine.store.get_now(&self.engine.ns, key) {
+            Lookup::Found(entry) => match self.engine.lean_hit(coarse, &entry) {
+                Some(horizon) => {
+                    if self.engine.handing_off(horizon) {
+                        std::thread::yield_now();
+                    }
+                    return Ok(entry.value);
                 }
-                Ok(value)
-            }
-            seen => self.slow(key, seen, contention),
-        }
+                None => Probe::NearExpiry(entry),
+            },
+            Lookup::Missing => Probe::Miss,
+            Lookup::NotLocal => Probe::NotLocal,
+        };
+        self.slow(key, seen, contention)
     }
 
     /// A call of a function off the lean hit path (a custom clock, automatic β, β = ∞).
@@ -131,8 +136,8 @@ where
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
         match self.engine.fast(key) {
-            Probe::Hit { value, recent } => {
-                if self.engine.handing_off(recent) {
+            Probe::Hit { value, horizon } => {
+                if self.engine.handing_off(horizon) {
                     std::thread::yield_now();
                 }
                 Ok(value)

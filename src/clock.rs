@@ -42,18 +42,21 @@ const TICK: Duration = Duration::from_millis(2);
 /// path's periodic check ([`Coarse::is_stale`]) or by the fork handler, and the clock then
 /// reads the precise time until the tick thread runs again.
 const COARSE_LAG: Duration = Duration::from_millis(200);
-/// The coarse reading while it cannot be trusted: it makes every hit-path gap zero, so calls
+/// The coarse horizon while it cannot be trusted: it makes every hit-path gap zero, so calls
 /// take the slow path, which reads the precise clock.
 pub(crate) const UNTRUSTED: u64 = u64::MAX;
 
-/// A coarse clock: a tick thread stores the time every [`TICK`]. One per process (plus private
-/// ones in tests, whose tick thread can be paused).
+/// A coarse clock: a tick thread stores, every [`TICK`], the *horizon* `time + lag`, an upper
+/// bound of the precise time for as long as the tick thread keeps up. The hit path compares
+/// expiries with the horizon as it is, with one load and no arithmetic. One per process (plus
+/// private ones in tests, whose tick thread can be paused).
 pub(crate) struct Coarse {
-    nanos: AtomicU64,
-    /// The most `nanos` may lag the precise time while the tick thread is alive.
+    horizon: AtomicU64,
+    /// The most the coarse time (`horizon − lag`) may lag the precise time while the tick
+    /// thread is alive.
     pub(crate) lag: u64,
     origin: Instant,
-    /// The process whose tick thread keeps `nanos` fresh (a forked child has none).
+    /// The process whose tick thread keeps `horizon` fresh (a forked child has none).
     ticker_pid: AtomicU32,
     /// Test hook: the tick thread skips its ticks, as if starved.
     paused: AtomicBool,
@@ -61,9 +64,10 @@ pub(crate) struct Coarse {
 
 impl Coarse {
     fn start(lag: Duration) -> &'static Coarse {
+        let lag = saturating_nanos(lag);
         let c: &'static Coarse = Box::leak(Box::new(Coarse {
-            nanos: AtomicU64::new(0),
-            lag: saturating_nanos(lag),
+            horizon: AtomicU64::new(lag),
+            lag,
             origin: Instant::now(),
             ticker_pid: AtomicU32::new(std::process::id()),
             paused: AtomicBool::new(false),
@@ -77,14 +81,13 @@ impl Coarse {
             .name("herdless-clock".into())
             .spawn(move || loop {
                 if !self.paused.load(Ordering::Relaxed) {
-                    let n = self.elapsed();
-                    // `store` rather than `fetch_max`: a live tick makes an UNTRUSTED clock
-                    // trusted again.
-                    let _ = self
-                        .nanos
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
-                            (cur == UNTRUSTED || cur < n).then_some(n)
-                        });
+                    let h = self.elapsed().saturating_add(self.lag);
+                    // Not `fetch_max`: a live tick makes an UNTRUSTED clock trusted again.
+                    let _ =
+                        self.horizon
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                                (cur == UNTRUSTED || cur < h).then_some(h)
+                            });
                 }
                 std::thread::sleep(TICK);
             })
@@ -96,40 +99,45 @@ impl Coarse {
         self.origin.elapsed().as_nanos() as u64
     }
 
-    /// The coarse reading as stored: [`UNTRUSTED`] while the tick thread is known to be stale.
-    #[inline]
-    pub(crate) fn raw(&self) -> u64 {
-        self.nanos.load(Ordering::Relaxed)
+    /// The horizon as stored: at least the precise time while the tick thread keeps up, and
+    /// [`UNTRUSTED`] while it is known not to.
+    #[inline(always)]
+    pub(crate) fn horizon(&self) -> u64 {
+        self.horizon.load(Ordering::Relaxed)
     }
 
-    /// The precise time. It also pushes a trusted coarse reading forward (which keeps it fresh
-    /// while the process is busy and the tick thread starved), and restarts the tick thread in
-    /// a forked child.
+    /// The precise time. It also pushes a trusted horizon forward (which keeps it fresh while
+    /// the process is busy and the tick thread starved), and restarts the tick thread in a
+    /// forked child.
     #[inline]
     pub(crate) fn now(&'static self) -> u64 {
         let n = self.elapsed();
-        if self.nanos.fetch_max(n, Ordering::Relaxed) == UNTRUSTED {
+        if self
+            .horizon
+            .fetch_max(n.saturating_add(self.lag), Ordering::Relaxed)
+            == UNTRUSTED
+        {
             self.revive();
         }
         n
     }
 
-    /// The coarse reading, or the precise time while the coarse one is untrusted.
+    /// The coarse time, or the precise time while the coarse one is untrusted.
     #[inline]
     pub(crate) fn recent(&'static self) -> u64 {
-        match self.raw() {
+        match self.horizon() {
             UNTRUSTED => self.now(),
-            r => r,
+            h => h.saturating_sub(self.lag),
         }
     }
 
     /// True when the tick thread has fallen further behind than `lag` (starved, or gone after
-    /// a fork), judged from a reading `recent` taken just before. The clock is then marked
-    /// untrusted until the tick thread runs again.
+    /// a fork), judged from a `horizon` read just before. The clock is then marked untrusted
+    /// until the tick thread runs again.
     #[cold]
     #[inline(never)]
-    pub(crate) fn is_stale(&'static self, recent: u64) -> bool {
-        let stale = recent.saturating_add(self.lag) < self.now();
+    pub(crate) fn is_stale(&'static self, horizon: u64) -> bool {
+        let stale = horizon < self.now();
         if stale {
             self.distrust();
             self.revive();
@@ -139,7 +147,7 @@ impl Coarse {
 
     /// Marks the coarse reading untrusted until the tick thread stores a fresh one.
     pub(crate) fn distrust(&self) {
-        self.nanos.store(UNTRUSTED, Ordering::Relaxed);
+        self.horizon.store(UNTRUSTED, Ordering::Relaxed);
     }
 
     /// A forked child has no tick thread: start one (once per process).
@@ -434,7 +442,7 @@ mod tests {
         coarse.pause(false);
         let trusted = (0..500).any(|_| {
             std::thread::sleep(TICK);
-            coarse.raw() != UNTRUSTED
+            coarse.horizon() != UNTRUSTED
         });
         assert!(trusted);
         let slow = f.stats().slow_calls;

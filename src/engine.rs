@@ -112,9 +112,10 @@ pub(crate) enum Probe<V> {
     /// A value far enough from expiry that no XFetch draw could fire.
     Hit {
         value: V,
-        /// The coarse time the hit was judged at (blocking callers compare it with the
-        /// hand-off window, [`Engine::handing_off`], without a second clock read).
-        recent: u64,
+        /// The upper bound of the time the hit was judged at (`recent + lag`): blocking
+        /// callers compare it with the hand-off window, [`Engine::handing_off`], without a
+        /// second clock read.
+        horizon: u64,
     },
     /// A value within XFetch reach of its expiry (or past it): the slow path decides.
     NearExpiry(Entry<V>),
@@ -144,7 +145,8 @@ pub(crate) struct Engine<K, V, E, S> {
     /// How far the cheap clock may lag.
     lag: u64,
     pub(crate) flights: Arc<FlightMap<K, Result<V, Error<E>>>>,
-    /// Coarse-clock time until which blocking hitters yield after each hit (see `handed_off`).
+    /// Until when blocking hitters yield after each hit (see `handed_off`), plus `lag`: it is
+    /// compared with hit horizons (`recent + lag`).
     handoff_until: AtomicU64,
     pub(crate) refreshes: RefreshSlots<K>,
     pub(crate) fences: Fences,
@@ -230,7 +232,7 @@ where
         self.lean
     }
 
-    /// The system clock with a fixed β: integer arithmetic, the coarse reading read directly.
+    /// The system clock with a fixed β: integer arithmetic, the coarse horizon read directly.
     #[inline(always)]
     pub(crate) fn fast_lean<Q>(&self, coarse: &'static Coarse, key: &Q) -> Probe<V>
     where
@@ -238,34 +240,40 @@ where
         Q: Hash + Eq + ?Sized,
     {
         match self.store.get_now(&self.ns, key) {
-            Lookup::Found(entry) => {
-                // `recent + lag ≥ now`, so a positive gap here is a positive gap now, and a gap
-                // beyond δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed). An
-                // UNTRUSTED reading saturates the gap to 0: the slow path reads the precise clock.
-                let recent = coarse.raw();
-                let gap = entry
-                    .expires_at
-                    .saturating_sub(recent.saturating_add(coarse.lag));
-                if gap > entry.delta_us.saturating_mul(self.reach_int) {
-                    if self.stats.hit() && !self.clock_checked(coarse, recent) {
-                        return Probe::NearExpiry(entry);
-                    }
-                    Probe::Hit {
-                        value: entry.value,
-                        recent,
-                    }
-                } else {
-                    Probe::NearExpiry(entry)
-                }
-            }
+            Lookup::Found(entry) => match self.lean_hit(coarse, &entry) {
+                Some(horizon) => Probe::Hit {
+                    value: entry.value,
+                    horizon,
+                },
+                None => Probe::NearExpiry(entry),
+            },
             Lookup::Missing => Probe::Miss,
             Lookup::NotLocal => Probe::NotLocal,
         }
     }
 
+    /// The lean path's verdict on an entry found: `Some(horizon)` for a hit (counted), `None`
+    /// when the slow path must decide. Facades that match on it directly keep the entry where
+    /// the store put it.
+    #[inline(always)]
+    pub(crate) fn lean_hit(&self, coarse: &'static Coarse, entry: &Entry<V>) -> Option<u64> {
+        // The horizon is ≥ now, so a positive gap here is a positive gap now, and a gap beyond
+        // δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed). An UNTRUSTED
+        // horizon saturates the gap to 0: the slow path reads the precise clock.
+        let horizon = coarse.horizon();
+        let gap = entry.expires_at.saturating_sub(horizon);
+        if gap > entry.delta_us.saturating_mul(self.reach_int)
+            && (!self.stats.hit() || self.clock_checked(coarse, horizon))
+        {
+            Some(horizon)
+        } else {
+            None
+        }
+    }
+
     /// Any clock, automatic β (rate meters on the hit path), β = ∞.
     #[inline(never)]
-    fn fast_general<Q>(&self, key: &Q) -> Probe<V>
+    pub(crate) fn fast_general<Q>(&self, key: &Q) -> Probe<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + ToOwned<Owned = K> + 'static,
@@ -283,7 +291,7 @@ where
                 let reach = f64::from_bits(self.reach_ns_per_us.load(Ordering::Relaxed));
                 if gap > 0 && gap as f64 > entry.delta_us as f64 * reach {
                     let checked = match self.clock.coarse() {
-                        Some(coarse) if self.stats.hit() => self.clock_checked(coarse, recent),
+                        Some(coarse) if self.stats.hit() => self.clock_checked(coarse, worst_now),
                         Some(_) => true,
                         None => {
                             self.stats.hit();
@@ -295,7 +303,7 @@ where
                     }
                     Probe::Hit {
                         value: entry.value,
-                        recent,
+                        horizon: worst_now,
                     }
                 } else {
                     Probe::NearExpiry(entry)
@@ -310,8 +318,8 @@ where
     /// clock; the clock stays untrusted (every call precise) until the tick thread runs again.
     #[cold]
     #[inline(never)]
-    fn clock_checked(&self, coarse: &'static Coarse, recent: u64) -> bool {
-        if coarse.is_stale(recent) {
+    fn clock_checked(&self, coarse: &'static Coarse, horizon: u64) -> bool {
+        if coarse.is_stale(horizon) {
             self.stats.unhit();
             false
         } else {
@@ -332,7 +340,11 @@ where
     pub(crate) fn handed_off(&self, followers: usize) {
         let mode = self.compute.mode();
         if followers > 0 && mode == WaitMode::Blocking {
-            let until = self.clock.recent().saturating_add(HANDOFF_WINDOW_NS);
+            let until = self
+                .clock
+                .recent()
+                .saturating_add(HANDOFF_WINDOW_NS)
+                .saturating_add(self.lag);
             self.handoff_until.fetch_max(until, Ordering::Relaxed);
         }
         mode.hand_off();
@@ -346,17 +358,17 @@ where
             .fetch_max(theory::reach(1000.0, beta).to_bits(), Ordering::Relaxed);
     }
 
-    /// See [`Engine::handed_off`]: is a hand-off window open at coarse time `recent`? One
-    /// relaxed load on the blocking hit path.
+    /// See [`Engine::handed_off`]: is a hand-off window open at a hit's `horizon`? One relaxed
+    /// load on the blocking hit path.
     #[inline(always)]
-    pub(crate) fn handing_off(&self, recent: u64) -> bool {
-        self.handoff_until.load(Ordering::Relaxed) > recent
+    pub(crate) fn handing_off(&self, horizon: u64) -> bool {
+        self.handoff_until.load(Ordering::Relaxed) > horizon
     }
 
     /// See [`Engine::handed_off`]: yields if a hand-off window is open.
     #[inline]
     pub(crate) fn yield_if_handing_off(&self) {
-        if self.handing_off(self.clock.recent()) {
+        if self.handing_off(self.clock.recent().saturating_add(self.lag)) {
             std::thread::yield_now();
         }
     }

@@ -94,10 +94,18 @@ where
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
         async move {
-            match self.engine.fast(key) {
-                Probe::Hit { value, .. } => Ok(value),
-                seen => self.slow(key, seen, None).await,
-            }
+            // Each path returns its hit on its own, so the lean one stays straight-line code.
+            let seen = match self.engine.lean() {
+                Some(coarse) => match self.engine.fast_lean(coarse, key) {
+                    Probe::Hit { value, .. } => return Ok(value),
+                    seen => seen,
+                },
+                None => match self.engine.fast_general(key) {
+                    Probe::Hit { value, .. } => return Ok(value),
+                    seen => seen,
+                },
+            };
+            self.slow(key, seen, None).await
         }
     }
 
