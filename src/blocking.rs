@@ -109,40 +109,40 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        let Some(coarse) = self.engine.lean() else {
-            return self.general(key, contention);
-        };
-        let seen = match self.engine.store.get_now(&self.engine.ns, key) {
-            Lookup::Found(entry) => match self.engine.lean_hit(coarse, &entry) {
-                Some(horizon) => {
-                    if self.engine.handing_off(horizon) {
-                        std::thread::yield_now();
-                    }
+        let lookup = self.engine.store.get_now(&self.engine.ns, key);
+        if let Lookup::Found(entry) = &lookup {
+            if self.engine.lean_hit(entry).is_some() {
+                // Moved out only now, so the entry is never copied on a hit.
+                if let Lookup::Found(entry) = lookup {
                     return Ok(entry.value);
                 }
-                None => Probe::NearExpiry(entry),
-            },
-            Lookup::Missing => Probe::Miss,
-            Lookup::NotLocal => Probe::NotLocal,
-        };
-        self.slow(key, seen, contention)
+                unreachable!("matched just above");
+            }
+        }
+        self.cold(key, lookup, contention)
     }
 
-    /// A call of a function off the lean hit path (a custom clock, automatic β, β = ∞).
+    /// Everything the lean hit path did not answer: the general path, a hand-off window (yield
+    /// after the hit), the slow path.
     #[inline(never)]
-    fn general<Q>(&self, key: &Q, contention: Option<Contention>) -> Result<V, Error<E>>
+    fn cold<Q>(
+        &self,
+        key: &Q,
+        lookup: Lookup<V>,
+        contention: Option<Contention>,
+    ) -> Result<V, Error<E>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        match self.engine.fast(key) {
-            Probe::Hit { value, horizon } => {
+        match self.engine.after_lean(key, lookup) {
+            Ok((value, horizon)) => {
                 if self.engine.handing_off(horizon) {
                     std::thread::yield_now();
                 }
                 Ok(value)
             }
-            seen => self.slow(key, seen, contention),
+            Err(seen) => self.slow(key, seen, contention),
         }
     }
 

@@ -76,6 +76,23 @@ impl Coarse {
         c
     }
 
+    /// A coarse clock that is never trusted and never ticks: its horizon makes every lean hit
+    /// test fail (engines off the lean path hold it).
+    pub(crate) fn never() -> &'static Coarse {
+        static NEVER: OnceLock<&'static Coarse> = OnceLock::new();
+        NEVER.get_or_init(|| {
+            Box::leak(Box::new(Coarse {
+                horizon: AtomicU64::new(UNTRUSTED),
+                lag: 0,
+                origin: Instant::now(),
+                // No process has a tick thread for it: `revive` is never reached (its gap
+                // test never passes), and would start one otherwise, which is harmless.
+                ticker_pid: AtomicU32::new(std::process::id()),
+                paused: AtomicBool::new(true),
+            }))
+        })
+    }
+
     fn spawn_ticker(&'static self) {
         std::thread::Builder::new()
             .name("herdless-clock".into())

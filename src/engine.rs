@@ -109,7 +109,10 @@ pub(crate) struct Config {
 
 /// What the hit path saw.
 pub(crate) enum Probe<V> {
-    /// A value far enough from expiry that no XFetch draw could fire.
+    /// A value far enough from expiry that no XFetch draw could fire. The facades answer hits
+    /// themselves now and never hand one to the slow path; the variant stays until
+    /// `miss::slow` drops its arm for it.
+    #[allow(dead_code)]
     Hit {
         value: V,
         /// The upper bound of the time the hit was judged at (`recent + lag`): blocking
@@ -135,12 +138,17 @@ pub(crate) struct Engine<K, V, E, S> {
     /// `β · E_MAX · 1000` (f64 bits): multiplied by delta (µs) gives XFetch's reach in ns. With
     /// automatic β it is the largest β handed out so far, so the hit path stays conservative.
     reach_ns_per_us: AtomicU64,
-    /// The lean hit path's source of time: the system clock's coarse reading, when the clock is
-    /// the system clock, β is fixed and finite (no rate meters) — else `None` and the general
-    /// path runs. One branch on this field replaces one per optional feature.
-    lean: Option<&'static Coarse>,
-    /// `⌈β · E_MAX · 1000⌉` as an integer, for the lean path (fixed β only).
+    /// The lean hit path's source of time: the system clock's coarse clock when the clock is
+    /// the system clock and β is fixed and finite (no rate meters), else a coarse clock that is
+    /// never trusted, so the lean path always defers to [`Engine::after_lean`]. The hit path
+    /// thus has no branch for the features that are off.
+    lean: &'static Coarse,
+    is_lean: bool,
+    /// `⌈β · E_MAX · 1000⌉` as an integer: the lean path's reach (fixed β only).
     reach_int: u64,
+    /// What the lean hit path multiplies δ by: `reach_int`, or `u64::MAX` while a hand-off
+    /// window is open, which sends blocking hitters to [`Engine::after_lean`] to yield there.
+    lean_reach: AtomicU64,
     pub(crate) meters: Option<RateMeters<K>>,
     /// How far the cheap clock may lag.
     lag: u64,
@@ -188,12 +196,15 @@ where
         let lean = clock
             .coarse()
             .filter(|_| cfg.auto.is_none() && cfg.beta.is_finite());
+        // Rounded up, so the lean path stays conservative: it never skips a draw that could
+        // fire (`as` saturates an infinite or huge reach at u64::MAX).
+        let reach_int = reach.ceil() as u64;
         Engine {
             reach_ns_per_us: AtomicU64::new(reach.to_bits()),
-            // Rounded up, so the lean path stays conservative: it never skips a draw that could
-            // fire (`as` saturates an infinite or huge reach at u64::MAX).
-            reach_int: reach.ceil() as u64,
-            lean,
+            reach_int,
+            lean_reach: AtomicU64::new(if lean.is_some() { reach_int } else { u64::MAX }),
+            is_lean: lean.is_some(),
+            lean: lean.unwrap_or_else(Coarse::never),
             meters: cfg.auto.map(|_| RateMeters::new()),
             lag,
             store,
@@ -210,60 +221,21 @@ where
         }
     }
 
-    /// The hit path: one store probe, one coarse-clock load, no allocation, no lock, no precise
-    /// clock read for values far from expiry.
-    #[inline(always)]
-    pub(crate) fn fast<Q>(&self, key: &Q) -> Probe<V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized + ToOwned<Owned = K> + 'static,
-    {
-        match self.lean {
-            Some(coarse) => self.fast_lean(coarse, key),
-            None => self.fast_general(key),
-        }
-    }
-
-    /// The coarse clock of the lean hit path ([`Engine::fast_lean`]), if this function can take
-    /// it. Facades branch on it once, so that the general path's call does not merge into the
-    /// lean path's code.
-    #[inline(always)]
-    pub(crate) fn lean(&self) -> Option<&'static Coarse> {
-        self.lean
-    }
-
-    /// The system clock with a fixed β: integer arithmetic, the coarse horizon read directly.
-    #[inline(always)]
-    pub(crate) fn fast_lean<Q>(&self, coarse: &'static Coarse, key: &Q) -> Probe<V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        match self.store.get_now(&self.ns, key) {
-            Lookup::Found(entry) => match self.lean_hit(coarse, &entry) {
-                Some(horizon) => Probe::Hit {
-                    value: entry.value,
-                    horizon,
-                },
-                None => Probe::NearExpiry(entry),
-            },
-            Lookup::Missing => Probe::Miss,
-            Lookup::NotLocal => Probe::NotLocal,
-        }
-    }
-
     /// The lean path's verdict on an entry found: `Some(horizon)` for a hit (counted), `None`
-    /// when the slow path must decide. Facades that match on it directly keep the entry where
-    /// the store put it.
+    /// when [`Engine::after_lean`] must look again (off the lean path, in a hand-off window,
+    /// near expiry).
     #[inline(always)]
-    pub(crate) fn lean_hit(&self, coarse: &'static Coarse, entry: &Entry<V>) -> Option<u64> {
+    pub(crate) fn lean_hit(&self, entry: &Entry<V>) -> Option<u64> {
         // The horizon is ≥ now, so a positive gap here is a positive gap now, and a gap beyond
         // δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed). An UNTRUSTED
         // horizon saturates the gap to 0: the slow path reads the precise clock.
-        let horizon = coarse.horizon();
+        let horizon = self.lean.horizon();
         let gap = entry.expires_at.saturating_sub(horizon);
-        if gap > entry.delta_us.saturating_mul(self.reach_int)
-            && (!self.stats.hit() || self.clock_checked(coarse, horizon))
+        if gap
+            > entry
+                .delta_us
+                .saturating_mul(self.lean_reach.load(Ordering::Relaxed))
+            && (!self.stats.hit() || self.clock_checked(self.lean, horizon))
         {
             Some(horizon)
         } else {
@@ -271,9 +243,37 @@ where
         }
     }
 
-    /// Any clock, automatic β (rate meters on the hit path), β = ∞.
+    /// Where [`Engine::lean_hit`] said no: `Ok((value, horizon))` if the call is a hit after
+    /// all (the general path, or a lean function in a hand-off window), else what the slow path
+    /// gets.
     #[inline(never)]
-    pub(crate) fn fast_general<Q>(&self, key: &Q) -> Probe<V>
+    pub(crate) fn after_lean<Q>(&self, key: &Q, lookup: Lookup<V>) -> Result<(V, u64), Probe<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + ToOwned<Owned = K> + 'static,
+    {
+        if !self.is_lean {
+            return self.general(key, lookup);
+        }
+        let entry = match lookup {
+            Lookup::Found(entry) => entry,
+            Lookup::Missing => return Err(Probe::Miss),
+            Lookup::NotLocal => return Err(Probe::NotLocal),
+        };
+        let horizon = self.lean.horizon();
+        let gap = entry.expires_at.saturating_sub(horizon);
+        if gap > entry.delta_us.saturating_mul(self.reach_int)
+            && (!self.stats.hit() || self.clock_checked(self.lean, horizon))
+        {
+            self.end_handoff_window(horizon);
+            Ok((entry.value, horizon))
+        } else {
+            Err(Probe::NearExpiry(entry))
+        }
+    }
+
+    /// Any clock, automatic β (rate meters on the hit path), β = ∞.
+    fn general<Q>(&self, key: &Q, lookup: Lookup<V>) -> Result<(V, u64), Probe<V>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + ToOwned<Owned = K> + 'static,
@@ -281,35 +281,29 @@ where
         if let Some(m) = &self.meters {
             m.tick(&owned_or_same(key), self.clock.recent());
         }
-        match self.store.get_now(&self.ns, key) {
-            Lookup::NotLocal => Probe::NotLocal,
-            Lookup::Missing => Probe::Miss,
-            Lookup::Found(entry) => {
-                let recent = self.clock.recent();
-                let worst_now = recent.saturating_add(self.lag);
-                let gap = entry.expires_at.saturating_sub(worst_now);
-                let reach = f64::from_bits(self.reach_ns_per_us.load(Ordering::Relaxed));
-                if gap > 0 && gap as f64 > entry.delta_us as f64 * reach {
-                    let checked = match self.clock.coarse() {
-                        Some(coarse) if self.stats.hit() => self.clock_checked(coarse, worst_now),
-                        Some(_) => true,
-                        None => {
-                            self.stats.hit();
-                            true
-                        }
-                    };
-                    if !checked {
-                        return Probe::NearExpiry(entry);
-                    }
-                    Probe::Hit {
-                        value: entry.value,
-                        horizon: worst_now,
-                    }
-                } else {
-                    Probe::NearExpiry(entry)
+        let entry = match lookup {
+            Lookup::Found(entry) => entry,
+            Lookup::Missing => return Err(Probe::Miss),
+            Lookup::NotLocal => return Err(Probe::NotLocal),
+        };
+        let recent = self.clock.recent();
+        let worst_now = recent.saturating_add(self.lag);
+        let gap = entry.expires_at.saturating_sub(worst_now);
+        let reach = f64::from_bits(self.reach_ns_per_us.load(Ordering::Relaxed));
+        if gap > 0 && gap as f64 > entry.delta_us as f64 * reach {
+            let checked = match self.clock.coarse() {
+                Some(coarse) if self.stats.hit() => self.clock_checked(coarse, worst_now),
+                Some(_) => true,
+                None => {
+                    self.stats.hit();
+                    true
                 }
+            };
+            if checked {
+                return Ok((entry.value, worst_now));
             }
         }
+        Err(Probe::NearExpiry(entry))
     }
 
     /// Every [`CHECK_EVERY`](crate::stats::CHECK_EVERY)-th hit of a thread: is the coarse
@@ -345,9 +339,26 @@ where
                 .recent()
                 .saturating_add(HANDOFF_WINDOW_NS)
                 .saturating_add(self.lag);
-            self.handoff_until.fetch_max(until, Ordering::Relaxed);
+            self.handoff_until.fetch_max(until, Ordering::SeqCst);
+            // Lean hits now take `after_lean`, whose facade yields: the hit path itself has no
+            // branch for the window.
+            self.lean_reach.store(u64::MAX, Ordering::SeqCst);
         }
         mode.hand_off();
+    }
+
+    /// A lean hit in `after_lean` at `horizon`: if no hand-off window is open any more, lean
+    /// hits go back to the hit path. The second look closes the race with a window opened
+    /// meanwhile (it then stays open).
+    fn end_handoff_window(&self, horizon: u64) {
+        if self.handoff_until.load(Ordering::SeqCst) <= horizon
+            && self.lean_reach.load(Ordering::Relaxed) != self.reach_int
+        {
+            self.lean_reach.store(self.reach_int, Ordering::SeqCst);
+            if self.handoff_until.load(Ordering::SeqCst) > horizon {
+                self.lean_reach.store(u64::MAX, Ordering::SeqCst);
+            }
+        }
     }
 
     /// Automatic β handed out `beta` for some key: widen the hit path's reach to cover it, so

@@ -6,14 +6,16 @@ use crate::layer::Layer;
 use crate::miss;
 use crate::ops;
 use crate::stats::StatsSnapshot;
-use crate::store::contract::{Store, StoreError};
+use crate::store::contract::{Lookup, Store, StoreError};
 use crate::wait::Contention;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::borrow::Borrow;
 use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// An async memoized function. Cheap to clone; clones share everything.
@@ -93,19 +95,11 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        async move {
-            // Each path returns its hit on its own, so the lean one stays straight-line code.
-            let seen = match self.engine.lean() {
-                Some(coarse) => match self.engine.fast_lean(coarse, key) {
-                    Probe::Hit { value, .. } => return Ok(value),
-                    seen => seen,
-                },
-                None => match self.engine.fast_general(key) {
-                    Probe::Hit { value, .. } => return Ok(value),
-                    seen => seen,
-                },
-            };
-            self.slow(key, seen, None).await
+        Get {
+            f: self,
+            key,
+            contention: None,
+            slow: None,
         }
     }
 
@@ -131,17 +125,35 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        async move {
-            match self.engine.fast(key) {
-                Probe::Hit { value, .. } => Ok(value),
-                seen => self.slow(key, seen, Some(contention)).await,
-            }
+        Get {
+            f: self,
+            key,
+            contention: Some(contention),
+            slow: None,
+        }
+    }
+
+    /// What the lean hit path did not answer: a hit after all (the general path), or the slow
+    /// path's future.
+    #[inline(never)]
+    fn cold<'a, Q>(
+        &'a self,
+        key: &'a Q,
+        lookup: Lookup<V>,
+        contention: Option<Contention>,
+    ) -> Result<V, BoxFuture<'a, Result<V, Error<E>>>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        match self.engine.after_lean(key, lookup) {
+            Ok((value, _)) => Ok(value),
+            Err(seen) => Err(self.slow(key, seen, contention)),
         }
     }
 
     /// Everything but a plain hit, boxed: the slow path's state is large, and keeping it out of
     /// `get`'s future keeps a hit from initialising and moving it.
-    #[inline(never)]
     fn slow<'a, Q>(
         &'a self,
         key: &'a Q,
@@ -281,6 +293,52 @@ where
     /// The function's name (its namespace in the store).
     pub fn name(&self) -> &str {
         self.engine.ns.name()
+    }
+}
+
+/// The future of [`Memoized::get`]: its first poll runs the hit path in place; anything else
+/// continues in a boxed slow path. A plain struct rather than an `async` block, so that the
+/// caller's poll inlines the hit path.
+struct Get<'a, K, V, E, S, Q: ?Sized> {
+    f: &'a Memoized<K, V, E, S>,
+    key: &'a Q,
+    contention: Option<Contention>,
+    slow: Option<BoxFuture<'a, Result<V, Error<E>>>>,
+}
+
+impl<K, V, E, S, Q> Future for Get<'_, K, V, E, S, Q>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+    Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+{
+    type Output = Result<V, Error<E>>;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.get_mut();
+        if me.slow.is_none() {
+            let eng = &me.f.engine;
+            let lookup = match eng.store.get_now(&eng.ns, me.key) {
+                Lookup::Found(entry) => {
+                    if eng.lean_hit(&entry).is_some() {
+                        return Poll::Ready(Ok(entry.value));
+                    }
+                    Lookup::Found(entry)
+                }
+                lookup => lookup,
+            };
+            match me.f.cold(me.key, lookup, me.contention) {
+                Ok(value) => return Poll::Ready(Ok(value)),
+                Err(slow) => me.slow = Some(slow),
+            }
+        }
+        match &mut me.slow {
+            Some(slow) => slow.as_mut().poll(cx),
+            None => unreachable!("set just above"),
+        }
     }
 }
 

@@ -21,14 +21,32 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// A key of one function. Namespace 0 (the first function of a store, usually the only one)
+/// hashes as the bare key, so its hits cost no more hashing than quick_cache's own `get`; other
+/// namespaces mix their id in.
+#[derive(Clone, PartialEq, Eq)]
 struct MemKey<K> {
     ns: u32,
     key: K,
 }
 
+#[inline(always)]
+fn hash_ns_key<Q: Hash + ?Sized, H: std::hash::Hasher>(ns: u32, key: &Q, state: &mut H) {
+    if ns != 0 {
+        state.write_u32(ns);
+    }
+    key.hash(state);
+}
+
+impl<K: Hash> Hash for MemKey<K> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_ns_key(self.ns, &self.key, state);
+    }
+}
+
 /// A borrowed key for lookups, in any borrowed form `Q` of `K`: hashes exactly like [`MemKey`]
-/// (same fields in the same order, and `Borrow` promises `Q` hashes like `K`).
+/// (`Borrow` promises `Q` hashes like `K`).
 struct MemKeyRef<'a, Q: ?Sized> {
     ns: u32,
     key: &'a Q,
@@ -37,8 +55,7 @@ struct MemKeyRef<'a, Q: ?Sized> {
 impl<Q: Hash + ?Sized> Hash for MemKeyRef<'_, Q> {
     #[inline]
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.ns.hash(state);
-        self.key.hash(state);
+        hash_ns_key(self.ns, self.key, state);
     }
 }
 
