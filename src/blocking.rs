@@ -89,26 +89,6 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        self.get_inner(key, None)
-    }
-
-    /// The value for `key`, with this call's own contention policy.
-    #[inline(always)]
-    pub fn get_with<Q>(&self, key: &Q, contention: Contention) -> Result<V, Error<E>>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
-    {
-        self.get_inner(key, Some(contention))
-    }
-
-    /// `contention` is `None` for the function's own policy, read only off the hit path.
-    #[inline(always)]
-    fn get_inner<Q>(&self, key: &Q, contention: Option<Contention>) -> Result<V, Error<E>>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
-    {
         let lookup = self.engine.store.get_now(&self.engine.ns, key);
         if let Lookup::Found(entry) = &lookup {
             if self.engine.lean_hit(entry).is_some() {
@@ -119,7 +99,26 @@ where
                 unreachable!("matched just above");
             }
         }
-        self.cold(key, lookup, contention)
+        self.cold(key, lookup, None)
+    }
+
+    /// The value for `key`, with this call's own contention policy.
+    #[inline(always)]
+    pub fn get_with<Q>(&self, key: &Q, contention: Contention) -> Result<V, Error<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        let lookup = self.engine.store.get_now(&self.engine.ns, key);
+        if let Lookup::Found(entry) = &lookup {
+            if self.engine.lean_hit(entry).is_some() {
+                if let Lookup::Found(entry) = lookup {
+                    return Ok(entry.value);
+                }
+                unreachable!("matched just above");
+            }
+        }
+        self.cold(key, lookup, Some(contention))
     }
 
     /// Everything the lean hit path did not answer: the general path, a hand-off window (yield

@@ -20,7 +20,7 @@ use rand::{rngs::StdRng, RngCore, SeedableRng};
 use std::any::TypeId;
 use std::borrow::{Borrow, Cow};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,17 +138,18 @@ pub(crate) struct Engine<K, V, E, S> {
     /// `β · E_MAX · 1000` (f64 bits): multiplied by delta (µs) gives XFetch's reach in ns. With
     /// automatic β it is the largest β handed out so far, so the hit path stays conservative.
     reach_ns_per_us: AtomicU64,
-    /// The lean hit path's source of time: the system clock's coarse clock when the clock is
-    /// the system clock and β is fixed and finite (no rate meters), else a coarse clock that is
-    /// never trusted, so the lean path always defers to [`Engine::after_lean`]. The hit path
-    /// thus has no branch for the features that are off.
-    lean: &'static Coarse,
+    /// The lean hit path's clock: the system clock's coarse clock when the clock is the system
+    /// clock and β is fixed and finite (no rate meters), else a coarse clock that is never
+    /// trusted, so the lean path always defers to [`Engine::after_lean`]. The hit path thus
+    /// has no branch for the features that are off.
+    coarse: &'static Coarse,
     is_lean: bool,
+    /// What the hit path reads: `coarse`, or the never-trusted clock while a hand-off window is
+    /// open, which sends blocking hitters to [`Engine::after_lean`] to yield there. Only ever
+    /// holds `&'static Coarse` pointers.
+    lean: AtomicPtr<Coarse>,
     /// `⌈β · E_MAX · 1000⌉` as an integer: the lean path's reach (fixed β only).
     reach_int: u64,
-    /// What the lean hit path multiplies δ by: `reach_int`, or `u64::MAX` while a hand-off
-    /// window is open, which sends blocking hitters to [`Engine::after_lean`] to yield there.
-    lean_reach: AtomicU64,
     pub(crate) meters: Option<RateMeters<K>>,
     /// How far the cheap clock may lag.
     lag: u64,
@@ -202,9 +203,9 @@ where
         Engine {
             reach_ns_per_us: AtomicU64::new(reach.to_bits()),
             reach_int,
-            lean_reach: AtomicU64::new(if lean.is_some() { reach_int } else { u64::MAX }),
             is_lean: lean.is_some(),
-            lean: lean.unwrap_or_else(Coarse::never),
+            coarse: lean.unwrap_or_else(Coarse::never),
+            lean: AtomicPtr::new(ptr(lean.unwrap_or_else(Coarse::never))),
             meters: cfg.auto.map(|_| RateMeters::new()),
             lag,
             store,
@@ -223,24 +224,19 @@ where
 
     /// The lean path's verdict on an entry found: `Some(horizon)` for a hit (counted), `None`
     /// when [`Engine::after_lean`] must look again (off the lean path, in a hand-off window,
-    /// near expiry).
+    /// near expiry, or a hit due for the periodic clock check, which the hit path leaves to
+    /// the cold path so that no value stays live across a call).
     #[inline(always)]
     pub(crate) fn lean_hit(&self, entry: &Entry<V>) -> Option<u64> {
         // The horizon is ≥ now, so a positive gap here is a positive gap now, and a gap beyond
         // δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed). An UNTRUSTED
         // horizon saturates the gap to 0: the slow path reads the precise clock.
-        let horizon = self.lean.horizon();
-        let gap = entry.expires_at.saturating_sub(horizon);
-        if gap
-            > entry
-                .delta_us
-                .saturating_mul(self.lean_reach.load(Ordering::Relaxed))
-            && (!self.stats.hit() || self.clock_checked(self.lean, horizon))
-        {
-            Some(horizon)
-        } else {
-            None
-        }
+        // SAFETY: `lean` only ever holds pointers made from `&'static Coarse` (see `ptr`).
+        let coarse = unsafe { &*self.lean.load(Ordering::Relaxed) };
+        let horizon = coarse.horizon();
+        let gap = entry.expires_at.checked_sub(horizon)?;
+        (gap > entry.delta_us.saturating_mul(self.reach_int) && self.stats.try_hit())
+            .then_some(horizon)
     }
 
     /// Where [`Engine::lean_hit`] said no: `Ok((value, horizon))` if the call is a hit after
@@ -260,10 +256,10 @@ where
             Lookup::Missing => return Err(Probe::Miss),
             Lookup::NotLocal => return Err(Probe::NotLocal),
         };
-        let horizon = self.lean.horizon();
+        let horizon = self.coarse.horizon();
         let gap = entry.expires_at.saturating_sub(horizon);
         if gap > entry.delta_us.saturating_mul(self.reach_int)
-            && (!self.stats.hit() || self.clock_checked(self.lean, horizon))
+            && (!self.stats.hit() || self.clock_checked(self.coarse, horizon))
         {
             self.end_handoff_window(horizon);
             Ok((entry.value, horizon))
@@ -342,7 +338,7 @@ where
             self.handoff_until.fetch_max(until, Ordering::SeqCst);
             // Lean hits now take `after_lean`, whose facade yields: the hit path itself has no
             // branch for the window.
-            self.lean_reach.store(u64::MAX, Ordering::SeqCst);
+            self.lean.store(ptr(Coarse::never()), Ordering::SeqCst);
         }
         mode.hand_off();
     }
@@ -351,12 +347,13 @@ where
     /// hits go back to the hit path. The second look closes the race with a window opened
     /// meanwhile (it then stays open).
     fn end_handoff_window(&self, horizon: u64) {
+        let coarse = ptr(self.coarse);
         if self.handoff_until.load(Ordering::SeqCst) <= horizon
-            && self.lean_reach.load(Ordering::Relaxed) != self.reach_int
+            && self.lean.load(Ordering::Relaxed) != coarse
         {
-            self.lean_reach.store(self.reach_int, Ordering::SeqCst);
+            self.lean.store(coarse, Ordering::SeqCst);
             if self.handoff_until.load(Ordering::SeqCst) > horizon {
-                self.lean_reach.store(u64::MAX, Ordering::SeqCst);
+                self.lean.store(ptr(Coarse::never()), Ordering::SeqCst);
             }
         }
     }
@@ -438,6 +435,11 @@ where
         self.refreshes.clear_backoff(key);
         Ok(value)
     }
+}
+
+/// The pointer form of a coarse clock, for [`Engine::lean`].
+fn ptr(c: &'static Coarse) -> *mut Coarse {
+    c as *const Coarse as *mut Coarse
 }
 
 /// `key` as a `&K`: borrowed when `Q` is `K` itself (the common call `get(&k)`), an owned copy

@@ -264,11 +264,30 @@ impl Default for HitCounter {
 }
 
 impl HitCounter {
-    /// Counts one hit; true on every [`CHECK_EVERY`]-th hit of this thread.
+    /// The hit path's count: counts one hit and says true, unless this hit is every
+    /// [`CHECK_EVERY`]-th of this thread (or the thread has no stripe of its own yet): then it
+    /// counts nothing and says false, and the caller's cold path counts it with
+    /// [`HitCounter::add_one`]. One load and one store on this thread's own line.
     #[inline(always)]
-    pub(crate) fn add_one(&self) -> bool {
+    pub(crate) fn try_add_one(&self) -> bool {
         match self.stripes.get(INDEX.with(|i| i.get()) as usize) {
             // Only this thread writes this stripe: no read-modify-write race.
+            Some(s) => {
+                let n = s.0.load(Ordering::Relaxed).wrapping_add(1);
+                let counted = n % CHECK_EVERY != 0;
+                if counted {
+                    s.0.store(n, Ordering::Relaxed);
+                }
+                counted
+            }
+            None => false,
+        }
+    }
+
+    /// Counts one hit; true on every [`CHECK_EVERY`]-th hit of this thread.
+    #[inline]
+    pub(crate) fn add_one(&self) -> bool {
+        match self.stripes.get(INDEX.with(|i| i.get()) as usize) {
             Some(s) => {
                 let n = s.0.load(Ordering::Relaxed).wrapping_add(1);
                 s.0.store(n, Ordering::Relaxed);
@@ -344,10 +363,21 @@ impl Stats {
             m: MetricCounters::new(function),
         }
     }
+    /// The hit path's count of a fast hit (see [`HitCounter::try_add_one`]): false when the
+    /// hit was not counted because the caller must check its clock first, in its cold path.
+    #[inline(always)]
+    pub(crate) fn try_hit(&self) -> bool {
+        let counted = self.hits.try_add_one();
+        #[cfg(feature = "metrics")]
+        if counted {
+            self.m.fast_hits.increment(1);
+        }
+        counted
+    }
     /// Counts a fast hit; true when the hit path is due to check its clock
     /// ([`CHECK_EVERY`]). The caller then either confirms the hit ([`Stats::hit_checked`]) or
     /// takes it back ([`Stats::unhit`]).
-    #[inline(always)]
+    #[inline]
     pub(crate) fn hit(&self) -> bool {
         let due = self.hits.add_one();
         #[cfg(feature = "metrics")]

@@ -21,9 +21,10 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A key of one function. Namespace 0 (the first function of a store, usually the only one)
-/// hashes as the bare key, so its hits cost no more hashing than quick_cache's own `get`; other
-/// namespaces mix their id in.
+/// A key of one function. It hashes as the bare key: the namespace takes part in equality
+/// only, so a hit costs no more hashing than quick_cache's own `get`. Equal keys of several
+/// functions on one store share a hash and a probe sequence, which costs a lookup of such a key
+/// one namespace comparison per other function holding it.
 #[derive(Clone, PartialEq, Eq)]
 struct MemKey<K> {
     ns: u32,
@@ -31,10 +32,7 @@ struct MemKey<K> {
 }
 
 #[inline(always)]
-fn hash_ns_key<Q: Hash + ?Sized, H: std::hash::Hasher>(ns: u32, key: &Q, state: &mut H) {
-    if ns != 0 {
-        state.write_u32(ns);
-    }
+fn hash_ns_key<Q: Hash + ?Sized, H: std::hash::Hasher>(_ns: u32, key: &Q, state: &mut H) {
     key.hash(state);
 }
 
