@@ -67,6 +67,11 @@ where
         BlockingMemoized { engine }
     }
 
+    #[cfg(test)]
+    pub(crate) fn engine(&self) -> &Engine<K, V, E, S> {
+        &self.engine
+    }
+
     /// The value for `key`, under the function's contention policy.
     ///
     /// `key` may be any borrowed form of `K` (`&str` for `String`, `&[u8]` for `Vec<u8>`): a hit

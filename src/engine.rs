@@ -462,8 +462,40 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::owned_or_same;
+    use super::*;
+    use crate::{memoize_stampede, MemoryStore};
     use std::borrow::Cow;
+
+    #[test]
+    fn a_hand_off_window_sends_lean_hits_to_the_cold_path_until_it_closes() {
+        let store = MemoryStore::<u32, u32>::new(10).unwrap();
+        let f = memoize_stampede(&store, Duration::from_secs(60))
+            .build_blocking_infallible(|k: &u32| k + 1)
+            .unwrap();
+        let e = f.engine();
+        let lean = || e.lean.load(Ordering::SeqCst);
+        assert_eq!(f.get(&1).unwrap(), 2);
+        assert_eq!(
+            lean(),
+            ptr(e.coarse),
+            "a fixed-β system-clock function is lean"
+        );
+        e.handed_off(1);
+        assert_eq!(lean(), ptr(Coarse::never()), "the window is open");
+        // Hits still count while the window is open (they just yield).
+        let hits = f.stats().hits;
+        assert_eq!(f.get(&1).unwrap(), 2);
+        assert_eq!(f.stats().hits, hits + 1);
+        // The window is 5 ms of coarse time: a hit after that puts the lean path back.
+        let closed = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(2));
+            f.get(&1).unwrap();
+            lean() == ptr(e.coarse)
+        });
+        assert!(closed, "the window never closed");
+        assert_eq!(f.stats().computations, 1);
+        assert_eq!(f.stats().slow_calls, 1);
+    }
 
     #[test]
     fn the_owned_key_is_borrowed_and_a_borrowed_form_copied() {
