@@ -6,6 +6,16 @@
 //! - [`Clock::now`] is precise; the engine reads it when a decision depends on it;
 //! - [`Clock::recent`] is cheap and may lag `now` by at most [`Clock::recent_lag`]. The hit path
 //!   reads it first and only pays for `now` when the value is close to its XFetch window.
+//!
+//! The system clock's cheap reading comes from one tick thread per process. The engine reads
+//! it without dynamic dispatch (`EngineClock`), as one load of `time + lag`, so a hit does no
+//! arithmetic on the clock at all. A tick thread that stops (starved past the lag, or absent in
+//! a forked child) must not freeze time for the hit path: every
+//! 256th hit of a thread and function (`stats::CHECK_EVERY`) compares the coarse reading with
+//! the precise one, a fork handler marks the reading untrusted in the child, and an untrusted
+//! reading sends calls to the precise clock (and restarts the tick thread in a child) until the
+//! tick thread runs again. At most 255 hits per thread and function are served on a
+//! stale reading before that.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -396,15 +406,12 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     const LAG: Duration = Duration::from_millis(20);
+    type Counted =
+        crate::BlockingMemoized<u32, u32, std::convert::Infallible, MemoryStore<u32, u32>>;
     const TTL: Duration = Duration::from_millis(150);
 
     /// A blocking function on a private system clock, computed once, and a counter of runs.
-    fn computed_once(
-        clock: SystemClock,
-    ) -> (
-        crate::BlockingMemoized<u32, u32, std::convert::Infallible, MemoryStore<u32, u32>>,
-        Arc<AtomicU32>,
-    ) {
+    fn computed_once(clock: SystemClock) -> (Counted, Arc<AtomicU32>) {
         let runs = Arc::new(AtomicU32::new(0));
         let r = runs.clone();
         let store = MemoryStore::<u32, u32>::new(10).unwrap();
@@ -417,10 +424,7 @@ mod tests {
     }
 
     /// Calls until the function recomputes; how many calls that took (bounded).
-    fn calls_until_recomputed(
-        f: &crate::BlockingMemoized<u32, u32, std::convert::Infallible, MemoryStore<u32, u32>>,
-        runs: &AtomicU32,
-    ) -> Option<u64> {
+    fn calls_until_recomputed(f: &Counted, runs: &AtomicU32) -> Option<u64> {
         let bound = 4 * crate::stats::CHECK_EVERY;
         (1..=bound).find(|_| {
             f.get(&1).unwrap();
