@@ -270,18 +270,16 @@ impl HitCounter {
     /// [`HitCounter::add_one`]. One load and one store on this thread's own line.
     #[inline(always)]
     pub(crate) fn try_add_one(&self) -> bool {
-        match self.stripes.get(INDEX.with(|i| i.get()) as usize) {
-            // Only this thread writes this stripe: no read-modify-write race.
-            Some(s) => {
-                let n = s.0.load(Ordering::Relaxed).wrapping_add(1);
-                let counted = n % CHECK_EVERY != 0;
-                if counted {
-                    s.0.store(n, Ordering::Relaxed);
-                }
-                counted
-            }
-            None => false,
+        let Some(s) = self.stripes.get(INDEX.with(|i| i.get()) as usize) else {
+            return false;
+        };
+        // Only this thread writes this stripe: no read-modify-write race.
+        let n = s.0.load(Ordering::Relaxed).wrapping_add(1);
+        if n % CHECK_EVERY == 0 {
+            return false;
         }
+        s.0.store(n, Ordering::Relaxed);
+        true
     }
 
     /// Counts one hit; true on every [`CHECK_EVERY`]-th hit of this thread.
