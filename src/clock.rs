@@ -470,4 +470,45 @@ mod tests {
         f.get(&1).unwrap();
         assert_eq!(f.stats().slow_calls, slow);
     }
+
+    /// A real fork: the child has no tick thread. The fork handler distrusts the inherited
+    /// reading at once, and the child's first precise read starts a tick thread of its own.
+    #[cfg(unix)]
+    #[test]
+    fn a_forked_child_distrusts_the_inherited_clock_and_restarts_its_tick_thread() {
+        extern "C" {
+            fn fork() -> i32;
+            fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+            fn _exit(code: i32) -> !;
+        }
+        let c = coarse();
+        let _ = c.now();
+        // SAFETY: the child only touches atomics, sleeps, spawns a thread and exits with
+        // `_exit` (no unwinding or exit handlers in a copy of a multi-threaded process).
+        let pid = unsafe { fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let distrusted = c.horizon() == UNTRUSTED;
+            let _ = c.now(); // revives the tick thread in this process
+            let ticking = (0..500).any(|_| {
+                std::thread::sleep(TICK);
+                c.horizon() != UNTRUSTED
+            });
+            unsafe {
+                _exit(if !distrusted {
+                    2
+                } else if !ticking {
+                    3
+                } else {
+                    0
+                })
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked; `status` outlives the call.
+        assert_eq!(unsafe { waitpid(pid, &mut status, 0) }, pid);
+        // WIFEXITED && WEXITSTATUS: 2 = the child trusted a frozen clock, 3 = no tick thread.
+        assert_eq!(status & 0x7f, 0, "the child died by a signal");
+        assert_eq!((status >> 8) & 0xff, 0, "child exit code");
+    }
 }
