@@ -4,14 +4,15 @@
 //! else polls the shared engine's slow path to completion on the calling thread
 //! (a small nesting-safe `block_on`), where waiting parks the thread instead of awaiting a timer.
 
-use crate::engine::{Engine, Probe};
+use crate::engine::{owned_or_same, Engine, Probe};
 use crate::error::Error;
 use crate::layer::BlockingLayer;
 use crate::miss;
 use crate::ops;
 use crate::stats::StatsSnapshot;
-use crate::store::contract::{Store, StoreError};
+use crate::store::contract::{Lookup, Store, StoreError};
 use crate::wait::{block_on, Contention};
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,28 +67,106 @@ where
         BlockingMemoized { engine }
     }
 
+    #[cfg(test)]
+    pub(crate) fn engine(&self) -> &Engine<K, V, E, S> {
+        &self.engine
+    }
+
     /// The value for `key`, under the function's contention policy.
-    #[inline]
-    pub fn get(&self, key: &K) -> Result<V, Error<E>> {
-        self.get_with(key, self.engine.cfg.contention)
+    ///
+    /// `key` may be any borrowed form of `K` (`&str` for `String`, `&[u8]` for `Vec<u8>`): a hit
+    /// looks it up as it is, without building a `K`; a miss makes one owned copy.
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<String, usize>::new(100).unwrap();
+    /// let len = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_blocking_infallible(|k: &String| k.len())
+    ///     .unwrap();
+    /// assert_eq!(len.get("bob").unwrap(), 3); // &str for a String key
+    /// assert_eq!(len.get(&"bob".to_string()).unwrap(), 3); // the same entry
+    /// assert_eq!(len.stats().computations, 1);
+    /// ```
+    #[inline(always)]
+    pub fn get<Q>(&self, key: &Q) -> Result<V, Error<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        let lookup = self.engine.store.get_now(&self.engine.ns, key);
+        if let Lookup::Found(entry) = &lookup {
+            if self.engine.lean_hit(entry).is_some() {
+                // Moved out only now, so the entry is never copied on a hit.
+                if let Lookup::Found(entry) = lookup {
+                    return Ok(entry.value);
+                }
+                unreachable!("matched just above");
+            }
+        }
+        self.cold(key, lookup, None)
     }
 
     /// The value for `key`, with this call's own contention policy.
-    #[inline]
-    pub fn get_with(&self, key: &K, contention: Contention) -> Result<V, Error<E>> {
-        match self.engine.fast(key) {
-            Probe::Hit { value, handing_off } => {
-                if handing_off {
+    #[inline(always)]
+    pub fn get_with<Q>(&self, key: &Q, contention: Contention) -> Result<V, Error<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        let lookup = self.engine.store.get_now(&self.engine.ns, key);
+        if let Lookup::Found(entry) = &lookup {
+            if self.engine.lean_hit(entry).is_some() {
+                if let Lookup::Found(entry) = lookup {
+                    return Ok(entry.value);
+                }
+                unreachable!("matched just above");
+            }
+        }
+        self.cold(key, lookup, Some(contention))
+    }
+
+    /// Everything the lean hit path did not answer: the general path, a hand-off window (yield
+    /// after the hit), the slow path.
+    #[inline(never)]
+    fn cold<Q>(
+        &self,
+        key: &Q,
+        lookup: Lookup<V>,
+        contention: Option<Contention>,
+    ) -> Result<V, Error<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        match self.engine.after_lean(key, lookup) {
+            Ok((value, horizon)) => {
+                if self.engine.handing_off(horizon) {
                     std::thread::yield_now();
                 }
                 Ok(value)
             }
-            seen => {
-                let out = block_on(miss::slow(&self.engine, key, seen, contention));
-                self.engine.yield_if_handing_off();
-                out
-            }
+            Err(seen) => self.slow(key, seen, contention),
         }
+    }
+
+    /// Everything but a plain hit, out of line so the hit path stays small.
+    #[inline(never)]
+    fn slow<Q>(
+        &self,
+        key: &Q,
+        seen: Probe<V>,
+        contention: Option<Contention>,
+    ) -> Result<V, Error<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        let contention = contention.unwrap_or(self.engine.cfg.contention);
+        let key = owned_or_same(key);
+        let out = block_on(miss::slow(&self.engine, &key, seen, contention));
+        self.engine.yield_if_handing_off();
+        out
     }
 
     /// Invalidates `key`; see [`Memoized::invalidate`](crate::Memoized::invalidate).
@@ -108,7 +187,11 @@ where
     /// f.invalidate_all().unwrap();
     /// assert_eq!(f.peek(&1), None);
     /// ```
-    pub fn invalidate(&self, key: &K) -> Result<(), StoreError> {
+    pub fn invalidate<Q>(&self, key: &Q) -> Result<(), StoreError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
         block_on(ops::invalidate(&self.engine, key))
     }
 
@@ -120,22 +203,38 @@ where
 
     /// Stores a value computed elsewhere (δ unknown: no early refresh until the first real
     /// computation); see [`Memoized::insert`](crate::Memoized::insert).
-    pub fn insert(&self, key: &K, value: V) -> Result<(), StoreError> {
+    pub fn insert<Q>(&self, key: &Q, value: V) -> Result<(), StoreError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
         block_on(ops::insert(&self.engine, key, value, None))
     }
 
     /// Stores a value computed elsewhere, with its computation time.
-    pub fn insert_with_delta(&self, key: &K, value: V, delta: Duration) -> Result<(), StoreError> {
+    pub fn insert_with_delta<Q>(&self, key: &Q, value: V, delta: Duration) -> Result<(), StoreError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
         block_on(ops::insert(&self.engine, key, value, Some(delta)))
     }
 
     /// Recomputes `key` now (joining a computation already running in this process).
-    pub fn refresh(&self, key: &K) -> Result<V, Error<E>> {
+    pub fn refresh<Q>(&self, key: &Q) -> Result<V, Error<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
         block_on(ops::refresh(&self.engine, key))
     }
 
     /// The current unexpired value, without computing, counting or triggering anything.
-    pub fn peek(&self, key: &K) -> Option<V> {
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
         block_on(ops::peek(&self.engine, key))
     }
 

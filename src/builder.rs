@@ -4,7 +4,7 @@
 
 use crate::auto::LeadTarget;
 use crate::blocking::BlockingMemoized;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, EngineClock};
 use crate::engine::{Config, Draws, Engine};
 use crate::error::ConfigError;
 use crate::flight::DEFAULT_MAX_REFRESHES;
@@ -48,7 +48,7 @@ pub struct Builder<K, V, S> {
     serve_stale: bool,
     refresh_backoff: Duration,
     lease: (Duration, Duration),
-    clock: Option<Arc<dyn Clock>>,
+    clock: Option<EngineClock>,
     seed: Option<u64>,
     auto: Option<LeadTarget>,
     max_refreshes: usize,
@@ -219,7 +219,7 @@ where
 
     /// Replaces the system clock (tests use [`ManualClock`](crate::ManualClock)).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Some(Arc::new(clock));
+        self.clock = Some(EngineClock::new(clock));
         self
     }
 
@@ -321,7 +321,7 @@ where
         }
         let name = self.name.unwrap_or_else(anonymous_name);
         let ns = self.store.namespace(&name);
-        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let clock = self.clock.unwrap_or_else(EngineClock::system);
         let draws = self.seed.map_or(Draws::Thread, Draws::seeded);
         Ok(Arc::new(Engine::new(
             self.store, ns, clock, draws, compute, cfg,

@@ -7,7 +7,7 @@
 //! the two is captured by [`WaitMode`] (how to wait) and [`ComputeFn`] (how to run the closure).
 
 use crate::auto::{LeadTarget, RateMeters};
-use crate::clock::{saturating_nanos, Clock};
+use crate::clock::{saturating_nanos, Coarse, EngineClock};
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::flight::{FlightMap, RefreshSlots};
@@ -17,8 +17,10 @@ use crate::store::contract::{Lookup, Namespace, Store, Written};
 use crate::wait::{Contention, WaitMode};
 use crate::xfetch::{self, theory};
 use rand::{rngs::StdRng, RngCore, SeedableRng};
+use std::any::TypeId;
+use std::borrow::{Borrow, Cow};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,17 +71,17 @@ impl Fences {
             hasher: std::hash::RandomState::new(),
         }
     }
-    fn shard<K: Hash>(&self, key: &K) -> &AtomicU64 {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &AtomicU64 {
         use std::hash::BuildHasher;
         &self.shards[self.hasher.hash_one(key) as usize % Self::SHARDS]
     }
-    pub(crate) fn snapshot<K: Hash>(&self, key: &K) -> FenceSnapshot {
+    pub(crate) fn snapshot<Q: Hash + ?Sized>(&self, key: &Q) -> FenceSnapshot {
         FenceSnapshot(
             self.shard(key).load(Ordering::Acquire),
             self.all.load(Ordering::Acquire),
         )
     }
-    pub(crate) fn bump<K: Hash>(&self, key: &K) {
+    pub(crate) fn bump<Q: Hash + ?Sized>(&self, key: &Q) {
         self.shard(key).fetch_add(1, Ordering::AcqRel);
     }
     pub(crate) fn bump_all(&self) {
@@ -109,11 +111,16 @@ pub(crate) struct Config {
 
 /// What the hit path saw.
 pub(crate) enum Probe<V> {
-    /// A value far enough from expiry that no XFetch draw could fire.
+    /// A value far enough from expiry that no XFetch draw could fire. The facades answer hits
+    /// themselves now and never hand one to the slow path; the variant stays until
+    /// `miss::slow` drops its arm for it.
+    #[allow(dead_code)]
     Hit {
         value: V,
-        /// A hand-off window is open: blocking callers yield once (see [`Engine::handed_off`]).
-        handing_off: bool,
+        /// The upper bound of the time the hit was judged at (`recent + lag`): blocking
+        /// callers compare it with the hand-off window, [`Engine::handing_off`], without a
+        /// second clock read.
+        horizon: u64,
     },
     /// A value within XFetch reach of its expiry (or past it): the slow path decides.
     NearExpiry(Entry<V>),
@@ -126,18 +133,31 @@ pub(crate) enum Probe<V> {
 pub(crate) struct Engine<K, V, E, S> {
     pub(crate) store: S,
     pub(crate) ns: Namespace,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: EngineClock,
     pub(crate) draws: Draws,
     pub(crate) compute: ComputeFn<K, V, E>,
     pub(crate) cfg: Config,
     /// `β · E_MAX · 1000` (f64 bits): multiplied by delta (µs) gives XFetch's reach in ns. With
     /// automatic β it is the largest β handed out so far, so the hit path stays conservative.
     reach_ns_per_us: AtomicU64,
+    /// The lean hit path's clock: the system clock's coarse clock when the clock is the system
+    /// clock and β is fixed and finite (no rate meters), else a coarse clock that is never
+    /// trusted, so the lean path always defers to [`Engine::after_lean`]. The hit path thus
+    /// has no branch for the features that are off.
+    coarse: &'static Coarse,
+    is_lean: bool,
+    /// What the hit path reads: `coarse`, or the never-trusted clock while a hand-off window is
+    /// open, which sends blocking hitters to [`Engine::after_lean`] to yield there. Only ever
+    /// holds `&'static Coarse` pointers.
+    lean: AtomicPtr<Coarse>,
+    /// `⌈β · E_MAX · 1000⌉` as an integer: the lean path's reach (fixed β only).
+    reach_int: u64,
     pub(crate) meters: Option<RateMeters<K>>,
     /// How far the cheap clock may lag.
     lag: u64,
     pub(crate) flights: Arc<FlightMap<K, Result<V, Error<E>>>>,
-    /// Coarse-clock time until which blocking hitters yield after each hit (see `handed_off`).
+    /// Until when blocking hitters yield after each hit (see `handed_off`), plus `lag`: it is
+    /// compared with hit horizons (`recent + lag`).
     handoff_until: AtomicU64,
     pub(crate) refreshes: RefreshSlots<K>,
     pub(crate) fences: Fences,
@@ -168,7 +188,7 @@ where
     pub(crate) fn new(
         store: S,
         ns: Namespace,
-        clock: Arc<dyn Clock>,
+        clock: EngineClock,
         draws: Draws,
         compute: ComputeFn<K, V, E>,
         cfg: Config,
@@ -176,10 +196,19 @@ where
         let lag = clock.recent_lag();
         let stats = Stats::new(&ns.name);
         let refreshes = RefreshSlots::with_limit(cfg.max_refreshes);
+        let reach = theory::reach(1000.0, if cfg.auto.is_some() { 1.0 } else { cfg.beta });
+        let lean = clock
+            .coarse()
+            .filter(|_| cfg.auto.is_none() && cfg.beta.is_finite());
+        // Rounded up, so the lean path stays conservative: it never skips a draw that could
+        // fire (`as` saturates an infinite or huge reach at u64::MAX).
+        let reach_int = reach.ceil() as u64;
         Engine {
-            reach_ns_per_us: AtomicU64::new(
-                theory::reach(1000.0, if cfg.auto.is_some() { 1.0 } else { cfg.beta }).to_bits(),
-            ),
+            reach_ns_per_us: AtomicU64::new(reach.to_bits()),
+            reach_int,
+            is_lean: lean.is_some(),
+            coarse: lean.unwrap_or_else(Coarse::never),
+            lean: AtomicPtr::new(ptr(lean.unwrap_or_else(Coarse::never))),
             meters: cfg.auto.map(|_| RateMeters::new()),
             lag,
             store,
@@ -196,32 +225,99 @@ where
         }
     }
 
-    /// The hit path: no allocation, no lock, no precise clock read for values far from expiry.
-    #[inline]
-    pub(crate) fn fast(&self, key: &K) -> Probe<V> {
-        if let Some(m) = &self.meters {
-            m.tick(key, self.clock.recent());
+    /// The lean path's verdict on an entry found: `Some(horizon)` for a hit (counted), `None`
+    /// when [`Engine::after_lean`] must look again (off the lean path, in a hand-off window,
+    /// near expiry, or a hit due for the periodic clock check, which the hit path leaves to
+    /// the cold path so that no value stays live across a call).
+    #[inline(always)]
+    pub(crate) fn lean_hit(&self, entry: &Entry<V>) -> Option<u64> {
+        // The horizon is ≥ now, so a positive gap here is a positive gap now, and a gap beyond
+        // δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed). An UNTRUSTED
+        // horizon saturates the gap to 0: the slow path reads the precise clock.
+        // SAFETY: `lean` only ever holds pointers made from `&'static Coarse` (see `ptr`).
+        let coarse = unsafe { &*self.lean.load(Ordering::Relaxed) };
+        let horizon = coarse.horizon();
+        let gap = entry.expires_at.checked_sub(horizon)?;
+        (gap > entry.delta_us.saturating_mul(self.reach_int) && self.stats.try_hit())
+            .then_some(horizon)
+    }
+
+    /// Where [`Engine::lean_hit`] said no: `Ok((value, horizon))` if the call is a hit after
+    /// all (the general path, or a lean function in a hand-off window), else what the slow path
+    /// gets.
+    #[inline(never)]
+    pub(crate) fn after_lean<Q>(&self, key: &Q, lookup: Lookup<V>) -> Result<(V, u64), Probe<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + ToOwned<Owned = K> + 'static,
+    {
+        if !self.is_lean {
+            return self.general(key, lookup);
         }
-        match self.store.get_now(&self.ns, key) {
-            Lookup::NotLocal => Probe::NotLocal,
-            Lookup::Missing => Probe::Miss,
-            Lookup::Found(entry) => {
-                // `recent + lag ≥ now`, so a positive gap here is a positive gap now, and a gap
-                // beyond δ·β·E_MAX cannot trigger whatever the draw (xfetch::draw_needed).
-                let recent = self.clock.recent();
-                let worst_now = recent.saturating_add(self.lag);
-                let gap = entry.expires_at.saturating_sub(worst_now);
-                let reach = f64::from_bits(self.reach_ns_per_us.load(Ordering::Relaxed));
-                if gap > 0 && gap as f64 > entry.delta_us as f64 * reach {
+        let entry = match lookup {
+            Lookup::Found(entry) => entry,
+            Lookup::Missing => return Err(Probe::Miss),
+            Lookup::NotLocal => return Err(Probe::NotLocal),
+        };
+        let horizon = self.coarse.horizon();
+        let gap = entry.expires_at.saturating_sub(horizon);
+        if gap > entry.delta_us.saturating_mul(self.reach_int)
+            && (!self.stats.hit() || self.clock_checked(self.coarse, horizon))
+        {
+            self.end_handoff_window(horizon);
+            Ok((entry.value, horizon))
+        } else {
+            Err(Probe::NearExpiry(entry))
+        }
+    }
+
+    /// Any clock, automatic β (rate meters on the hit path), β = ∞.
+    fn general<Q>(&self, key: &Q, lookup: Lookup<V>) -> Result<(V, u64), Probe<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + ToOwned<Owned = K> + 'static,
+    {
+        if let Some(m) = &self.meters {
+            m.tick(&owned_or_same(key), self.clock.recent());
+        }
+        let entry = match lookup {
+            Lookup::Found(entry) => entry,
+            Lookup::Missing => return Err(Probe::Miss),
+            Lookup::NotLocal => return Err(Probe::NotLocal),
+        };
+        let recent = self.clock.recent();
+        let worst_now = recent.saturating_add(self.lag);
+        let gap = entry.expires_at.saturating_sub(worst_now);
+        let reach = f64::from_bits(self.reach_ns_per_us.load(Ordering::Relaxed));
+        if gap > 0 && gap as f64 > entry.delta_us as f64 * reach {
+            let checked = match self.clock.coarse() {
+                Some(coarse) if self.stats.hit() => self.clock_checked(coarse, worst_now),
+                Some(_) => true,
+                None => {
                     self.stats.hit();
-                    Probe::Hit {
-                        value: entry.value,
-                        handing_off: self.handoff_until.load(Ordering::Relaxed) > recent,
-                    }
-                } else {
-                    Probe::NearExpiry(entry)
+                    true
                 }
+            };
+            if checked {
+                return Ok((entry.value, worst_now));
             }
+        }
+        Err(Probe::NearExpiry(entry))
+    }
+
+    /// Every [`CHECK_EVERY`](crate::stats::CHECK_EVERY)-th hit of a thread: is the coarse
+    /// clock still ticking? If its tick thread is starved or gone (a forked child), the hit
+    /// just counted is taken back and the call goes to the slow path, which reads the precise
+    /// clock; the clock stays untrusted (every call precise) until the tick thread runs again.
+    #[cold]
+    #[inline(never)]
+    fn clock_checked(&self, coarse: &'static Coarse, horizon: u64) -> bool {
+        if coarse.is_stale(horizon) {
+            self.stats.unhit();
+            false
+        } else {
+            self.stats.hit_checked();
+            true
         }
     }
 
@@ -237,23 +333,53 @@ where
     pub(crate) fn handed_off(&self, followers: usize) {
         let mode = self.compute.mode();
         if followers > 0 && mode == WaitMode::Blocking {
-            let until = self.clock.recent().saturating_add(HANDOFF_WINDOW_NS);
-            self.handoff_until.fetch_max(until, Ordering::Relaxed);
+            let until = self
+                .clock
+                .recent()
+                .saturating_add(HANDOFF_WINDOW_NS)
+                .saturating_add(self.lag);
+            self.handoff_until.fetch_max(until, Ordering::SeqCst);
+            // Lean hits now take `after_lean`, whose facade yields: the hit path itself has no
+            // branch for the window.
+            self.lean.store(ptr(Coarse::never()), Ordering::SeqCst);
         }
         mode.hand_off();
+    }
+
+    /// A lean hit in `after_lean` at `horizon`: if no hand-off window is open any more, lean
+    /// hits go back to the hit path. The second look closes the race with a window opened
+    /// meanwhile (it then stays open).
+    fn end_handoff_window(&self, horizon: u64) {
+        let coarse = ptr(self.coarse);
+        if self.handoff_until.load(Ordering::SeqCst) <= horizon
+            && self.lean.load(Ordering::Relaxed) != coarse
+        {
+            self.lean.store(coarse, Ordering::SeqCst);
+            if self.handoff_until.load(Ordering::SeqCst) > horizon {
+                self.lean.store(ptr(Coarse::never()), Ordering::SeqCst);
+            }
+        }
     }
 
     /// Automatic β handed out `beta` for some key: widen the hit path's reach to cover it, so
     /// the hit path stays conservative (it never skips a draw that could fire).
     pub(crate) fn widen_reach(&self, beta: f64) {
+        // Only automatic β widens, and automatic β runs the general path: `reach_int` is fixed.
         self.reach_ns_per_us
             .fetch_max(theory::reach(1000.0, beta).to_bits(), Ordering::Relaxed);
     }
 
-    /// See [`Engine::handed_off`]: one relaxed load on the blocking hit path.
+    /// See [`Engine::handed_off`]: is a hand-off window open at a hit's `horizon`? One relaxed
+    /// load on the blocking hit path.
+    #[inline(always)]
+    pub(crate) fn handing_off(&self, horizon: u64) -> bool {
+        self.handoff_until.load(Ordering::Relaxed) > horizon
+    }
+
+    /// See [`Engine::handed_off`]: yields if a hand-off window is open.
     #[inline]
     pub(crate) fn yield_if_handing_off(&self) {
-        if self.handoff_until.load(Ordering::Relaxed) > self.clock.recent() {
+        if self.handing_off(self.clock.recent().saturating_add(self.lag)) {
             std::thread::yield_now();
         }
     }
@@ -332,5 +458,76 @@ where
         }
         self.refreshes.clear_backoff(key);
         Ok(value)
+    }
+}
+
+/// The pointer form of a coarse clock, for [`Engine::lean`].
+fn ptr(c: &'static Coarse) -> *mut Coarse {
+    c as *const Coarse as *mut Coarse
+}
+
+/// `key` as a `&K`: borrowed when `Q` is `K` itself (the common call `get(&k)`), an owned copy
+/// when it is a borrowed form (`&str` for `String`). Used where the slow path, a store or the
+/// rate meters need the owned key type.
+#[inline]
+pub(crate) fn owned_or_same<K, Q>(key: &Q) -> Cow<'_, K>
+where
+    K: Borrow<Q> + Clone + 'static,
+    Q: ?Sized + ToOwned<Owned = K> + 'static,
+{
+    if TypeId::of::<Q>() == TypeId::of::<K>() {
+        // SAFETY: `Q` and `K` are the same type (equal type ids, both `'static`), so a `&Q` is a
+        // `&K`; `K` is sized, so the pointer is thin and the cast keeps its address.
+        Cow::Borrowed(unsafe { &*(key as *const Q).cast::<K>() })
+    } else {
+        Cow::Owned(key.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{memoize_stampede, MemoryStore};
+    use std::borrow::Cow;
+
+    #[test]
+    fn a_hand_off_window_sends_lean_hits_to_the_cold_path_until_it_closes() {
+        let store = MemoryStore::<u32, u32>::new(10).unwrap();
+        let f = memoize_stampede(&store, Duration::from_secs(60))
+            .build_blocking_infallible(|k: &u32| k + 1)
+            .unwrap();
+        let e = f.engine();
+        let lean = || e.lean.load(Ordering::SeqCst);
+        assert_eq!(f.get(&1).unwrap(), 2);
+        assert_eq!(
+            lean(),
+            ptr(e.coarse),
+            "a fixed-β system-clock function is lean"
+        );
+        e.handed_off(1);
+        assert_eq!(lean(), ptr(Coarse::never()), "the window is open");
+        // Hits still count while the window is open (they just yield).
+        let hits = f.stats().hits;
+        assert_eq!(f.get(&1).unwrap(), 2);
+        assert_eq!(f.stats().hits, hits + 1);
+        // The window is 5 ms of coarse time: a hit after that puts the lean path back.
+        let closed = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(2));
+            f.get(&1).unwrap();
+            lean() == ptr(e.coarse)
+        });
+        assert!(closed, "the window never closed");
+        assert_eq!(f.stats().computations, 1);
+        assert_eq!(f.stats().slow_calls, 1);
+    }
+
+    #[test]
+    fn the_owned_key_is_borrowed_and_a_borrowed_form_copied() {
+        let k = "abc".to_string();
+        assert!(
+            matches!(owned_or_same::<String, String>(&k), Cow::Borrowed(b) if std::ptr::eq(b, &k))
+        );
+        assert!(matches!(owned_or_same::<String, str>("abc"), Cow::Owned(o) if o == "abc"));
+        assert!(matches!(owned_or_same::<u64, u64>(&7), Cow::Borrowed(&7)));
     }
 }

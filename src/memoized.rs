@@ -1,17 +1,21 @@
 //! The async facade: [`Memoized`], a memoized function called with `.await`.
 
-use crate::engine::{Engine, Probe};
+use crate::engine::{owned_or_same, Engine, Probe};
 use crate::error::Error;
 use crate::layer::Layer;
 use crate::miss;
 use crate::ops;
 use crate::stats::StatsSnapshot;
-use crate::store::contract::{Store, StoreError};
+use crate::store::contract::{Lookup, Store, StoreError};
 use crate::wait::Contention;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use std::borrow::Borrow;
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// An async memoized function. Cheap to clone; clones share everything.
@@ -66,11 +70,36 @@ where
     }
 
     /// The value for `key`, under the function's contention policy.
-    #[inline]
-    pub async fn get(&self, key: &K) -> Result<V, Error<E>> {
-        match self.engine.fast(key) {
-            Probe::Hit { value, .. } => Ok(value),
-            seen => miss::slow(&self.engine, key, seen, self.engine.cfg.contention).await,
+    ///
+    /// `key` may be any borrowed form of `K` (`&str` for `String`, `&[u8]` for `Vec<u8>`): a hit
+    /// looks it up as it is, without building a `K`; a miss makes one owned copy. The future is
+    /// a few words: a hit is answered on its first poll, and anything else runs a boxed slow
+    /// path.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<String, usize>::new(100).unwrap();
+    /// let len = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_infallible(|k: String| async move { k.len() })
+    ///     .unwrap();
+    /// assert_eq!(len.get("bob").await.unwrap(), 3); // &str for a String key
+    /// assert_eq!(len.get(&"bob".to_string()).await.unwrap(), 3); // the same entry
+    /// assert_eq!(len.stats().computations, 1);
+    /// # }
+    /// ```
+    #[inline(always)]
+    pub fn get<'a, Q>(&'a self, key: &'a Q) -> impl Future<Output = Result<V, Error<E>>> + Send + 'a
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        Get {
+            f: self,
+            key,
+            contention: None,
+            slow: None,
         }
     }
 
@@ -87,11 +116,57 @@ where
     /// assert_eq!(f.get_with(&3, Contention::FailFast).await.unwrap(), 3);
     /// # }
     /// ```
-    pub async fn get_with(&self, key: &K, contention: Contention) -> Result<V, Error<E>> {
-        match self.engine.fast(key) {
-            Probe::Hit { value, .. } => Ok(value),
-            seen => miss::slow(&self.engine, key, seen, contention).await,
+    pub fn get_with<'a, Q>(
+        &'a self,
+        key: &'a Q,
+        contention: Contention,
+    ) -> impl Future<Output = Result<V, Error<E>>> + Send + 'a
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        Get {
+            f: self,
+            key,
+            contention: Some(contention),
+            slow: None,
         }
+    }
+
+    /// What the lean hit path did not answer: a hit after all (the general path), or the slow
+    /// path's future.
+    #[inline(never)]
+    fn cold<'a, Q>(
+        &'a self,
+        key: &'a Q,
+        lookup: Lookup<V>,
+        contention: Option<Contention>,
+    ) -> Result<V, BoxFuture<'a, Result<V, Error<E>>>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        match self.engine.after_lean(key, lookup) {
+            Ok((value, _)) => Ok(value),
+            Err(seen) => Err(self.slow(key, seen, contention)),
+        }
+    }
+
+    /// Everything but a plain hit, boxed: the slow path's state is large, and keeping it out of
+    /// `get`'s future keeps a hit from initialising and moving it.
+    fn slow<'a, Q>(
+        &'a self,
+        key: &'a Q,
+        seen: Probe<V>,
+        contention: Option<Contention>,
+    ) -> BoxFuture<'a, Result<V, Error<E>>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        let contention = contention.unwrap_or(self.engine.cfg.contention);
+        let key = owned_or_same(key);
+        async move { miss::slow(&self.engine, &key, seen, contention).await }.boxed()
     }
 
     /// Invalidates `key`: once this returns, no caller in any process sharing the store gets
@@ -119,7 +194,11 @@ where
     /// assert_eq!(f.get(&7).await.unwrap(), 2);
     /// # }
     /// ```
-    pub async fn invalidate(&self, key: &K) -> Result<(), StoreError> {
+    pub async fn invalidate<Q>(&self, key: &Q) -> Result<(), StoreError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
         ops::invalidate(&self.engine, key).await
     }
 
@@ -149,24 +228,36 @@ where
     /// assert_eq!(f.stats().computations, 0);
     /// # }
     /// ```
-    pub async fn insert(&self, key: &K, value: V) -> Result<(), StoreError> {
+    pub async fn insert<Q>(&self, key: &Q, value: V) -> Result<(), StoreError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
         ops::insert(&self.engine, key, value, None).await
     }
 
     /// Like [`insert`](Self::insert), with the computation time XFetch scales its early
     /// refresh by.
-    pub async fn insert_with_delta(
+    pub async fn insert_with_delta<Q>(
         &self,
-        key: &K,
+        key: &Q,
         value: V,
         delta: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StoreError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
         ops::insert(&self.engine, key, value, Some(delta)).await
     }
 
     /// Recomputes `key` now and returns the new value. A computation of `key` already running in
     /// this process is joined instead of duplicated.
-    pub async fn refresh(&self, key: &K) -> Result<V, Error<E>> {
+    pub async fn refresh<Q>(&self, key: &Q) -> Result<V, Error<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
         ops::refresh(&self.engine, key).await
     }
 
@@ -186,7 +277,11 @@ where
     /// assert_eq!(f.peek(&1).await, Some(2));
     /// # }
     /// ```
-    pub async fn peek(&self, key: &K) -> Option<V> {
+    pub async fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
         ops::peek(&self.engine, key).await
     }
 
@@ -198,6 +293,52 @@ where
     /// The function's name (its namespace in the store).
     pub fn name(&self) -> &str {
         self.engine.ns.name()
+    }
+}
+
+/// The future of [`Memoized::get`]: its first poll runs the hit path in place; anything else
+/// continues in a boxed slow path. A plain struct rather than an `async` block, so that the
+/// caller's poll inlines the hit path.
+struct Get<'a, K, V, E, S, Q: ?Sized> {
+    f: &'a Memoized<K, V, E, S>,
+    key: &'a Q,
+    contention: Option<Contention>,
+    slow: Option<BoxFuture<'a, Result<V, Error<E>>>>,
+}
+
+impl<K, V, E, S, Q> Future for Get<'_, K, V, E, S, Q>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+    Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+{
+    type Output = Result<V, Error<E>>;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.get_mut();
+        if me.slow.is_none() {
+            let eng = &me.f.engine;
+            let lookup = match eng.store.get_now(&eng.ns, me.key) {
+                Lookup::Found(entry) => {
+                    if eng.lean_hit(&entry).is_some() {
+                        return Poll::Ready(Ok(entry.value));
+                    }
+                    Lookup::Found(entry)
+                }
+                lookup => lookup,
+            };
+            match me.f.cold(me.key, lookup, me.contention) {
+                Ok(value) => return Poll::Ready(Ok(value)),
+                Err(slow) => me.slow = Some(slow),
+            }
+        }
+        match &mut me.slow {
+            Some(slow) => slow.as_mut().poll(cx),
+            None => unreachable!("set just above"),
+        }
     }
 }
 

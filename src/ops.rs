@@ -3,31 +3,34 @@
 //! running computation of the same key never undo each other's guarantees.
 
 use crate::clock::saturating_nanos;
-use crate::engine::Engine;
+use crate::engine::{owned_or_same, Engine};
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::flight::{Joined, Waited};
 use crate::stats::bump;
 use crate::store::contract::{Lookup, RefreshOutcome, Store, StoreError, Written};
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Drops `key` everywhere the store reaches; a computation of `key` already running in this
 /// process does not store its (older) result.
-pub(crate) async fn invalidate<K, V, E, S>(
+pub(crate) async fn invalidate<K, V, E, S, Q>(
     eng: &Engine<K, V, E, S>,
-    key: &K,
+    key: &Q,
 ) -> Result<(), StoreError>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
+    Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
+    // `Borrow` promises `Q` hashes like `K`: the same fence shard.
     eng.fences.bump(key);
     bump!(eng.stats, invalidations);
-    eng.store.invalidate(&eng.ns, key).await
+    eng.store.invalidate(&eng.ns, &owned_or_same(key)).await
 }
 
 /// Drops every key of this function.
@@ -46,14 +49,15 @@ where
 /// Stores a value computed elsewhere for the function's TTL. `delta` is the computation time
 /// XFetch scales by; `None` stores δ = 0, which never triggers an early refresh, so the first
 /// real computation (at expiry) measures δ.
-pub(crate) async fn insert<K, V, E, S>(
+pub(crate) async fn insert<K, V, E, S, Q>(
     eng: &Engine<K, V, E, S>,
-    key: &K,
+    key: &Q,
     value: V,
     delta: Option<Duration>,
 ) -> Result<(), StoreError>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
+    Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     S: Store<K, V>,
@@ -70,18 +74,20 @@ where
         expires_at: now.saturating_add(saturating_nanos(eng.cfg.ttl)),
     };
     bump!(eng.stats, inserts);
+    let key = owned_or_same(key);
     eng.store
-        .set(&eng.ns, key, entry, eng.cfg.ttl, None)
+        .set(&eng.ns, &key, entry, eng.cfg.ttl, None)
         .await
         .map(|_: Written| ())?;
-    eng.refreshes.clear_backoff(key);
+    eng.refreshes.clear_backoff(&key);
     Ok(())
 }
 
 /// Reads the current unexpired value without computing, counting or triggering anything.
-pub(crate) async fn peek<K, V, E, S>(eng: &Engine<K, V, E, S>, key: &K) -> Option<V>
+pub(crate) async fn peek<K, V, E, S, Q>(eng: &Engine<K, V, E, S>, key: &Q) -> Option<V>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
+    Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     S: Store<K, V>,
@@ -90,7 +96,12 @@ where
     let entry = match eng.store.get_now(&eng.ns, key) {
         Lookup::Found(e) => Some(e),
         Lookup::Missing => None,
-        Lookup::NotLocal => eng.store.get(&eng.ns, key, now).await.ok().flatten(),
+        Lookup::NotLocal => eng
+            .store
+            .get(&eng.ns, &owned_or_same(key), now)
+            .await
+            .ok()
+            .flatten(),
     };
     entry.filter(|e| e.expires_at > now).map(|e| e.value)
 }
@@ -99,16 +110,18 @@ where
 /// of the key in this process (a running one is joined, not duplicated); across processes it
 /// takes the store's lock when it is free, and computes without it when another process holds
 /// it (then both write; the fenced write keeps the newer value).
-pub(crate) async fn refresh<K, V, E, S>(
+pub(crate) async fn refresh<K, V, E, S, Q>(
     eng: &Arc<Engine<K, V, E, S>>,
-    key: &K,
+    key: &Q,
 ) -> Result<V, Error<E>>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
+    Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
+    let key = &*owned_or_same(key);
     loop {
         match eng.flights.join(key) {
             Joined::Leader(leader) => {

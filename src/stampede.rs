@@ -29,7 +29,7 @@ use std::time::Duration;
 ///         Ok::<_, std::io::Error>(format!("<html>{k}</html>"))
 ///     })
 ///     .unwrap();
-/// assert_eq!(page.get(&"home".into()).await.unwrap(), "<html>home</html>");
+/// assert_eq!(page.get("home").await.unwrap(), "<html>home</html>");
 /// assert_eq!(page.stats().hard_misses, 1);
 /// # }
 /// ```

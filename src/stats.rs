@@ -210,11 +210,18 @@ impl std::fmt::Display for StatsSnapshot {
 /// of a whole cache probe). A thread owns its stripe index for its lifetime; threads beyond
 /// [`STRIPES`] share one atomic. Exact: no increment is ever lost.
 pub(crate) struct HitCounter {
-    stripes: Box<[Stripe]>,
+    /// Inline rather than boxed: a hit addresses its stripe from the engine pointer it already
+    /// holds, without loading another pointer.
+    stripes: [Stripe; STRIPES],
     shared: AtomicU64,
 }
 
 const STRIPES: usize = 64;
+/// A thread's stripe index before its first hit.
+const UNASSIGNED: u32 = u32::MAX;
+/// Every this many hits of one function on one thread, [`HitCounter::add_one`] says so: the
+/// hit path then checks that its coarse clock has not frozen (see `clock::Coarse::is_stale`).
+pub(crate) const CHECK_EVERY: u64 = 256;
 
 #[repr(align(64))]
 #[derive(Default)]
@@ -237,6 +244,8 @@ impl StripeSlot {
 
 impl Drop for StripeSlot {
     fn drop(&mut self) {
+        // Hits after this (from other thread-local destructors) go to the shared atomic.
+        let _ = INDEX.try_with(|i| i.set(STRIPES as u32));
         if self.0 < STRIPES {
             // The Mutex orders this thread's last stripe writes before the next owner's.
             free_stripes()
@@ -248,29 +257,76 @@ impl Drop for StripeSlot {
 }
 
 thread_local! {
+    /// The stripe index the hit path reads: a constant-initialised thread local without a
+    /// destructor is one plain load. `SLOT` owns the index and returns it at thread exit.
+    static INDEX: std::cell::Cell<u32> = const { std::cell::Cell::new(UNASSIGNED) };
     static SLOT: StripeSlot = StripeSlot::acquire();
 }
 
 impl Default for HitCounter {
     fn default() -> Self {
         HitCounter {
-            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            stripes: std::array::from_fn(|_| Stripe::default()),
             shared: AtomicU64::new(0),
         }
     }
 }
 
 impl HitCounter {
+    /// The hit path's count: counts one hit and says true, unless this hit is every
+    /// [`CHECK_EVERY`]-th of this thread (or the thread has no stripe of its own yet): then it
+    /// counts nothing and says false, and the caller's cold path counts it with
+    /// [`HitCounter::add_one`]. One load and one store on this thread's own line.
+    #[inline(always)]
+    pub(crate) fn try_add_one(&self) -> bool {
+        let Some(s) = self.stripes.get(INDEX.with(|i| i.get()) as usize) else {
+            return false;
+        };
+        // Only this thread writes this stripe: no read-modify-write race.
+        let n = s.0.load(Ordering::Relaxed).wrapping_add(1);
+        if n % CHECK_EVERY == 0 {
+            return false;
+        }
+        s.0.store(n, Ordering::Relaxed);
+        true
+    }
+
+    /// Counts one hit; true on every [`CHECK_EVERY`]-th hit of this thread.
     #[inline]
-    fn add_one(&self) {
-        let index = SLOT.try_with(|s| s.0).unwrap_or(STRIPES);
-        match self.stripes.get(index) {
-            // Only this thread writes this stripe: no read-modify-write race.
+    pub(crate) fn add_one(&self) -> bool {
+        match self.stripes.get(INDEX.with(|i| i.get()) as usize) {
             Some(s) => {
-                s.0.store(s.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed)
+                let n = s.0.load(Ordering::Relaxed).wrapping_add(1);
+                s.0.store(n, Ordering::Relaxed);
+                n % CHECK_EVERY == 0
             }
+            None => self.add_one_cold(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_one_cold(&self) -> bool {
+        if INDEX.with(|i| i.get()) == UNASSIGNED {
+            let index = SLOT.try_with(|s| s.0).unwrap_or(STRIPES);
+            INDEX.with(|i| i.set(index as u32));
+            if index < STRIPES {
+                return self.add_one();
+            }
+        }
+        self.shared.fetch_add(1, Ordering::Relaxed).wrapping_add(1) % CHECK_EVERY == 0
+    }
+
+    /// Takes back the hit just counted on this thread (the call was not a hit after all).
+    #[cold]
+    pub(crate) fn sub_one(&self) {
+        match self.stripes.get(INDEX.with(|i| i.get()) as usize) {
+            Some(s) => s.0.store(
+                s.0.load(Ordering::Relaxed).wrapping_sub(1),
+                Ordering::Relaxed,
+            ),
             None => {
-                self.shared.fetch_add(1, Ordering::Relaxed);
+                self.shared.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -279,8 +335,7 @@ impl HitCounter {
         self.stripes
             .iter()
             .map(|s| s.0.load(Ordering::Relaxed))
-            .sum::<u64>()
-            + self.shared.load(Ordering::Relaxed)
+            .fold(self.shared.load(Ordering::Relaxed), u64::wrapping_add)
     }
 }
 
@@ -315,11 +370,39 @@ impl Stats {
             m: MetricCounters::new(function),
         }
     }
+    /// The hit path's count of a fast hit (see [`HitCounter::try_add_one`]): false when the
+    /// hit was not counted because the caller must check its clock first, in its cold path.
+    #[inline(always)]
+    pub(crate) fn try_hit(&self) -> bool {
+        let counted = self.hits.try_add_one();
+        #[cfg(feature = "metrics")]
+        if counted {
+            self.m.fast_hits.increment(1);
+        }
+        counted
+    }
+    /// Counts a fast hit; true when the hit path is due to check its clock
+    /// ([`CHECK_EVERY`]). The caller then either confirms the hit ([`Stats::hit_checked`]) or
+    /// takes it back ([`Stats::unhit`]).
     #[inline]
-    pub(crate) fn hit(&self) {
-        self.hits.add_one();
+    pub(crate) fn hit(&self) -> bool {
+        let due = self.hits.add_one();
+        #[cfg(feature = "metrics")]
+        if !due {
+            self.m.fast_hits.increment(1);
+        }
+        due
+    }
+    /// The hit [`Stats::hit`] said was due for a clock check passed it.
+    #[cold]
+    pub(crate) fn hit_checked(&self) {
         #[cfg(feature = "metrics")]
         self.m.fast_hits.increment(1);
+    }
+    /// Takes back the fast hit just counted: the clock check sent the call to the slow path.
+    #[cold]
+    pub(crate) fn unhit(&self) {
+        self.hits.sub_one();
     }
     /// Records how long a computation took (exported with the `metrics` feature).
     #[inline]

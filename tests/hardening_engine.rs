@@ -108,7 +108,11 @@ impl Store<u64, u64> for ContendedStore {
     fn namespace(&self, name: &str) -> Namespace {
         self.inner.namespace(name)
     }
-    fn get_now(&self, ns: &Namespace, key: &u64) -> Lookup<u64> {
+    fn get_now<Q>(&self, ns: &Namespace, key: &Q) -> Lookup<u64>
+    where
+        u64: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         self.inner.get_now(ns, key)
     }
     fn get(

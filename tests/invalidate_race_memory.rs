@@ -667,7 +667,11 @@ impl Store<u8, Val> for Paused {
     fn namespace(&self, name: &str) -> Namespace {
         self.inner.namespace(name)
     }
-    fn get_now(&self, ns: &Namespace, key: &u8) -> Lookup<Val> {
+    fn get_now<Q>(&self, ns: &Namespace, key: &Q) -> Lookup<Val>
+    where
+        u8: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         self.inner.get_now(ns, key)
     }
     async fn get(

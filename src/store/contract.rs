@@ -3,9 +3,11 @@
 
 use crate::entry::Entry;
 use crate::wait::WaitMode;
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -210,8 +212,14 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
     }
 
     /// A lookup that needs no I/O: [`Lookup::NotLocal`] if this store cannot answer
-    /// synchronously.
-    fn get_now(&self, ns: &Namespace, key: &K) -> Lookup<V> {
+    /// synchronously. It takes any borrowed form `Q` of the key (`&str` for `String`), which
+    /// must find the same entry as the owned key (the `Borrow` contract: equal hashes and
+    /// equality), without allocating.
+    fn get_now<Q>(&self, ns: &Namespace, key: &Q) -> Lookup<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let _ = (ns, key);
         Lookup::NotLocal
     }

@@ -16,26 +16,51 @@ use super::contract::{
 use crate::entry::Entry;
 use crate::error::ConfigError;
 use quick_cache::{sync::Cache, Equivalent, Weighter};
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// A key of one function. It hashes as the bare key: the namespace takes part in equality
+/// only, so a hit costs no more hashing than quick_cache's own `get`. Equal keys of several
+/// functions on one store share a hash and a probe sequence, which costs a lookup of such a key
+/// one namespace comparison per other function holding it.
+#[derive(Clone, PartialEq, Eq)]
 struct MemKey<K> {
     ns: u32,
     key: K,
 }
 
-/// A borrowed key for lookups: hashes exactly like [`MemKey`] (field order and types match).
-#[derive(Hash)]
-struct MemKeyRef<'a, K> {
-    ns: u32,
-    key: &'a K,
+#[inline(always)]
+fn hash_ns_key<Q: Hash + ?Sized, H: std::hash::Hasher>(_ns: u32, key: &Q, state: &mut H) {
+    key.hash(state);
 }
 
-impl<K: Eq> Equivalent<MemKey<K>> for MemKeyRef<'_, K> {
+impl<K: Hash> Hash for MemKey<K> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_ns_key(self.ns, &self.key, state);
+    }
+}
+
+/// A borrowed key for lookups, in any borrowed form `Q` of `K`: hashes exactly like [`MemKey`]
+/// (`Borrow` promises `Q` hashes like `K`).
+struct MemKeyRef<'a, Q: ?Sized> {
+    ns: u32,
+    key: &'a Q,
+}
+
+impl<Q: Hash + ?Sized> Hash for MemKeyRef<'_, Q> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_ns_key(self.ns, self.key, state);
+    }
+}
+
+impl<K: Borrow<Q>, Q: Eq + ?Sized> Equivalent<MemKey<K>> for MemKeyRef<'_, Q> {
+    #[inline]
     fn equivalent(&self, other: &MemKey<K>) -> bool {
-        self.ns == other.ns && *self.key == other.key
+        self.ns == other.ns && self.key == other.key.borrow()
     }
 }
 
@@ -209,8 +234,12 @@ where
     pub fn remove(&self, ns: &Namespace, key: &K) {
         self.inner.cache.remove(&MemKeyRef { ns: ns.id, key });
     }
-    #[inline]
-    fn lookup(&self, ns: &Namespace, key: &K) -> Option<Entry<V>> {
+    #[inline(always)]
+    fn lookup<Q>(&self, ns: &Namespace, key: &Q) -> Option<Entry<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.inner.cache.get(&MemKeyRef { ns: ns.id, key })
     }
 }
@@ -226,8 +255,12 @@ where
         self.inner.names.namespace(name)
     }
 
-    #[inline]
-    fn get_now(&self, ns: &Namespace, key: &K) -> Lookup<V> {
+    #[inline(always)]
+    fn get_now<Q>(&self, ns: &Namespace, key: &Q) -> Lookup<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match self.lookup(ns, key) {
             Some(e) => Lookup::Found(e),
             None => Lookup::Missing,

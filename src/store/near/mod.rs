@@ -253,7 +253,11 @@ where
     }
 
     #[inline]
-    fn get_now(&self, ns: &Namespace, key: &K) -> Lookup<V> {
+    fn get_now<Q>(&self, ns: &Namespace, key: &Q) -> Lookup<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match self.inner.local.get(&NearKeyRef { ns: ns.id, key }) {
             Some(near) => {
                 if !self.inner.epochs.live() && near.read_at.elapsed() > self.inner.max_stale {

@@ -5,6 +5,7 @@ use super::epochs::{Epochs, NearStats};
 use crate::entry::Entry;
 use crate::store::redis::RedisStore;
 use quick_cache::{sync::Cache, Equivalent};
+use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,16 +15,17 @@ pub(crate) struct NearKey<K> {
     pub(crate) key: K,
 }
 
-/// A borrowed key: hashes exactly like [`NearKey`].
+/// A borrowed key (`&str` for a `String` key): hashes exactly like [`NearKey`] (field order and
+/// the `Borrow` contract: a borrowed form hashes like its owner).
 #[derive(Hash)]
-pub(crate) struct NearKeyRef<'a, K> {
+pub(crate) struct NearKeyRef<'a, Q: ?Sized> {
     pub(crate) ns: u32,
-    pub(crate) key: &'a K,
+    pub(crate) key: &'a Q,
 }
 
-impl<K: Eq> Equivalent<NearKey<K>> for NearKeyRef<'_, K> {
+impl<K: Borrow<Q>, Q: Eq + ?Sized> Equivalent<NearKey<K>> for NearKeyRef<'_, Q> {
     fn equivalent(&self, other: &NearKey<K>) -> bool {
-        self.ns == other.ns && *self.key == other.key
+        self.ns == other.ns && self.key == other.key.borrow()
     }
 }
 
