@@ -63,9 +63,8 @@ usage: landing_page [FLAGS]
   --ttl-ms MS           how long a computed page stays valid          [default: 1000]
   --strategies LIST     comma-separated, run in this order            [default: {DEFAULT_STRATEGIES}]
                         none | traditional | barrier | stampede=BETA | auto
-  --store KIND          memory | redis | near (a near cache over redis) [default: memory]
-  --redis-url URL       Redis for --store redis|near (use a private one: store_commands counts
-                        every command the server runs)                [default: redis://127.0.0.1:6379/]
+  --store KIND          memory | redis | near (near cache over redis) [default: memory]
+  --redis-url URL       Redis for --store redis|near; use a private one   [default: redis://127.0.0.1:6379/]
   --procs N             worker processes (needs --store redis|near)   [default: 1]
   --plot DIR            write concurrency and latency charts (SVG)    [default: none]
   --json                one JSON object per strategy instead of a table [default: off]

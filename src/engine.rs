@@ -10,6 +10,7 @@ use crate::auto::{LeadTarget, RateMeters};
 use crate::clock::{saturating_nanos, Coarse, EngineClock};
 use crate::entry::Entry;
 use crate::error::Error;
+use crate::fence::Fences;
 use crate::flight::{FlightMap, RefreshSlots};
 use crate::layer::ComputeFn;
 use crate::stats::{bump, Stats};
@@ -43,49 +44,6 @@ impl Draws {
             Draws::Seeded(m) => m.lock().unwrap_or_else(|p| p.into_inner()).next_u64(),
         };
         xfetch::exp1_from_bits(bits)
-    }
-}
-
-/// Invalidation fences of one function: per key shard a generation bumped by `invalidate` /
-/// `insert`, and one for `invalidate_all`. A computation snapshots them before it runs and does
-/// not store its result if either moved meanwhile (its value may predate the invalidation), and
-/// undoes a write that raced with one. A bump on a shard fences the other keys of that shard too:
-/// at worst an extra recomputation, never a stale value.
-pub(crate) struct Fences {
-    shards: Box<[AtomicU64]>,
-    all: AtomicU64,
-    hasher: std::hash::RandomState,
-}
-
-/// The fence generations a computation started under.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FenceSnapshot(u64, u64);
-
-impl Fences {
-    const SHARDS: usize = 64;
-
-    fn new() -> Self {
-        Fences {
-            shards: (0..Self::SHARDS).map(|_| AtomicU64::new(0)).collect(),
-            all: AtomicU64::new(0),
-            hasher: std::hash::RandomState::new(),
-        }
-    }
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &AtomicU64 {
-        use std::hash::BuildHasher;
-        &self.shards[self.hasher.hash_one(key) as usize % Self::SHARDS]
-    }
-    pub(crate) fn snapshot<Q: Hash + ?Sized>(&self, key: &Q) -> FenceSnapshot {
-        FenceSnapshot(
-            self.shard(key).load(Ordering::Acquire),
-            self.all.load(Ordering::Acquire),
-        )
-    }
-    pub(crate) fn bump<Q: Hash + ?Sized>(&self, key: &Q) {
-        self.shard(key).fetch_add(1, Ordering::AcqRel);
-    }
-    pub(crate) fn bump_all(&self) {
-        self.all.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -396,6 +354,18 @@ where
         key: &K,
         lock: Option<S::Lock>,
     ) -> Result<V, Error<E>> {
+        self.compute_and_store_fenced(key, lock).await.0
+    }
+
+    /// [`Engine::compute_and_store`], also saying whether the write was fenced off (an
+    /// invalidation or a newer value landed while computing: the value may predate the
+    /// invalidation, so only the caller that asked before it may have it).
+    pub(crate) async fn compute_and_store_fenced(
+        &self,
+        key: &K,
+        lock: Option<S::Lock>,
+    ) -> (Result<V, Error<E>>, bool) {
+        let mut fenced = false;
         bump!(self.stats, computations);
         let fence = self.fences.snapshot(key);
         // An unlocked computation on a shared store takes a version ticket first, so its write
@@ -421,33 +391,68 @@ where
         let out = self.compute.run(key).await;
         let t1 = self.clock.now();
         self.stats.compute_time(t1.saturating_sub(t0));
-        let value = out?;
+        let value = match out {
+            Ok(v) => v,
+            Err(e) => return (Err(e), false),
+        };
         if unfenced {
             drop(lock);
         } else if self.fences.snapshot(key) != fence {
             // Invalidated (or replaced by `insert`) while computing: the caller gets the value
             // it asked for, but the store keeps the invalidation.
             bump!(self.stats, fenced_writes);
+            fenced = true;
             drop(lock);
         } else if !self.cfg.ttl.is_zero() {
+            use futures::FutureExt;
             let entry = Entry {
                 value: value.clone(),
                 delta_us: t1.saturating_sub(t0).div_ceil(1000),
                 expires_at: t1.saturating_add(saturating_nanos(self.cfg.ttl)),
             };
-            match self
-                .store
-                .set(&self.ns, key, entry, self.cfg.ttl, lock)
-                .await
-            {
+            // A store that answers at once: fence check and write together under the fence
+            // lock (see `fence`), so an invalidation never sees the older value land after it.
+            // (Such a store may act when its future is created, so that happens under the lock.)
+            let mut args = Some((entry, lock));
+            let mut pending = None;
+            let done = if self.store.is_shared() {
+                None
+            } else {
+                let _guard = self.fences.guard(key);
+                if self.fences.snapshot(key) != fence {
+                    Some(Ok(Written::Fenced))
+                } else {
+                    let (entry, lock) = args.take().expect("unused");
+                    let mut write =
+                        Box::pin(self.store.set(&self.ns, key, entry, self.cfg.ttl, lock));
+                    let now = (&mut write).now_or_never();
+                    if now.is_none() {
+                        pending = Some(write);
+                    }
+                    now
+                }
+            };
+            let written = match (done, pending, args) {
+                (Some(w), _, _) => w,
+                (None, Some(write), _) => write.await,
+                (None, None, Some((entry, lock))) => {
+                    self.store
+                        .set(&self.ns, key, entry, self.cfg.ttl, lock)
+                        .await
+                }
+                (None, None, None) => unreachable!("the write was either made or kept"),
+            };
+            match written {
                 Ok(Written::Stored) if self.fences.snapshot(key) != fence => {
-                    // An invalidation raced with the write: undo it.
+                    // An invalidation raced with a write that needed I/O: undo it.
                     bump!(self.stats, fenced_writes);
+                    fenced = true;
                     let _ = self.store.invalidate(&self.ns, key).await;
                 }
                 Ok(Written::Stored) => {}
                 Ok(Written::Fenced) => {
                     bump!(self.stats, fenced_writes);
+                    fenced = true;
                     tracing::info!(name = %self.ns.name, "a newer value or an invalidation landed first; the write was fenced");
                 }
                 Err(err) => {
@@ -457,7 +462,7 @@ where
             }
         }
         self.refreshes.clear_backoff(key);
-        Ok(value)
+        (Ok(value), fenced)
     }
 }
 

@@ -106,6 +106,7 @@ mod clock;
 mod engine;
 mod entry;
 mod error;
+mod fence;
 mod flight;
 mod layer;
 mod lock;

@@ -170,8 +170,15 @@ where
     }
 
     /// Invalidates `key`: once this returns, no caller in any process sharing the store gets
-    /// the old value from it, and a computation of `key` already running in this process does
-    /// not store its result. Call it after writing the data the value was computed from.
+    /// the old value from it, no computation of `key` that started before it (in any process)
+    /// stores its result (in process: fences; on Redis: the record's version), and a call in
+    /// this process that starts after it does not join a computation that started before it.
+    /// Call it after writing the data the value was computed from.
+    ///
+    /// The one window left: a call in *another* process that starts after this returned may
+    /// still join a computation already running in its own process, if that computation's
+    /// write landed just before this invalidation; it lasts until that computation answers
+    /// (a fenced write, the common case, sends its waiters back to compute anew).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -203,9 +210,10 @@ where
     }
 
     /// Invalidates every key of this function. On a [`MemoryStore`](crate::MemoryStore) it
-    /// scans the cache once; on Redis it walks this function's keys with an incremental `SCAN`
-    /// (never `KEYS`) and unlinks them, so it takes time proportional to the keyspace and other
-    /// processes see each key gone as soon as it is unlinked, all of them by the time it returns.
+    /// scans the cache once. On Redis it is one `INCR` of the function's generation, which every
+    /// entry key carries (never a `SCAN` or `KEYS`): this process sees it at once, other
+    /// processes when its pub/sub announcement arrives (about a millisecond), or within 1 s if
+    /// their subscription is down; the old entries, unreachable, expire by their TTL.
     pub async fn invalidate_all(&self) -> Result<(), StoreError> {
         ops::invalidate_all(&self.engine).await
     }

@@ -229,11 +229,19 @@ where
     let job = {
         let (eng, key) = (eng.clone(), key.clone());
         async move {
-            let out = std::panic::AssertUnwindSafe(eng.compute_and_store(&key, lock))
+            let out = std::panic::AssertUnwindSafe(eng.compute_and_store_fenced(&key, lock))
                 .catch_unwind()
                 .await;
             let shared = match &out {
-                Ok(out) => out.clone(),
+                // The write was fenced: an invalidation (here or in another process) or a newer
+                // value landed while computing. This value may predate the invalidation, and a
+                // follower may have asked after it returned: followers join again instead (a
+                // fresh flight reads the store, or computes anew).
+                Ok((_, true)) => {
+                    leader.hand_back();
+                    return out.map(|(v, _)| v);
+                }
+                Ok((out, false)) => out.clone(),
                 Err(_) => {
                     // Coalesced waiters get `Error::Panicked` (shared) instead of re-running a
                     // closure that just panicked; nothing is stored, so the next call computes.
@@ -243,7 +251,7 @@ where
             };
             let followers = leader.finish(shared);
             eng.handed_off(followers);
-            out
+            out.map(|(v, _)| v)
         }
     };
     let out = match (eng.compute.mode(), tokio::runtime::Handle::try_current()) {

@@ -28,9 +28,24 @@ where
     S: Store<K, V>,
 {
     // `Borrow` promises `Q` hashes like `K`: the same fence shard.
-    eng.fences.bump(key);
     bump!(eng.stats, invalidations);
-    eng.store.invalidate(&eng.ns, &owned_or_same(key)).await
+    let key = owned_or_same(key);
+    // A call that starts after this returns must not join a computation that started before.
+    eng.flights.detach(&key);
+    let drop_it = {
+        // Bump and removal together under the fence lock (see `fence`), for a store that
+        // answers at once (it may act when its future is created: that happens here too).
+        let _guard = eng.fences.guard(&*key);
+        eng.fences.bump(&*key);
+        let mut drop_it = Box::pin(eng.store.invalidate(&eng.ns, &key));
+        if !eng.store.is_shared() {
+            if let Some(done) = futures::FutureExt::now_or_never(&mut drop_it) {
+                return done;
+            }
+        }
+        drop_it
+    };
+    drop_it.await
 }
 
 /// Drops every key of this function.
@@ -41,9 +56,20 @@ where
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
-    eng.fences.bump_all();
     bump!(eng.stats, invalidations);
-    eng.store.invalidate_all(&eng.ns).await
+    eng.flights.detach_all();
+    let drop_all = {
+        let _guards = eng.fences.guard_all();
+        eng.fences.bump_all();
+        let mut drop_all = Box::pin(eng.store.invalidate_all(&eng.ns));
+        if !eng.store.is_shared() {
+            if let Some(done) = futures::FutureExt::now_or_never(&mut drop_all) {
+                return done;
+            }
+        }
+        drop_all
+    };
+    drop_all.await
 }
 
 /// Stores a value computed elsewhere for the function's TTL. `delta` is the computation time
@@ -62,9 +88,12 @@ where
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
-    // A computation of this key that is running now must not overwrite the inserted value.
-    eng.fences.bump(key);
+    let key = owned_or_same(key);
+    // A call that starts after this returns must not join a computation that started before.
+    eng.flights.detach(&key);
     if eng.cfg.ttl.is_zero() {
+        // Nothing is stored, but a running computation must still not store its older value.
+        eng.fences.bump(&*key);
         return Ok(());
     }
     let now = eng.clock.now();
@@ -74,11 +103,24 @@ where
         expires_at: now.saturating_add(saturating_nanos(eng.cfg.ttl)),
     };
     bump!(eng.stats, inserts);
-    let key = owned_or_same(key);
-    eng.store
-        .set(&eng.ns, &key, entry, eng.cfg.ttl, None)
-        .await
-        .map(|_: Written| ())?;
+    let (done, write) = {
+        // A computation of this key that is running now must not overwrite the inserted value:
+        // bump and write together under the fence lock (see `fence`) for a local store.
+        let _guard = eng.fences.guard(&*key);
+        eng.fences.bump(&*key);
+        let mut write = Box::pin(eng.store.set(&eng.ns, &key, entry, eng.cfg.ttl, None));
+        let done = if eng.store.is_shared() {
+            None
+        } else {
+            futures::FutureExt::now_or_never(&mut write)
+        };
+        (done, write)
+    };
+    match done {
+        Some(w) => w,
+        None => write.await,
+    }
+    .map(|_: Written| ())?;
     eng.refreshes.clear_backoff(&key);
     Ok(())
 }

@@ -297,7 +297,7 @@ fn invalidations_race_computations_across_processes() {
 /// store fenced its write. The same bug as `joining_a_computation_started_before_invalidate` in
 /// tests/invalidate_race_memory.rs, seen across processes.
 #[test]
-#[ignore = "fails on the current code: a call after invalidate joins a stale in-process flight"]
+
 fn concurrent_callers_in_one_process_race_invalidations() {
     race(&[("async", 3), ("async", 3)]);
 }
