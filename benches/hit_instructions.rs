@@ -39,6 +39,7 @@ fn sync_fixture() -> (
     let store = Store::new(10_000).unwrap();
     let f = memoize_stampede(&store, TTL)
         .name("sync")
+        .beta(1.0) // fixed β: the lean hit path (`herdless_auto_hit` measures the default)
         .build_blocking_infallible(|_k: &String| value())
         .unwrap();
     let k = key();
@@ -64,6 +65,7 @@ fn async_fixture() -> (
     let store = Store::new(10_000).unwrap();
     let f = memoize_stampede(&store, TTL)
         .name("async")
+        .beta(1.0)
         .build_infallible(|_k: String| std::future::ready(value()))
         .unwrap();
     let k = key();
@@ -75,6 +77,66 @@ fn async_fixture() -> (
     for _ in 0..2 {
         poll_once(f.get(k)).unwrap();
     }
+    (Box::leak(Box::new(f)), k)
+}
+
+/// The default builder: automatic β (a rate-meter sample on one hit in 8; this hit is not one).
+fn auto_fixture() -> (
+    &'static BlockingMemoized<String, Value, Infallible, Store>,
+    &'static String,
+) {
+    let store = Store::new(10_000).unwrap();
+    let f = memoize_stampede(&store, TTL)
+        .name("auto")
+        .build_blocking_infallible(|_k: &String| value())
+        .unwrap();
+    let k = key();
+    for _ in 0..3 {
+        f.get(k).unwrap();
+    }
+    (Box::leak(Box::new(f)), k)
+}
+
+type NearFn =
+    BlockingMemoized<String, Value, Infallible, herdless::store::NearStore<String, Value>>;
+
+/// A near hit: a `NearStore` over a private `redis-server` (run under `timeout`, so it is gone
+/// shortly after the benchmark even though nothing can stop it from the measured process),
+/// the value held near. Panics if `redis-server` is missing.
+fn near_fixture() -> (&'static NearFn, &'static String) {
+    use herdless::store::{NearStore, RedisStore};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::process::Command::new("timeout")
+        .args(["300", "redis-server", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("herdless_near_hit needs redis-server on PATH");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shared = RedisStore::new(&format!("redis://127.0.0.1:{port}/")).unwrap();
+    let near = NearStore::builder(&shared)
+        .build::<String, Value>()
+        .unwrap();
+    let f = memoize_stampede(&near, TTL)
+        .name("near")
+        .beta(1.0)
+        .build_blocking_infallible(|_k: &String| value())
+        .unwrap();
+    let k = key();
+    while near.is_empty() {
+        f.get(k).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..3 {
+        f.get(k).unwrap();
+    }
+    Box::leak(Box::new(near));
     (Box::leak(Box::new(f)), k)
 }
 
@@ -114,6 +176,23 @@ fn herdless_stampede_hit_async(
 }
 
 #[library_benchmark]
+#[bench::hit(setup = auto_fixture)]
+fn herdless_auto_hit(
+    (f, k): (
+        &'static BlockingMemoized<String, Value, Infallible, Store>,
+        &'static String,
+    ),
+) -> Value {
+    black_box(f.get(black_box(k)).unwrap())
+}
+
+#[library_benchmark]
+#[bench::hit(setup = near_fixture)]
+fn herdless_near_hit((f, k): (&'static NearFn, &'static String)) -> Value {
+    black_box(f.get(black_box(k)).unwrap())
+}
+
+#[library_benchmark]
 #[bench::hit(setup = quick_cache_fixture)]
 fn quick_cache_get(
     (qc, k): (
@@ -126,7 +205,8 @@ fn quick_cache_get(
 
 library_benchmark_group!(
     name = hit_instructions;
-    benchmarks = herdless_stampede_hit, herdless_stampede_hit_async, quick_cache_get
+    benchmarks = herdless_stampede_hit, herdless_stampede_hit_async, herdless_auto_hit,
+        herdless_near_hit, quick_cache_get
 );
 
 main!(library_benchmark_groups = hit_instructions);

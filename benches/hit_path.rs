@@ -2,6 +2,13 @@
 //!
 //! One hot `String` key, a 1 KiB `Arc<String>` value, all measured in the same run:
 //! `cargo bench --bench hit_path`. Compare ratios, not absolute numbers.
+//!
+//! - `herdless_stampede_hit` / `_async`: `memoize_stampede` with a fixed β (`.beta(1.0)`: the
+//!   lean hit path, no rate meter);
+//! - `herdless_auto_hit`: the default builder (automatic β: the rate meter samples one hit in 8);
+//! - `herdless_near_hit`: a hit from a `NearStore` tier over a private `redis-server` (skipped
+//!   with one line if `redis-server` is not on PATH), fixed β like `herdless_stampede_hit`;
+//! - `quick_cache_get`, `moka_get_with`: the caches a Rust user would pick instead.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use herdless::{memoize_stampede, MemoryStore};
@@ -25,6 +32,7 @@ fn hit_path(c: &mut Criterion) {
     let store = MemoryStore::<String, Arc<String>>::new(10_000).unwrap();
     let sync_f = memoize_stampede(&store, ttl)
         .name("sync")
+        .beta(1.0)
         .build_blocking_infallible(|_k: &String| value())
         .unwrap();
     sync_f.get(&key).unwrap();
@@ -34,6 +42,7 @@ fn hit_path(c: &mut Criterion) {
 
     let async_f = memoize_stampede(&store, ttl)
         .name("async")
+        .beta(1.0)
         .build_infallible(|_k: String| std::future::ready(value()))
         .unwrap();
     rt.block_on(async_f.get(&key)).unwrap();
@@ -41,6 +50,17 @@ fn hit_path(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { black_box(async_f.get(black_box(&key)).await.unwrap()) })
     });
+
+    let auto_f = memoize_stampede(&store, ttl)
+        .name("auto")
+        .build_blocking_infallible(|_k: &String| value())
+        .unwrap();
+    auto_f.get(&key).unwrap();
+    g.bench_function("herdless_auto_hit", |b| {
+        b.iter(|| black_box(auto_f.get(black_box(&key)).unwrap()))
+    });
+
+    near_hit(&mut g, &key, ttl);
 
     let qc = quick_cache::sync::Cache::<String, Arc<String>>::new(10_000);
     qc.insert(key.clone(), value());
@@ -60,6 +80,63 @@ fn hit_path(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// A near hit: the value held in the `NearStore` tier, the function as `herdless_stampede_hit`.
+fn near_hit(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    key: &String,
+    ttl: Duration,
+) {
+    use herdless::store::{NearStore, RedisStore};
+    let Some(port) = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port())
+    else {
+        return;
+    };
+    let Ok(mut server) = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        println!("skipping herdless_near_hit: redis-server not found on PATH");
+        return;
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let shared = RedisStore::new(&format!("redis://127.0.0.1:{port}/")).unwrap();
+    let near = NearStore::builder(&shared)
+        .build::<String, Arc<String>>()
+        .unwrap();
+    let f = memoize_stampede(&near, ttl)
+        .name("near")
+        .beta(1.0)
+        .build_blocking_infallible(|_k: &String| value())
+        .unwrap();
+    // The write's own announcement drops the copy; the next read keeps it near.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while near.is_empty() && std::time::Instant::now() < deadline {
+        f.get(key).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    g.bench_function("herdless_near_hit", |b| {
+        b.iter(|| black_box(f.get(black_box(key)).unwrap()))
+    });
+    let _ = server.kill();
+    let _ = server.wait();
 }
 
 criterion_group!(benches, hit_path);

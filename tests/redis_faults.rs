@@ -561,7 +561,9 @@ async fn cancelled_probe_does_not_wedge_the_breaker_open() {
     })
     .await;
     probe.abort(); // the caller goes away while the probe waits on the hung server
-    assert!(probe.await.unwrap_err().is_cancelled());
+                   // (It may have answered already: a request is bounded by op_timeout, and a caller's
+                   // computation runs on as its own task. Either way the probe's outcome must be booked.)
+    let _ = probe.await;
     server.resume();
 
     // The server answers again: within a bound far above the cooldown, the store must write.
