@@ -225,12 +225,14 @@ fn near_invalidate_propagation(
                 let took = rt.block_on(async {
                     // The reader holds the current value near (a read racing the previous
                     // announcement is not kept: read again until it is).
-                    while round > 1 {
-                        let v = reader.get(&key).await.unwrap();
-                        if v == round - 1 && !reader_near.is_empty() {
-                            break;
+                    if round > 1 {
+                        loop {
+                            let v = reader.get(&key).await.unwrap();
+                            if v == round - 1 && !reader_near.is_empty() {
+                                break;
+                            }
+                            tokio::task::yield_now().await;
                         }
-                        tokio::task::yield_now().await;
                     }
                     // An insert (not an invalidate, whose reader would then also run its
                     // closure) measures the propagation alone.
