@@ -2,23 +2,94 @@
 //! in the background, a timeout on every call, a circuit breaker, and the pub/sub dispatcher that
 //! wakes waiters.
 
+mod breaker;
+#[cfg(feature = "cluster")]
+pub(crate) mod cluster;
 mod slot;
 
 use super::announce::Announcement;
 use super::connect::{display_url, store_error};
-use crate::clock::saturating_nanos;
 use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::wait::{Event, WaitMode};
+use breaker::Breaker;
+pub(crate) use breaker::Breakers;
+#[cfg(feature = "cluster")]
+use cluster::Touch;
 use futures::StreamExt;
-use slot::{breaks_connection, Slot, SlotEvent, Unavailable};
+/// Without cluster support a call touches no slot range.
+#[cfg(not(feature = "cluster"))]
+#[derive(Default)]
+struct Touch;
+#[cfg(not(feature = "cluster"))]
+impl Touch {
+    fn range(&self) -> Option<usize> {
+        None
+    }
+    fn rejected(&self) -> bool {
+        false
+    }
+}
+use slot::{breaks_connection, Raw, Slot, SlotEvent, Unavailable};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// The connection a request runs on (cheap to clone; requests on it are pipelined).
-pub(crate) type Connection = redis::aio::MultiplexedConnection;
+/// The connection a request runs on (cheap to clone; requests on it are pipelined): the one
+/// connection of a single-node store, or a cluster connection routing each request to the master
+/// of its slot.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(redis::aio::MultiplexedConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(cluster::Routed),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where a store's requests go.
+pub(crate) enum Target {
+    /// One server.
+    Single(redis::Client),
+    /// A Redis Cluster: the redis-rs cluster client, and one plain client per seed node for the
+    /// pub/sub subscription (a `PUBLISH` reaches every node of a cluster, so one is enough).
+    #[cfg(feature = "cluster")]
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        seeds: Vec<redis::Client>,
+    },
+}
 
 /// Counters of one [`RedisStore`](super::RedisStore) (all functions using it).
 ///
@@ -74,68 +145,6 @@ pub struct RedisStats {
     pub blocking_on_store_runtime: AtomicU64,
 }
 
-/// Trips after `threshold` consecutive failures; while open, calls fail at once instead of
-/// paying a timeout each. After `cooldown` one probe is let through (half-open); its success
-/// closes the circuit, its failure re-opens it.
-pub(crate) struct Breaker {
-    threshold: u32,
-    cooldown: Duration,
-    origin: Instant,
-    failures: AtomicU32,
-    /// Nanoseconds since `origin` until which the circuit is open; 0 = closed.
-    open_until: AtomicU64,
-    probing: AtomicBool,
-}
-
-impl Breaker {
-    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
-        Breaker {
-            threshold,
-            cooldown,
-            origin: Instant::now(),
-            failures: AtomicU32::new(0),
-            open_until: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
-        }
-    }
-    fn now(&self) -> u64 {
-        self.origin.elapsed().as_nanos() as u64
-    }
-    /// May a call go to the server now?
-    pub(crate) fn allow(&self) -> bool {
-        let until = self.open_until.load(Ordering::Acquire);
-        if until == 0 {
-            return true;
-        }
-        if self.now() < until {
-            return false;
-        }
-        // Half-open: exactly one probe at a time.
-        self.probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-    pub(crate) fn success(&self) {
-        self.failures.store(0, Ordering::Release);
-        self.open_until.store(0, Ordering::Release);
-        self.probing.store(false, Ordering::Release);
-    }
-    /// Returns true when this failure opened the circuit.
-    pub(crate) fn failure(&self) -> bool {
-        let f = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let was_probe = self.probing.swap(false, Ordering::AcqRel);
-        if f >= self.threshold || was_probe {
-            let until = self.now().saturating_add(saturating_nanos(self.cooldown));
-            self.open_until.store(until.max(1), Ordering::Release);
-            return true;
-        }
-        false
-    }
-    pub(crate) fn is_open(&self) -> bool {
-        self.open_until.load(Ordering::Acquire) != 0
-    }
-}
-
 /// Waiters per channel, woken by the pub/sub dispatcher.
 #[derive(Default)]
 pub(crate) struct Wakeups {
@@ -174,10 +183,13 @@ impl Wakeups {
 pub(crate) struct Conn {
     rt: Option<tokio::runtime::Runtime>,
     pub(crate) handle: tokio::runtime::Handle,
-    client: redis::Client,
     slot: Arc<Slot>,
     pub(crate) op_timeout: Duration,
-    pub(crate) breaker: Arc<Breaker>,
+    /// One breaker (single node) or one per slot range (cluster; see `breaker`).
+    pub(crate) breakers: Arc<Breakers>,
+    /// True for a cluster store: breakers per slot range, and a connection that redis-rs
+    /// repairs node by node (never torn down as a whole by one failed request).
+    cluster: bool,
     pub(crate) stats: Arc<RedisStats>,
     pub(crate) wakeups: Arc<Wakeups>,
     /// The deadlock warning is logged once per store.
@@ -212,13 +224,22 @@ enum Cause {
     TimedOut,
     Unavailable,
     Failed,
+    /// A cluster range's breaker refused it (not a failure of the server).
+    Rejected,
+}
+
+fn circuit_open() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::CircuitOpen,
+        "circuit open (redis failed repeatedly; computing locally)",
+    )
 }
 
 impl Conn {
     pub(crate) fn new(
-        client: redis::Client,
+        target: Target,
         op_timeout: Duration,
-        breaker: Breaker,
+        breakers: Breakers,
         pattern: Vec<u8>,
         runtime: Option<tokio::runtime::Handle>,
     ) -> std::io::Result<Arc<Self>> {
@@ -238,35 +259,48 @@ impl Conn {
             }
         };
         let stats: Arc<RedisStats> = Arc::default();
-        let breaker = Arc::new(breaker);
+        let breakers = Arc::new(breakers);
         let scripts_refused = Arc::new(AtomicBool::new(false));
-        let url = display_url(&client);
+        let (raw, url, subscribe_to, cluster) = match target {
+            Target::Single(client) => {
+                let url = display_url(&client);
+                (Raw::Single(client.clone()), url, vec![client], false)
+            }
+            #[cfg(feature = "cluster")]
+            Target::Cluster { client, seeds } => {
+                let url = format!(
+                    "cluster {}",
+                    seeds.iter().map(display_url).collect::<Vec<_>>().join(",")
+                );
+                (Raw::Cluster(client), url, seeds, true)
+            }
+        };
         let slot = Slot::new(
-            client.clone(),
+            raw,
             url,
             // No caller waits for an attempt (see `Slot`), so it may take its time.
             op_timeout.saturating_mul(4).max(Duration::from_secs(1)),
             handle.clone(),
             Box::new(on_slot_event(
                 stats.clone(),
-                breaker.clone(),
+                breakers.clone(),
                 scripts_refused.clone(),
             )),
         );
         let conn = Arc::new(Conn {
             handle,
             rt,
-            client,
             slot,
             op_timeout,
-            breaker,
+            breakers,
+            cluster,
             stats,
             wakeups: Arc::default(),
             warned_blocking: AtomicBool::new(false),
             scripts_refused,
         });
         conn.handle.spawn(subscriber(
-            conn.client.clone(),
+            subscribe_to,
             pattern,
             Arc::downgrade(&conn.wakeups),
             conn.stats.clone(),
@@ -293,12 +327,11 @@ impl Conn {
         if let Some(err) = self.would_deadlock() {
             return Err(err);
         }
-        if !self.breaker.allow() {
+        // A cluster store asks the breaker of the request's slot range, once the request's
+        // first key is known (see `cluster::Routed`).
+        if !self.cluster && !self.breakers.get(0).allow() {
             Stats::inc(&self.stats.rejected_open);
-            return Err(StoreError::new(
-                StoreErrorKind::CircuitOpen,
-                "circuit open (redis failed repeatedly; computing locally)",
-            ));
+            return Err(circuit_open());
         }
         let deadline = tokio::time::Instant::now() + self.op_timeout;
         // The outcome is booked inside the spawned task, which runs to completion even when
@@ -306,8 +339,9 @@ impl Conn {
         // re-open the circuit, or the breaker would stay open for good.
         let this = self.clone();
         let task = self.handle.spawn(async move {
-            let out = this.run(f, deadline).await;
-            this.book(&out);
+            let touch = Arc::new(Touch::default());
+            let out = this.run(f, deadline, &touch).await;
+            this.book(&out, &touch);
             out.map_err(|(e, _)| e)
         });
         Stats::inc(&self.stats.round_trips);
@@ -316,7 +350,8 @@ impl Conn {
             Err(e) => {
                 // Only a runtime shutting down gets here; the probe flag must not stay set.
                 let err = StoreError::new(StoreErrorKind::Other, format!("store task failed: {e}"));
-                self.book::<T>(&Err((err.clone(), Cause::Failed)));
+                let touch = Touch::default();
+                self.book::<T>(&Err((err.clone(), Cause::Failed)), &touch);
                 Err(err)
             }
         }
@@ -329,21 +364,34 @@ impl Conn {
         &self,
         f: F,
         deadline: tokio::time::Instant,
+        touch: &Arc<Touch>,
     ) -> Result<T, (StoreError, Cause)>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let (con, generation) = match self.slot.get(deadline, self.op_timeout).await {
+        let (raw, generation) = match self.slot.get(deadline, self.op_timeout).await {
             Ok(c) => c,
             Err(Unavailable::Down(e)) => return Err((e, Cause::Unavailable)),
             Err(Unavailable::TimedOut(e)) => return Err((e, Cause::TimedOut)),
         };
+        let con = match raw {
+            slot::Ready::Single(c) => Connection::Single(c),
+            #[cfg(feature = "cluster")]
+            slot::Ready::Cluster(con) => Connection::Cluster(cluster::Routed {
+                con,
+                breakers: self.breakers.clone(),
+                touch: touch.clone(),
+            }),
+        };
         match tokio::time::timeout_at(deadline, f(con)).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) if touch.rejected() => Err((circuit_open(), Cause::Rejected)),
             Ok(Err(e)) => {
                 let err = store_error(&self.slot.url, &e);
-                if breaks_connection(&e) {
+                // redis-rs repairs a cluster connection node by node: one failed request (a
+                // dead master) must not cut the store off from the other shards.
+                if !self.cluster && breaks_connection(&e) {
                     self.slot.broken(generation, err.clone());
                 }
                 let cause = if e.is_timeout() {
@@ -361,7 +409,9 @@ impl Conn {
                         self.slot.url, self.op_timeout
                     ),
                 );
-                self.slot.broken(generation, err.clone());
+                if !self.cluster {
+                    self.slot.broken(generation, err.clone());
+                }
                 Err((err, Cause::TimedOut))
             }
         }
@@ -463,17 +513,30 @@ impl Conn {
         Ok(Wake::On(event, listener))
     }
 
-    fn book<T>(&self, out: &Result<T, (StoreError, Cause)>) {
+    /// Books the outcome on the breaker it belongs to: the only one of a single node, or the
+    /// one of the slot range the request went to (none when it never reached a keyed command,
+    /// e.g. no cluster connection yet).
+    fn book<T>(&self, out: &Result<T, (StoreError, Cause)>, touch: &Touch) {
+        let breaker = if self.cluster {
+            touch.range().map(|r| self.breakers.get(r))
+        } else {
+            Some(self.breakers.get(0))
+        };
         match out {
-            Ok(_) => self.breaker.success(),
+            Ok(_) => {
+                if let Some(b) = breaker {
+                    b.success();
+                }
+            }
+            Err((_, Cause::Rejected)) => Stats::inc(&self.stats.rejected_open),
             Err((e, cause)) => {
                 Stats::inc(&self.stats.errors);
                 match cause {
                     Cause::TimedOut => Stats::inc(&self.stats.timeouts),
                     Cause::Unavailable => Stats::inc(&self.stats.unavailable),
-                    Cause::Failed => {}
+                    Cause::Failed | Cause::Rejected => {}
                 }
-                if self.breaker.failure() {
+                if breaker.is_some_and(Breaker::failure) {
                     Stats::inc(&self.stats.circuit_opens);
                     tracing::warn!(error = %e, "redis unavailable; circuit open, computing locally");
                 }
@@ -486,7 +549,7 @@ impl Conn {
 /// circuit as soon as a connection is back, and warns once per outage.
 fn on_slot_event(
     stats: Arc<RedisStats>,
-    breaker: Arc<Breaker>,
+    breakers: Arc<Breakers>,
     scripts_refused: Arc<AtomicBool>,
 ) -> impl Fn(SlotEvent<'_>) + Send + Sync {
     let down = AtomicBool::new(false);
@@ -495,7 +558,7 @@ fn on_slot_event(
             Stats::inc(&stats.connects);
             // The server answered a connect, an AUTH and the script loads: no reason to keep
             // paying the rest of a cooldown.
-            breaker.success();
+            breakers.success_all();
             if down.swap(false, Ordering::Relaxed) {
                 tracing::info!("redis connection re-established");
             }
@@ -538,22 +601,29 @@ impl Stats {
 /// Keeps one pattern subscription to every herdless channel of this prefix and wakes local
 /// waiters of the channel a message arrives on. Reconnects with backoff when the connection
 /// drops; while it is down waiters fall back to polling.
+///
+/// On a cluster, `nodes` are the seeds and the subscription is held on one of them: Redis
+/// Cluster forwards every `PUBLISH` (a script's included) to every node over the cluster bus, so
+/// one node hears the whole cluster. When that node fails, the next seed is tried.
 async fn subscriber(
-    client: redis::Client,
+    nodes: Vec<redis::Client>,
     pattern: Vec<u8>,
     wakeups: Weak<Wakeups>,
     stats: Arc<RedisStats>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut next = 0usize;
     loop {
         let Some(w) = wakeups.upgrade() else { return };
+        let client = &nodes[next % nodes.len()];
+        next = next.wrapping_add(1);
         // Asked before every (re)subscription: permissions can be revoked while we run (an
         // `ACL SETUSER … resetchannels` also disconnects the subscription).
         {
             // redis-rs's `PubSub::psubscribe` returns Ok even when an ACL refuses the pattern,
             // which would leave waiters "woken" by a subscription that does not exist. Ask once
             // with a plain command, which does report NOPERM.
-            match subscribe_refused(&client, &pattern).await {
+            match subscribe_refused(client, &pattern).await {
                 Some(true) => {
                     w.live.store(false, Ordering::Release);
                     w.taps.announce(&Announcement::Disconnected);
@@ -578,6 +648,7 @@ async fn subscriber(
         match tokio::time::timeout(Duration::from_secs(2), connected).await {
             Ok(Ok(ps)) => {
                 backoff = Duration::from_millis(50);
+                next = next.wrapping_sub(1); // stay on a node that worked
                 w.live.store(true, Ordering::Release);
                 // Anything published while we were down was missed: let waiters re-check, and
                 // near tiers drop what they hold.

@@ -1,0 +1,101 @@
+//! Redis Cluster: [`RedisStore::cluster`] and [`RedisStore::cluster_builder`] build the same
+//! [`RedisStore`] over a redis-rs cluster connection, with the same guarantees as over one
+//! server.
+//!
+//! - **Routing** is redis-rs's (`cluster-async`): every request goes to the master of its
+//!   slot, `MOVED`/`ASK` during resharding are followed (scripts included), and after a failover
+//!   the slot map is refreshed and the promoted replica is used. The key layout puts a value, its
+//!   lock, its version and its channel under one hash tag, so every script runs in one slot.
+//! - **Reads** are one round trip (one `EVALSHA` to the slot's master), as over one server.
+//! - **Breakers** are per slot range (64 ranges of 256 slots, keyed by the slot of the request's
+//!   first key): a dead or paused master opens the breakers of its own slots only, while keys on
+//!   the other masters keep their normal latency. A range rather than a node because redis-rs
+//!   owns (and changes) the slot-to-node map; a master owns runs of slots, so a range almost
+//!   always lies within one master.
+//! - **Wake-ups and near-cache announcements** use plain `PUBLISH` from the scripts, which
+//!   Redis Cluster forwards to every node, and one pattern subscription held on one seed node
+//!   (the next seed when that node fails). Waiters keep their poll fallback.
+//! - **Start-up checks** ([`RedisStoreBuilder::connect`]) are for a single server; a cluster
+//!   store is built with [`RedisStoreBuilder::build`] (lazy, fail-open).
+
+use super::conn::Target;
+use super::{connect, RedisStore, RedisStoreBuilder};
+use crate::error::ConfigError;
+use std::time::Duration;
+
+impl RedisStore {
+    /// A store over a Redis Cluster, with default settings; `seeds` are the URLs of some of its
+    /// nodes (any one reachable node is enough to find the others). Lazy and fail-open, like
+    /// [`RedisStore::new`].
+    ///
+    /// ```
+    /// use herdless::store::RedisStore;
+    /// // Building does not connect.
+    /// let store = RedisStore::cluster(&["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]).unwrap();
+    /// # drop(store);
+    /// assert!(RedisStore::cluster(&[]).is_err());
+    /// ```
+    pub fn cluster(seeds: &[&str]) -> Result<Self, ConfigError> {
+        Self::cluster_builder(seeds).build()
+    }
+
+    /// A builder for a cluster store (every setting of [`RedisStore::builder`] applies).
+    ///
+    /// ```
+    /// use herdless::store::RedisStore;
+    /// use std::time::Duration;
+    /// let store = RedisStore::cluster_builder(&["redis://127.0.0.1:7000"])
+    ///     .prefix("shop")
+    ///     .op_timeout(Duration::from_millis(100))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(store);
+    /// ```
+    pub fn cluster_builder(seeds: &[&str]) -> RedisStoreBuilder {
+        let mut b = RedisStore::builder(seeds.first().copied().unwrap_or(""));
+        b.seeds = Some(seeds.iter().map(|s| s.to_string()).collect());
+        b
+    }
+}
+
+/// The cluster target of a store: the redis-rs cluster client and one plain client per seed
+/// (for the pub/sub subscription). Every seed must be a usable URL with database 0.
+pub(super) fn target(seeds: &[String], op_timeout: Duration) -> Result<Target, ConfigError> {
+    if seeds.is_empty() {
+        return Err(ConfigError::new(
+            "seeds",
+            "give at least one node of the cluster",
+        ));
+    }
+    let mut clients = Vec::with_capacity(seeds.len());
+    for s in seeds {
+        let client = connect::parse_url(s).map_err(|e| ConfigError::new("seeds", e.to_string()))?;
+        if client.get_connection_info().redis.db != 0 {
+            return Err(ConfigError::new(
+                "seeds",
+                format!(
+                    "`{}` selects a database; a cluster has only database 0",
+                    connect::redact_url(s)
+                ),
+            ));
+        }
+        clients.push(client);
+    }
+    let infos: Vec<redis::ConnectionInfo> = clients
+        .iter()
+        .map(|c| c.get_connection_info().clone())
+        .collect();
+    let client = redis::cluster::ClusterClientBuilder::new(infos)
+        // Every call is bounded by `op_timeout` anyway: retry soon (a redirect, a node that
+        // just failed over) rather than after redis-rs's default wait of over a second.
+        .retries(4)
+        .min_retry_wait(10)
+        .max_retry_wait(100)
+        .connection_timeout(op_timeout.saturating_mul(4).max(Duration::from_secs(1)))
+        .build()
+        .map_err(|e| ConfigError::new("seeds", e.to_string()))?;
+    Ok(Target::Cluster {
+        client,
+        seeds: clients,
+    })
+}
