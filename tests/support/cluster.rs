@@ -230,6 +230,12 @@ impl RedisCluster {
 
     /// The port of the master serving `slot`, as a live node sees it now.
     pub fn master_of_slot(&self, slot: u16) -> u16 {
+        self.try_master_of_slot(slot)
+            .unwrap_or_else(|| panic!("no master serves slot {slot}: {}", self.describe()))
+    }
+
+    /// The port of the master serving `slot` and not flagged failed, if any.
+    pub fn try_master_of_slot(&self, slot: u16) -> Option<u16> {
         self.cluster_nodes()
             .iter()
             .find(|l| {
@@ -238,7 +244,6 @@ impl RedisCluster {
                     && l.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
             })
             .map(|l| l.port)
-            .unwrap_or_else(|| panic!("no master serves slot {slot}: {}", self.describe()))
     }
 
     /// The slot of `key` (`CLUSTER KEYSLOT`).
