@@ -546,10 +546,10 @@ fn a_paused_master_does_not_slow_the_other_shards() {
             }
         }));
     }
-    {
+    for t in 0..3 {
         let (f, stop, keys) = (f.clone(), stop.clone(), victims.clone());
         hs.push(std::thread::spawn(move || {
-            let mut i = 0;
+            let mut i = t;
             while !stop.load(Ordering::Relaxed) {
                 // Fail-open: a value (cached or computed locally), never an error.
                 let k = &keys[i % keys.len()];
@@ -559,7 +559,7 @@ fn a_paused_master_does_not_slow_the_other_shards() {
         }));
     }
     // Shorter than the node timeout, so no failover interferes.
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(700));
     stop.store(true, Ordering::SeqCst);
     let joined = bounded("the callers", BOUND, move || {
         hs.into_iter().map(|h| h.join().is_ok()).all(|ok| ok)
@@ -579,6 +579,14 @@ fn a_paused_master_does_not_slow_the_other_shards() {
         paused_at.elapsed().as_millis()
     );
     assert!(calls > 0);
+    // The victim's range stayed open, refusing its calls at once instead of each paying a
+    // timeout (one breaker for the whole cluster would be closed again by every success on the
+    // other shards, and the victim's callers would keep waiting out timeouts).
+    let rejected = s.stats().rejected_open.load(Ordering::Relaxed);
+    assert!(
+        rejected >= 20,
+        "only {rejected} calls were refused by an open breaker: the victim's calls kept paying timeouts"
+    );
     // The other shards' keys were served from Redis all along, at their normal latency.
     assert!(
         s.circuit_open(),
