@@ -602,3 +602,59 @@ fn a_paused_master_does_not_slow_the_other_shards() {
         "keys on other shards were recomputed while one master was paused: {since:?}"
     );
 }
+
+#[test]
+fn a_paused_subscription_node_is_left_for_another() {
+    let Some(mut c) = cluster_or_skip() else {
+        return;
+    };
+    // Every store's subscription starts on the first seed.
+    let seed0 = c.nodes[0].port;
+    let (a, b) = (
+        store(&c, "hb", Duration::from_millis(250)),
+        store(&c, "hb", Duration::from_millis(250)),
+    );
+    warm(&a);
+    warm(&b);
+    let k = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| master_of(&c, &a.value_key("near", k)) != seed0)
+        .unwrap();
+    // A staleness bound far above the test's bound: only announcements (or a tier dropped on
+    // resubscribe) can make `b` see the new value in time.
+    let na: NearStore<String, String> = NearStore::builder(&a)
+        .capacity(100)
+        .max_stale(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let nb: NearStore<String, String> = NearStore::builder(&b)
+        .capacity(100)
+        .max_stale(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let version = Arc::new(AtomicU64::new(1));
+    let mk = |s: &NearStore<String, String>| {
+        let v = version.clone();
+        memoize_stampede(s, Duration::from_secs(300))
+            .name("near")
+            .beta(0.0)
+            .build_blocking_infallible(move |k: &String| {
+                format!("{k}@{}", v.load(Ordering::SeqCst))
+            })
+            .unwrap()
+    };
+    let (fa, fb) = (mk(&na), mk(&nb));
+    assert_eq!(fa.get(&k).unwrap(), format!("{k}@1"));
+    assert_eq!(fb.get(&k).unwrap(), format!("{k}@1"));
+    c.pause(seed0);
+    // Longer than a heartbeat and its answer bound.
+    std::thread::sleep(Duration::from_secs(3));
+    version.store(2, Ordering::SeqCst);
+    fa.invalidate(&k).unwrap();
+    wait_until(
+        "b to see the new value while its first subscription node is paused",
+        Duration::from_secs(15),
+        || fb.get(&k).unwrap() == format!("{k}@2"),
+    );
+    c.resume(seed0);
+}

@@ -207,6 +207,9 @@ impl Drop for Conn {
     }
 }
 
+/// How often a cluster store checks that the node holding its subscription answers.
+const SUBSCRIPTION_HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// How a waiter waits (see [`Conn::wait_channel`]).
 enum Wake {
     /// For a publish on the channel (or the deadline). The event is kept alive with its
@@ -301,6 +304,7 @@ impl Conn {
         });
         conn.handle.spawn(subscriber(
             subscribe_to,
+            cluster.then_some(SUBSCRIPTION_HEARTBEAT),
             pattern,
             Arc::downgrade(&conn.wakeups),
             conn.stats.clone(),
@@ -604,9 +608,12 @@ impl Stats {
 ///
 /// On a cluster, `nodes` are the seeds and the subscription is held on one of them: Redis
 /// Cluster forwards every `PUBLISH` (a script's included) to every node over the cluster bus, so
-/// one node hears the whole cluster. When that node fails, the next seed is tried.
+/// one node hears the whole cluster. When that node fails, the next seed is tried; `heartbeat`
+/// (cluster only) PINGs it that often and gives it up when it does not answer within as long,
+/// so that a paused node does not silently stop announcements from the other shards.
 async fn subscriber(
     nodes: Vec<redis::Client>,
+    heartbeat: Option<Duration>,
     pattern: Vec<u8>,
     wakeups: Weak<Wakeups>,
     stats: Arc<RedisStats>,
@@ -655,12 +662,31 @@ async fn subscriber(
                 w.taps.announce(&Announcement::Connected);
                 w.wake_all();
                 drop(w);
-                let mut stream = ps.into_on_message();
-                while let Some(msg) = stream.next().await {
+                let (mut sink, mut stream) = ps.split();
+                let mut beat =
+                    tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
+                beat.tick().await; // the first tick is immediate
+                loop {
+                    let msg = tokio::select! {
+                        m = stream.next() => m,
+                        _ = beat.tick(), if heartbeat.is_some() => {
+                            // A paused node keeps the connection open and says nothing: without
+                            // an answer, treat the subscription as down and move on.
+                            let bound = heartbeat.unwrap_or_default();
+                            match tokio::time::timeout(bound, sink.ping::<redis::Value>()).await {
+                                Ok(Ok(_)) => continue,
+                                _ => None,
+                            }
+                        }
+                    };
+                    let Some(msg) = msg else { break };
                     let Some(w) = wakeups.upgrade() else { return };
                     let channel = msg.get_channel_name().as_bytes();
                     w.taps.message(channel, msg.get_payload_bytes());
                     w.wake(channel);
+                }
+                if heartbeat.is_some() {
+                    next = next.wrapping_add(1); // try another node first
                 }
                 if let Some(w) = wakeups.upgrade() {
                     w.live.store(false, Ordering::Release);
