@@ -6,34 +6,22 @@ mod breaker;
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
 mod slot;
+mod stats;
+mod subscriber;
+pub use stats::RedisStats;
+use stats::Stats;
+pub(crate) use subscriber::Wakeups;
 
-use super::announce::Announcement;
 use super::connect::{display_url, store_error};
 use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::wait::{Event, WaitMode};
 use breaker::Breaker;
 pub(crate) use breaker::Breakers;
-#[cfg(feature = "cluster")]
-use cluster::Touch;
-use futures::StreamExt;
-/// Without cluster support a call touches no slot range.
-#[cfg(not(feature = "cluster"))]
-#[derive(Default)]
-struct Touch;
-#[cfg(not(feature = "cluster"))]
-impl Touch {
-    fn range(&self) -> Option<usize> {
-        None
-    }
-    fn rejected(&self) -> bool {
-        false
-    }
-}
+use breaker::Touch;
 use slot::{breaks_connection, Raw, Slot, SlotEvent, Unavailable};
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The connection a request runs on (cheap to clone; requests on it are pipelined): the one
@@ -89,95 +77,6 @@ pub(crate) enum Target {
         client: redis::cluster::ClusterClient,
         seeds: Vec<redis::Client>,
     },
-}
-
-/// Counters of one [`RedisStore`](super::RedisStore) (all functions using it).
-///
-/// ```
-/// use std::sync::atomic::Ordering;
-/// let store = herdless::store::RedisStore::new("redis://127.0.0.1:6379/").unwrap();
-/// assert_eq!(store.stats().decode_errors.load(Ordering::Relaxed), 0);
-/// // Building does not connect: no attempt was made, so none was refused.
-/// assert_eq!(store.stats().refused.load(Ordering::Relaxed), 0);
-/// ```
-#[derive(Debug, Default)]
-pub struct RedisStats {
-    /// Requests sent (each is one round trip).
-    pub round_trips: AtomicU64,
-    /// Requests that failed or timed out.
-    pub errors: AtomicU64,
-    /// Requests that timed out.
-    pub timeouts: AtomicU64,
-    /// Times the circuit breaker opened.
-    pub circuit_opens: AtomicU64,
-    /// Requests refused at once because the circuit was open.
-    pub rejected_open: AtomicU64,
-    /// Connections herdless established: the first, and each new one after a connection was
-    /// lost or an attempt failed (reconnection runs in the background, never inside a call).
-    pub connects: AtomicU64,
-    /// Records that were not ours, truncated, oversized or of the wrong type (read as misses).
-    pub decode_errors: AtomicU64,
-    /// Writes that did not land because something newer was written, or the key was
-    /// invalidated, after the writer's computation started (version fencing).
-    pub fenced_writes: AtomicU64,
-    /// Values that could not be serialized (returned to callers, never cached; warned about
-    /// at most every 10 s).
-    pub encode_errors: AtomicU64,
-    /// Values refused at write time for exceeding `max_value_bytes` (returned, never cached).
-    pub oversized_writes: AtomicU64,
-    /// 1 when the server refused this user scripting (no `EVAL`/`EVALSHA`): the store then
-    /// caches and locks with plain commands and writes are not fenced. Logged once as a warning.
-    pub scripts_refused: AtomicU64,
-    /// 1 when the server refused this store's PSUBSCRIBE (an ACL without the channel
-    /// permission): waiters then poll instead of being woken. Logged once as a warning.
-    pub pubsub_refused: AtomicU64,
-    /// Connection attempts refused: nothing accepted connections at the address.
-    pub refused: AtomicU64,
-    /// Connection attempts whose credentials the server refused (`WRONGPASS`, or `NOAUTH`
-    /// when the URL has no password).
-    pub auth_failures: AtomicU64,
-    /// Requests failed at once, without waiting, because there was no connection (the last
-    /// attempt failed, or the connection was lost; a new one is being made in the background).
-    pub unavailable: AtomicU64,
-    /// Requests refused because a blocking call made them on a worker thread of the runtime
-    /// given to [`RedisStoreBuilder::runtime`](super::RedisStoreBuilder::runtime): waiting
-    /// there would deadlock, since that thread must drive the request. Logged once as a warning.
-    pub blocking_on_store_runtime: AtomicU64,
-}
-
-/// Waiters per channel, woken by the pub/sub dispatcher.
-#[derive(Default)]
-pub(crate) struct Wakeups {
-    channels: Mutex<HashMap<Vec<u8>, Weak<Event>>>,
-    /// True while the pattern subscription is live (else waiters poll).
-    pub(crate) live: AtomicBool,
-    /// Near tiers listening to what the subscription hears.
-    pub(crate) taps: super::announce::Taps,
-}
-
-impl Wakeups {
-    pub(crate) fn event(&self, channel: &[u8]) -> Arc<Event> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get(channel).and_then(Weak::upgrade) {
-            return e;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let e = Arc::new(Event::new());
-        map.insert(channel.to_vec(), Arc::downgrade(&e));
-        e
-    }
-    fn wake(&self, channel: &[u8]) {
-        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get(channel).and_then(Weak::upgrade) {
-            e.notify(usize::MAX);
-        }
-    }
-    fn wake_all(&self) {
-        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        for e in map.values().filter_map(Weak::upgrade) {
-            e.notify(usize::MAX);
-        }
-    }
 }
 
 pub(crate) struct Conn {
@@ -302,7 +201,7 @@ impl Conn {
             warned_blocking: AtomicBool::new(false),
             scripts_refused,
         });
-        conn.handle.spawn(subscriber(
+        conn.handle.spawn(subscriber::subscriber(
             subscribe_to,
             cluster.then_some(SUBSCRIPTION_HEARTBEAT),
             pattern,
@@ -593,131 +492,4 @@ fn on_slot_event(
             }
         }
     }
-}
-
-struct Stats;
-impl Stats {
-    fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Keeps one pattern subscription to every herdless channel of this prefix and wakes local
-/// waiters of the channel a message arrives on. Reconnects with backoff when the connection
-/// drops; while it is down waiters fall back to polling.
-///
-/// On a cluster, `nodes` are the seeds and the subscription is held on one of them: Redis
-/// Cluster forwards every `PUBLISH` (a script's included) to every node over the cluster bus, so
-/// one node hears the whole cluster. When that node fails, the next seed is tried; `heartbeat`
-/// (cluster only) PINGs it that often and gives it up when it does not answer within as long,
-/// so that a paused node does not silently stop announcements from the other shards.
-async fn subscriber(
-    nodes: Vec<redis::Client>,
-    heartbeat: Option<Duration>,
-    pattern: Vec<u8>,
-    wakeups: Weak<Wakeups>,
-    stats: Arc<RedisStats>,
-) {
-    let mut backoff = Duration::from_millis(50);
-    let mut next = 0usize;
-    loop {
-        let Some(w) = wakeups.upgrade() else { return };
-        let client = &nodes[next % nodes.len()];
-        next = next.wrapping_add(1);
-        // Asked before every (re)subscription: permissions can be revoked while we run (an
-        // `ACL SETUSER … resetchannels` also disconnects the subscription).
-        {
-            // redis-rs's `PubSub::psubscribe` returns Ok even when an ACL refuses the pattern,
-            // which would leave waiters "woken" by a subscription that does not exist. Ask once
-            // with a plain command, which does report NOPERM.
-            match subscribe_refused(client, &pattern).await {
-                Some(true) => {
-                    w.live.store(false, Ordering::Release);
-                    w.taps.announce(&Announcement::Disconnected);
-                    stats.pubsub_refused.store(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        pattern = %String::from_utf8_lossy(&pattern),
-                        "redis refused PSUBSCRIBE (NOPERM): waiters poll instead of being woken; \
-                         grant the user `&{}` and +psubscribe to enable wake-ups",
-                        String::from_utf8_lossy(&pattern)
-                    );
-                    return; // poll-only for good: retrying would be refused again
-                }
-                Some(false) => {}
-                None => {} // could not ask (server down): the subscription attempt fails too
-            }
-        }
-        let connected = async {
-            let mut ps = client.get_async_pubsub().await?;
-            ps.psubscribe(&pattern).await?;
-            redis::RedisResult::Ok(ps)
-        };
-        match tokio::time::timeout(Duration::from_secs(2), connected).await {
-            Ok(Ok(ps)) => {
-                backoff = Duration::from_millis(50);
-                next = next.wrapping_sub(1); // stay on a node that worked
-                w.live.store(true, Ordering::Release);
-                // Anything published while we were down was missed: let waiters re-check, and
-                // near tiers drop what they hold.
-                w.taps.announce(&Announcement::Connected);
-                w.wake_all();
-                drop(w);
-                let (mut sink, mut stream) = ps.split();
-                let mut beat =
-                    tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
-                beat.tick().await; // the first tick is immediate
-                loop {
-                    let msg = tokio::select! {
-                        m = stream.next() => m,
-                        _ = beat.tick(), if heartbeat.is_some() => {
-                            // A paused node keeps the connection open and says nothing: without
-                            // an answer, treat the subscription as down and move on.
-                            let bound = heartbeat.unwrap_or_default();
-                            match tokio::time::timeout(bound, sink.ping::<redis::Value>()).await {
-                                Ok(Ok(_)) => continue,
-                                _ => None,
-                            }
-                        }
-                    };
-                    let Some(msg) = msg else { break };
-                    let Some(w) = wakeups.upgrade() else { return };
-                    let channel = msg.get_channel_name().as_bytes();
-                    w.taps.message(channel, msg.get_payload_bytes());
-                    w.wake(channel);
-                }
-                if heartbeat.is_some() {
-                    next = next.wrapping_add(1); // try another node first
-                }
-                if let Some(w) = wakeups.upgrade() {
-                    w.live.store(false, Ordering::Release);
-                    w.taps.announce(&Announcement::Disconnected);
-                    w.wake_all();
-                }
-            }
-            _ => {
-                w.live.store(false, Ordering::Release);
-                w.taps.announce(&Announcement::Disconnected);
-                drop(w);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-/// Whether the server refuses this user a PSUBSCRIBE of `pattern`: `Some(true)` on NOPERM,
-/// `Some(false)` when permitted, `None` when the server could not be asked.
-async fn subscribe_refused(client: &redis::Client, pattern: &[u8]) -> Option<bool> {
-    let ask = async {
-        let mut con = client.get_multiplexed_async_connection().await.ok()?;
-        let out = redis::cmd("PSUBSCRIBE")
-            .arg(pattern)
-            .query_async::<redis::Value>(&mut con)
-            .await;
-        Some(matches!(&out, Err(e) if e.code() == Some("NOPERM")))
-    };
-    tokio::time::timeout(Duration::from_secs(2), ask)
-        .await
-        .ok()
-        .flatten()
 }

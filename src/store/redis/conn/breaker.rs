@@ -4,7 +4,7 @@
 #![cfg_attr(not(feature = "cluster"), allow(dead_code))]
 
 use crate::clock::saturating_nanos;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Hash slots in a Redis Cluster.
@@ -117,5 +117,35 @@ impl Breakers {
     /// A connection was (re-)established: close every circuit.
     pub(crate) fn success_all(&self) {
         self.all.iter().for_each(Breaker::success);
+    }
+}
+
+/// What one call touched: the breaker range of its first keyed command, and whether that
+/// breaker refused it. Read by the caller after the request to book the outcome.
+#[derive(Default)]
+pub(crate) struct Touch {
+    /// Range index + 1; 0 = no keyed command was sent.
+    range: AtomicUsize,
+    rejected: AtomicBool,
+}
+
+impl Touch {
+    /// The breaker range this call's outcome belongs to.
+    pub(crate) fn range(&self) -> Option<usize> {
+        self.range.load(Ordering::Acquire).checked_sub(1)
+    }
+    /// True when the range's breaker refused the call.
+    pub(crate) fn rejected(&self) -> bool {
+        self.rejected.load(Ordering::Acquire)
+    }
+    /// Records the call's range; false if an earlier command of the call already did.
+    pub(crate) fn claim(&self, range: usize) -> bool {
+        self.range
+            .compare_exchange(0, range + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+    /// The range's breaker refused the call.
+    pub(crate) fn reject(&self) {
+        self.rejected.store(true, Ordering::Release);
     }
 }

@@ -6,11 +6,10 @@
 //! request is the one of the slot of its first key (the first key of an `EVALSHA`, which is
 //! also what redis-rs routes it by; every herdless script touches one slot).
 
-use super::breaker::Breakers;
+use super::breaker::{Breakers, Touch};
 use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::{Arg, Cmd, RedisError, RedisFuture, Value};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The hash slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the first `{` and
@@ -43,26 +42,6 @@ fn crc16(data: &[u8]) -> u16 {
     crc
 }
 
-/// What one call touched: the breaker range of its first keyed command, and whether that
-/// breaker refused it. Read by the caller after the request to book the outcome.
-#[derive(Default)]
-pub(crate) struct Touch {
-    /// Range index + 1; 0 = no keyed command was sent.
-    range: AtomicUsize,
-    rejected: AtomicBool,
-}
-
-impl Touch {
-    /// The breaker range this call's outcome belongs to.
-    pub(crate) fn range(&self) -> Option<usize> {
-        self.range.load(Ordering::Acquire).checked_sub(1)
-    }
-    /// True when the range's breaker refused the call.
-    pub(crate) fn rejected(&self) -> bool {
-        self.rejected.load(Ordering::Acquire)
-    }
-}
-
 /// A cluster connection for one call (cheap to clone; requests are pipelined per node).
 #[derive(Clone)]
 pub(crate) struct Routed {
@@ -79,18 +58,10 @@ impl Routed {
             return Ok(());
         };
         let range = Breakers::range_of(slot_of(key));
-        if self
-            .touch
-            .range
-            .compare_exchange(0, range + 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !self.touch.claim(range) || self.breakers.get(range).allow() {
             return Ok(());
         }
-        if self.breakers.get(range).allow() {
-            return Ok(());
-        }
-        self.touch.rejected.store(true, Ordering::Release);
+        self.touch.reject();
         Err(RedisError::from((
             redis::ErrorKind::ClientError,
             "circuit open for this slot range",
