@@ -658,3 +658,127 @@ fn a_paused_subscription_node_is_left_for_another() {
     );
     c.resume(seed0);
 }
+
+/// Measurement, not a check (`cargo test --test redis_cluster -- --ignored --nocapture`): what a
+/// plain `PUBLISH` (what the store's scripts send; Redis Cluster forwards it to every node) costs
+/// against a sharded `SPUBLISH` (kept within the channel's shard), from `redis-benchmark`, with
+/// and without a subscriber, and how many cluster-bus messages each sends.
+#[test]
+#[ignore]
+fn measure_publish_fanout() {
+    let Some(c) = cluster_or_skip() else { return };
+    let port = c.masters()[0];
+    // A channel in a slot of that master, for SPUBLISH.
+    let tag = (0..)
+        .map(|i| format!("{{t{i}}}:c"))
+        .find(|ch| c.master_of_slot(c.keyslot(ch.as_bytes())) == port)
+        .unwrap();
+    let bus = |p: u16| -> (u64, u64) {
+        let mut con = support::raw(p);
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut con).unwrap();
+        let get = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse().ok()))
+                .unwrap_or(0)
+        };
+        (
+            get("cluster_stats_messages_publish_sent:"),
+            get("cluster_stats_messages_publishshard_sent:"),
+        )
+    };
+    for cmd in ["PUBLISH", "SPUBLISH"] {
+        let before = bus(port);
+        let out = std::process::Command::new("redis-benchmark")
+            .args(["-p", &port.to_string(), "-c", "10", "-n", "50000", "-q"])
+            .args([cmd, &tag, "1"])
+            .output()
+            .expect("redis-benchmark");
+        let after = bus(port);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!(
+            "HERDLESS publish {cmd}: {} bus messages sent (publish {}, publishshard {})",
+            stdout.rsplit('\r').next().unwrap_or_default().trim(),
+            after.0 - before.0,
+            after.1 - before.1
+        );
+    }
+}
+
+#[test]
+fn resharding_the_hot_slot_under_load_is_invisible() {
+    let Some(c) = cluster_or_skip() else { return };
+    const STORES: usize = 3;
+    const THREADS: usize = 2;
+    let rec = Arc::new(Record::default());
+    let stores: Vec<RedisStore> = (0..STORES)
+        .map(|_| store(&c, "reshard", Duration::from_millis(250)))
+        .collect();
+    stores.iter().for_each(warm);
+    let fns: Vec<_> = stores
+        .iter()
+        .map(|s| {
+            recorded(
+                s,
+                "hot",
+                Duration::from_secs(1),
+                Duration::from_millis(100),
+                rec.clone(),
+            )
+        })
+        .collect();
+    let hot = "hot".to_string();
+    let vk = stores[0].value_key("hot", &hot);
+    let slot = c.keyslot(&vk);
+    let from = c.master_of_slot(slot);
+    let to = *c.masters().iter().find(|&&m| m != from).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = load(&fns, THREADS, vec![hot.clone()], stop.clone(), rec.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    // Slowly, so that refreshes (lock, write, release) meet every stage of the migration.
+    c.migrate_slot(slot, from, to, Duration::from_millis(700));
+    let moved = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    bounded("the load threads", BOUND, move || {
+        hs.into_iter().for_each(|h| h.join().unwrap())
+    });
+    assert_eq!(c.master_of_slot(slot), to, "the slot moved");
+    assert!(
+        support::exists(&mut support::raw(to), &vk),
+        "the hot key lives on its new master"
+    );
+    let runs = rec.runs.lock().unwrap().clone();
+    let peak = runs.iter().map(|r| r.concurrent).max().unwrap_or(0);
+    let during = runs
+        .iter()
+        .filter(|r| r.start >= started && r.start < moved)
+        .count();
+    let store_errors: u64 = stores
+        .iter()
+        .map(|s| s.stats().errors.load(Ordering::Relaxed))
+        .sum();
+    let worst = rec
+        .slow
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|&(_, d)| d)
+        .max()
+        .unwrap_or_default();
+    println!(
+        "HERDLESS reshard calls={} errors={} store_errors={store_errors} runs={} \
+         runs_during_migration={during} (in {} ms) peak={peak} worst_call_ms={}",
+        rec.calls.load(Ordering::Relaxed),
+        rec.errors.load(Ordering::Relaxed),
+        runs.len(),
+        (moved - started).as_millis(),
+        worst.as_millis()
+    );
+    assert_eq!(
+        rec.errors.load(Ordering::Relaxed),
+        0,
+        "no caller gets an error"
+    );
+    assert_eq!(peak, 1, "single-flight holds throughout the resharding");
+}

@@ -289,6 +289,69 @@ impl RedisCluster {
         n.paused = false;
     }
 
+    /// The cluster node id of the node on `port`.
+    pub fn node_id(&self, port: u16) -> String {
+        let mut con = crate::support::raw(port);
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut con)
+            .expect("CLUSTER MYID")
+    }
+
+    /// Moves `slot` from master `from` to master `to` the way `redis-cli --cluster reshard`
+    /// does (`SETSLOT IMPORTING`/`MIGRATING`, `MIGRATE` of its keys in batches, `SETSLOT NODE`
+    /// on every master), pausing `step` before and after moving the keys so that clients meet
+    /// each stage (`ASK` once the keys are gone, `MOVED` after).
+    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16, step: Duration) {
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let (mut src, mut dst) = (crate::support::raw(from), crate::support::raw(to));
+        let setslot = |con: &mut redis::Connection, how: &str, id: &str| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(how)
+                .arg(id)
+                .query(con)
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {how}: {e}"));
+        };
+        setslot(&mut dst, "IMPORTING", &from_id);
+        std::thread::sleep(step);
+        // From here until its keys are moved, a multi-key request that finds only some of its
+        // keys gets TRYAGAIN: move them at once, as `redis-cli --cluster reshard` does.
+        setslot(&mut src, "MIGRATING", &to_id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query(&mut src)
+                .expect("CLUSTER GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let _: redis::Value = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut src)
+                .expect("MIGRATE");
+            assert!(Instant::now() < deadline, "slot {slot} did not drain");
+        }
+        std::thread::sleep(step);
+        setslot(&mut dst, "NODE", &to_id);
+        setslot(&mut src, "NODE", &to_id);
+        for m in self.masters() {
+            if m != from && m != to {
+                setslot(&mut crate::support::raw(m), "NODE", &to_id);
+            }
+        }
+    }
+
     /// `CLUSTER NODES` as a live node sees it.
     fn cluster_nodes(&self) -> Vec<NodeLine> {
         for n in self.live() {
