@@ -300,8 +300,8 @@ impl RedisCluster {
 
     /// Moves `slot` from master `from` to master `to` the way `redis-cli --cluster reshard`
     /// does (`SETSLOT IMPORTING`/`MIGRATING`, `MIGRATE` of its keys in batches, `SETSLOT NODE`
-    /// on every master), pausing `step` before and after moving the keys so that clients meet
-    /// each stage (`ASK` once the keys are gone, `MOVED` after).
+    /// on every master), pausing `step` before the keys move, so that clients meet each stage
+    /// (`ASK` while the keys move, `MOVED` after).
     pub fn migrate_slot(&self, slot: u16, from: u16, to: u16, step: Duration) {
         let (from_id, to_id) = (self.node_id(from), self.node_id(to));
         let (mut src, mut dst) = (crate::support::raw(from), crate::support::raw(to));
@@ -342,7 +342,8 @@ impl RedisCluster {
                 .expect("MIGRATE");
             assert!(Instant::now() < deadline, "slot {slot} did not drain");
         }
-        std::thread::sleep(step);
+        // Multi-key requests that do not find all their keys on the new master get TRYAGAIN
+        // until the slot is assigned: assign it at once, as `redis-cli` does.
         setslot(&mut dst, "NODE", &to_id);
         setslot(&mut src, "NODE", &to_id);
         for m in self.masters() {

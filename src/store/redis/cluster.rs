@@ -86,11 +86,12 @@ pub(super) fn target(seeds: &[String], op_timeout: Duration) -> Result<Target, C
         .map(|c| c.get_connection_info().clone())
         .collect();
     let client = redis::cluster::ClusterClientBuilder::new(infos)
-        // Every call is bounded by `op_timeout` anyway: retry soon (a redirect, a node that
-        // just failed over) rather than after redis-rs's default wait of over a second.
-        .retries(4)
-        .min_retry_wait(10)
-        .max_retry_wait(100)
+        // Every call is bounded by `op_timeout` anyway: retry soon and until that deadline (a
+        // TRYAGAIN while a slot's keys migrate, a redirect, a node that just failed over) rather
+        // than after redis-rs's default wait of over a second.
+        .retries(16)
+        .min_retry_wait(5)
+        .max_retry_wait(50)
         .connection_timeout(op_timeout.saturating_mul(4).max(Duration::from_secs(1)))
         .build()
         .map_err(|e| ConfigError::new("seeds", e.to_string()))?;
