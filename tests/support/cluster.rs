@@ -302,7 +302,7 @@ impl RedisCluster {
     /// does (`SETSLOT IMPORTING`/`MIGRATING`, `MIGRATE` of its keys in batches, `SETSLOT NODE`
     /// on every master), pausing `step` before the keys move, so that clients meet each stage
     /// (`ASK` while the keys move, `MOVED` after).
-    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16, step: Duration) {
+    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16, step: Duration, hold: Duration) {
         let (from_id, to_id) = (self.node_id(from), self.node_id(to));
         let (mut src, mut dst) = (crate::support::raw(from), crate::support::raw(to));
         let setslot = |con: &mut redis::Connection, how: &str, id: &str| {
@@ -343,7 +343,9 @@ impl RedisCluster {
             assert!(Instant::now() < deadline, "slot {slot} did not drain");
         }
         // Multi-key requests that do not find all their keys on the new master get TRYAGAIN
-        // until the slot is assigned: assign it at once, as `redis-cli` does.
+        // until the slot is assigned: `redis-cli` assigns it at once; `hold` keeps that window
+        // open longer.
+        std::thread::sleep(hold);
         setslot(&mut dst, "NODE", &to_id);
         setslot(&mut src, "NODE", &to_id);
         for m in self.masters() {
