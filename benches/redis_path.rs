@@ -195,6 +195,7 @@ fn redis_path(c: &mut Criterion) {
 /// `herdless_cluster_hit` (a memoized hit through a cluster store: one `EVALSHA` to the key's
 /// master) against `cluster_get` (a raw redis-rs cluster `GET` of a 1 KiB value), on a private
 /// 3-master cluster started by `tests/support/cluster.rs`.
+#[cfg(feature = "cluster")]
 fn cluster_path(c: &mut Criterion) {
     let Some(cluster) = cluster::cluster_or_skip() else {
         return;
@@ -252,10 +253,14 @@ fn cluster_path(c: &mut Criterion) {
     drop(cluster);
 }
 
+#[cfg(not(feature = "cluster"))]
+fn cluster_path(_: &mut Criterion) {}
+
+#[cfg(feature = "cluster")]
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
+#[cfg(feature = "cluster")]
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 criterion_group!(benches, redis_path);

@@ -12,6 +12,7 @@
 //! something took: every wait is bounded by `tokio::time::timeout` or a bounded poll and fails
 //! with a message naming what did not happen.
 
+#[cfg(feature = "cluster")]
 #[path = "support/cluster.rs"]
 mod cluster;
 mod support;
@@ -233,12 +234,14 @@ impl RedisHarness {
 
 /// The same Redis store over a private Redis Cluster (3 masters, 3 replicas): one cluster for
 /// the whole suite (forming one costs seconds), a fresh prefix per store.
+#[cfg(feature = "cluster")]
 struct ClusterHarness {
     cluster: cluster::RedisCluster,
     test: &'static str,
     next: AtomicU64,
 }
 
+#[cfg(feature = "cluster")]
 impl ClusterHarness {
     fn build(&self, prefix: &str) -> RedisStore {
         let seeds = self.cluster.seeds();
@@ -251,6 +254,7 @@ impl ClusterHarness {
     }
 }
 
+#[cfg(feature = "cluster")]
 impl Harness for ClusterHarness {
     type S = RedisStore;
     fn pair(&self) -> (RedisStore, RedisStore) {
@@ -1285,6 +1289,7 @@ fn redis_errors_surface_as_store_errors() {
 }
 
 /// The whole contract against a cluster store, on one private cluster.
+#[cfg(feature = "cluster")]
 #[test]
 fn cluster_contract_suite() {
     let Some(c) = cluster::cluster_or_skip() else {

@@ -14,6 +14,10 @@
 //! - **Untrusted bytes**: a record that is not ours (magic, version), truncated, oversized or of
 //!   the wrong Redis type is a miss, counted in [`RedisStats`], never a panic.
 //!
+//! - **Redis Cluster** (feature `cluster`, on by default): [`RedisStore::cluster`] builds the
+//!   same store over redis-rs's cluster client, with a breaker per slot range; see the
+//!   `cluster` module for routing, failover, resharding and wake-ups.
+//!
 //! Key layout (Cluster-ready: one hash tag per (function, key)):
 //! `<prefix>:{<hex(name)>.<hex(msgpack(key))>}:v` (value), `...:l` (lock), `...:c` (channel).
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
