@@ -30,13 +30,66 @@
 //!   0.055 ms and 1 bus message (to the shard's replica) for `SPUBLISH`. herdless publishes
 //!   once per write, release or invalidation, not per read, so with a hot key refreshed about
 //!   once per TTL the bus carries (nodes − 1) small messages per refresh.
-//! - **Start-up checks** ([`RedisStoreBuilder::connect`]) are for a single server; a cluster
-//!   store is built with [`RedisStoreBuilder::build`] (lazy, fail-open).
+//! - **Start-up checks** ([`RedisStoreBuilder::connect`]) on a cluster store connect to the
+//!   cluster (slot map, every master), load the scripts and run one read script under the
+//!   prefix, so an unreachable cluster, refused credentials or a user without scripting fail
+//!   there; the finer per-permission diagnosis of a single server's checks is not repeated.
 
 use super::conn::Target;
-use super::{connect, RedisStore, RedisStoreBuilder};
+use super::{connect, scripts, ConnectError, RedisStore, RedisStoreBuilder};
 use crate::error::ConfigError;
-use std::time::Duration;
+use crate::store::contract::{StoreError, StoreErrorKind};
+use std::time::{Duration, Instant};
+
+impl RedisStoreBuilder {
+    /// [`RedisStoreBuilder::connect`] of a cluster store: builds it, then asks the cluster
+    /// (bounded by 4 × `op_timeout`, at least 2 s) to run the read script on a key under the
+    /// prefix, which needs the slot map, the key's master, scripting and the key permission.
+    pub(super) async fn connect_cluster(self) -> Result<RedisStore, ConnectError> {
+        let url = self.url.clone();
+        let bound = self
+            .op_timeout
+            .saturating_mul(4)
+            .max(Duration::from_secs(2));
+        let store = self.build().map_err(|e| ConnectError::config(&url, e))?;
+        let key = store.inner.space.generation_key("herdless-connect-check");
+        let conn = store.inner.conn.clone();
+        // On the store's runtime, so that this may be awaited on any executor.
+        let check = conn.handle.spawn({
+            let conn = conn.clone();
+            async move {
+                let deadline = Instant::now() + bound;
+                loop {
+                    let k = key.clone();
+                    let out: Result<redis::Value, _> = conn
+                        .call(move |mut m| async move {
+                            scripts::READ.key(k).arg(1).invoke_async(&mut m).await
+                        })
+                        .await;
+                    match out {
+                        Ok(_) => return Ok(()),
+                        // The first connection (slot map, every master) may take longer than
+                        // one call's timeout: ask again until the bound.
+                        Err(e)
+                            if e.kind() == StoreErrorKind::Timeout && Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        });
+        match check.await {
+            Ok(Ok(())) => Ok(store),
+            Ok(Err(e)) => Err(ConnectError::from_store(&url, &e)),
+            Err(e) => Err(ConnectError::from_store(
+                &url,
+                &StoreError::new(StoreErrorKind::Other, format!("check failed: {e}")),
+            )),
+        }
+    }
+}
 
 impl RedisStore {
     /// A store over a Redis Cluster, with default settings; `seeds` are the URLs of some of its
@@ -65,6 +118,11 @@ impl RedisStore {
     ///     .build()
     ///     .unwrap();
     /// # drop(store);
+    /// // `connect` checks the cluster first: nothing listens on port 1.
+    /// let err = RedisStore::cluster_builder(&["redis://127.0.0.1:1"])
+    ///     .connect_blocking()
+    ///     .unwrap_err();
+    /// assert_eq!(err.kind(), herdless::store::StoreErrorKind::ConnectionRefused);
     /// ```
     pub fn cluster_builder(seeds: &[&str]) -> RedisStoreBuilder {
         let mut b = RedisStore::builder(seeds.first().copied().unwrap_or(""));

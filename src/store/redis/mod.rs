@@ -167,31 +167,22 @@ impl RedisStoreBuilder {
     /// # }
     /// ```
     pub async fn connect(self) -> Result<RedisStore, ConnectError> {
-        self.single_node()?;
+        #[cfg(feature = "cluster")]
+        if self.seeds.is_some() {
+            return self.connect_cluster().await;
+        }
         self.checks()?.run().await?;
         self.built()
     }
 
     /// [`RedisStoreBuilder::connect`] for callers without a runtime (blocks this thread).
     pub fn connect_blocking(self) -> Result<RedisStore, ConnectError> {
-        self.single_node()?;
+        #[cfg(feature = "cluster")]
+        if self.seeds.is_some() {
+            return crate::wait::block_on(self.connect_cluster());
+        }
         self.checks()?.run_blocking()?;
         self.built()
-    }
-
-    /// The start-up checks talk to one server: a cluster store is refused (use `build`).
-    fn single_node(&self) -> Result<(), ConnectError> {
-        if self.seeds.is_none() {
-            return Ok(());
-        }
-        Err(ConnectError::config(
-            &self.url,
-            ConfigError::new(
-                "seeds",
-                "connect() checks a single server; build a cluster store with build() (it \
-                 connects in the background and fails open)",
-            ),
-        ))
     }
 
     /// The start-up checks of this configuration (an invalid setting fails here, before I/O).

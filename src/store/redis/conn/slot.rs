@@ -212,7 +212,17 @@ impl Slot {
                     self.load_scripts(&mut con).await?;
                     Ok(Ready::Cluster(con))
                 };
-                self.bounded(open).await
+                // redis-rs folds the seeds' I/O errors into one message ("Failed to create
+                // initial connections: Connection refused …"): keep the refusal recognizable.
+                self.bounded(open).await.map_err(|e| {
+                    if e.kind() == StoreErrorKind::Other
+                        && e.message().contains("Connection refused")
+                    {
+                        StoreError::new(StoreErrorKind::ConnectionRefused, e.message())
+                    } else {
+                        e
+                    }
+                })
             }
         }
     }
