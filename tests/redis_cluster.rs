@@ -378,10 +378,28 @@ fn sigkill_of_the_hot_masters_fails_over_without_errors() {
     let hot = "hot".to_string();
     let victim = master_of(&c, &stores[0].value_key("hot", &hot));
     let slot = c.keyslot(&stores[0].value_key("hot", &hot));
+    // A bystander: its own store, calling keys on the other masters throughout.
+    let bystander = store(&c, "failover", op_timeout);
+    warm(&bystander);
+    let others: Vec<String> = (0..)
+        .map(|i| format!("other{i}"))
+        .filter(|k| master_of(&c, &bystander.value_key("cold", k)) != victim)
+        .take(4)
+        .collect();
+    let by_rec = Arc::new(Record::default());
+    let by_fn = recorded(
+        &bystander,
+        "cold",
+        Duration::from_secs(300),
+        Duration::ZERO,
+        by_rec.clone(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
-    let hs = load(&fns, THREADS, vec![hot.clone()], stop.clone(), rec.clone());
+    let mut hs = load(&fns, THREADS, vec![hot.clone()], stop.clone(), rec.clone());
+    hs.extend(load(&[by_fn], 1, others, stop.clone(), by_rec.clone()));
     std::thread::sleep(Duration::from_secs(3));
+    let by_errors_before = bystander.stats().errors.load(Ordering::Relaxed);
     let killed_at = Instant::now();
     c.kill(victim);
     // Promotion: a live node names another master for the hot slot.
@@ -461,6 +479,34 @@ fn sigkill_of_the_hot_masters_fails_over_without_errors() {
         "no caller gets an error"
     );
     assert_eq!(peak_before, 1, "single-flight before the kill");
+    let by_errors = bystander.stats().errors.load(Ordering::Relaxed) - by_errors_before;
+    let by_worst = by_rec
+        .slow
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&(t, _)| t >= killed_at)
+        .map(|&(_, d)| d)
+        .max()
+        .unwrap_or_default();
+    let by_slow: Vec<String> = by_rec
+        .slow
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&(t, d)| t >= killed_at && d >= Duration::from_millis(100))
+        .map(|&(t, d)| format!("{}+{}", (t - killed_at).as_millis(), d.as_millis()))
+        .collect();
+    println!(
+        "HERDLESS failover bystander slow calls (ms after kill + ms): {by_slow:?} (promotion at {} ms)",
+        failover.as_millis()
+    );
+    println!(
+        "HERDLESS failover bystander (keys on the other masters): calls={} store_errors={by_errors} \
+         worst_call_ms={}",
+        by_rec.calls.load(Ordering::Relaxed),
+        by_worst.as_millis()
+    );
     // Single-flight is back within a few seconds of the promotion: no overlap in the last 3 s.
     assert!(
         peak1_after < Duration::from_secs(3),
