@@ -479,6 +479,10 @@ fn sigkill_of_the_hot_masters_fails_over_without_errors() {
         "no caller gets an error"
     );
     assert_eq!(peak_before, 1, "single-flight before the kill");
+    // Callers of keys on the other masters never see an error either. (Their requests are not
+    // asserted error-free: around the moment the dead master is flagged FAIL, redis-rs's
+    // cluster connection stalls other requests for a few hundred ms while it refreshes.)
+    assert_eq!(by_rec.errors.load(Ordering::Relaxed), 0);
     let by_errors = bystander.stats().errors.load(Ordering::Relaxed) - by_errors_before;
     let by_worst = by_rec
         .slow
