@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of one [`RedisStore`](super::RedisStore) (all functions using it).
+/// Counters of one [`RedisStore`](crate::store::RedisStore) (all functions using it).
 ///
 /// ```
 /// use std::sync::atomic::Ordering;
@@ -19,7 +19,7 @@ pub struct RedisStats {
     pub errors: AtomicU64,
     /// Requests that timed out.
     pub timeouts: AtomicU64,
-    /// Times the circuit breaker opened.
+    /// Times the circuit breaker opened (on a cluster store: the breaker of any slot range).
     pub circuit_opens: AtomicU64,
     /// Requests refused at once because the circuit was open.
     pub rejected_open: AtomicU64,
@@ -51,7 +51,7 @@ pub struct RedisStats {
     /// attempt failed, or the connection was lost; a new one is being made in the background).
     pub unavailable: AtomicU64,
     /// Requests refused because a blocking call made them on a worker thread of the runtime
-    /// given to [`RedisStoreBuilder::runtime`](super::RedisStoreBuilder::runtime): waiting
+    /// given to [`RedisStoreBuilder::runtime`](crate::store::RedisStoreBuilder::runtime): waiting
     /// there would deadlock, since that thread must drive the request. Logged once as a warning.
     pub blocking_on_store_runtime: AtomicU64,
 }
