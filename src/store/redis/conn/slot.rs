@@ -3,6 +3,10 @@
 //! own deadline, and while the last attempt failed (refused, credentials refused, no answer)
 //! it fails at once with that error instead of paying a timeout.
 //!
+//! For a cluster store the slot holds a redis-rs cluster connection instead: opened the same way
+//! (in the background, scripts loaded on every node), but never torn down by a failed request
+//! afterwards, since redis-rs reconnects node by node and refreshes its slot map itself.
+//!
 //! Why not redis-rs's `ConnectionManager`: its first reconnect waits about a second whatever
 //! its `max_delay` says, inside the caller's call, so a refused port or a wrong password was
 //! reported after ~1.5 s, and as a timeout.
