@@ -861,3 +861,220 @@ fn resharding_the_hot_slot_under_load_is_invisible() {
     );
     assert_eq!(peak, 1, "single-flight holds throughout the resharding");
 }
+
+/// Milliseconds since the Unix epoch (one host: parent and children share the clock).
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Records one computation on the observer server: bumps `running`, appends
+/// `<epoch ms>:<running>` to `runs`.
+const RUN_START: &str = "local c = redis.call('INCR', 'running') \
+     redis.call('RPUSH', 'runs', ARGV[1] .. ':' .. c) return c";
+
+/// Child of [`sigkill_fails_over_across_processes`]: `HERDLESS_TASKS` Tokio tasks call the hot
+/// key through a cluster store until the observer (a plain redis-server on `port`) has `stop`.
+#[test]
+fn child_failover_load() {
+    let Some(env) = support::ChildEnv::get() else {
+        return;
+    };
+    let seeds = env.var("HERDLESS_SEEDS");
+    let tasks: usize = env.var("HERDLESS_TASKS").parse().unwrap();
+    let seeds: Vec<&str> = seeds.split(',').collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = RedisStore::cluster_builder(&seeds)
+        .prefix("mp-failover")
+        .op_timeout(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    warm(&s);
+    let observer = redis::Client::open(env.url()).unwrap();
+    let obs = rt
+        .block_on(observer.get_multiplexed_async_connection())
+        .unwrap();
+    let f = {
+        let obs = obs.clone();
+        memoize_stampede(&s, Duration::from_secs(1))
+            .name("hot")
+            .build_infallible(move |k: String| {
+                let mut obs = obs.clone();
+                async move {
+                    let _: i64 = redis::Script::new(RUN_START)
+                        .arg(epoch_ms())
+                        .invoke_async(&mut obs)
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _: i64 = redis::cmd("DECR")
+                        .arg("running")
+                        .query_async(&mut obs)
+                        .await
+                        .unwrap();
+                    format!("v-{k}")
+                }
+            })
+            .unwrap()
+    };
+    support::report("ready", "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, errors, worst) = rt.block_on(async {
+        let watcher = {
+            let (stop, mut obs) = (stop.clone(), obs.clone());
+            tokio::spawn(async move {
+                loop {
+                    let done: bool = redis::cmd("EXISTS")
+                        .arg("stop")
+                        .query_async(&mut obs)
+                        .await
+                        .unwrap_or(false);
+                    if done {
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (f, stop) = (f.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut calls, mut errors, mut worst) = (0u64, 0u64, Duration::ZERO);
+                    while !stop.load(Ordering::Relaxed) {
+                        let t0 = Instant::now();
+                        if f.get(&"hot".to_string()).await.is_err() {
+                            errors += 1;
+                        }
+                        worst = worst.max(t0.elapsed());
+                        calls += 1;
+                    }
+                    (calls, errors, worst)
+                })
+            })
+            .collect();
+        let mut total = (0, 0, Duration::ZERO);
+        for h in handles {
+            let (c, e, w) = h.await.unwrap();
+            total = (total.0 + c, total.1 + e, total.2.max(w));
+        }
+        watcher.await.unwrap();
+        total
+    });
+    support::report(
+        "done",
+        format!(
+            "calls={calls} errors={errors} worst_ms={}",
+            worst.as_millis()
+        ),
+    );
+}
+
+/// The failover of the hot key's master under load from real processes (3 processes × 2 Tokio
+/// tasks), counted on a separate observer server.
+#[test]
+fn sigkill_fails_over_across_processes() {
+    let Some(mut c) = cluster_or_skip() else {
+        return;
+    };
+    let observer = support::RedisServer::start();
+    let mut obs = observer.raw();
+    let op_timeout = Duration::from_millis(250);
+    let compute = Duration::from_millis(100);
+    let probe = store(&c, "mp-failover", op_timeout);
+    let vk = probe.value_key("hot", &"hot".to_string());
+    let slot = c.keyslot(&vk);
+    let victim = c.master_of_slot(slot);
+    let seeds = c.seeds().join(",");
+    let mut kids: Vec<support::ChildProc> = (0..3)
+        .map(|i| {
+            support::ChildProc::spawn(
+                "child_failover_load",
+                observer.port(),
+                &format!("load{i}"),
+                &[
+                    ("HERDLESS_SEEDS", seeds.clone()),
+                    ("HERDLESS_TASKS", "2".into()),
+                ],
+            )
+        })
+        .collect();
+    for k in &mut kids {
+        k.wait_report("ready", Duration::from_secs(60));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let killed_at = epoch_ms();
+    c.kill(victim);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let promoted_at = loop {
+        if let Some(p) = c.try_master_of_slot(slot) {
+            if p != victim {
+                break epoch_ms();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica was promoted within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_secs(6));
+    let _: () = redis::cmd("SET")
+        .arg("stop")
+        .arg(1)
+        .query(&mut obs)
+        .unwrap();
+    let (mut calls, mut errors, mut worst) = (0, 0, 0);
+    for k in &mut kids {
+        let f = support::fields(&k.wait_report("done", BOUND));
+        calls += support::field_u64(&f, "calls");
+        errors += support::field_u64(&f, "errors");
+        worst = worst.max(support::field_u64(&f, "worst_ms"));
+        k.expect_success(BOUND);
+    }
+    let runs: Vec<String> = redis::cmd("LRANGE")
+        .arg("runs")
+        .arg(0)
+        .arg(-1)
+        .query(&mut obs)
+        .unwrap();
+    let runs: Vec<(u64, u64)> = runs
+        .iter()
+        .filter_map(|r| {
+            let (t, c) = r.split_once(':')?;
+            Some((t.parse().ok()?, c.parse().ok()?))
+        })
+        .collect();
+    let before: Vec<_> = runs.iter().filter(|r| r.0 < killed_at).collect();
+    let during = runs
+        .iter()
+        .filter(|r| r.0 >= killed_at && r.0 < promoted_at)
+        .count();
+    let after = runs.iter().filter(|r| r.0 >= promoted_at).count();
+    let peak_before = before.iter().map(|r| r.1).max().unwrap_or(0);
+    let last_overlap = runs.iter().filter(|r| r.1 > 1).map(|r| r.0).max();
+    let peak1_after_ms = last_overlap.map_or(0, |t| t.saturating_sub(promoted_at));
+    let failover_ms = promoted_at - killed_at;
+    println!(
+        "HERDLESS failover (3 processes x 2 tasks) calls={calls} errors={errors} \
+         failover_ms={failover_ms} worst_call_ms={worst} runs_before={} (3 s, peak {peak_before}) \
+         runs_kill_to_promotion={during} runs_after_promotion={after} (6 s) \
+         peak1_again_after_promotion_ms={peak1_after_ms}",
+        before.len()
+    );
+    assert_eq!(errors, 0, "no caller gets an error");
+    assert_eq!(peak_before, 1, "single-flight before the kill");
+    assert!(
+        peak1_after_ms < 3000,
+        "computations still overlapped {peak1_after_ms} ms after the promotion"
+    );
+    let limit = failover_ms + (op_timeout + compute + Duration::from_secs(1)).as_millis() as u64;
+    assert!(worst <= limit, "a call took {worst} ms (limit {limit} ms)");
+}
