@@ -480,8 +480,8 @@ fn sigkill_of_the_hot_masters_fails_over_without_errors() {
     );
     assert_eq!(peak_before, 1, "single-flight before the kill");
     // Callers of keys on the other masters never see an error either. (Their requests are not
-    // asserted error-free: around the moment the dead master is flagged FAIL, redis-rs's
-    // cluster connection stalls other requests for a few hundred ms while it refreshes.)
+    // asserted error-free: from the dead master's FAIL flag to the promotion, every node answers
+    // CLUSTERDOWN under the default `cluster-require-full-coverage yes`.)
     assert_eq!(by_rec.errors.load(Ordering::Relaxed), 0);
     let by_errors = bystander.stats().errors.load(Ordering::Relaxed) - by_errors_before;
     let by_worst = by_rec
