@@ -277,6 +277,16 @@ fn wakeups_and_near_announcements_cross_every_shard() {
             || fb.get(k).unwrap() == format!("{k}@2"),
         );
     }
+    // `invalidate_all` through one tier: its generation announcement reaches the other.
+    version.store(3, Ordering::SeqCst);
+    fa.invalidate_all().unwrap();
+    for (port, k) in &keys {
+        wait_until(
+            &format!("b to drop its copy of a key on master {port} after invalidate_all"),
+            BOUND,
+            || fb.get(k).unwrap() == format!("{k}@3"),
+        );
+    }
 }
 
 /// One computation: when it started and ended, and how many ran at its start (itself included).
