@@ -684,12 +684,15 @@ fn a_paused_subscription_node_is_left_for_another() {
     let Some(mut c) = cluster_or_skip() else {
         return;
     };
-    // Every store's subscription starts on the first seed.
-    let seed0 = c.nodes[0].port;
-    let (a, b) = (
-        store(&c, "hb", Duration::from_millis(250)),
-        store(&c, "hb", Duration::from_millis(250)),
-    );
+    // Store `b` knows one seed, a replica (pausing a replica starts no failover): its
+    // subscription starts there and must move to a node it learnt from the cluster.
+    let seed0 = c.replicas()[0];
+    let a = store(&c, "hb", Duration::from_millis(250));
+    let b = RedisStore::cluster_builder(&[&format!("redis://127.0.0.1:{seed0}/")])
+        .prefix("hb")
+        .op_timeout(Duration::from_millis(250))
+        .build()
+        .unwrap();
     warm(&a);
     warm(&b);
     let k = (0..)

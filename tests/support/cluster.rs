@@ -228,6 +228,18 @@ impl RedisCluster {
         out
     }
 
+    /// The ports of the replicas, as a live node sees them now.
+    pub fn replicas(&self) -> Vec<u16> {
+        let mut out: Vec<u16> = self
+            .cluster_nodes()
+            .iter()
+            .filter(|l| l.flags.contains("slave") && !l.flags.contains("fail"))
+            .map(|l| l.port)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// The port of the master serving `slot`, as a live node sees it now.
     pub fn master_of_slot(&self, slot: u16) -> u16 {
         self.try_master_of_slot(slot)

@@ -51,11 +51,13 @@ impl Wakeups {
 ///
 /// On a cluster, `nodes` are the seeds and the subscription is held on one of them: Redis
 /// Cluster forwards every `PUBLISH` (a script's included) to every node over the cluster bus, so
-/// one node hears the whole cluster. When that node fails, the next seed is tried; `heartbeat`
-/// (cluster only) PINGs it that often and gives it up when it does not answer within as long,
-/// so that a paused node does not silently stop announcements from the other shards.
+/// one node hears the whole cluster. When that node fails, the next known node is tried: the
+/// seeds, plus every node the cluster listed (`CLUSTER NODES`) when a subscription succeeded, so
+/// that one seed is enough. `heartbeat` (cluster only) PINGs the node that often and gives it up
+/// when it does not answer within as long, so that a paused node does not silently stop
+/// announcements from the other shards.
 pub(super) async fn subscriber(
-    nodes: Vec<redis::Client>,
+    mut nodes: Vec<redis::Client>,
     heartbeat: Option<Duration>,
     pattern: Vec<u8>,
     wakeups: Weak<Wakeups>,
@@ -65,7 +67,8 @@ pub(super) async fn subscriber(
     let mut next = 0usize;
     loop {
         let Some(w) = wakeups.upgrade() else { return };
-        let client = &nodes[next % nodes.len()];
+        let client = nodes[next % nodes.len()].clone();
+        let client = &client;
         next = next.wrapping_add(1);
         // Asked before every (re)subscription: permissions can be revoked while we run (an
         // `ACL SETUSER … resetchannels` also disconnects the subscription).
@@ -99,6 +102,17 @@ pub(super) async fn subscriber(
             Ok(Ok(ps)) => {
                 backoff = Duration::from_millis(50);
                 next = next.wrapping_sub(1); // stay on a node that worked
+                if heartbeat.is_some() {
+                    for n in cluster_nodes(client).await {
+                        let addr = n.get_connection_info().addr.to_string();
+                        if !nodes
+                            .iter()
+                            .any(|k| k.get_connection_info().addr.to_string() == addr)
+                        {
+                            nodes.push(n);
+                        }
+                    }
+                }
                 w.live.store(true, Ordering::Release);
                 // Anything published while we were down was missed: let waiters re-check, and
                 // near tiers drop what they hold.
@@ -163,4 +177,48 @@ async fn subscribe_refused(client: &redis::Client, pattern: &[u8]) -> Option<boo
         .await
         .ok()
         .flatten()
+}
+
+/// Every node `node` lists in `CLUSTER NODES`, as clients with `node`'s credentials and TLS
+/// settings (nothing when it cannot say within a second).
+async fn cluster_nodes(node: &redis::Client) -> Vec<redis::Client> {
+    let ask = async {
+        let mut con = node.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async::<String>(&mut con)
+            .await
+            .ok()
+    };
+    let Ok(Some(text)) = tokio::time::timeout(Duration::from_secs(1), ask).await else {
+        return Vec::new();
+    };
+    let base = node.get_connection_info();
+    text.lines()
+        .filter_map(|line| {
+            // `<id> <ip>:<port>@<cport>[,<hostname>] <flags> …`
+            let addr = line.split_whitespace().nth(1)?;
+            let (host, port) = addr.split(['@', ',']).next()?.rsplit_once(':')?;
+            let port: u16 = port.parse().ok()?;
+            if host.is_empty() {
+                return None; // a node still joining has no address yet
+            }
+            let mut info = base.clone();
+            info.addr = match &base.addr {
+                redis::ConnectionAddr::Tcp(..) => redis::ConnectionAddr::Tcp(host.into(), port),
+                redis::ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => redis::ConnectionAddr::TcpTls {
+                    host: host.into(),
+                    port,
+                    insecure: *insecure,
+                    tls_params: tls_params.clone(),
+                },
+                _ => return None,
+            };
+            redis::Client::open(info).ok()
+        })
+        .collect()
 }
