@@ -24,7 +24,8 @@
 //! - **Wake-ups and near-cache announcements** use plain `PUBLISH` from the scripts, which
 //!   Redis Cluster forwards to every node, and one pattern subscription held on one seed node.
 //!   The subscription's node is PINGed every second; one that does not answer (dead, paused)
-//!   is left for the next seed, and the near tier drops what it holds on resubscribing.
+//!   is left for the next known node (the seeds, plus every node `CLUSTER NODES` listed, so
+//!   one seed is enough), and the near tier drops what it holds on resubscribing.
 //!   Waiters keep their poll fallback.
 //!
 //!   Why not sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`): it has no patterns, so every waiter's
