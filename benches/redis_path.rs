@@ -58,7 +58,79 @@ fn start_server() -> Option<Server> {
     None
 }
 
+/// `herdless_cluster_hit` (a memoized hit through a cluster store: one `EVALSHA` to the key's
+/// master) against `cluster_get` (a raw redis-rs cluster `GET` of a 1 KiB value), on a private
+/// 3-master cluster started by `tests/support/cluster.rs`.
+#[cfg(feature = "cluster")]
+fn cluster_path(c: &mut Criterion) {
+    let Some(cluster) = cluster::cluster_or_skip() else {
+        return;
+    };
+    let seeds = cluster.seeds();
+    let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let value = Arc::new("x".repeat(1024));
+    let key = "landing_page:/home".to_string();
+    let mut g = c.benchmark_group("redis_path");
+    let store = RedisStore::cluster_builder(&seeds)
+        .prefix("bench")
+        .runtime(rt.handle().clone())
+        .build()
+        .unwrap();
+    let v = value.clone();
+    let f = memoize_stampede(&store, Duration::from_secs(3600))
+        .name("hit")
+        .build_infallible(move |_k: String| std::future::ready((*v).clone()))
+        .unwrap();
+    rt.block_on(f.get(&key)).unwrap();
+    g.bench_function("herdless_cluster_hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(f.get(black_box(&key)).await.unwrap()) })
+    });
+    let client = redis::cluster::ClusterClient::new(seeds.clone()).unwrap();
+    let conn = rt.block_on(client.get_async_connection()).unwrap();
+    rt.block_on(async {
+        redis::cmd("SET")
+            .arg("raw")
+            .arg(value.as_str())
+            .query_async::<()>(&mut conn.clone())
+            .await
+    })
+    .unwrap();
+    g.bench_function("cluster_get", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = conn.clone();
+            async move {
+                let v: Vec<u8> = redis::cmd("GET")
+                    .arg("raw")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(v)
+            }
+        })
+    });
+    g.finish();
+    drop(store);
+    drop(cluster);
+}
+
+#[cfg(not(feature = "cluster"))]
+fn cluster_path(_: &mut Criterion) {}
+
+#[cfg(feature = "cluster")]
+#[path = "../tests/support/cluster.rs"]
+mod cluster;
+#[cfg(feature = "cluster")]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 fn redis_path(c: &mut Criterion) {
+    cluster_path(c);
     let Some(server) = start_server() else {
         println!("skipping redis_path: redis-server not found on PATH");
         return;

@@ -12,6 +12,9 @@
 //! something took: every wait is bounded by `tokio::time::timeout` or a bounded poll and fails
 //! with a message naming what did not happen.
 
+#[cfg(feature = "cluster")]
+#[path = "support/cluster.rs"]
+mod cluster;
 mod support;
 
 use herdless::store::{LockOutcome, Lookup, MemoryStore, RedisStore, RefreshOutcome, Written};
@@ -191,10 +194,16 @@ impl Harness for RedisHarness {
     fn answers_locally(&self) -> bool {
         false
     }
+    async fn ready_for_wakeups(&self, s: &RedisStore) {
+        Self::ready_for_wakeups_probe(s).await
+    }
+}
+
+impl RedisHarness {
     /// Waits (bounded) until the store's pub/sub subscription is live. Observed through the
     /// public counters: with the subscription live, `wait_for_value` first asks the server
     /// whether the value exists (one round trip); without it, it only sleeps.
-    async fn ready_for_wakeups(&self, s: &RedisStore) {
+    async fn ready_for_wakeups_probe(s: &RedisStore) {
         let ns = Store::<String, Val>::namespace(s, "wakeup-probe");
         let probe = key("probe");
         within(
@@ -220,6 +229,52 @@ impl Harness for RedisHarness {
             },
         )
         .await;
+    }
+}
+
+/// The same Redis store over a private Redis Cluster (3 masters, 3 replicas): one cluster for
+/// the whole suite (forming one costs seconds), a fresh prefix per store.
+#[cfg(feature = "cluster")]
+struct ClusterHarness {
+    cluster: cluster::RedisCluster,
+    test: &'static str,
+    next: AtomicU64,
+}
+
+#[cfg(feature = "cluster")]
+impl ClusterHarness {
+    fn build(&self, prefix: &str) -> RedisStore {
+        let seeds = self.cluster.seeds();
+        let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
+        RedisStore::cluster_builder(&seeds)
+            .prefix(prefix)
+            .op_timeout(Duration::from_secs(2))
+            .build()
+            .expect("a cluster store")
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl Harness for ClusterHarness {
+    type S = RedisStore;
+    fn pair(&self) -> (RedisStore, RedisStore) {
+        let prefix = format!(
+            "cluster-{}-{}",
+            self.test,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        (self.build(&prefix), self.build(&prefix))
+    }
+    fn keeps_expired(&self) -> bool {
+        false
+    }
+    fn answers_locally(&self) -> bool {
+        false
+    }
+    async fn ready_for_wakeups(&self, s: &RedisStore) {
+        // The same observation as for one server: the store's subscription is live.
+        let h = RedisHarness::ready_for_wakeups_probe(s);
+        h.await
     }
 }
 
@@ -1230,5 +1285,34 @@ fn redis_errors_surface_as_store_errors() {
     run_check(
         "redis_errors_surface_as_store_errors",
         redis_errors_surface(&h),
+    );
+}
+
+/// The whole contract against a cluster store, on one private cluster.
+#[cfg(feature = "cluster")]
+#[test]
+fn cluster_contract_suite() {
+    let Some(c) = cluster::cluster_or_skip() else {
+        return;
+    };
+    let mut h = ClusterHarness {
+        cluster: c,
+        test: "",
+        next: AtomicU64::new(0),
+    };
+    macro_rules! each {
+        ($($check:ident),*) => {$(
+            h.test = stringify!($check);
+            run_check(concat!("cluster_", stringify!($check)), $check(&h));
+        )*};
+    }
+    each!(
+        get_set_expiry,
+        namespaces_never_collide,
+        get_now_answers_or_defers,
+        lock_exclusive_and_released,
+        fenced_writes,
+        try_lock_refresh,
+        waiters_are_woken
     );
 }

@@ -2,182 +2,93 @@
 //! in the background, a timeout on every call, a circuit breaker, and the pub/sub dispatcher that
 //! wakes waiters.
 
+mod breaker;
+#[cfg(feature = "cluster")]
+pub(crate) mod cluster;
 mod slot;
+mod stats;
+mod subscriber;
+pub use stats::RedisStats;
+use stats::Stats;
+pub(crate) use subscriber::Wakeups;
 
-use super::announce::Announcement;
 use super::connect::{display_url, store_error};
-use crate::clock::saturating_nanos;
 use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::wait::{Event, WaitMode};
-use futures::StreamExt;
-use slot::{breaks_connection, Slot, SlotEvent, Unavailable};
-use std::collections::HashMap;
+use breaker::Breaker;
+pub(crate) use breaker::Breakers;
+use breaker::Touch;
+use slot::{breaks_connection, Raw, Slot, SlotEvent, Unavailable};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The connection a request runs on (cheap to clone; requests on it are pipelined).
-pub(crate) type Connection = redis::aio::MultiplexedConnection;
-
-/// Counters of one [`RedisStore`](super::RedisStore) (all functions using it).
-///
-/// ```
-/// use std::sync::atomic::Ordering;
-/// let store = herdless::store::RedisStore::new("redis://127.0.0.1:6379/").unwrap();
-/// assert_eq!(store.stats().decode_errors.load(Ordering::Relaxed), 0);
-/// // Building does not connect: no attempt was made, so none was refused.
-/// assert_eq!(store.stats().refused.load(Ordering::Relaxed), 0);
-/// ```
-#[derive(Debug, Default)]
-pub struct RedisStats {
-    /// Requests sent (each is one round trip).
-    pub round_trips: AtomicU64,
-    /// Requests that failed or timed out.
-    pub errors: AtomicU64,
-    /// Requests that timed out.
-    pub timeouts: AtomicU64,
-    /// Times the circuit breaker opened.
-    pub circuit_opens: AtomicU64,
-    /// Requests refused at once because the circuit was open.
-    pub rejected_open: AtomicU64,
-    /// Connections herdless established: the first, and each new one after a connection was
-    /// lost or an attempt failed (reconnection runs in the background, never inside a call).
-    pub connects: AtomicU64,
-    /// Records that were not ours, truncated, oversized or of the wrong type (read as misses).
-    pub decode_errors: AtomicU64,
-    /// Writes that did not land because something newer was written, or the key was
-    /// invalidated, after the writer's computation started (version fencing).
-    pub fenced_writes: AtomicU64,
-    /// Values that could not be serialized (returned to callers, never cached; warned about
-    /// at most every 10 s).
-    pub encode_errors: AtomicU64,
-    /// Values refused at write time for exceeding `max_value_bytes` (returned, never cached).
-    pub oversized_writes: AtomicU64,
-    /// 1 when the server refused this user scripting (no `EVAL`/`EVALSHA`): the store then
-    /// caches and locks with plain commands and writes are not fenced. Logged once as a warning.
-    pub scripts_refused: AtomicU64,
-    /// 1 when the server refused this store's PSUBSCRIBE (an ACL without the channel
-    /// permission): waiters then poll instead of being woken. Logged once as a warning.
-    pub pubsub_refused: AtomicU64,
-    /// Connection attempts refused: nothing accepted connections at the address.
-    pub refused: AtomicU64,
-    /// Connection attempts whose credentials the server refused (`WRONGPASS`, or `NOAUTH`
-    /// when the URL has no password).
-    pub auth_failures: AtomicU64,
-    /// Requests failed at once, without waiting, because there was no connection (the last
-    /// attempt failed, or the connection was lost; a new one is being made in the background).
-    pub unavailable: AtomicU64,
-    /// Requests refused because a blocking call made them on a worker thread of the runtime
-    /// given to [`RedisStoreBuilder::runtime`](super::RedisStoreBuilder::runtime): waiting
-    /// there would deadlock, since that thread must drive the request. Logged once as a warning.
-    pub blocking_on_store_runtime: AtomicU64,
+/// The connection a request runs on (cheap to clone; requests on it are pipelined): the one
+/// connection of a single-node store, or a cluster connection routing each request to the master
+/// of its slot.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(redis::aio::MultiplexedConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(cluster::Routed),
 }
 
-/// Trips after `threshold` consecutive failures; while open, calls fail at once instead of
-/// paying a timeout each. After `cooldown` one probe is let through (half-open); its success
-/// closes the circuit, its failure re-opens it.
-pub(crate) struct Breaker {
-    threshold: u32,
-    cooldown: Duration,
-    origin: Instant,
-    failures: AtomicU32,
-    /// Nanoseconds since `origin` until which the circuit is open; 0 = closed.
-    open_until: AtomicU64,
-    probing: AtomicBool,
-}
-
-impl Breaker {
-    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
-        Breaker {
-            threshold,
-            cooldown,
-            origin: Instant::now(),
-            failures: AtomicU32::new(0),
-            open_until: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(c) => c.req_packed_command(cmd),
         }
     }
-    fn now(&self) -> u64 {
-        self.origin.elapsed().as_nanos() as u64
-    }
-    /// May a call go to the server now?
-    pub(crate) fn allow(&self) -> bool {
-        let until = self.open_until.load(Ordering::Acquire);
-        if until == 0 {
-            return true;
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
-        if self.now() < until {
-            return false;
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(c) => c.get_db(),
         }
-        // Half-open: exactly one probe at a time.
-        self.probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-    pub(crate) fn success(&self) {
-        self.failures.store(0, Ordering::Release);
-        self.open_until.store(0, Ordering::Release);
-        self.probing.store(false, Ordering::Release);
-    }
-    /// Returns true when this failure opened the circuit.
-    pub(crate) fn failure(&self) -> bool {
-        let f = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let was_probe = self.probing.swap(false, Ordering::AcqRel);
-        if f >= self.threshold || was_probe {
-            let until = self.now().saturating_add(saturating_nanos(self.cooldown));
-            self.open_until.store(until.max(1), Ordering::Release);
-            return true;
-        }
-        false
-    }
-    pub(crate) fn is_open(&self) -> bool {
-        self.open_until.load(Ordering::Acquire) != 0
     }
 }
 
-/// Waiters per channel, woken by the pub/sub dispatcher.
-#[derive(Default)]
-pub(crate) struct Wakeups {
-    channels: Mutex<HashMap<Vec<u8>, Weak<Event>>>,
-    /// True while the pattern subscription is live (else waiters poll).
-    pub(crate) live: AtomicBool,
-    /// Near tiers listening to what the subscription hears.
-    pub(crate) taps: super::announce::Taps,
-}
-
-impl Wakeups {
-    pub(crate) fn event(&self, channel: &[u8]) -> Arc<Event> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get(channel).and_then(Weak::upgrade) {
-            return e;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let e = Arc::new(Event::new());
-        map.insert(channel.to_vec(), Arc::downgrade(&e));
-        e
-    }
-    fn wake(&self, channel: &[u8]) {
-        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get(channel).and_then(Weak::upgrade) {
-            e.notify(usize::MAX);
-        }
-    }
-    fn wake_all(&self) {
-        let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        for e in map.values().filter_map(Weak::upgrade) {
-            e.notify(usize::MAX);
-        }
-    }
+/// Where a store's requests go.
+pub(crate) enum Target {
+    /// One server.
+    Single(redis::Client),
+    /// A Redis Cluster: the redis-rs cluster client, and one plain client per seed node for the
+    /// pub/sub subscription (a `PUBLISH` reaches every node of a cluster, so one is enough).
+    #[cfg(feature = "cluster")]
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        seeds: Vec<redis::Client>,
+    },
 }
 
 pub(crate) struct Conn {
     rt: Option<tokio::runtime::Runtime>,
     pub(crate) handle: tokio::runtime::Handle,
-    client: redis::Client,
     slot: Arc<Slot>,
     pub(crate) op_timeout: Duration,
-    pub(crate) breaker: Arc<Breaker>,
+    /// One breaker (single node) or one per slot range (cluster; see `breaker`).
+    pub(crate) breakers: Arc<Breakers>,
+    /// True for a cluster store: breakers per slot range, and a connection that redis-rs
+    /// repairs node by node (never torn down as a whole by one failed request).
+    cluster: bool,
     pub(crate) stats: Arc<RedisStats>,
     pub(crate) wakeups: Arc<Wakeups>,
     /// The deadlock warning is logged once per store.
@@ -194,6 +105,9 @@ impl Drop for Conn {
         }
     }
 }
+
+/// How often a cluster store checks that the node holding its subscription answers.
+const SUBSCRIPTION_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How a waiter waits (see [`Conn::wait_channel`]).
 enum Wake {
@@ -212,13 +126,22 @@ enum Cause {
     TimedOut,
     Unavailable,
     Failed,
+    /// A cluster range's breaker refused it (not a failure of the server).
+    Rejected,
+}
+
+fn circuit_open() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::CircuitOpen,
+        "circuit open (redis failed repeatedly; computing locally)",
+    )
 }
 
 impl Conn {
     pub(crate) fn new(
-        client: redis::Client,
+        target: Target,
         op_timeout: Duration,
-        breaker: Breaker,
+        breakers: Breakers,
         pattern: Vec<u8>,
         runtime: Option<tokio::runtime::Handle>,
     ) -> std::io::Result<Arc<Self>> {
@@ -238,35 +161,49 @@ impl Conn {
             }
         };
         let stats: Arc<RedisStats> = Arc::default();
-        let breaker = Arc::new(breaker);
+        let breakers = Arc::new(breakers);
         let scripts_refused = Arc::new(AtomicBool::new(false));
-        let url = display_url(&client);
+        let (raw, url, subscribe_to, cluster) = match target {
+            Target::Single(client) => {
+                let url = display_url(&client);
+                (Raw::Single(client.clone()), url, vec![client], false)
+            }
+            #[cfg(feature = "cluster")]
+            Target::Cluster { client, seeds } => {
+                let url = format!(
+                    "cluster {}",
+                    seeds.iter().map(display_url).collect::<Vec<_>>().join(",")
+                );
+                (Raw::Cluster(client), url, seeds, true)
+            }
+        };
         let slot = Slot::new(
-            client.clone(),
+            raw,
             url,
             // No caller waits for an attempt (see `Slot`), so it may take its time.
             op_timeout.saturating_mul(4).max(Duration::from_secs(1)),
             handle.clone(),
             Box::new(on_slot_event(
                 stats.clone(),
-                breaker.clone(),
+                breakers.clone(),
                 scripts_refused.clone(),
             )),
         );
         let conn = Arc::new(Conn {
             handle,
             rt,
-            client,
             slot,
             op_timeout,
-            breaker,
+            breakers,
+            cluster,
             stats,
             wakeups: Arc::default(),
             warned_blocking: AtomicBool::new(false),
             scripts_refused,
         });
-        conn.handle.spawn(subscriber(
-            conn.client.clone(),
+        conn.handle.spawn(subscriber::subscriber(
+            subscribe_to,
+            cluster.then_some(SUBSCRIPTION_HEARTBEAT),
             pattern,
             Arc::downgrade(&conn.wakeups),
             conn.stats.clone(),
@@ -293,12 +230,11 @@ impl Conn {
         if let Some(err) = self.would_deadlock() {
             return Err(err);
         }
-        if !self.breaker.allow() {
+        // A cluster store asks the breaker of the request's slot range, once the request's
+        // first key is known (see `cluster::Routed`).
+        if !self.cluster && !self.breakers.get(0).allow() {
             Stats::inc(&self.stats.rejected_open);
-            return Err(StoreError::new(
-                StoreErrorKind::CircuitOpen,
-                "circuit open (redis failed repeatedly; computing locally)",
-            ));
+            return Err(circuit_open());
         }
         let deadline = tokio::time::Instant::now() + self.op_timeout;
         // The outcome is booked inside the spawned task, which runs to completion even when
@@ -306,8 +242,9 @@ impl Conn {
         // re-open the circuit, or the breaker would stay open for good.
         let this = self.clone();
         let task = self.handle.spawn(async move {
-            let out = this.run(f, deadline).await;
-            this.book(&out);
+            let touch = Arc::new(Touch::default());
+            let out = this.run(f, deadline, &touch).await;
+            this.book(&out, &touch);
             out.map_err(|(e, _)| e)
         });
         Stats::inc(&self.stats.round_trips);
@@ -316,7 +253,8 @@ impl Conn {
             Err(e) => {
                 // Only a runtime shutting down gets here; the probe flag must not stay set.
                 let err = StoreError::new(StoreErrorKind::Other, format!("store task failed: {e}"));
-                self.book::<T>(&Err((err.clone(), Cause::Failed)));
+                let touch = Touch::default();
+                self.book::<T>(&Err((err.clone(), Cause::Failed)), &touch);
                 Err(err)
             }
         }
@@ -329,21 +267,34 @@ impl Conn {
         &self,
         f: F,
         deadline: tokio::time::Instant,
+        touch: &Arc<Touch>,
     ) -> Result<T, (StoreError, Cause)>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let (con, generation) = match self.slot.get(deadline, self.op_timeout).await {
+        let (raw, generation) = match self.slot.get(deadline, self.op_timeout).await {
             Ok(c) => c,
             Err(Unavailable::Down(e)) => return Err((e, Cause::Unavailable)),
             Err(Unavailable::TimedOut(e)) => return Err((e, Cause::TimedOut)),
         };
+        let con = match raw {
+            slot::Ready::Single(c) => Connection::Single(c),
+            #[cfg(feature = "cluster")]
+            slot::Ready::Cluster(con) => Connection::Cluster(cluster::Routed {
+                con,
+                breakers: self.breakers.clone(),
+                touch: touch.clone(),
+            }),
+        };
         match tokio::time::timeout_at(deadline, f(con)).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) if touch.rejected() => Err((circuit_open(), Cause::Rejected)),
             Ok(Err(e)) => {
                 let err = store_error(&self.slot.url, &e);
-                if breaks_connection(&e) {
+                // redis-rs repairs a cluster connection node by node: one failed request (a
+                // dead master) must not cut the store off from the other shards.
+                if !self.cluster && breaks_connection(&e) {
                     self.slot.broken(generation, err.clone());
                 }
                 let cause = if e.is_timeout() {
@@ -361,7 +312,9 @@ impl Conn {
                         self.slot.url, self.op_timeout
                     ),
                 );
-                self.slot.broken(generation, err.clone());
+                if !self.cluster {
+                    self.slot.broken(generation, err.clone());
+                }
                 Err((err, Cause::TimedOut))
             }
         }
@@ -463,17 +416,30 @@ impl Conn {
         Ok(Wake::On(event, listener))
     }
 
-    fn book<T>(&self, out: &Result<T, (StoreError, Cause)>) {
+    /// Books the outcome on the breaker it belongs to: the only one of a single node, or the
+    /// one of the slot range the request went to (none when it never reached a keyed command,
+    /// e.g. no cluster connection yet).
+    fn book<T>(&self, out: &Result<T, (StoreError, Cause)>, touch: &Touch) {
+        let breaker = if self.cluster {
+            touch.range().map(|r| self.breakers.get(r))
+        } else {
+            Some(self.breakers.get(0))
+        };
         match out {
-            Ok(_) => self.breaker.success(),
+            Ok(_) => {
+                if let Some(b) = breaker {
+                    b.success();
+                }
+            }
+            Err((_, Cause::Rejected)) => Stats::inc(&self.stats.rejected_open),
             Err((e, cause)) => {
                 Stats::inc(&self.stats.errors);
                 match cause {
                     Cause::TimedOut => Stats::inc(&self.stats.timeouts),
                     Cause::Unavailable => Stats::inc(&self.stats.unavailable),
-                    Cause::Failed => {}
+                    Cause::Failed | Cause::Rejected => {}
                 }
-                if self.breaker.failure() {
+                if breaker.is_some_and(Breaker::failure) {
                     Stats::inc(&self.stats.circuit_opens);
                     tracing::warn!(error = %e, "redis unavailable; circuit open, computing locally");
                 }
@@ -486,7 +452,7 @@ impl Conn {
 /// circuit as soon as a connection is back, and warns once per outage.
 fn on_slot_event(
     stats: Arc<RedisStats>,
-    breaker: Arc<Breaker>,
+    breakers: Arc<Breakers>,
     scripts_refused: Arc<AtomicBool>,
 ) -> impl Fn(SlotEvent<'_>) + Send + Sync {
     let down = AtomicBool::new(false);
@@ -495,7 +461,7 @@ fn on_slot_event(
             Stats::inc(&stats.connects);
             // The server answered a connect, an AUTH and the script loads: no reason to keep
             // paying the rest of a cooldown.
-            breaker.success();
+            breakers.success_all();
             if down.swap(false, Ordering::Relaxed) {
                 tracing::info!("redis connection re-established");
             }
@@ -526,101 +492,4 @@ fn on_slot_event(
             }
         }
     }
-}
-
-struct Stats;
-impl Stats {
-    fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Keeps one pattern subscription to every herdless channel of this prefix and wakes local
-/// waiters of the channel a message arrives on. Reconnects with backoff when the connection
-/// drops; while it is down waiters fall back to polling.
-async fn subscriber(
-    client: redis::Client,
-    pattern: Vec<u8>,
-    wakeups: Weak<Wakeups>,
-    stats: Arc<RedisStats>,
-) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let Some(w) = wakeups.upgrade() else { return };
-        // Asked before every (re)subscription: permissions can be revoked while we run (an
-        // `ACL SETUSER … resetchannels` also disconnects the subscription).
-        {
-            // redis-rs's `PubSub::psubscribe` returns Ok even when an ACL refuses the pattern,
-            // which would leave waiters "woken" by a subscription that does not exist. Ask once
-            // with a plain command, which does report NOPERM.
-            match subscribe_refused(&client, &pattern).await {
-                Some(true) => {
-                    w.live.store(false, Ordering::Release);
-                    w.taps.announce(&Announcement::Disconnected);
-                    stats.pubsub_refused.store(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        pattern = %String::from_utf8_lossy(&pattern),
-                        "redis refused PSUBSCRIBE (NOPERM): waiters poll instead of being woken; \
-                         grant the user `&{}` and +psubscribe to enable wake-ups",
-                        String::from_utf8_lossy(&pattern)
-                    );
-                    return; // poll-only for good: retrying would be refused again
-                }
-                Some(false) => {}
-                None => {} // could not ask (server down): the subscription attempt fails too
-            }
-        }
-        let connected = async {
-            let mut ps = client.get_async_pubsub().await?;
-            ps.psubscribe(&pattern).await?;
-            redis::RedisResult::Ok(ps)
-        };
-        match tokio::time::timeout(Duration::from_secs(2), connected).await {
-            Ok(Ok(ps)) => {
-                backoff = Duration::from_millis(50);
-                w.live.store(true, Ordering::Release);
-                // Anything published while we were down was missed: let waiters re-check, and
-                // near tiers drop what they hold.
-                w.taps.announce(&Announcement::Connected);
-                w.wake_all();
-                drop(w);
-                let mut stream = ps.into_on_message();
-                while let Some(msg) = stream.next().await {
-                    let Some(w) = wakeups.upgrade() else { return };
-                    let channel = msg.get_channel_name().as_bytes();
-                    w.taps.message(channel, msg.get_payload_bytes());
-                    w.wake(channel);
-                }
-                if let Some(w) = wakeups.upgrade() {
-                    w.live.store(false, Ordering::Release);
-                    w.taps.announce(&Announcement::Disconnected);
-                    w.wake_all();
-                }
-            }
-            _ => {
-                w.live.store(false, Ordering::Release);
-                w.taps.announce(&Announcement::Disconnected);
-                drop(w);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-/// Whether the server refuses this user a PSUBSCRIBE of `pattern`: `Some(true)` on NOPERM,
-/// `Some(false)` when permitted, `None` when the server could not be asked.
-async fn subscribe_refused(client: &redis::Client, pattern: &[u8]) -> Option<bool> {
-    let ask = async {
-        let mut con = client.get_multiplexed_async_connection().await.ok()?;
-        let out = redis::cmd("PSUBSCRIBE")
-            .arg(pattern)
-            .query_async::<redis::Value>(&mut con)
-            .await;
-        Some(matches!(&out, Err(e) if e.code() == Some("NOPERM")))
-    };
-    tokio::time::timeout(Duration::from_secs(2), ask)
-        .await
-        .ok()
-        .flatten()
 }

@@ -212,6 +212,11 @@ impl ConnectError {
         }))
     }
 
+    /// A request of a built store failed while checking it (`url` is redacted here).
+    pub(crate) fn from_store(url: &str, e: &StoreError) -> Self {
+        ConnectError::new(e.kind(), redact_url(url), e.message().to_string(), None)
+    }
+
     /// The builder rejected a setting (`url` is redacted here).
     pub(crate) fn config(url: &str, e: ConfigError) -> Self {
         ConnectError(Box::new(Repr {

@@ -14,11 +14,17 @@
 //! - **Untrusted bytes**: a record that is not ours (magic, version), truncated, oversized or of
 //!   the wrong Redis type is a miss, counted in [`RedisStats`], never a panic.
 //!
+//! - **Redis Cluster** (feature `cluster`, on by default): [`RedisStore::cluster`] builds the
+//!   same store over redis-rs's cluster client, with a breaker per slot range; see the
+//!   `cluster` module for routing, failover, resharding and wake-ups.
+//!
 //! Key layout (Cluster-ready: one hash tag per (function, key)):
 //! `<prefix>:{<hex(name)>.<hex(msgpack(key))>}:v` (value), `...:l` (lock), `...:c` (channel).
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
 
 mod announce;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod conn;
 mod connect;
 mod fleet;
@@ -34,7 +40,7 @@ use crate::error::ConfigError;
 use crate::store::contract::{NamespaceRegistry, StoreError};
 pub(crate) use announce::{Announcement, Tap};
 pub use conn::RedisStats;
-use conn::{Breaker, Conn};
+use conn::{Breakers, Conn, Target};
 pub use connect::ConnectError;
 use keys::{KeySpace, Keys};
 pub use lock::{HeldLock, RedisGuard, RedisLock};
@@ -61,6 +67,8 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct RedisStoreBuilder {
     url: String,
+    /// The seed nodes of a cluster store (`None`: a single server at `url`).
+    seeds: Option<Vec<String>>,
     prefix: String,
     op_timeout: Duration,
     breaker_threshold: u32,
@@ -111,14 +119,21 @@ impl RedisStoreBuilder {
     pub fn build(self) -> Result<RedisStore, ConfigError> {
         let client = self.validate()?;
         let pattern = self.channel_pattern();
-        let conn = Conn::new(
-            client,
-            self.op_timeout,
-            Breaker::new(self.breaker_threshold, self.breaker_cooldown),
-            pattern,
-            self.runtime,
-        )
-        .map_err(|e| ConfigError::new("runtime", e.to_string()))?;
+        let (target, breakers) = match &self.seeds {
+            None => (
+                Target::Single(client),
+                Breakers::single(self.breaker_threshold, self.breaker_cooldown),
+            ),
+            #[cfg(feature = "cluster")]
+            Some(seeds) => (
+                cluster::target(seeds, self.op_timeout)?,
+                Breakers::per_range(self.breaker_threshold, self.breaker_cooldown),
+            ),
+            #[cfg(not(feature = "cluster"))]
+            Some(_) => unreachable!("cluster builders exist only with the `cluster` feature"),
+        };
+        let conn = Conn::new(target, self.op_timeout, breakers, pattern, self.runtime)
+            .map_err(|e| ConfigError::new("runtime", e.to_string()))?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
@@ -154,12 +169,20 @@ impl RedisStoreBuilder {
     /// # }
     /// ```
     pub async fn connect(self) -> Result<RedisStore, ConnectError> {
+        #[cfg(feature = "cluster")]
+        if self.seeds.is_some() {
+            return self.connect_cluster().await;
+        }
         self.checks()?.run().await?;
         self.built()
     }
 
     /// [`RedisStoreBuilder::connect`] for callers without a runtime (blocks this thread).
     pub fn connect_blocking(self) -> Result<RedisStore, ConnectError> {
+        #[cfg(feature = "cluster")]
+        if self.seeds.is_some() {
+            return crate::wait::block_on(self.connect_cluster());
+        }
         self.checks()?.run_blocking()?;
         self.built()
     }
@@ -213,6 +236,12 @@ impl RedisStoreBuilder {
         if self.max_value_bytes == 0 {
             return Err(ConfigError::new("max_value_bytes", "must be positive"));
         }
+        if self.seeds.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::new(
+                "seeds",
+                "give at least one node of the cluster",
+            ));
+        }
         connect::parse_url(&self.url)
     }
 }
@@ -221,6 +250,13 @@ impl std::fmt::Debug for RedisStoreBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStoreBuilder")
             .field("url", &connect::redact_url(&self.url))
+            .field(
+                "seeds",
+                &self
+                    .seeds
+                    .as_ref()
+                    .map(|s| s.iter().map(|u| connect::redact_url(u)).collect::<Vec<_>>()),
+            )
             .field("prefix", &self.prefix)
             .field("op_timeout", &self.op_timeout)
             .field("breaker_threshold", &self.breaker_threshold)
@@ -291,6 +327,7 @@ impl RedisStore {
     pub fn builder(url: &str) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.to_string(),
+            seeds: None,
             prefix: "herdless".into(),
             op_timeout: Duration::from_millis(250),
             breaker_threshold: 3,
@@ -315,9 +352,10 @@ impl RedisStore {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// True while the circuit breaker keeps calls away from the server.
+    /// True while the circuit breaker keeps calls away from the server (on a cluster store:
+    /// while the breaker of any slot range is open).
     pub fn circuit_open(&self) -> bool {
-        self.inner.conn.breaker.is_open()
+        self.inner.conn.breakers.any_open()
     }
 
     /// The Redis key under which `key` of function `name` is stored (for tools and tests), under

@@ -3,6 +3,10 @@
 //! own deadline, and while the last attempt failed (refused, credentials refused, no answer)
 //! it fails at once with that error instead of paying a timeout.
 //!
+//! For a cluster store the slot holds a redis-rs cluster connection instead: opened the same way
+//! (in the background, scripts loaded on every node), but never torn down by a failed request
+//! afterwards, since redis-rs reconnects node by node and refreshes its slot map itself.
+//!
 //! Why not redis-rs's `ConnectionManager`: its first reconnect waits about a second whatever
 //! its `max_delay` says, inside the caller's call, so a refused port or a wrong password was
 //! reported after ~1.5 s, and as a timeout.
@@ -12,6 +16,8 @@ use crate::store::redis::connect::{classify, connect_error};
 use crate::store::redis::scripts;
 use crate::wait::jitter;
 use redis::aio::MultiplexedConnection;
+#[cfg(feature = "cluster")]
+use redis::cluster_async::ClusterConnection;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -43,10 +49,26 @@ pub(crate) enum Unavailable {
     TimedOut(StoreError),
 }
 
+/// What the slot connects to.
+pub(crate) enum Raw {
+    Single(redis::Client),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// An established connection (cheap to clone).
+#[derive(Clone)]
+pub(crate) enum Ready {
+    Single(MultiplexedConnection),
+    /// redis-rs keeps one connection per node behind it and repairs them itself.
+    #[cfg(feature = "cluster")]
+    Cluster(ClusterConnection),
+}
+
 enum State {
     /// Nothing asked for a connection yet (the store is lazy: building it does no I/O).
     Idle,
-    Ready(MultiplexedConnection),
+    Ready(Ready),
     /// The background task is connecting; `last` is why the previous attempt or the previous
     /// connection failed (`None` while the very first attempt runs).
     Down {
@@ -64,7 +86,7 @@ struct Inner {
 type Report = Box<dyn Fn(SlotEvent<'_>) + Send + Sync>;
 
 pub(crate) struct Slot {
-    client: redis::Client,
+    client: Raw,
     /// The URL for messages, password redacted.
     pub(crate) url: String,
     /// Bound of one connection attempt (connect, authenticate, load the scripts). Generous:
@@ -79,7 +101,7 @@ pub(crate) struct Slot {
 
 impl Slot {
     pub(crate) fn new(
-        client: redis::Client,
+        client: Raw,
         url: String,
         attempt_bound: Duration,
         handle: tokio::runtime::Handle,
@@ -109,7 +131,7 @@ impl Slot {
         self: &Arc<Self>,
         deadline: Instant,
         budget: Duration,
-    ) -> Result<(MultiplexedConnection, u64), Unavailable> {
+    ) -> Result<(Ready, u64), Unavailable> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -169,30 +191,72 @@ impl Slot {
 
     /// One attempt: connect (redis-rs authenticates and selects the database), then load the
     /// scripts so that the first real call is one round trip.
-    async fn open(&self) -> Result<MultiplexedConnection, StoreError> {
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(self.attempt_bound)
-            .set_response_timeout(self.attempt_bound);
-        let attempt = async {
-            let mut con = self
-                .client
-                .get_multiplexed_async_connection_with_config(&cfg)
-                .await?;
-            for s in scripts::all() {
-                if let Err(e) = s.prepare_invoke().load_async(&mut con).await {
-                    if breaks_connection(&e) || classify(&e) == StoreErrorKind::Authentication {
-                        return Err(e);
-                    }
-                    if e.code() == Some("NOPERM") {
-                        (self.report)(SlotEvent::ScriptsRefused(&e));
-                    }
-                    // Not a connection problem: calls load scripts on first use anyway
-                    // (EVALSHA falls back to EVAL) and report their own errors.
-                    break;
-                }
+    async fn open(&self) -> Result<Ready, StoreError> {
+        match &self.client {
+            Raw::Single(client) => {
+                let cfg = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(self.attempt_bound)
+                    .set_response_timeout(self.attempt_bound);
+                let open = async {
+                    let mut con = client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await?;
+                    self.load_scripts(&mut con).await?;
+                    Ok(Ready::Single(con))
+                };
+                self.bounded(open).await
             }
-            Ok(con)
-        };
+            #[cfg(feature = "cluster")]
+            Raw::Cluster(client) => {
+                // `SCRIPT LOAD` goes to every node (replicas included, so a promoted replica
+                // has the scripts); a node that lacks one later answers NOSCRIPT and redis-rs
+                // loads it there.
+                let open = async {
+                    let mut con = client.get_async_connection().await?;
+                    self.load_scripts(&mut con).await?;
+                    Ok(Ready::Cluster(con))
+                };
+                // redis-rs folds the seeds' I/O errors into one message ("Failed to create
+                // initial connections: Connection refused …"): keep the refusal recognizable.
+                self.bounded(open).await.map_err(|e| {
+                    if e.kind() == StoreErrorKind::Other
+                        && e.message().contains("Connection refused")
+                    {
+                        StoreError::new(StoreErrorKind::ConnectionRefused, e.message())
+                    } else {
+                        e
+                    }
+                })
+            }
+        }
+    }
+
+    /// Loads the scripts so that the first real call is one round trip.
+    async fn load_scripts(
+        &self,
+        con: &mut impl redis::aio::ConnectionLike,
+    ) -> Result<(), redis::RedisError> {
+        for s in scripts::all() {
+            if let Err(e) = s.prepare_invoke().load_async(con).await {
+                if breaks_connection(&e) || classify(&e) == StoreErrorKind::Authentication {
+                    return Err(e);
+                }
+                if e.code() == Some("NOPERM") {
+                    (self.report)(SlotEvent::ScriptsRefused(&e));
+                }
+                // Not a connection problem: calls load scripts on first use anyway
+                // (EVALSHA falls back to EVAL) and report their own errors.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One connection attempt, bounded by `attempt_bound`.
+    async fn bounded(
+        &self,
+        attempt: impl std::future::Future<Output = Result<Ready, redis::RedisError>>,
+    ) -> Result<Ready, StoreError> {
         match tokio::time::timeout(self.attempt_bound, attempt).await {
             Ok(Ok(con)) => Ok(con),
             Ok(Err(e)) => Err(connect_error(&self.url, &e)),

@@ -1,0 +1,64 @@
+//! The counters of a Redis store.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of one [`RedisStore`](crate::store::RedisStore) (all functions using it).
+///
+/// ```
+/// use std::sync::atomic::Ordering;
+/// let store = herdless::store::RedisStore::new("redis://127.0.0.1:6379/").unwrap();
+/// assert_eq!(store.stats().decode_errors.load(Ordering::Relaxed), 0);
+/// // Building does not connect: no attempt was made, so none was refused.
+/// assert_eq!(store.stats().refused.load(Ordering::Relaxed), 0);
+/// ```
+#[derive(Debug, Default)]
+pub struct RedisStats {
+    /// Requests sent (each is one round trip).
+    pub round_trips: AtomicU64,
+    /// Requests that failed or timed out.
+    pub errors: AtomicU64,
+    /// Requests that timed out.
+    pub timeouts: AtomicU64,
+    /// Times the circuit breaker opened (on a cluster store: the breaker of any slot range).
+    pub circuit_opens: AtomicU64,
+    /// Requests refused at once because the circuit was open.
+    pub rejected_open: AtomicU64,
+    /// Connections herdless established: the first, and each new one after a connection was
+    /// lost or an attempt failed (reconnection runs in the background, never inside a call).
+    pub connects: AtomicU64,
+    /// Records that were not ours, truncated, oversized or of the wrong type (read as misses).
+    pub decode_errors: AtomicU64,
+    /// Writes that did not land because something newer was written, or the key was
+    /// invalidated, after the writer's computation started (version fencing).
+    pub fenced_writes: AtomicU64,
+    /// Values that could not be serialized (returned to callers, never cached; warned about
+    /// at most every 10 s).
+    pub encode_errors: AtomicU64,
+    /// Values refused at write time for exceeding `max_value_bytes` (returned, never cached).
+    pub oversized_writes: AtomicU64,
+    /// 1 when the server refused this user scripting (no `EVAL`/`EVALSHA`): the store then
+    /// caches and locks with plain commands and writes are not fenced. Logged once as a warning.
+    pub scripts_refused: AtomicU64,
+    /// 1 when the server refused this store's PSUBSCRIBE (an ACL without the channel
+    /// permission): waiters then poll instead of being woken. Logged once as a warning.
+    pub pubsub_refused: AtomicU64,
+    /// Connection attempts refused: nothing accepted connections at the address.
+    pub refused: AtomicU64,
+    /// Connection attempts whose credentials the server refused (`WRONGPASS`, or `NOAUTH`
+    /// when the URL has no password).
+    pub auth_failures: AtomicU64,
+    /// Requests failed at once, without waiting, because there was no connection (the last
+    /// attempt failed, or the connection was lost; a new one is being made in the background).
+    pub unavailable: AtomicU64,
+    /// Requests refused because a blocking call made them on a worker thread of the runtime
+    /// given to [`RedisStoreBuilder::runtime`](crate::store::RedisStoreBuilder::runtime): waiting
+    /// there would deadlock, since that thread must drive the request. Logged once as a warning.
+    pub blocking_on_store_runtime: AtomicU64,
+}
+
+pub(super) struct Stats;
+impl Stats {
+    pub(super) fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
