@@ -110,12 +110,14 @@ fn near_fixture() -> (&'static NearFn, &'static String) {
         .local_addr()
         .unwrap()
         .port();
-    std::process::Command::new("timeout")
+    let server = std::process::Command::new("timeout")
         .args(["300", "redis-server", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("herdless_near_hit needs redis-server on PATH");
+    // Never waited for: `timeout` ends the server after the run (this process cannot).
+    Box::leak(Box::new(server));
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
     }

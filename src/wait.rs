@@ -153,6 +153,7 @@ impl WaitMode {
     }
 
     /// Sleeps for `d` (used between polls of a remote lock).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only the Redis store sleeps
     pub(crate) async fn sleep(self, d: Duration) {
         match self {
             WaitMode::Async => tokio::time::sleep(d).await,
@@ -226,6 +227,7 @@ std::thread_local! {
 }
 
 /// Whether this thread is blocked in [`block_on`] (see `IN_BLOCK_ON`).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // checked by the Redis store
 pub(crate) fn in_block_on() -> bool {
     IN_BLOCK_ON.with(|f| f.get())
 }
