@@ -63,9 +63,12 @@ usage: landing_page [FLAGS]
   --ttl-ms MS           how long a computed page stays valid          [default: 1000]
   --strategies LIST     comma-separated, run in this order            [default: {DEFAULT_STRATEGIES}]
                         none | traditional | barrier | stampede=BETA | auto
-  --store KIND          memory | redis | near (near cache over redis) [default: memory]
-  --redis-url URL       Redis for --store redis|near; use a private one   [default: redis://127.0.0.1:6379/]
-  --procs N             worker processes (needs --store redis|near)   [default: 1]
+  --store KIND          memory | redis | near (near cache over redis) | redis-cluster |
+                        near-cluster (near cache over a cluster)     [default: memory]
+  --redis-url URL       Redis for the redis stores; use a private one; for a cluster, any
+                        seed node(s), comma-separated (the example does not start a cluster)
+                                                                      [default: redis://127.0.0.1:6379/]
+  --procs N             worker processes (needs a redis store)        [default: 1]
   --plot DIR            write concurrency and latency charts (SVG)    [default: none]
   --json                one JSON object per strategy instead of a table [default: off]
   --prefix P            Redis key prefix                              [default: landing<pid>]
@@ -128,14 +131,14 @@ fn parse_args() -> Args {
             _ => fail(&format!("unknown flag {flag:?}")),
         }
     }
-    if !["memory", "redis", "near"].contains(&a.store.as_str()) {
+    if !["memory", "redis", "near", "redis-cluster", "near-cluster"].contains(&a.store.as_str()) {
         fail(&format!(
-            "--store must be memory, redis or near, got {:?}",
+            "--store must be memory, redis, near, redis-cluster or near-cluster, got {:?}",
             a.store
         ));
     }
     if a.procs > 1 && a.store == "memory" {
-        fail("--procs needs --store redis or near (processes share nothing in memory)");
+        fail("--procs needs a redis store (processes share nothing in memory)");
     }
     if a.threads == 0 || a.procs == 0 || a.duration <= 0.0 || a.compute_ms == 0 || a.ttl_ms == 0 {
         fail("--threads, --procs, --duration, --compute-ms and --ttl-ms must be positive");
@@ -220,12 +223,12 @@ type Call = Arc<dyn Fn(&String) -> String + Send + Sync>;
 fn build(args: &Args, strategy: Strategy, body: &Body) -> (Call, Option<RedisStore>) {
     let ttl = Duration::from_millis(args.ttl_ms);
     if args.store != "memory" {
-        let store = RedisStore::builder(&args.redis_url)
+        let store = redis_admin::builder(&args.redis_url, args.store.ends_with("cluster"))
             .prefix(&args.prefix)
             .build()
             .unwrap_or_else(|e| fail(&format!("--redis-url {}: {e}", args.redis_url)));
         let lock = store.lock("landing");
-        let call = if args.store == "near" {
+        let call = if args.store.starts_with("near") {
             let near = NearStore::builder(&store)
                 .capacity(1024)
                 .build::<String, String>()
@@ -458,7 +461,12 @@ fn main() {
         return;
     }
     let unreachable = if args.store != "memory" {
-        redis_admin::check_redis(&args.redis_url, &args.prefix).err()
+        redis_admin::check_redis(
+            &args.redis_url,
+            &args.prefix,
+            args.store.ends_with("cluster"),
+        )
+        .err()
     } else {
         None
     };
@@ -498,7 +506,7 @@ fn main() {
         // A fresh key space per strategy, so no run inherits the previous one's value or lock.
         let prefix = format!("{}s{}", args.prefix, i);
         let commands_before = (args.store != "memory")
-            .then(|| redis_admin::commands_so_far(&args.redis_url))
+            .then(|| redis_admin::commands_so_far(&args.redis_url, args.store.ends_with("cluster")))
             .flatten();
         let raw = if args.procs > 1 {
             run_procs(&args, name, &prefix)
@@ -521,8 +529,11 @@ fn main() {
         }
         let (calls, runs, peak) = (raw.hist.total, raw.intervals.len(), raw.peak());
         // Commands the strategy caused on the server (the example's own INFO calls excluded).
-        let store_commands = commands_before
-            .and_then(|b| Some(redis_admin::commands_so_far(&args.redis_url)?.saturating_sub(b)));
+        let store_commands = commands_before.and_then(|b| {
+            let after =
+                redis_admin::commands_so_far(&args.redis_url, args.store.ends_with("cluster"))?;
+            Some(after.saturating_sub(b))
+        });
         store_errors += raw.store_errors;
         if args.json {
             println!(
