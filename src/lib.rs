@@ -64,7 +64,9 @@
 //! a miss. [`Builder::beta_auto`] picks β from each key's measured rate, so you need not tune
 //! it. [`memoize`] + [`barrier`] rebuild DiskCache's recipes layer by layer (double-checked
 //! locking without early refresh), for when you want exactly that. Use [`MemoryStore`] in one
-//! process and `store::RedisStore` to share values and locks across processes.
+//! process, `store::RedisStore` to share values and locks across processes (one server, or a
+//! Redis Cluster with `RedisStore::cluster`), and `store::NearStore` over it when many
+//! processes hit the same keys: hits from process memory, one refresh per TTL for the fleet.
 //!
 //! ## Module map
 //! | module | what it holds |
@@ -75,8 +77,8 @@
 //! | `layer` | the [`Layer`] / [`BlockingLayer`] traits and the type-erased compute function |
 //! | `flight` | in-process single-flight: flights per key and background-refresh slots |
 //! | `lock` | the barrier [`Lock`] trait and [`LocalLock`] |
-//! | [`store`] | the [`Store`] trait and its contract; `store::memory` ([`MemoryStore`]); `store::redis` (everything Redis) |
-//! | `engine` | the shared engine: hit path, compute-and-store |
+//! | [`store`] | the [`Store`] trait and its contract; `store::memory` ([`MemoryStore`]); `store::redis` (everything Redis: one server or a cluster; versioned records); `store::near` (the near cache over Redis) |
+//! | `engine`, `fence` | the shared engine: hit path, compute-and-store; in-process invalidation fences |
 //! | `miss`, `refresh` | the slow path (XFetch decision, hard misses) and background refreshes |
 //! | `builder`, `memoize`, `stampede`, `memoized`, [`blocking`], `barrier` | the builders, layers and facades |
 //! | `stats`, `auto`, [`tune`], [`sim`] | counters, automatic β, the tuning advisor, the simulator |
@@ -86,6 +88,7 @@
 //! |---|---|---|
 //! | `redis` | yes | `store::RedisStore` and `store::RedisLock` (redis-rs, Tokio I/O) |
 //! | `macros` | yes | the `#[herdless::memoized(ttl_secs = 60, …)]` attribute (crate `herdless-macros`) |
+//! | `cluster` | yes | `RedisStore::cluster` / `cluster_builder` (redis-rs `cluster-async`) |
 //! | `metrics` | no | exports every counter through the `metrics` crate |
 //!
 //! `cargo build --no-default-features` builds the in-memory crate without any Redis dependency.
