@@ -64,14 +64,15 @@ async fn main() {
     let app = AppState { db, ages };
     println!("{app:?}");
 
-    assert_eq!(app.ages.get(&"bob".to_string()).await.unwrap(), 41);
+    // Borrowed lookups: `String` keys are looked up by `&str`.
+    assert_eq!(app.ages.get("bob").await.unwrap(), 41);
     // A write, then an invalidation: the next read sees the new data.
     app.db.set_age("bob", 42);
-    app.ages.invalidate(&"bob".to_string()).await.unwrap();
-    assert_eq!(app.ages.get(&"bob".to_string()).await.unwrap(), 42);
+    app.ages.invalidate("bob").await.unwrap();
+    assert_eq!(app.ages.get("bob").await.unwrap(), 42);
 
     // The application's own error, owned, not an Arc.
-    let err = app.ages.get(&"alice".to_string()).await.unwrap_err();
+    let err = app.ages.get("alice").await.unwrap_err();
     let own: DbError = err.into_compute().expect("the closure's error, not shared");
     assert_eq!(own, DbError::NotFound("alice".into()));
     println!("{}", app.ages.stats());

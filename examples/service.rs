@@ -38,8 +38,8 @@ usage: service [FLAGS]            serve one strategy
        service --drive [FLAGS]    run wrk against a fresh server per strategy, print one table
 
   --strategy S          none | traditional | stampede=BETA | auto        [default: auto]
-  --store KIND          memory | redis                                   [default: memory]
-  --redis-url URL       Redis for --store redis                          [default: redis://127.0.0.1:6379/]
+  --store KIND          memory | redis | near (near cache over redis)    [default: memory]
+  --redis-url URL       Redis for --store redis|near                     [default: redis://127.0.0.1:6379/]
   --database-url URL    PostgreSQL                                       [default: postgres://postgres@127.0.0.1:5432/test]
   --table NAME          the generated table (created and seeded if needed) [default: herdless_orders]
   --rows N              rows to seed (1 000 000: ~100-300 ms a query)    [default: 1000000]
@@ -129,9 +129,9 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unknown flag {flag:?}")),
         }
     }
-    if a.cfg.store != "memory" && a.cfg.store != "redis" {
+    if !["memory", "redis", "near"].contains(&a.cfg.store.as_str()) {
         return Err(format!(
-            "--store must be memory or redis, got {:?}",
+            "--store must be memory, redis or near, got {:?}",
             a.cfg.store
         ));
     }

@@ -304,7 +304,23 @@ pub async fn app(cfg: &Config) -> Result<(Router, Arc<Counters>), String> {
                 .map_err(|e| format!("--store redis: {e}"))?;
             memoized(cfg, store, compute)?
         }
-        other => return Err(format!("--store must be memory or redis, got {other:?}")),
+        "near" => {
+            let shared = RedisStore::builder(&cfg.redis_url)
+                .prefix(&format!("herdless-service-{}", std::process::id()))
+                .connect()
+                .await
+                .map_err(|e| format!("--store near: {e}"))?;
+            let near = herdless::store::NearStore::builder(&shared)
+                .capacity(16)
+                .build::<(), String>()
+                .map_err(|e| e.to_string())?;
+            memoized(cfg, near, compute)?
+        }
+        other => {
+            return Err(format!(
+                "--store must be memory, redis or near, got {other:?}"
+            ))
+        }
     };
     let state = Arc::new(App {
         page,
