@@ -356,3 +356,56 @@ fn the_fleet_size_counts_the_processes_sharing_a_prefix() {
         || size(&other) == 1.0,
     );
 }
+
+/// An invalidation in one process reaches the near tier of every other process: three child
+/// processes hold the value near, this process changes the truth and invalidates, and each child
+/// reports the new value (counted with INCR: one recomputation per child at most, bounded wait).
+#[test]
+fn invalidation_reaches_every_process() {
+    if let Some(env) = ChildEnv::get() {
+        if env.role != "near-reader" {
+            return;
+        }
+        let url = env.url();
+        let s = near(&url, Duration::from_secs(30));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let f = truth_fn(&s, &url, runs);
+        let k = "home".to_string();
+        wait_until("the value is near", Duration::from_secs(10), || {
+            f.get(&k).unwrap() == "v1" && !s.is_empty()
+        });
+        report("near", "v1");
+        wait_until("the invalidation arrives", Duration::from_secs(10), || {
+            f.get(&k).unwrap() == "v2"
+        });
+        report("saw", "v2");
+        return;
+    }
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let url = server.url();
+    let mut con = server.raw();
+    set_truth(&mut con, "v1");
+    let mut children: Vec<ChildProc> = (0..3)
+        .map(|_| {
+            ChildProc::spawn(
+                "invalidation_reaches_every_process",
+                server.port(),
+                "near-reader",
+                &[],
+            )
+        })
+        .collect();
+    for c in &mut children {
+        assert_eq!(c.wait_report("near", Duration::from_secs(60)).trim(), "v1");
+    }
+    let s = near(&url, Duration::from_secs(30));
+    let f = truth_fn(&s, &url, Arc::new(AtomicUsize::new(0)));
+    set_truth(&mut con, "v2");
+    f.invalidate(&"home".to_string()).unwrap();
+    for c in &mut children {
+        assert_eq!(c.wait_report("saw", Duration::from_secs(30)).trim(), "v2");
+        c.expect_success(Duration::from_secs(30));
+    }
+}
