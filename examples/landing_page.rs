@@ -63,11 +63,12 @@ usage: landing_page [FLAGS]
   --ttl-ms MS           how long a computed page stays valid          [default: 1000]
   --strategies LIST     comma-separated, run in this order            [default: {DEFAULT_STRATEGIES}]
                         none | traditional | barrier | stampede=BETA | auto
-  --store KIND          memory | redis | near (near cache over redis) | redis-cluster |
-                        near-cluster (near cache over a cluster)     [default: memory]
-  --redis-url URL       Redis for the redis stores; use a private one; for a cluster, any
-                        seed node(s), comma-separated (the example does not start a cluster)
-                                                                      [default: redis://127.0.0.1:6379/]
+  --store KIND          where the cache lives                         [default: memory]
+                        memory | redis | near (near cache over redis) | redis-cluster |
+                        near-cluster (near cache over a cluster)
+  --redis-url URL       Redis for the redis stores     [default: redis://127.0.0.1:6379/]
+                        use a private one; for a cluster, any seed node(s), comma-separated
+                        (the example does not start a cluster)
   --procs N             worker processes (needs a redis store)        [default: 1]
   --plot DIR            write concurrency and latency charts (SVG)    [default: none]
   --json                one JSON object per strategy instead of a table [default: off]
