@@ -114,6 +114,31 @@ fn cluster_path(c: &mut Criterion) {
             }
         })
     });
+    // Where the time of a cluster hit goes: the same read script herdless runs, sent raw.
+    let read = redis::Script::new(
+        r#"
+local len = redis.pcall('STRLEN', KEYS[1])
+if type(len) == 'table' and len.err then return {false, -3} end
+if len == 0 then return {false, -2} end
+if len > tonumber(ARGV[1]) then return {false, -4, len} end
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"#,
+    );
+    g.bench_function("cluster_read_script", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = conn.clone();
+            let read = &read;
+            async move {
+                let v: redis::Value = read
+                    .key("raw")
+                    .arg(1 << 20)
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(v)
+            }
+        })
+    });
     g.finish();
     drop(store);
     drop(cluster);

@@ -156,7 +156,8 @@ fn watch(conn: &Arc<Conn>, channel: Vec<u8>, copy: Weak<Copy>) {
                 return;
             };
             let listener = event.listen();
-            listener.await;
+            // Through the wait module, the one swap point for shuttle builds.
+            crate::wait::WaitMode::Async.wait(listener, None).await;
             match copy.upgrade() {
                 Some(c) => c.checked.store(0, Ordering::Release),
                 None => return,
