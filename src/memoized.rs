@@ -329,24 +329,56 @@ where
         let me = self.get_mut();
         if me.slow.is_none() {
             let eng = &me.f.engine;
-            let lookup = match eng.store.get_now(&eng.ns, me.key) {
-                Lookup::Found(entry) => {
-                    if eng.lean_hit(&entry).is_some() {
+            let lookup = eng.store.get_now(&eng.ns, me.key);
+            if let Lookup::Found(entry) = &lookup {
+                if eng.lean_hit(entry).is_some() {
+                    // Moved out only now, so a hit never copies the entry into another enum.
+                    if let Lookup::Found(entry) = lookup {
                         return Poll::Ready(Ok(entry.value));
                     }
-                    Lookup::Found(entry)
+                    unreachable!("matched just above");
                 }
-                lookup => lookup,
-            };
-            match me.f.cold(me.key, lookup, me.contention) {
-                Ok(value) => return Poll::Ready(Ok(value)),
-                Err(slow) => me.slow = Some(slow),
             }
+            return match first_cold_poll(me.f, me.key, lookup, me.contention, cx) {
+                Ok(ready) => ready,
+                Err(slow) => {
+                    me.slow = Some(slow);
+                    Poll::Pending
+                }
+            };
         }
         match &mut me.slow {
             Some(slow) => slow.as_mut().poll(cx),
-            None => unreachable!("set just above"),
+            None => unreachable!("set before the first slow poll"),
         }
+    }
+}
+
+/// The first poll after the lean path said no: the answer if there is one now (a hit after
+/// all, or a slow path that finished at once), else the slow path's future to poll later. Out
+/// of line, so that the inlined hit path saves only the registers a hit needs.
+#[inline(never)]
+#[allow(clippy::type_complexity)]
+fn first_cold_poll<'a, K, V, E, S, Q>(
+    f: &'a Memoized<K, V, E, S>,
+    key: &'a Q,
+    lookup: Lookup<V>,
+    contention: Option<Contention>,
+    cx: &mut Context<'_>,
+) -> Result<Poll<Result<V, Error<E>>>, BoxFuture<'a, Result<V, Error<E>>>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+    Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+{
+    match f.cold(key, lookup, contention) {
+        Ok(value) => Ok(Poll::Ready(Ok(value))),
+        Err(mut slow) => match slow.as_mut().poll(cx) {
+            Poll::Ready(out) => Ok(Poll::Ready(out)),
+            Poll::Pending => Err(slow),
+        },
     }
 }
 

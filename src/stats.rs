@@ -245,7 +245,7 @@ impl StripeSlot {
 impl Drop for StripeSlot {
     fn drop(&mut self) {
         // Hits after this (from other thread-local destructors) go to the shared atomic.
-        let _ = INDEX.try_with(|i| i.set(STRIPES as u32));
+        let _ = INDEX.try_with(|i| i.set(offset_of_stripe(STRIPES)));
         if self.0 < STRIPES {
             // The Mutex orders this thread's last stripe writes before the next owner's.
             free_stripes()
@@ -257,10 +257,16 @@ impl Drop for StripeSlot {
 }
 
 thread_local! {
-    /// The stripe index the hit path reads: a constant-initialised thread local without a
+    /// The byte offset of this thread's stripe in `HitCounter::stripes` (index × stripe size,
+    /// so that a hit needs no multiply): a constant-initialised thread local without a
     /// destructor is one plain load. `SLOT` owns the index and returns it at thread exit.
     static INDEX: std::cell::Cell<u32> = const { std::cell::Cell::new(UNASSIGNED) };
     static SLOT: StripeSlot = StripeSlot::acquire();
+}
+
+/// What [`INDEX`] holds for stripe `index` (`STRIPES` for "no stripe of its own").
+fn offset_of_stripe(index: usize) -> u32 {
+    (index * std::mem::size_of::<Stripe>()) as u32
 }
 
 impl Default for HitCounter {
@@ -279,7 +285,7 @@ impl HitCounter {
     /// [`HitCounter::add_one`]. One load and one store on this thread's own line.
     #[inline(always)]
     pub(crate) fn try_add_one(&self) -> bool {
-        let Some(s) = self.stripes.get(INDEX.with(|i| i.get()) as usize) else {
+        let Some(s) = self.stripe() else {
             return false;
         };
         // Only this thread writes this stripe: no read-modify-write race.
@@ -291,10 +297,29 @@ impl HitCounter {
         true
     }
 
+    /// This thread's own stripe, if it has one.
+    #[inline(always)]
+    fn stripe(&self) -> Option<&Stripe> {
+        let offset = INDEX.with(|i| i.get()) as usize;
+        if offset >= std::mem::size_of_val(&self.stripes) {
+            return None;
+        }
+        // SAFETY: `offset` is a multiple of the stripe size (see `offset_of_stripe`) and, as
+        // just checked, inside the array: it addresses one whole, aligned `Stripe`.
+        Some(unsafe {
+            &*self
+                .stripes
+                .as_ptr()
+                .cast::<u8>()
+                .add(offset)
+                .cast::<Stripe>()
+        })
+    }
+
     /// Counts one hit; true on every [`CHECK_EVERY`]-th hit of this thread.
     #[inline]
     pub(crate) fn add_one(&self) -> bool {
-        match self.stripes.get(INDEX.with(|i| i.get()) as usize) {
+        match self.stripe() {
             Some(s) => {
                 let n = s.0.load(Ordering::Relaxed).wrapping_add(1);
                 s.0.store(n, Ordering::Relaxed);
@@ -309,7 +334,7 @@ impl HitCounter {
     fn add_one_cold(&self) -> bool {
         if INDEX.with(|i| i.get()) == UNASSIGNED {
             let index = SLOT.try_with(|s| s.0).unwrap_or(STRIPES);
-            INDEX.with(|i| i.set(index as u32));
+            INDEX.with(|i| i.set(offset_of_stripe(index)));
             if index < STRIPES {
                 return self.add_one();
             }
@@ -320,7 +345,7 @@ impl HitCounter {
     /// Takes back the hit just counted on this thread (the call was not a hit after all).
     #[cold]
     pub(crate) fn sub_one(&self) {
-        match self.stripes.get(INDEX.with(|i| i.get()) as usize) {
+        match self.stripe() {
             Some(s) => s.0.store(
                 s.0.load(Ordering::Relaxed).wrapping_sub(1),
                 Ordering::Relaxed,
