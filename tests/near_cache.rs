@@ -409,3 +409,64 @@ fn invalidation_reaches_every_process() {
         c.expect_success(Duration::from_secs(30));
     }
 }
+
+/// Glob characters in a prefix match only themselves (issue 8, item 3): a near tier under the
+/// prefix `a*` does not hear the announcements of a store under `ab` for the same function and
+/// key. Ordering makes it exact: one subscription delivers messages in the order the server
+/// published them, so once the marker published after `ab`'s invalidation has arrived, so
+/// would have `ab`'s, had the pattern matched it.
+#[test]
+fn a_glob_prefix_hears_only_its_own_channels() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let url = server.url();
+    let mut con = server.raw();
+    set_truth(&mut con, "v1");
+    let on = |prefix: &str| RedisStore::builder(&url).prefix(prefix).build().unwrap();
+    let shared = on("a*");
+    let near = NearStore::builder(&shared)
+        .capacity(100)
+        .max_stale(Duration::from_secs(30))
+        .build::<String, String>()
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let reader = truth_fn(&near, &url, runs.clone());
+    let k = "home".to_string();
+    wait_until("the value is near", Duration::from_secs(10), || {
+        reader.get(&k).unwrap() == "v1" && near.len() == 1
+    });
+    let received = || near.stats().invalidations_received.load(Ordering::Relaxed);
+    let before = received();
+    // Another service, prefix `ab`: the same function name and key.
+    let other_store = on("ab");
+    let other = truth_fn_on(&other_store, &url);
+    other.invalidate(&k).unwrap();
+    // The marker: an invalidation of another key under `a*` itself.
+    let own_store = on("a*");
+    let own = truth_fn_on(&own_store, &url);
+    own.invalidate(&"marker".to_string()).unwrap();
+    wait_until("the marker arrives", Duration::from_secs(10), || {
+        received() > before
+    });
+    assert_eq!(received(), before + 1, "only the marker was heard");
+    assert_eq!(near.len(), 1, "ab's invalidation did not drop a*'s entry");
+    assert_eq!(reader.get(&k).unwrap(), "v1");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+fn truth_fn_on(s: &RedisStore, url: &str) -> BlockingMemoized<String, String, String, RedisStore> {
+    let client = redis::Client::open(url).unwrap();
+    memoize_stampede(s, TTL)
+        .name("page")
+        .beta(0.0)
+        .build_blocking(move |_k: &String| {
+            let mut con = client.get_connection().map_err(|e| e.to_string())?;
+            let v: Option<String> = redis::cmd("GET")
+                .arg("truth")
+                .query(&mut con)
+                .map_err(|e| e.to_string())?;
+            Ok(v.unwrap_or_else(|| "none".into()))
+        })
+        .unwrap()
+}
