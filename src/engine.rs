@@ -354,16 +354,19 @@ where
         key: &K,
         lock: Option<S::Lock>,
     ) -> Result<V, Error<E>> {
-        self.compute_and_store_fenced(key, lock).await.0
+        self.compute_and_store_fenced(key, lock, || {}).await.0
     }
 
     /// [`Engine::compute_and_store`], also saying whether the write was fenced off (an
     /// invalidation or a newer value landed while computing: the value may predate the
     /// invalidation, so only the caller that asked before it may have it).
+    /// `before_shared_write` runs just before a write to a shared store is sent (the leader
+    /// closes its flight to new joiners there; see `Leader::close_to_joiners`).
     pub(crate) async fn compute_and_store_fenced(
         &self,
         key: &K,
         lock: Option<S::Lock>,
+        before_shared_write: impl FnOnce(),
     ) -> (Result<V, Error<E>>, bool) {
         let mut fenced = false;
         bump!(self.stats, computations);
@@ -416,6 +419,7 @@ where
             let mut args = Some((entry, lock));
             let mut pending = None;
             let done = if self.store.is_shared() {
+                before_shared_write();
                 None
             } else {
                 let _guard = self.fences.guard(key);

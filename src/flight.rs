@@ -188,6 +188,22 @@ impl<K: Hash + Eq, T> Leader<K, T> {
         self.flight.event.notify(usize::MAX);
     }
 
+    /// Closes the flight to new followers (those already waiting still get its outcome): the
+    /// leader's value is about to be written to a shared store, and an invalidation in another
+    /// process may land between that write and the outcome reaching this process. A call that
+    /// starts after such an invalidation returned must not be handed this value, so from here
+    /// on later callers start a flight of their own, which reads the store.
+    pub(crate) fn close_to_joiners(&self) {
+        let mut shard =
+            lock(&self.map.shards[self.map.hasher.hash_one(&self.key) as usize % SHARDS]);
+        if shard
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            shard.remove(&self.key);
+        }
+    }
+
     /// Publishes the outcome to every waiter and retires the flight; returns how many callers
     /// joined it as followers.
     pub(crate) fn finish(mut self, value: T) -> usize {

@@ -175,10 +175,12 @@ where
     /// this process that starts after it does not join a computation that started before it.
     /// Call it after writing the data the value was computed from.
     ///
-    /// The one window left: a call in *another* process that starts after this returned may
-    /// still join a computation already running in its own process, if that computation's
-    /// write landed just before this invalidation; it lasts until that computation answers
-    /// (a fenced write, the common case, sends its waiters back to compute anew).
+    /// Other processes need no message for this: a computation there that started before the
+    /// invalidation either writes after it (then its write is fenced and its waiters compute
+    /// anew) or wrote before it, and a computation about to write to a shared store closes
+    /// itself to new joiners first, so a call that starts after the invalidation returned
+    /// reads the store instead of taking that value. (A near cache adds its own, stated
+    /// staleness: see [`NearStore`](crate::store::NearStore).)
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -229,9 +229,11 @@ where
     let job = {
         let (eng, key) = (eng.clone(), key.clone());
         async move {
-            let out = std::panic::AssertUnwindSafe(eng.compute_and_store_fenced(&key, lock))
-                .catch_unwind()
-                .await;
+            let closing = || leader.close_to_joiners();
+            let out =
+                std::panic::AssertUnwindSafe(eng.compute_and_store_fenced(&key, lock, closing))
+                    .catch_unwind()
+                    .await;
             let shared = match &out {
                 // The write was fenced: an invalidation (here or in another process) or a newer
                 // value landed while computing. This value may predate the invalidation, and a
