@@ -175,25 +175,15 @@ impl<K: Hash + Eq, T> Leader<K, T> {
             // find a flight that is already over: a waiter that sees `Abandoned` and joins again
             // gets a fresh flight instead of spinning on the old one until the leader gets the
             // CPU back (found by the shuttle checks below).
-            let mut shard =
-                lock(&self.map.shards[self.map.hasher.hash_one(&self.key) as usize % SHARDS]);
-            if shard
-                .get(&self.key)
-                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-            {
-                shard.remove(&self.key);
-            }
+            let _shard = self.unlist();
             *lock(&self.flight.slot) = slot;
         }
         self.flight.event.notify(usize::MAX);
     }
 
-    /// Closes the flight to new followers (those already waiting still get its outcome): the
-    /// leader's value is about to be written to a shared store, and an invalidation in another
-    /// process may land between that write and the outcome reaching this process. A call that
-    /// starts after such an invalidation returned must not be handed this value, so from here
-    /// on later callers start a flight of their own, which reads the store.
-    pub(crate) fn close_to_joiners(&self) {
+    /// Takes this flight off the map if it is still the key's flight (an invalidation may have
+    /// detached it and a newer one may run), returning the shard lock still held.
+    fn unlist(&self) -> MutexGuard<'_, HashMap<K, Arc<Flight<T>>>> {
         let mut shard =
             lock(&self.map.shards[self.map.hasher.hash_one(&self.key) as usize % SHARDS]);
         if shard
@@ -202,6 +192,16 @@ impl<K: Hash + Eq, T> Leader<K, T> {
         {
             shard.remove(&self.key);
         }
+        shard
+    }
+
+    /// Closes the flight to new followers (those already waiting still get its outcome): the
+    /// leader's value is about to be written to a shared store, and an invalidation in another
+    /// process may land between that write and the outcome reaching this process. A call that
+    /// starts after such an invalidation returned must not be handed this value, so from here
+    /// on later callers start a flight of their own, which reads the store.
+    pub(crate) fn close_to_joiners(&self) {
+        drop(self.unlist());
     }
 
     /// Publishes the outcome to every waiter and retires the flight; returns how many callers
