@@ -25,7 +25,9 @@
 //! [`a_get_after_invalidate_does_not_join_the_stale_computation`] (the exception above) and
 //! [`a_write_racing_invalidate_is_never_visible`] (a fenced write is stored, then undone, and
 //! readers can see it in between; shown with a store that pauses a thread where a real thread
-//! may be preempted).
+//! may be preempted). [`a_call_after_another_process_invalidated_does_not_join_a_landed_write`]
+//! pins the cross-process window (a leader whose write landed before another process's
+//! invalidation) with a store posing as shared.
 
 use herdless::store::{LockOutcome, Lookup, Namespace, RefreshOutcome, StoreError, Written};
 use herdless::{
@@ -808,5 +810,156 @@ fn a_write_racing_invalidate_is_never_visible() {
             "peek after invalidate returned saw the value computed from the old data"
         );
         assert_eq!(f.get(&0).unwrap().truth, 1);
+    });
+}
+
+/// A `MemoryStore` posing as a shared store (as Redis is): its `set` can stop a thread *after*
+/// the entry landed, where a process's leader waits for its write's reply.
+#[derive(Clone)]
+struct SharedAfterWrite {
+    inner: MemoryStore<u8, Val>,
+    hooks: Arc<(Mutex<AfterWrite>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct AfterWrite {
+    armed: bool,
+    written: bool,
+    go: bool,
+}
+
+impl SharedAfterWrite {
+    fn wait_for(&self, what: &str, cond: impl Fn(&AfterWrite) -> bool) {
+        let (m, cv) = &*self.hooks;
+        let g = m.lock().unwrap();
+        let (_g, t) = cv
+            .wait_timeout_while(g, Duration::from_secs(10), |h| !cond(h))
+            .unwrap();
+        assert!(!t.timed_out(), "timed out waiting for {what}");
+    }
+    fn update(&self, f: impl FnOnce(&mut AfterWrite)) {
+        let (m, cv) = &*self.hooks;
+        f(&mut m.lock().unwrap());
+        cv.notify_all();
+    }
+}
+
+impl Store<u8, Val> for SharedAfterWrite {
+    type Lock = Infallible;
+    fn namespace(&self, name: &str) -> Namespace {
+        self.inner.namespace(name)
+    }
+    fn is_shared(&self) -> bool {
+        true
+    }
+    async fn get(
+        &self,
+        ns: &Namespace,
+        key: &u8,
+        now: u64,
+    ) -> Result<Option<Entry<Val>>, StoreError> {
+        self.inner.get(ns, key, now).await
+    }
+    async fn set(
+        &self,
+        ns: &Namespace,
+        key: &u8,
+        entry: Entry<Val>,
+        ttl: Duration,
+        lock: Option<Infallible>,
+    ) -> Result<Written, StoreError> {
+        let out = self.inner.set(ns, key, entry, ttl, lock).await;
+        let pause = std::mem::take(&mut self.hooks.0.lock().unwrap().armed);
+        if pause {
+            self.update(|h| h.written = true);
+            self.wait_for("go", |h| h.go);
+        }
+        out
+    }
+    async fn lock_or_get(
+        &self,
+        ns: &Namespace,
+        key: &u8,
+        lease: Duration,
+        max_hold: Duration,
+        now: u64,
+    ) -> Result<LockOutcome<Val, Infallible>, StoreError> {
+        self.inner.lock_or_get(ns, key, lease, max_hold, now).await
+    }
+    async fn try_lock_refresh(
+        &self,
+        ns: &Namespace,
+        key: &u8,
+        seen_expires_at: u64,
+        lease: Duration,
+        max_hold: Duration,
+        now: u64,
+    ) -> Result<RefreshOutcome<Infallible>, StoreError> {
+        self.inner
+            .try_lock_refresh(ns, key, seen_expires_at, lease, max_hold, now)
+            .await
+    }
+    async fn invalidate(&self, ns: &Namespace, key: &u8) -> Result<(), StoreError> {
+        self.inner.invalidate(ns, key).await
+    }
+    async fn invalidate_all(&self, ns: &Namespace) -> Result<(), StoreError> {
+        self.inner.invalidate_all(ns).await
+    }
+}
+
+/// The cross-process window: process P's leader C computed from truth 0 and its write landed;
+/// before C's reply comes back, process W changes the truth and invalidates (W is a second
+/// function over the same shared store: its own engine, its own flights, as another process
+/// has). A call in P that starts after W's invalidation returned must not join C's flight and
+/// receive the truth-0 value: C closed its flight to joiners before writing.
+#[test]
+fn a_call_after_another_process_invalidated_does_not_join_a_landed_write() {
+    bounded(Duration::from_secs(30), || {
+        let store = SharedAfterWrite {
+            inner: MemoryStore::new(64).unwrap(),
+            hooks: Default::default(),
+        };
+        let truth = Arc::new(AtomicU64::new(0));
+        let build = |s: &SharedAfterWrite| {
+            let t = truth.clone();
+            memoize_stampede(s, Duration::from_secs(3600))
+                .name("page")
+                .beta(0.0)
+                .build_blocking_infallible(move |k: &u8| Val {
+                    key: *k,
+                    truth: t.load(Ordering::SeqCst),
+                    computation: Some(0),
+                })
+                .unwrap()
+        };
+        let (p, w) = (build(&store), build(&store));
+        store.update(|h| h.armed = true);
+        let c = {
+            let p = p.clone();
+            std::thread::spawn(move || p.get(&0).unwrap())
+        };
+        store.wait_for("C's write landed", |h| h.written);
+        truth.store(1, Ordering::SeqCst);
+        w.invalidate(&0).unwrap();
+        let late = {
+            let p = p.clone();
+            std::thread::spawn(move || p.get(&0).unwrap())
+        };
+        // Time for the late call to join C's flight, were it still open (if it has not got
+        // that far, it cannot join once C answers either: the test then proves less, never
+        // fails wrongly).
+        std::thread::sleep(Duration::from_millis(50));
+        store.update(|h| h.go = true);
+        assert_eq!(
+            c.join().unwrap().truth,
+            0,
+            "C asked before the invalidation"
+        );
+        assert_eq!(
+            late.join().unwrap().truth,
+            1,
+            "a call that started after the invalidation returned got the value computed from \
+             the old data"
+        );
     });
 }
