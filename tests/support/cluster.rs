@@ -60,7 +60,7 @@ pub fn cluster_or_skip() -> Option<RedisCluster> {
         if std::env::var_os("CI").is_some() {
             panic!("redis-server/redis-cli missing but CI is set");
         }
-        println!("skipping: redis-server not found on PATH (set CI=1 to make this an error)");
+        crate::support::skip_notice();
         return None;
     }
     Some(RedisCluster::start())

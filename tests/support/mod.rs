@@ -39,10 +39,29 @@ pub fn redis_or_skip() -> Option<RedisServer> {
         if std::env::var_os("CI").is_some() {
             panic!("redis-server missing but CI is set");
         }
-        println!("skipping: redis-server not found on PATH (set CI=1 to make this an error)");
+        skip_notice();
         return None;
     }
     Some(RedisServer::start())
+}
+
+/// Says once per test binary, past libtest's output capture (which would hide a `println!` of
+/// a passing test), that the Redis tests are skipped and why.
+pub fn skip_notice() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::io::Write;
+        let exe = std::env::current_exe().ok();
+        let name = exe
+            .as_deref()
+            .and_then(|p| p.file_stem())
+            .map(|s| s.to_string_lossy().split('-').next().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "skipping the Redis tests of {name}: redis-server not found on PATH (install it, or set CI=1 to make this an error)"
+        );
+    });
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
