@@ -94,17 +94,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        let lookup = self.engine.store.get_now(&self.engine.ns, key);
-        if let Lookup::Found(entry) = &lookup {
-            if self.engine.lean_hit(entry).is_some() {
-                // Moved out only now, so the entry is never copied on a hit.
-                if let Lookup::Found(entry) = lookup {
-                    return Ok(entry.value);
-                }
-                unreachable!("matched just above");
-            }
-        }
-        self.cold(key, lookup, None)
+        self.get_under(key, None)
     }
 
     /// The value for `key`, with this call's own contention policy.
@@ -114,16 +104,20 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        let lookup = self.engine.store.get_now(&self.engine.ns, key);
-        if let Lookup::Found(entry) = &lookup {
-            if self.engine.lean_hit(entry).is_some() {
-                if let Lookup::Found(entry) = lookup {
-                    return Ok(entry.value);
-                }
-                unreachable!("matched just above");
-            }
+        self.get_under(key, Some(contention))
+    }
+
+    /// [`BlockingMemoized::get`] under `contention` (`None`: the function's own policy).
+    #[inline(always)]
+    fn get_under<Q>(&self, key: &Q, contention: Option<Contention>) -> Result<V, Error<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        match self.engine.try_lean(key) {
+            Ok(value) => Ok(value),
+            Err(lookup) => self.cold(key, lookup, contention),
         }
-        self.cold(key, lookup, Some(contention))
     }
 
     /// Everything the lean hit path did not answer: the general path, a hand-off window (yield

@@ -200,6 +200,27 @@ where
             .then_some(horizon)
     }
 
+    /// The hit path of both facades: `Ok(value)` for a lean hit, else the store's lookup for
+    /// the cold path. The entry is moved out only on a hit, so a hit never copies it into
+    /// another enum.
+    #[inline(always)]
+    pub(crate) fn try_lean<Q>(&self, key: &Q) -> Result<V, Lookup<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let lookup = self.store.get_now(&self.ns, key);
+        if let Lookup::Found(entry) = &lookup {
+            if self.lean_hit(entry).is_some() {
+                if let Lookup::Found(entry) = lookup {
+                    return Ok(entry.value);
+                }
+                unreachable!("matched just above");
+            }
+        }
+        Err(lookup)
+    }
+
     /// Where [`Engine::lean_hit`] said no: `Ok((value, horizon))` if the call is a hit after
     /// all (the general path, or a lean function in a hand-off window), else what the slow path
     /// gets.

@@ -95,12 +95,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        Get {
-            f: self,
-            key,
-            contention: None,
-            slow: None,
-        }
+        Get::new(self, key, None)
     }
 
     /// The value for `key`, with this call's own contention policy.
@@ -125,12 +120,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        Get {
-            f: self,
-            key,
-            contention: Some(contention),
-            slow: None,
-        }
+        Get::new(self, key, Some(contention))
     }
 
     /// What the lean hit path did not answer: a hit after all (the general path), or the slow
@@ -316,6 +306,18 @@ struct Get<'a, K, V, E, S, Q: ?Sized> {
     slow: Option<BoxFuture<'a, Result<V, Error<E>>>>,
 }
 
+impl<'a, K, V, E, S, Q: ?Sized> Get<'a, K, V, E, S, Q> {
+    #[inline(always)]
+    fn new(f: &'a Memoized<K, V, E, S>, key: &'a Q, contention: Option<Contention>) -> Self {
+        Get {
+            f,
+            key,
+            contention,
+            slow: None,
+        }
+    }
+}
+
 impl<K, V, E, S, Q> Future for Get<'_, K, V, E, S, Q>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
@@ -330,17 +332,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
         if me.slow.is_none() {
-            let eng = &me.f.engine;
-            let lookup = eng.store.get_now(&eng.ns, me.key);
-            if let Lookup::Found(entry) = &lookup {
-                if eng.lean_hit(entry).is_some() {
-                    // Moved out only now, so a hit never copies the entry into another enum.
-                    if let Lookup::Found(entry) = lookup {
-                        return Poll::Ready(Ok(entry.value));
-                    }
-                    unreachable!("matched just above");
-                }
-            }
+            let lookup = match me.f.engine.try_lean(me.key) {
+                Ok(value) => return Poll::Ready(Ok(value)),
+                Err(lookup) => lookup,
+            };
             return match first_cold_poll(me.f, me.key, lookup, me.contention, cx) {
                 Ok(ready) => ready,
                 Err(slow) => {
