@@ -6,8 +6,9 @@
 //! - `herdless_stampede_hit` / `_async`: `memoize_stampede` with a fixed β (`.beta(1.0)`: the
 //!   lean hit path, no rate meter);
 //! - `herdless_auto_hit`: the default builder (automatic β: the rate meter samples one hit in 8);
-//! - `herdless_near_hit`: a hit from a `NearStore` tier over a private `redis-server` (skipped
-//!   with one line if `redis-server` is not on PATH), fixed β like `herdless_stampede_hit`;
+//! - `herdless_near_hit`: a hit from a `NearStore` tier over a private `redis-server` (started
+//!   by `tests/support`; skipped with one line if it is not on PATH), fixed β like
+//!   `herdless_stampede_hit`;
 //! - `quick_cache_get`, `moka_get_with`: the caches a Rust user would pick instead.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -89,35 +90,10 @@ fn near_hit(
     ttl: Duration,
 ) {
     use herdless::store::{NearStore, RedisStore};
-    let Some(port) = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()
-        .and_then(|l| l.local_addr().ok())
-        .map(|a| a.port())
-    else {
+    let Some(server) = support::redis_or_skip() else {
         return;
     };
-    let Ok(mut server) = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-    else {
-        println!("skipping herdless_near_hit: redis-server not found on PATH");
-        return;
-    };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let shared = RedisStore::new(&format!("redis://127.0.0.1:{port}/")).unwrap();
+    let shared = RedisStore::new(&server.url()).unwrap();
     let near = NearStore::builder(&shared)
         .build::<String, Arc<String>>()
         .unwrap();
@@ -135,9 +111,11 @@ fn near_hit(
     g.bench_function("herdless_near_hit", |b| {
         b.iter(|| black_box(f.get(black_box(key)).unwrap()))
     });
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 criterion_group!(benches, hit_path);
 criterion_main!(benches);

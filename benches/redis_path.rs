@@ -17,46 +17,8 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use herdless::{memoize_stampede, store::RedisStore};
 use std::hint::black_box;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct Server(Child, u16);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server() -> Option<Server> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = Server(child, port);
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(server);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
 
 /// `herdless_cluster_hit` (a memoized hit through a cluster store: one `EVALSHA` to the key's
 /// master) against `cluster_get` (a raw redis-rs cluster `GET` of a 1 KiB value), on a private
@@ -150,17 +112,15 @@ fn cluster_path(_: &mut Criterion) {}
 #[cfg(feature = "cluster")]
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
-#[cfg(feature = "cluster")]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 fn redis_path(c: &mut Criterion) {
     cluster_path(c);
-    let Some(server) = start_server() else {
-        println!("skipping redis_path: redis-server not found on PATH");
+    let Some(server) = support::redis_or_skip() else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{}/", server.1);
+    let url = server.url();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
