@@ -20,6 +20,52 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// A memoized hit of a 1 KiB value through `store`, warmed first.
+fn bench_hit(g: &mut Group<'_>, id: &str, rt: &tokio::runtime::Runtime, store: &RedisStore) {
+    let value = "x".repeat(1024);
+    let key = "landing_page:/home".to_string();
+    let f = memoize_stampede(store, Duration::from_secs(3600))
+        .name("hit")
+        .build_infallible(move |_k: String| std::future::ready(value.clone()))
+        .unwrap();
+    rt.block_on(f.get(&key)).unwrap();
+    g.bench_function(id, |b| {
+        b.to_async(rt)
+            .iter(|| async { black_box(f.get(black_box(&key)).await.unwrap()) })
+    });
+}
+
+/// A raw `GET` of a 1 KiB value over `conn` (stored first under `raw`).
+fn bench_raw_get<C>(g: &mut Group<'_>, id: &str, rt: &tokio::runtime::Runtime, conn: &C)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + 'static,
+{
+    let mut c = conn.clone();
+    rt.block_on(async {
+        redis::cmd("SET")
+            .arg("raw")
+            .arg("x".repeat(1024))
+            .query_async::<()>(&mut c)
+            .await
+    })
+    .unwrap();
+    g.bench_function(id, |b| {
+        b.to_async(rt).iter(|| {
+            let mut conn = conn.clone();
+            async move {
+                let v: Vec<u8> = redis::cmd("GET")
+                    .arg("raw")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(v)
+            }
+        })
+    });
+}
+
 /// `herdless_cluster_hit` (a memoized hit through a cluster store: one `EVALSHA` to the key's
 /// master) against `cluster_get` (a raw redis-rs cluster `GET` of a 1 KiB value), on a private
 /// 3-master cluster started by `tests/support/cluster.rs`.
@@ -35,47 +81,16 @@ fn cluster_path(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let value = Arc::new("x".repeat(1024));
-    let key = "landing_page:/home".to_string();
     let mut g = c.benchmark_group("redis_path");
     let store = RedisStore::cluster_builder(&seeds)
         .prefix("bench")
         .runtime(rt.handle().clone())
         .build()
         .unwrap();
-    let v = value.clone();
-    let f = memoize_stampede(&store, Duration::from_secs(3600))
-        .name("hit")
-        .build_infallible(move |_k: String| std::future::ready((*v).clone()))
-        .unwrap();
-    rt.block_on(f.get(&key)).unwrap();
-    g.bench_function("herdless_cluster_hit", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(f.get(black_box(&key)).await.unwrap()) })
-    });
+    bench_hit(&mut g, "herdless_cluster_hit", &rt, &store);
     let client = redis::cluster::ClusterClient::new(seeds.clone()).unwrap();
     let conn = rt.block_on(client.get_async_connection()).unwrap();
-    rt.block_on(async {
-        redis::cmd("SET")
-            .arg("raw")
-            .arg(value.as_str())
-            .query_async::<()>(&mut conn.clone())
-            .await
-    })
-    .unwrap();
-    g.bench_function("cluster_get", |b| {
-        b.to_async(&rt).iter(|| {
-            let mut conn = conn.clone();
-            async move {
-                let v: Vec<u8> = redis::cmd("GET")
-                    .arg("raw")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                black_box(v)
-            }
-        })
-    });
+    bench_raw_get(&mut g, "cluster_get", &rt, &conn);
     // Where the time of a cluster hit goes: the same read script herdless runs, sent raw.
     let read = redis::Script::new(
         r#"
@@ -126,61 +141,20 @@ fn redis_path(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let value = Arc::new("x".repeat(1024));
-    let key = "landing_page:/home".to_string();
     let mut g = c.benchmark_group("redis_path");
-
-    for (id, store) in [
-        (
-            "herdless_redis_hit",
-            RedisStore::builder(&url)
-                .prefix("bench")
-                .runtime(rt.handle().clone())
-                .build()
-                .unwrap(),
-        ),
-        (
-            "herdless_redis_hit_private_rt",
-            RedisStore::builder(&url).prefix("bench").build().unwrap(),
-        ),
-    ] {
-        let v = value.clone();
-        let f = memoize_stampede(&store, Duration::from_secs(3600))
-            .name("hit")
-            .build_infallible(move |_k: String| std::future::ready((*v).clone()))
-            .unwrap();
-        rt.block_on(f.get(&key)).unwrap();
-        g.bench_function(id, |b| {
-            b.to_async(&rt)
-                .iter(|| async { black_box(f.get(black_box(&key)).await.unwrap()) })
-        });
-    }
-
+    let on_bench_rt = RedisStore::builder(&url)
+        .prefix("bench")
+        .runtime(rt.handle().clone())
+        .build()
+        .unwrap();
+    bench_hit(&mut g, "herdless_redis_hit", &rt, &on_bench_rt);
+    let private_rt = RedisStore::builder(&url).prefix("bench").build().unwrap();
+    bench_hit(&mut g, "herdless_redis_hit_private_rt", &rt, &private_rt);
     let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = rt
+    let conn = rt
         .block_on(redis::aio::ConnectionManager::new(client))
         .unwrap();
-    rt.block_on(async {
-        redis::cmd("SET")
-            .arg("raw")
-            .arg(value.as_str())
-            .query_async::<()>(&mut conn)
-            .await
-    })
-    .unwrap();
-    g.bench_function("redis_get", |b| {
-        b.to_async(&rt).iter(|| {
-            let mut conn = conn.clone();
-            async move {
-                let v: Vec<u8> = redis::cmd("GET")
-                    .arg("raw")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                black_box(v)
-            }
-        })
-    });
+    bench_raw_get(&mut g, "redis_get", &rt, &conn);
 
     // Winner and waiter use different stores (different connections), like two processes.
     let winner_store = RedisStore::builder(&url).prefix("wake").build().unwrap();
