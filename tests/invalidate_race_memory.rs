@@ -27,7 +27,7 @@
 //! readers can see it in between; shown with a store that pauses a thread where a real thread
 //! may be preempted). [`a_call_after_another_process_invalidated_does_not_join_a_landed_write`]
 //! pins the cross-process window (a leader whose write landed before another process's
-//! invalidation) with a store posing as shared.
+//! invalidation) with `Paused` posing as a shared store.
 
 use herdless::store::{LockOutcome, Lookup, Namespace, RefreshOutcome, StoreError, Written};
 use herdless::{
@@ -634,10 +634,13 @@ fn blocking_facade_on_threads() {
 /// A `MemoryStore` that can stop a thread inside `set` (after the engine checked its fences,
 /// before the entry lands) and inside the engine's own `invalidate` that undoes a write which
 /// raced an invalidation. The pauses stand for the preemption a real thread may suffer there.
+/// With `shared`, it poses as a store other processes share (as Redis is), and its `set` can
+/// also stop a thread *after* the entry landed, where a leader waits for its write's reply.
 #[derive(Clone)]
 struct Paused {
     inner: MemoryStore<u8, Val>,
     hooks: Arc<(Mutex<Hooks>, std::sync::Condvar)>,
+    shared: bool,
 }
 
 #[derive(Default)]
@@ -649,6 +652,10 @@ struct Hooks {
     set_go: bool,
     in_undo: bool,
     undo_go: bool,
+    /// Pause the next `set` after its entry landed.
+    armed_after: bool,
+    written: bool,
+    written_go: bool,
 }
 
 impl Paused {
@@ -671,6 +678,9 @@ impl Store<u8, Val> for Paused {
     type Lock = Infallible;
     fn namespace(&self, name: &str) -> Namespace {
         self.inner.namespace(name)
+    }
+    fn is_shared(&self) -> bool {
+        self.shared
     }
     fn get_now<Q>(&self, ns: &Namespace, key: &Q) -> Lookup<Val>
     where
@@ -709,7 +719,12 @@ impl Store<u8, Val> for Paused {
             self.hooks.1.notify_all();
             self.wait_for("set_go", |h| h.set_go);
         }
-        self.inner.set(ns, key, entry, ttl, lock).await
+        let out = self.inner.set(ns, key, entry, ttl, lock).await;
+        if std::mem::take(&mut self.hooks.0.lock().unwrap().armed_after) {
+            self.update(|h| h.written = true);
+            self.wait_for("written_go", |h| h.written_go);
+        }
+        out
     }
     async fn lock_or_get(
         &self,
@@ -767,6 +782,7 @@ fn a_write_racing_invalidate_is_never_visible() {
         let store = Paused {
             inner: MemoryStore::new(64).unwrap(),
             hooks: Default::default(),
+            shared: false,
         };
         let truth = Arc::new(AtomicU64::new(0));
         let t2 = truth.clone();
@@ -813,100 +829,6 @@ fn a_write_racing_invalidate_is_never_visible() {
     });
 }
 
-/// A `MemoryStore` posing as a shared store (as Redis is): its `set` can stop a thread *after*
-/// the entry landed, where a process's leader waits for its write's reply.
-#[derive(Clone)]
-struct SharedAfterWrite {
-    inner: MemoryStore<u8, Val>,
-    hooks: Arc<(Mutex<AfterWrite>, std::sync::Condvar)>,
-}
-
-#[derive(Default)]
-struct AfterWrite {
-    armed: bool,
-    written: bool,
-    go: bool,
-}
-
-impl SharedAfterWrite {
-    fn wait_for(&self, what: &str, cond: impl Fn(&AfterWrite) -> bool) {
-        let (m, cv) = &*self.hooks;
-        let g = m.lock().unwrap();
-        let (_g, t) = cv
-            .wait_timeout_while(g, Duration::from_secs(10), |h| !cond(h))
-            .unwrap();
-        assert!(!t.timed_out(), "timed out waiting for {what}");
-    }
-    fn update(&self, f: impl FnOnce(&mut AfterWrite)) {
-        let (m, cv) = &*self.hooks;
-        f(&mut m.lock().unwrap());
-        cv.notify_all();
-    }
-}
-
-impl Store<u8, Val> for SharedAfterWrite {
-    type Lock = Infallible;
-    fn namespace(&self, name: &str) -> Namespace {
-        self.inner.namespace(name)
-    }
-    fn is_shared(&self) -> bool {
-        true
-    }
-    async fn get(
-        &self,
-        ns: &Namespace,
-        key: &u8,
-        now: u64,
-    ) -> Result<Option<Entry<Val>>, StoreError> {
-        self.inner.get(ns, key, now).await
-    }
-    async fn set(
-        &self,
-        ns: &Namespace,
-        key: &u8,
-        entry: Entry<Val>,
-        ttl: Duration,
-        lock: Option<Infallible>,
-    ) -> Result<Written, StoreError> {
-        let out = self.inner.set(ns, key, entry, ttl, lock).await;
-        let pause = std::mem::take(&mut self.hooks.0.lock().unwrap().armed);
-        if pause {
-            self.update(|h| h.written = true);
-            self.wait_for("go", |h| h.go);
-        }
-        out
-    }
-    async fn lock_or_get(
-        &self,
-        ns: &Namespace,
-        key: &u8,
-        lease: Duration,
-        max_hold: Duration,
-        now: u64,
-    ) -> Result<LockOutcome<Val, Infallible>, StoreError> {
-        self.inner.lock_or_get(ns, key, lease, max_hold, now).await
-    }
-    async fn try_lock_refresh(
-        &self,
-        ns: &Namespace,
-        key: &u8,
-        seen_expires_at: u64,
-        lease: Duration,
-        max_hold: Duration,
-        now: u64,
-    ) -> Result<RefreshOutcome<Infallible>, StoreError> {
-        self.inner
-            .try_lock_refresh(ns, key, seen_expires_at, lease, max_hold, now)
-            .await
-    }
-    async fn invalidate(&self, ns: &Namespace, key: &u8) -> Result<(), StoreError> {
-        self.inner.invalidate(ns, key).await
-    }
-    async fn invalidate_all(&self, ns: &Namespace) -> Result<(), StoreError> {
-        self.inner.invalidate_all(ns).await
-    }
-}
-
 /// The cross-process window: process P's leader C computed from truth 0 and its write landed;
 /// before C's reply comes back, process W changes the truth and invalidates (W is a second
 /// function over the same shared store: its own engine, its own flights, as another process
@@ -915,12 +837,13 @@ impl Store<u8, Val> for SharedAfterWrite {
 #[test]
 fn a_call_after_another_process_invalidated_does_not_join_a_landed_write() {
     bounded(Duration::from_secs(30), || {
-        let store = SharedAfterWrite {
+        let store = Paused {
             inner: MemoryStore::new(64).unwrap(),
             hooks: Default::default(),
+            shared: true,
         };
         let truth = Arc::new(AtomicU64::new(0));
-        let build = |s: &SharedAfterWrite| {
+        let build = |s: &Paused| {
             let t = truth.clone();
             memoize_stampede(s, Duration::from_secs(3600))
                 .name("page")
@@ -933,7 +856,7 @@ fn a_call_after_another_process_invalidated_does_not_join_a_landed_write() {
                 .unwrap()
         };
         let (p, w) = (build(&store), build(&store));
-        store.update(|h| h.armed = true);
+        store.update(|h| h.armed_after = true);
         let c = {
             let p = p.clone();
             std::thread::spawn(move || p.get(&0).unwrap())
@@ -949,7 +872,7 @@ fn a_call_after_another_process_invalidated_does_not_join_a_landed_write() {
         // that far, it cannot join once C answers either: the test then proves less, never
         // fails wrongly).
         std::thread::sleep(Duration::from_millis(50));
-        store.update(|h| h.go = true);
+        store.update(|h| h.written_go = true);
         assert_eq!(
             c.join().unwrap().truth,
             0,
