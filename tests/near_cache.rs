@@ -23,11 +23,11 @@ fn near(url: &str, max_stale: Duration) -> NearStore<String, String> {
 }
 
 /// A function whose closure returns the Redis key `truth` (or "none") and counts its runs.
-fn truth_fn(
-    s: &NearStore<String, String>,
+fn truth_fn<S: herdless::Store<String, String>>(
+    s: &S,
     url: &str,
     runs: Arc<AtomicUsize>,
-) -> BlockingMemoized<String, String, String, NearStore<String, String>> {
+) -> BlockingMemoized<String, String, String, S> {
     let client = redis::Client::open(url).unwrap();
     memoize_stampede(s, TTL)
         .name("page")
@@ -440,11 +440,11 @@ fn a_glob_prefix_hears_only_its_own_channels() {
     let before = received();
     // Another service, prefix `ab`: the same function name and key.
     let other_store = on("ab");
-    let other = truth_fn_on(&other_store, &url);
+    let other = truth_fn(&other_store, &url, Arc::new(AtomicUsize::new(0)));
     other.invalidate(&k).unwrap();
     // The marker: an invalidation of another key under `a*` itself.
     let own_store = on("a*");
-    let own = truth_fn_on(&own_store, &url);
+    let own = truth_fn(&own_store, &url, Arc::new(AtomicUsize::new(0)));
     own.invalidate(&"marker".to_string()).unwrap();
     wait_until("the marker arrives", Duration::from_secs(10), || {
         received() > before
@@ -453,20 +453,4 @@ fn a_glob_prefix_hears_only_its_own_channels() {
     assert_eq!(near.len(), 1, "ab's invalidation did not drop a*'s entry");
     assert_eq!(reader.get(&k).unwrap(), "v1");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-}
-
-fn truth_fn_on(s: &RedisStore, url: &str) -> BlockingMemoized<String, String, String, RedisStore> {
-    let client = redis::Client::open(url).unwrap();
-    memoize_stampede(s, TTL)
-        .name("page")
-        .beta(0.0)
-        .build_blocking(move |_k: &String| {
-            let mut con = client.get_connection().map_err(|e| e.to_string())?;
-            let v: Option<String> = redis::cmd("GET")
-                .arg("truth")
-                .query(&mut con)
-                .map_err(|e| e.to_string())?;
-            Ok(v.unwrap_or_else(|| "none".into()))
-        })
-        .unwrap()
 }
