@@ -104,19 +104,21 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        self.get_under(key, Some(contention))
+        self.get_under(key, Some(&contention))
     }
 
     /// [`BlockingMemoized::get`] under `contention` (`None`: the function's own policy).
     #[inline(always)]
-    fn get_under<Q>(&self, key: &Q, contention: Option<Contention>) -> Result<V, Error<E>>
+    fn get_under<Q>(&self, key: &Q, contention: Option<&Contention>) -> Result<V, Error<E>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        match self.engine.try_lean(key) {
+        // The cold path gets the engine, not `self`: one register fewer kept across the probe.
+        let engine: &Engine<K, V, E, S> = &self.engine;
+        match engine.try_lean(key) {
             Ok(value) => Ok(value),
-            Err(lookup) => self.cold(key, lookup, contention),
+            Err(lookup) => Self::cold(engine, key, lookup, contention),
         }
     }
 
@@ -124,42 +126,42 @@ where
     /// after the hit), the slow path.
     #[inline(never)]
     fn cold<Q>(
-        &self,
+        engine: &Engine<K, V, E, S>,
         key: &Q,
         lookup: Lookup<V>,
-        contention: Option<Contention>,
+        contention: Option<&Contention>,
     ) -> Result<V, Error<E>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        match self.engine.after_lean(key, lookup) {
+        match engine.after_lean(key, lookup) {
             Ok((value, horizon)) => {
-                if self.engine.handing_off(horizon) {
+                if engine.handing_off(horizon) {
                     std::thread::yield_now();
                 }
                 Ok(value)
             }
-            Err(seen) => self.slow(key, seen, contention),
+            Err(seen) => Self::slow(engine, key, seen, contention),
         }
     }
 
     /// Everything but a plain hit, out of line so the hit path stays small.
     #[inline(never)]
     fn slow<Q>(
-        &self,
+        engine: &Engine<K, V, E, S>,
         key: &Q,
         seen: Probe<V>,
-        contention: Option<Contention>,
+        contention: Option<&Contention>,
     ) -> Result<V, Error<E>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        let contention = contention.unwrap_or(self.engine.cfg.contention);
+        let contention = contention.copied().unwrap_or(engine.cfg.contention);
         let key = owned_or_same(key);
-        let out = block_on(miss::slow(&self.engine, &key, seen, contention));
-        self.engine.yield_if_handing_off();
+        let out = block_on(miss::slow(engine, &key, seen, contention));
+        engine.yield_if_handing_off();
         out
     }
 

@@ -323,9 +323,9 @@ where
         let ns = self.store.namespace(&name);
         let clock = self.clock.unwrap_or_else(EngineClock::system);
         let draws = self.seed.map_or(Draws::Thread, Draws::seeded);
-        Ok(Arc::new(Engine::new(
-            self.store, ns, clock, draws, compute, cfg,
-        )))
+        Ok(Arc::new_cyclic(|this| {
+            Engine::new(self.store, ns, clock, draws, compute, cfg, this.clone())
+        }))
     }
 }
 

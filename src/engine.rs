@@ -22,7 +22,7 @@ use std::any::TypeId;
 use std::borrow::{Borrow, Cow};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// How long blocking hitters yield after a flight wakes its waiters.
@@ -120,6 +120,10 @@ pub(crate) struct Engine<K, V, E, S> {
     pub(crate) refreshes: RefreshSlots<K>,
     pub(crate) fences: Fences,
     pub(crate) stats: Stats,
+    /// The `Arc` this engine lives in, for the few cold-path places that keep it beyond the
+    /// call (a background refresh, a detached leader): the facades' hit paths then pass a
+    /// plain `&Engine` and keep one register fewer across the store probe.
+    this: Weak<Self>,
 }
 
 impl<K, V, E, S> Engine<K, V, E, S> {
@@ -133,6 +137,14 @@ impl<K, V, E, S> Engine<K, V, E, S> {
             .field("name", &self.ns.name())
             .field("ttl", &self.cfg.ttl)
             .finish_non_exhaustive()
+    }
+
+    /// A new handle on this engine's `Arc` (the engine is always built in one, by the
+    /// builder, and is alive while a method runs on it).
+    pub(crate) fn arc(&self) -> Arc<Self> {
+        self.this
+            .upgrade()
+            .expect("an engine is only reached through its live Arc")
     }
 }
 
@@ -150,6 +162,7 @@ where
         draws: Draws,
         compute: ComputeFn<K, V, E>,
         cfg: Config,
+        this: Weak<Self>,
     ) -> Self {
         let lag = clock.recent_lag();
         let stats = Stats::new(&ns.name);
@@ -180,6 +193,7 @@ where
             refreshes,
             fences: Fences::new(),
             stats,
+            this,
         }
     }
 
@@ -195,9 +209,7 @@ where
         // SAFETY: `lean` only ever holds pointers made from `&'static Coarse` (see `ptr`).
         let coarse = unsafe { &*self.lean.load(Ordering::Relaxed) };
         let horizon = coarse.horizon();
-        let gap = entry.expires_at.checked_sub(horizon)?;
-        (gap > entry.delta_us.saturating_mul(self.reach_int) && self.stats.try_hit())
-            .then_some(horizon)
+        (beyond_reach(entry, horizon, self.reach_int) && self.stats.try_hit()).then_some(horizon)
     }
 
     /// The hit path of both facades: `Ok(value)` for a lean hit, else the store's lookup for
@@ -239,8 +251,7 @@ where
             Lookup::NotLocal => return Err(Probe::NotLocal),
         };
         let horizon = self.coarse.horizon();
-        let gap = entry.expires_at.saturating_sub(horizon);
-        if gap > entry.delta_us.saturating_mul(self.reach_int)
+        if beyond_reach(&entry, horizon, self.reach_int)
             && (!self.stats.hit() || self.clock_checked(self.coarse, horizon))
         {
             self.end_handoff_window(horizon);
@@ -489,6 +500,15 @@ where
         self.refreshes.clear_backoff(key);
         (Ok(value), fenced)
     }
+}
+
+/// The lean path's test: is `entry` further from expiry than XFetch can reach,
+/// `horizon + δ·reach < expires_at`? Either product or sum overflowing means no (so an
+/// UNTRUSTED horizon, `u64::MAX`, never passes), which is what the saturating form
+/// `expires_at − horizon > δ·reach` says, in fewer instructions.
+#[inline(always)]
+fn beyond_reach<V>(entry: &Entry<V>, horizon: u64, reach_int: u64) -> bool {
+    (horizon as u128 + entry.delta_us as u128 * reach_int as u128) < entry.expires_at as u128
 }
 
 /// The pointer form of a coarse clock, for [`Engine::lean`].

@@ -12,12 +12,11 @@ use crate::store::contract::{LockOutcome, Store};
 use crate::wait::{Contention, Patience, WaitMode};
 use crate::xfetch::{self, Decision};
 use std::hash::Hash;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything that is not a plain hit.
 pub(crate) async fn slow<K, V, E, S>(
-    eng: &Arc<Engine<K, V, E, S>>,
+    eng: &Engine<K, V, E, S>,
     key: &K,
     seen: Probe<V>,
     contention: Contention,
@@ -123,7 +122,7 @@ impl Drop for Caller<'_> {
 /// another process's lock hands the flight back ([`Leader::hand_back`]) instead of passing its
 /// `Busy` / `WaitTimeout` on, and its followers join again under their own policies.
 async fn hard_miss<K, V, E, S>(
-    eng: &Arc<Engine<K, V, E, S>>,
+    eng: &Engine<K, V, E, S>,
     key: &K,
     mut stale: Option<V>,
     contention: Contention,
@@ -214,7 +213,7 @@ where
 /// times). `None`: the task was cancelled by its runtime shutting down; the flight was
 /// abandoned and the caller joins again.
 async fn compute_as_leader<K, V, E, S>(
-    eng: &Arc<Engine<K, V, E, S>>,
+    eng: &Engine<K, V, E, S>,
     key: &K,
     lock: Option<S::Lock>,
     leader: Leader<K, Result<V, Error<E>>>,
@@ -227,7 +226,7 @@ where
 {
     use futures::FutureExt;
     let job = {
-        let (eng, key) = (eng.clone(), key.clone());
+        let (eng, key) = (eng.arc(), key.clone());
         async move {
             let closing = || leader.close_to_joiners();
             let out =
@@ -281,7 +280,7 @@ enum Led<V, E, L> {
 /// The in-process leader of a hard miss: asks the store who computes, and waits (under this
 /// caller's patience) while another process does.
 async fn lead<K, V, E, S>(
-    eng: &Arc<Engine<K, V, E, S>>,
+    eng: &Engine<K, V, E, S>,
     key: &K,
     patience: &mut Patience,
 ) -> Led<V, E, S::Lock>

@@ -11,7 +11,6 @@ use crate::stats::bump;
 use crate::store::contract::{Lookup, RefreshOutcome, Store, StoreError, Written};
 use std::borrow::Borrow;
 use std::hash::Hash;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Drops `key` everywhere the store reaches; a computation of `key` already running in this
@@ -153,7 +152,7 @@ where
 /// takes the store's lock when it is free, and computes without it when another process holds
 /// it (then both write; the fenced write keeps the newer value).
 pub(crate) async fn refresh<K, V, E, S, Q>(
-    eng: &Arc<Engine<K, V, E, S>>,
+    eng: &Engine<K, V, E, S>,
     key: &Q,
 ) -> Result<V, Error<E>>
 where

@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// An XFetch trigger: claim the key's refresh slot without waiting and refresh in the
 /// background. A claimed slot is held until the refresh ends, however long it takes.
 pub(crate) fn trigger<K, V, E, S>(
-    eng: &Arc<Engine<K, V, E, S>>,
+    eng: &Engine<K, V, E, S>,
     key: &K,
     seen_expires_at: u64,
     delta_us: u64,
@@ -42,7 +42,7 @@ pub(crate) fn trigger<K, V, E, S>(
         }
     }
     let claim = RefreshClaim {
-        engine: eng.clone(),
+        engine: eng.arc(),
         key: key.clone(),
         armed: true,
         started: false,

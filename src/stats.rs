@@ -209,16 +209,20 @@ impl std::fmt::Display for StatsSnapshot {
 /// cache line no other thread writes (a `fetch_add` costs ~5 ns here even uncontended, a fifth
 /// of a whole cache probe). A thread owns its stripe index for its lifetime; threads beyond
 /// [`STRIPES`] share one atomic. Exact: no increment is ever lost.
+///
+/// One more stripe, the *sentinel*, sits after the others and always holds
+/// `CHECK_EVERY - 1`. A thread without a stripe of its own (before its first hit, beyond
+/// [`STRIPES`], or exiting) addresses the sentinel, whose next count is always due for a check:
+/// the hit path thus needs no bounds test, and such a thread always lands in the cold path,
+/// which counts elsewhere and never writes the sentinel.
 pub(crate) struct HitCounter {
     /// Inline rather than boxed: a hit addresses its stripe from the engine pointer it already
     /// holds, without loading another pointer.
-    stripes: [Stripe; STRIPES],
+    stripes: [Stripe; STRIPES + 1],
     shared: AtomicU64,
 }
 
 const STRIPES: usize = 64;
-/// A thread's stripe index before its first hit.
-const UNASSIGNED: u32 = u32::MAX;
 /// Every this many hits of one function on one thread, [`HitCounter::add_one`] says so: the
 /// hit path then checks that its coarse clock has not frozen (see `clock::Coarse::is_stale`).
 pub(crate) const CHECK_EVERY: u64 = 256;
@@ -245,7 +249,7 @@ impl StripeSlot {
 impl Drop for StripeSlot {
     fn drop(&mut self) {
         // Hits after this (from other thread-local destructors) go to the shared atomic.
-        let _ = INDEX.try_with(|i| i.set(offset_of_stripe(STRIPES)));
+        let _ = INDEX.try_with(|i| i.set(SENTINEL));
         if self.0 < STRIPES {
             // The Mutex orders this thread's last stripe writes before the next owner's.
             free_stripes()
@@ -256,23 +260,29 @@ impl Drop for StripeSlot {
     }
 }
 
+/// What [`INDEX`] holds for a thread without a stripe of its own: the sentinel's offset.
+const SENTINEL: u32 = offset_of_stripe(STRIPES);
+
 thread_local! {
     /// The byte offset of this thread's stripe in `HitCounter::stripes` (index × stripe size,
-    /// so that a hit needs no multiply): a constant-initialised thread local without a
-    /// destructor is one plain load. `SLOT` owns the index and returns it at thread exit.
-    static INDEX: std::cell::Cell<u32> = const { std::cell::Cell::new(UNASSIGNED) };
+    /// so that a hit needs no multiply), [`SENTINEL`] until the thread's first cold hit: a
+    /// constant-initialised thread local without a destructor is one plain load. `SLOT` owns
+    /// the index and returns it at thread exit.
+    static INDEX: std::cell::Cell<u32> = const { std::cell::Cell::new(SENTINEL) };
     static SLOT: StripeSlot = StripeSlot::acquire();
 }
 
-/// What [`INDEX`] holds for stripe `index` (`STRIPES` for "no stripe of its own").
-fn offset_of_stripe(index: usize) -> u32 {
+/// What [`INDEX`] holds for stripe `index` (`STRIPES`: the sentinel).
+const fn offset_of_stripe(index: usize) -> u32 {
     (index * std::mem::size_of::<Stripe>()) as u32
 }
 
 impl Default for HitCounter {
     fn default() -> Self {
         HitCounter {
-            stripes: std::array::from_fn(|_| Stripe::default()),
+            stripes: std::array::from_fn(|i| {
+                Stripe(AtomicU64::new(if i == STRIPES { CHECK_EVERY - 1 } else { 0 }))
+            }),
             shared: AtomicU64::new(0),
         }
     }
@@ -280,15 +290,26 @@ impl Default for HitCounter {
 
 impl HitCounter {
     /// The hit path's count: counts one hit and says true, unless this hit is every
-    /// [`CHECK_EVERY`]-th of this thread (or the thread has no stripe of its own yet): then it
-    /// counts nothing and says false, and the caller's cold path counts it with
-    /// [`HitCounter::add_one`]. One load and one store on this thread's own line.
+    /// [`CHECK_EVERY`]-th of this thread (or the thread has no stripe of its own, and so
+    /// addresses the sentinel): then it counts nothing and says false, and the caller's cold
+    /// path counts it with [`HitCounter::add_one`]. One load and one store on this thread's
+    /// own line, no bounds test.
     #[inline(always)]
     pub(crate) fn try_add_one(&self) -> bool {
-        let Some(s) = self.stripe() else {
-            return false;
+        let offset = INDEX.with(|i| i.get()) as usize;
+        // SAFETY: INDEX only ever holds `offset_of_stripe(i)` for some i ≤ STRIPES (its
+        // initial value, `StripeSlot`'s drop and `add_one_cold` are its only writers): a whole,
+        // aligned `Stripe` inside the array, the sentinel included.
+        let s = unsafe {
+            &*self
+                .stripes
+                .as_ptr()
+                .cast::<u8>()
+                .add(offset)
+                .cast::<Stripe>()
         };
-        // Only this thread writes this stripe: no read-modify-write race.
+        // Only this thread writes its stripe: no read-modify-write race. The sentinel's next
+        // count is always due, so it is never written.
         let n = s.0.load(Ordering::Relaxed).wrapping_add(1);
         if n % CHECK_EVERY == 0 {
             return false;
@@ -297,23 +318,14 @@ impl HitCounter {
         true
     }
 
-    /// This thread's own stripe, if it has one.
+    /// This thread's own stripe, if it has one (not the sentinel).
     #[inline(always)]
     fn stripe(&self) -> Option<&Stripe> {
-        let offset = INDEX.with(|i| i.get()) as usize;
-        if offset >= std::mem::size_of_val(&self.stripes) {
+        let offset = INDEX.with(|i| i.get());
+        if offset >= SENTINEL {
             return None;
         }
-        // SAFETY: `offset` is a multiple of the stripe size (see `offset_of_stripe`) and, as
-        // just checked, inside the array: it addresses one whole, aligned `Stripe`.
-        Some(unsafe {
-            &*self
-                .stripes
-                .as_ptr()
-                .cast::<u8>()
-                .add(offset)
-                .cast::<Stripe>()
-        })
+        Some(&self.stripes[offset as usize / std::mem::size_of::<Stripe>()])
     }
 
     /// Counts one hit; true on every [`CHECK_EVERY`]-th hit of this thread.
@@ -332,7 +344,9 @@ impl HitCounter {
     #[cold]
     #[inline(never)]
     fn add_one_cold(&self) -> bool {
-        if INDEX.with(|i| i.get()) == UNASSIGNED {
+        if INDEX.with(|i| i.get()) == SENTINEL {
+            // The first cold hit of this thread claims a stripe (a thread beyond STRIPES, or
+            // one whose slot is already gone, asks again each time: it is on the cold path).
             let index = SLOT.try_with(|s| s.0).unwrap_or(STRIPES);
             INDEX.with(|i| i.set(offset_of_stripe(index)));
             if index < STRIPES {
@@ -357,7 +371,7 @@ impl HitCounter {
     }
 
     fn total(&self) -> u64 {
-        self.stripes
+        self.stripes[..STRIPES]
             .iter()
             .map(|s| s.0.load(Ordering::Relaxed))
             .fold(self.shared.load(Ordering::Relaxed), u64::wrapping_add)
