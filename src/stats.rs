@@ -205,16 +205,17 @@ impl std::fmt::Display for StatsSnapshot {
     }
 }
 
-/// The hit counter: one stripe per thread, so that a hit costs a plain load and store on a
-/// cache line no other thread writes (a `fetch_add` costs ~5 ns here even uncontended, a fifth
-/// of a whole cache probe). A thread owns its stripe index for its lifetime; threads beyond
-/// [`STRIPES`] share one atomic. Exact: no increment is ever lost.
+/// The hit counter: one stripe per thread, so that a hit costs one increment on a cache line
+/// no other thread writes (a `fetch_add` costs ~5 ns here even uncontended, a fifth of a whole
+/// cache probe). A thread owns its stripe index for its lifetime; threads beyond [`STRIPES`]
+/// share one atomic. Exact: no increment is ever lost.
 ///
-/// One more stripe, the *sentinel*, sits after the others and always holds
-/// `CHECK_EVERY - 1`. A thread without a stripe of its own (before its first hit, beyond
-/// [`STRIPES`], or exiting) addresses the sentinel, whose next count is always due for a check:
-/// the hit path thus needs no bounds test, and such a thread always lands in the cold path,
-/// which counts elsewhere and never writes the sentinel.
+/// The periodic clock check (every [`CHECK_EVERY`] hits of a thread) counts down in the same
+/// thread local that holds the stripe's offset, so a hit's whole bookkeeping is one thread-local
+/// decrement and one stripe increment. A thread without a stripe of its own (before its first
+/// hit, beyond [`STRIPES`], or exiting) addresses one more stripe, the *sentinel*, with its
+/// countdown held at 1: its next hit is always due, so it always lands in the cold path, which
+/// counts elsewhere. The sentinel is never written, and the hit path needs no bounds test.
 pub(crate) struct HitCounter {
     /// Inline rather than boxed: a hit addresses its stripe from the engine pointer it already
     /// holds, without loading another pointer.
@@ -223,8 +224,8 @@ pub(crate) struct HitCounter {
 }
 
 const STRIPES: usize = 64;
-/// Every this many hits of one function on one thread, [`HitCounter::add_one`] says so: the
-/// hit path then checks that its coarse clock has not frozen (see `clock::Coarse::is_stale`).
+/// Every this many hits of a thread (of all its memoized functions together), the hit path
+/// checks that the coarse clock has not frozen (see `clock::Coarse::is_stale`).
 pub(crate) const CHECK_EVERY: u64 = 256;
 
 #[repr(align(64))]
@@ -249,7 +250,7 @@ impl StripeSlot {
 impl Drop for StripeSlot {
     fn drop(&mut self) {
         // Hits after this (from other thread-local destructors) go to the shared atomic.
-        let _ = INDEX.try_with(|i| i.set(SENTINEL));
+        let _ = HOT.try_with(HotCounter::leave_stripe);
         if self.0 < STRIPES {
             // The Mutex orders this thread's last stripe writes before the next owner's.
             free_stripes()
@@ -260,19 +261,39 @@ impl Drop for StripeSlot {
     }
 }
 
-/// What [`INDEX`] holds for a thread without a stripe of its own: the sentinel's offset.
+/// The sentinel's offset: what [`HotCounter::offset`] holds for a thread without a stripe.
 const SENTINEL: u32 = offset_of_stripe(STRIPES);
 
-thread_local! {
+/// A thread's hit-path state, in one thread local so that one address serves both fields.
+struct HotCounter {
     /// The byte offset of this thread's stripe in `HitCounter::stripes` (index × stripe size,
-    /// so that a hit needs no multiply), [`SENTINEL`] until the thread's first cold hit: a
-    /// constant-initialised thread local without a destructor is one plain load. `SLOT` owns
-    /// the index and returns it at thread exit.
-    static INDEX: std::cell::Cell<u32> = const { std::cell::Cell::new(SENTINEL) };
+    /// so that a hit needs no multiply), [`SENTINEL`] until the thread's first cold hit.
+    offset: std::cell::Cell<u32>,
+    /// Hits until the next clock check; 0 when one is due. Held at 1 while `offset` is the
+    /// sentinel, so that every lean hit of such a thread is due (and goes cold).
+    countdown: std::cell::Cell<u8>,
+}
+
+impl HotCounter {
+    fn leave_stripe(&self) {
+        self.offset.set(SENTINEL);
+        self.countdown.set(1);
+    }
+}
+
+thread_local! {
+    /// Constant-initialised and without a destructor: a plain load. `SLOT` owns the stripe
+    /// index and returns it at thread exit.
+    static HOT: HotCounter = const {
+        HotCounter {
+            offset: std::cell::Cell::new(SENTINEL),
+            countdown: std::cell::Cell::new(1),
+        }
+    };
     static SLOT: StripeSlot = StripeSlot::acquire();
 }
 
-/// What [`INDEX`] holds for stripe `index` (`STRIPES`: the sentinel).
+/// The byte offset of stripe `index` (`STRIPES`: the sentinel).
 const fn offset_of_stripe(index: usize) -> u32 {
     (index * std::mem::size_of::<Stripe>()) as u32
 }
@@ -280,62 +301,73 @@ const fn offset_of_stripe(index: usize) -> u32 {
 impl Default for HitCounter {
     fn default() -> Self {
         HitCounter {
-            stripes: std::array::from_fn(|i| {
-                Stripe(AtomicU64::new(if i == STRIPES { CHECK_EVERY - 1 } else { 0 }))
-            }),
+            stripes: std::array::from_fn(|_| Stripe::default()),
             shared: AtomicU64::new(0),
         }
     }
 }
 
 impl HitCounter {
-    /// The hit path's count: counts one hit and says true, unless this hit is every
-    /// [`CHECK_EVERY`]-th of this thread (or the thread has no stripe of its own, and so
-    /// addresses the sentinel): then it counts nothing and says false, and the caller's cold
-    /// path counts it with [`HitCounter::add_one`]. One load and one store on this thread's
+    /// The hit path's count: counts one hit and says true, unless a clock check is due on
+    /// this thread (every [`CHECK_EVERY`]-th hit, or always for a thread without a stripe):
+    /// then it counts nothing and says false, and the caller's cold path counts it with
+    /// [`HitCounter::add_one`]. One thread-local decrement and one increment on this thread's
     /// own line, no bounds test.
     #[inline(always)]
     pub(crate) fn try_add_one(&self) -> bool {
-        let offset = INDEX.with(|i| i.get()) as usize;
-        // SAFETY: INDEX only ever holds `offset_of_stripe(i)` for some i ≤ STRIPES (its
-        // initial value, `StripeSlot`'s drop and `add_one_cold` are its only writers): a whole,
-        // aligned `Stripe` inside the array, the sentinel included.
-        let s = unsafe {
-            &*self
-                .stripes
-                .as_ptr()
-                .cast::<u8>()
-                .add(offset)
-                .cast::<Stripe>()
-        };
-        // Only this thread writes its stripe: no read-modify-write race. The sentinel's next
-        // count is always due, so it is never written.
-        let n = s.0.load(Ordering::Relaxed).wrapping_add(1);
-        if n % CHECK_EVERY == 0 {
-            return false;
-        }
-        s.0.store(n, Ordering::Relaxed);
-        true
+        HOT.with(|hot| {
+            let countdown = hot.countdown.get().wrapping_sub(1);
+            hot.countdown.set(countdown);
+            if countdown == 0 {
+                return false;
+            }
+            // SAFETY: `offset` only ever holds `offset_of_stripe(i)` for some i ≤ STRIPES (its
+            // initial value, `leave_stripe` and `add_one_cold` are its only writers): a whole,
+            // aligned `Stripe` inside the array. It is the sentinel only while the countdown
+            // is held at 1, which returned just above: the sentinel is never written.
+            let s = unsafe {
+                &*self
+                    .stripes
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(hot.offset.get() as usize)
+                    .cast::<Stripe>()
+            };
+            // Only this thread writes its stripe: no read-modify-write race.
+            s.0.store(s.0.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+            true
+        })
     }
 
     /// This thread's own stripe, if it has one (not the sentinel).
     #[inline(always)]
     fn stripe(&self) -> Option<&Stripe> {
-        let offset = INDEX.with(|i| i.get());
+        let offset = HOT.with(|hot| hot.offset.get());
         if offset >= SENTINEL {
             return None;
         }
         Some(&self.stripes[offset as usize / std::mem::size_of::<Stripe>()])
     }
 
-    /// Counts one hit; true on every [`CHECK_EVERY`]-th hit of this thread.
+    /// Counts one hit; true when a clock check is due: the countdown ran out (on this call,
+    /// or on the lean path just before, which left it at 0 and counted nothing). The countdown
+    /// then starts over.
     #[inline]
     pub(crate) fn add_one(&self) -> bool {
         match self.stripe() {
             Some(s) => {
-                let n = s.0.load(Ordering::Relaxed).wrapping_add(1);
-                s.0.store(n, Ordering::Relaxed);
-                n % CHECK_EVERY == 0
+                s.0.store(s.0.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+                HOT.with(|hot| match hot.countdown.get() {
+                    0 | 1 => {
+                        // 255 more hits, this one the 256th.
+                        hot.countdown.set((CHECK_EVERY - 1) as u8);
+                        true
+                    }
+                    n => {
+                        hot.countdown.set(n - 1);
+                        false
+                    }
+                })
             }
             None => self.add_one_cold(),
         }
@@ -344,14 +376,15 @@ impl HitCounter {
     #[cold]
     #[inline(never)]
     fn add_one_cold(&self) -> bool {
-        if INDEX.with(|i| i.get()) == SENTINEL {
+        if HOT.with(|hot| hot.offset.get()) == SENTINEL {
             // The first cold hit of this thread claims a stripe (a thread beyond STRIPES, or
             // one whose slot is already gone, asks again each time: it is on the cold path).
             let index = SLOT.try_with(|s| s.0).unwrap_or(STRIPES);
-            INDEX.with(|i| i.set(offset_of_stripe(index)));
             if index < STRIPES {
+                HOT.with(|hot| hot.offset.set(offset_of_stripe(index)));
                 return self.add_one();
             }
+            HOT.with(HotCounter::leave_stripe);
         }
         self.shared.fetch_add(1, Ordering::Relaxed).wrapping_add(1) % CHECK_EVERY == 0
     }
