@@ -124,6 +124,7 @@ where
 
     /// Everything the lean hit path did not answer: the general path, a hand-off window (yield
     /// after the hit), the slow path.
+    #[cold]
     #[inline(never)]
     fn cold<Q>(
         engine: &Engine<K, V, E, S>,
