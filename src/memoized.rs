@@ -354,6 +354,7 @@ where
 /// The first poll after the lean path said no: the answer if there is one now (a hit after
 /// all, or a slow path that finished at once), else the slow path's future to poll later. Out
 /// of line, so that the inlined hit path saves only the registers a hit needs.
+#[cold]
 #[inline(never)]
 #[allow(clippy::type_complexity)]
 fn first_cold_poll<'a, K, V, E, S, Q>(

@@ -522,6 +522,60 @@ mod tests {
         assert_eq!(c.total(), (STRIPES as u64 + 36) * 1000);
     }
 
+    /// What the hit path does: `try_add_one`, and `add_one` in the cold path when it says no.
+    fn hit(c: &HitCounter) -> bool {
+        !c.try_add_one() && c.add_one()
+    }
+
+    #[test]
+    fn the_hit_path_counts_exactly_and_checks_the_clock_every_check_every_hits() {
+        let c = Arc::new(HitCounter::default());
+        let c2 = c.clone();
+        // A fresh thread: its first hit claims a stripe in the cold path (and checks).
+        let due: Vec<u64> = std::thread::spawn(move || {
+            (1..=10 * CHECK_EVERY).filter(|_| hit(&c2)).collect()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(c.total(), 10 * CHECK_EVERY);
+        let expected: Vec<u64> = (0..10).map(|k| 1 + k * CHECK_EVERY).collect();
+        assert_eq!(due, expected);
+        assert_eq!(c.stripes[STRIPES].0.load(Ordering::Relaxed), 0, "sentinel written");
+    }
+
+    #[test]
+    fn threads_without_a_stripe_take_the_cold_path_and_never_write_the_sentinel() {
+        let c = Arc::new(HitCounter::default());
+        let barrier = Arc::new(std::sync::Barrier::new(STRIPES + 36));
+        let threads: Vec<_> = (0..STRIPES + 36)
+            .map(|_| {
+                let (c, barrier) = (c.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait(); // all alive at once: 36 of them get no stripe
+                    let lean = (0..1000)
+                        .filter(|_| {
+                            let lean = c.try_add_one();
+                            if !lean {
+                                c.add_one();
+                            }
+                            lean
+                        })
+                        .count();
+                    barrier.wait();
+                    lean
+                })
+            })
+            .collect();
+        let without_stripe = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&lean| lean == 0)
+            .count();
+        assert_eq!(c.total(), (STRIPES as u64 + 36) * 1000);
+        assert!(without_stripe >= 36, "{without_stripe} threads always took the cold path");
+        assert_eq!(c.stripes[STRIPES].0.load(Ordering::Relaxed), 0, "sentinel written");
+    }
+
     #[test]
     fn stripes_handed_over_between_threads_keep_their_counts() {
         let c = Arc::new(HitCounter::default());

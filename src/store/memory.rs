@@ -10,6 +10,7 @@
 //! Memory cost: per entry, the key, the value, 16 bytes of `delta`/`expiry`, a 4-byte namespace
 //! id and quick_cache's own overhead (about 2 words per slot).
 
+use super::data_arc::DataArc;
 use super::contract::{
     LockOutcome, Lookup, Namespace, NamespaceRegistry, RefreshOutcome, Store, StoreError, Written,
 };
@@ -109,7 +110,8 @@ struct Inner<K, V> {
 /// # drop((by_count, by_bytes));
 /// ```
 pub struct MemoryStore<K, V> {
-    inner: Arc<Inner<K, V>>,
+    /// Points at the data, not at the counts: one instruction less per hit (see `DataArc`).
+    inner: DataArc<Inner<K, V>>,
 }
 
 impl<K, V> Clone for MemoryStore<K, V> {
@@ -197,7 +199,7 @@ where
             (items, Some(w), Some(f)) => (items.unwrap_or((w / 64).clamp(16, 1 << 20)), w, Some(f)),
         };
         Ok(MemoryStore {
-            inner: Arc::new(Inner {
+            inner: DataArc::new(Inner {
                 cache: Cache::with_weighter(items as usize, weight, MemWeighter(weigher)),
                 names: NamespaceRegistry::default(),
             }),

@@ -36,6 +36,7 @@
 //! untrusted, and anything undecodable is a miss.
 
 pub(crate) mod contract;
+mod data_arc;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod near;
