@@ -280,14 +280,17 @@ where
         let gap = entry.expires_at.saturating_sub(worst_now);
         let reach = f64::from_bits(self.reach_ns_per_us.load(Ordering::Relaxed));
         if gap > 0 && gap as f64 > entry.delta_us as f64 * reach {
-            let checked = match self.clock.coarse() {
-                Some(coarse) if self.stats.hit() => self.clock_checked(coarse, worst_now),
-                Some(_) => true,
-                None => {
-                    self.stats.hit();
-                    true
-                }
-            };
+            // The hit path's count first (this path never ran it for this call: the lean test
+            // fails before counting off the lean path); when it says a check is due, the full
+            // count decides.
+            let checked = self.stats.try_hit()
+                || match self.clock.coarse() {
+                    Some(coarse) => !self.stats.hit() || self.clock_checked(coarse, worst_now),
+                    None => {
+                        self.stats.hit();
+                        true
+                    }
+                };
             if checked {
                 return Ok((entry.value, worst_now));
             }

@@ -50,7 +50,8 @@
 //! - Memory: per entry, key + value + 16 bytes (`delta`, `expiry`) + a 4-byte namespace id +
 //!   quick_cache's slot overhead. Per memoized function: 2 × 64 small mutex-guarded maps, holding
 //!   only keys being computed or refreshed (and, at most 64 Ki, keys backing off a failed refresh),
-//!   and a 4 KiB hit counter (one cache line per thread stripe, so hits never share a line).
+//!   and a 4.2 KiB hit counter (one cache line per thread stripe, so hits never share a line,
+//!   plus one that threads without a stripe address).
 //! - The clock and the RNG are injected ([`Clock`], [`Builder::rng_seed`]); tests are exact.
 //! - Errors are never cached; waiters of a panicking computation get [`Error::Panicked`]; a
 //!   caller that gives up (a timeout drops its future) does not cancel the computation it

@@ -151,10 +151,7 @@ where
 /// of the key in this process (a running one is joined, not duplicated); across processes it
 /// takes the store's lock when it is free, and computes without it when another process holds
 /// it (then both write; the fenced write keeps the newer value).
-pub(crate) async fn refresh<K, V, E, S, Q>(
-    eng: &Engine<K, V, E, S>,
-    key: &Q,
-) -> Result<V, Error<E>>
+pub(crate) async fn refresh<K, V, E, S, Q>(eng: &Engine<K, V, E, S>, key: &Q) -> Result<V, Error<E>>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
     Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,

@@ -334,7 +334,10 @@ impl HitCounter {
                     .cast::<Stripe>()
             };
             // Only this thread writes its stripe: no read-modify-write race.
-            s.0.store(s.0.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+            s.0.store(
+                s.0.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Relaxed,
+            );
             true
         })
     }
@@ -349,18 +352,21 @@ impl HitCounter {
         Some(&self.stripes[offset as usize / std::mem::size_of::<Stripe>()])
     }
 
-    /// Counts one hit; true when a clock check is due: the countdown ran out (on this call,
-    /// or on the lean path just before, which left it at 0 and counted nothing). The countdown
-    /// then starts over.
+    /// Counts one hit; true when a clock check is due: the countdown runs out on this call, or
+    /// ran out on the lean path just before (which left it at 0 and counted nothing). It is
+    /// left at 0, which the next decrement turns into a full round of [`CHECK_EVERY`] (a call
+    /// that takes this cold path again before that checks again: harmless, and rare).
     #[inline]
     pub(crate) fn add_one(&self) -> bool {
         match self.stripe() {
             Some(s) => {
-                s.0.store(s.0.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+                s.0.store(
+                    s.0.load(Ordering::Relaxed).wrapping_add(1),
+                    Ordering::Relaxed,
+                );
                 HOT.with(|hot| match hot.countdown.get() {
                     0 | 1 => {
-                        // 255 more hits, this one the 256th.
-                        hot.countdown.set((CHECK_EVERY - 1) as u8);
+                        hot.countdown.set(0);
                         true
                     }
                     n => {
@@ -532,15 +538,18 @@ mod tests {
         let c = Arc::new(HitCounter::default());
         let c2 = c.clone();
         // A fresh thread: its first hit claims a stripe in the cold path (and checks).
-        let due: Vec<u64> = std::thread::spawn(move || {
-            (1..=10 * CHECK_EVERY).filter(|_| hit(&c2)).collect()
-        })
-        .join()
-        .unwrap();
+        let due: Vec<u64> =
+            std::thread::spawn(move || (1..=10 * CHECK_EVERY).filter(|_| hit(&c2)).collect())
+                .join()
+                .unwrap();
         assert_eq!(c.total(), 10 * CHECK_EVERY);
         let expected: Vec<u64> = (0..10).map(|k| 1 + k * CHECK_EVERY).collect();
         assert_eq!(due, expected);
-        assert_eq!(c.stripes[STRIPES].0.load(Ordering::Relaxed), 0, "sentinel written");
+        assert_eq!(
+            c.stripes[STRIPES].0.load(Ordering::Relaxed),
+            0,
+            "sentinel written"
+        );
     }
 
     #[test]
@@ -572,8 +581,15 @@ mod tests {
             .filter(|&lean| lean == 0)
             .count();
         assert_eq!(c.total(), (STRIPES as u64 + 36) * 1000);
-        assert!(without_stripe >= 36, "{without_stripe} threads always took the cold path");
-        assert_eq!(c.stripes[STRIPES].0.load(Ordering::Relaxed), 0, "sentinel written");
+        assert!(
+            without_stripe >= 36,
+            "{without_stripe} threads always took the cold path"
+        );
+        assert_eq!(
+            c.stripes[STRIPES].0.load(Ordering::Relaxed),
+            0,
+            "sentinel written"
+        );
     }
 
     #[test]

@@ -10,10 +10,10 @@
 //! Memory cost: per entry, the key, the value, 16 bytes of `delta`/`expiry`, a 4-byte namespace
 //! id and quick_cache's own overhead (about 2 words per slot).
 
-use super::data_arc::DataArc;
 use super::contract::{
     LockOutcome, Lookup, Namespace, NamespaceRegistry, RefreshOutcome, Store, StoreError, Written,
 };
+use super::data_arc::DataArc;
 use crate::entry::Entry;
 use crate::error::ConfigError;
 use quick_cache::{sync::Cache, Equivalent, Weighter};
