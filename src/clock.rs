@@ -10,13 +10,12 @@
 //! The system clock's cheap reading comes from one tick thread per process. The engine reads
 //! it without dynamic dispatch (`EngineClock`), as one load of `time + lag`, so a hit does no
 //! arithmetic on the clock at all. A tick thread that stops (starved past the lag, or absent in
-//! a forked child) must not freeze time for the hit path: every
-//! 256th hit of a thread (`stats::CHECK_EVERY`, all its memoized functions together: the
-//! countdown sits beside the thread's hit-counter offset) compares the coarse reading with
-//! the precise one, a fork handler marks the reading untrusted in the child, and an untrusted
-//! reading sends calls to the precise clock (and restarts the tick thread in a child) until the
-//! tick thread runs again. At most 255 hits per thread are served on a stale reading before
-//! that.
+//! a forked child) must not freeze time for the hit path: every 255th hit of a thread (within
+//! `stats::CHECK_EVERY` = 256, all its memoized functions together: the countdown sits beside
+//! the thread's hit-counter offset) compares the coarse reading with the precise one, a fork
+//! handler marks the reading untrusted in the child, and an untrusted reading sends calls to
+//! the precise clock (and restarts the tick thread in a child) until the tick thread runs
+//! again. At most 254 hits per thread are served on a stale reading before that.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

@@ -353,9 +353,9 @@ impl HitCounter {
     }
 
     /// Counts one hit; true when a clock check is due: the countdown runs out on this call, or
-    /// ran out on the lean path just before (which left it at 0 and counted nothing). It is
-    /// left at 0, which the next decrement turns into a full round of [`CHECK_EVERY`] (a call
-    /// that takes this cold path again before that checks again: harmless, and rare).
+    /// ran out on the lean path just before (which left it at 0 and counted nothing). The
+    /// countdown then starts over at `CHECK_EVERY - 1`: a check every 255th hit of a thread,
+    /// so never more than [`CHECK_EVERY`] hits between two checks.
     #[inline]
     pub(crate) fn add_one(&self) -> bool {
         match self.stripe() {
@@ -366,7 +366,7 @@ impl HitCounter {
                 );
                 HOT.with(|hot| match hot.countdown.get() {
                     0 | 1 => {
-                        hot.countdown.set(0);
+                        hot.countdown.set((CHECK_EVERY - 1) as u8);
                         true
                     }
                     n => {
@@ -534,7 +534,7 @@ mod tests {
     }
 
     #[test]
-    fn the_hit_path_counts_exactly_and_checks_the_clock_every_check_every_hits() {
+    fn the_hit_path_counts_exactly_and_checks_the_clock_within_check_every_hits() {
         let c = Arc::new(HitCounter::default());
         let c2 = c.clone();
         // A fresh thread: its first hit claims a stripe in the cold path (and checks).
@@ -543,7 +543,11 @@ mod tests {
                 .join()
                 .unwrap();
         assert_eq!(c.total(), 10 * CHECK_EVERY);
-        let expected: Vec<u64> = (0..10).map(|k| 1 + k * CHECK_EVERY).collect();
+        // The first hit, then every (CHECK_EVERY − 1)-th: never more than CHECK_EVERY apart.
+        let expected: Vec<u64> = (0..)
+            .map(|k| 1 + k * (CHECK_EVERY - 1))
+            .take_while(|&n| n <= 10 * CHECK_EVERY)
+            .collect();
         assert_eq!(due, expected);
         assert_eq!(
             c.stripes[STRIPES].0.load(Ordering::Relaxed),
