@@ -66,19 +66,13 @@ pub fn cluster_or_skip() -> Option<RedisCluster> {
     Some(RedisCluster::start())
 }
 
-/// A free port whose cluster bus port (port + 10000) is free too.
-fn free_cluster_port(taken: &[u16]) -> u16 {
-    for _ in 0..1000 {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let p = l.local_addr().unwrap().port();
-        if p > 55000 || taken.contains(&p) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair for a cluster node");
+/// A free port whose cluster bus port (port + 10000) is free too, never handed out before in
+/// this process (see `support::claim_port`).
+fn free_cluster_port() -> u16 {
+    crate::support::claim_port(|p| {
+        (p <= 55000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok())
+            .then(|| vec![p, p + 10000])
+    })
 }
 
 impl RedisCluster {
@@ -88,7 +82,7 @@ impl RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "herdless-cluster-{}-{}",
             std::process::id(),
-            free_cluster_port(&[])
+            free_cluster_port()
         ));
         std::fs::create_dir_all(&dir).expect("create the cluster's scratch dir");
         let mut cluster = RedisCluster {
@@ -97,25 +91,13 @@ impl RedisCluster {
         };
         let mut ports = Vec::new();
         for _ in 0..6 {
-            let port = free_cluster_port(&ports);
+            let (port, child) = cluster.spawn_answering();
             ports.push(port);
-            let child = cluster.spawn(port);
             cluster.nodes.push(Node {
                 child: Some(child),
                 port,
                 paused: false,
             });
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for n in &cluster.nodes {
-            while !ping(n.port, Duration::from_millis(200)) {
-                assert!(
-                    Instant::now() < deadline,
-                    "cluster node {} did not answer PING",
-                    n.port
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
         }
         let out = Command::new("redis-cli")
             .arg("--cluster")
@@ -133,6 +115,34 @@ impl RedisCluster {
         );
         cluster.wait_ready(FORM_BOUND);
         cluster
+    }
+
+    /// A node on a fresh port that answers PING and is our own child (a node that exits at
+    /// start, its port taken by another process meanwhile, is replaced on another port).
+    fn spawn_answering(&self) -> (u16, Child) {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_cluster_port();
+            let mut child = self.spawn(port);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last = format!("node on port {port} exited at start: {status}");
+                    break;
+                }
+                if ping(port, Duration::from_millis(200)) {
+                    return (port, child);
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = format!("node on port {port} did not answer PING");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start a cluster node: {last}");
     }
 
     fn spawn(&self, port: u16) -> Child {

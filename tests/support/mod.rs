@@ -64,10 +64,31 @@ pub fn skip_notice() {
     });
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take), never one this
+/// process handed out before: tests run in parallel, and two servers started at once must not
+/// race for one released port (a test would then talk to another test's server).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    claim_port(|p| Some(vec![p]))
+}
+
+/// The first free port `p` for which `needs(p)` names the ports it takes (itself, and a
+/// cluster node's bus port), none of them handed out before by this process; all are then
+/// claimed for the rest of the process.
+pub fn claim_port(needs: impl Fn(u16) -> Option<Vec<u16>>) -> u16 {
+    static CLAIMED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let p = l.local_addr().unwrap().port();
+        let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        match needs(p) {
+            Some(ports) if !ports.iter().any(|q| claimed.contains(q)) => {
+                claimed.extend(ports);
+                return p;
+            }
+            _ => continue,
+        }
+    }
+    panic!("no free port");
 }
 
 /// A `redis-server` child process owned by one test.
