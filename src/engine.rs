@@ -451,6 +451,7 @@ where
             // A store that answers at once: fence check and write together under the fence
             // lock (see `fence`), so an invalidation never sees the older value land after it.
             // (Such a store may act when its future is created, so that happens under the lock.)
+            let permitted = lock.is_some();
             let mut args = Some((entry, lock));
             let mut pending = None;
             let done = if self.store.is_shared() {
@@ -482,11 +483,20 @@ where
                 (None, None, None) => unreachable!("the write was either made or kept"),
             };
             match written {
-                Ok(Written::Stored) if self.fences.snapshot(key) != fence => {
-                    // An invalidation raced with a write that needed I/O: undo it.
+                Ok(Written::Stored) if !permitted && self.fences.snapshot(key) != fence => {
+                    // An invalidation raced with a write that needed I/O, on a store that does
+                    // not fence writes itself: undo it. (A write that carried a permit was
+                    // fenced by the store: had the invalidation or an `insert` landed first, the
+                    // write would have been refused; it landed first, so the newer operation
+                    // replaced it. Undoing it then would delete the newer value.)
                     bump!(self.stats, fenced_writes);
                     fenced = true;
                     let _ = self.store.invalidate(&self.ns, key).await;
+                }
+                Ok(Written::Stored) if self.fences.snapshot(key) != fence => {
+                    // Landed before the newer operation, which replaced it in the store; the
+                    // followers must not be handed it (`leader`, rule 2).
+                    fenced = true;
                 }
                 Ok(Written::Stored) => {}
                 Ok(Written::Fenced) => {

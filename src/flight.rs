@@ -38,6 +38,13 @@ pub(crate) struct Flight<T> {
     /// The leader gave the flight back unfinished on purpose ([`Leader::hand_back`]): its
     /// outcome was its own (its contention policy gave up), not one to share, and nothing failed.
     handed_back: AtomicBool,
+    /// Followers whose ticket is below this get the outcome; later ones are handed back
+    /// ([`Leader::finish_for_earlier`]): the outcome was read before they joined.
+    share_below: AtomicUsize,
+    /// When followers stop waiting for a leader that has not answered ([`Leader::give_up_after`]).
+    give_up_at: std::sync::OnceLock<Instant>,
+    /// Followers gave up on this flight at `give_up_at` ([`Follower::gave_up`]).
+    gave_up: AtomicBool,
 }
 
 /// How waiting on a flight ended.
@@ -53,24 +60,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl<T> Flight<T> {
-    /// True when an `Abandoned` flight was handed back by a leader whose own patience ran out
-    /// (nothing failed; the waiter simply joins again under its own policy).
+/// A caller that joined a running flight: it waits for the leader's outcome. Its ticket is its
+/// place in the order of joining, which decides whether an outcome read at a given moment may
+/// be handed to it ([`Leader::finish_for_earlier`]).
+pub(crate) struct Follower<T> {
+    flight: Arc<Flight<T>>,
+    ticket: usize,
+}
+
+impl<T> Follower<T> {
+    /// True when the followers gave up on a leader that did not answer in time
+    /// ([`Leader::give_up_after`]); its computation may still be running.
+    pub(crate) fn gave_up(&self) -> bool {
+        self.flight.gave_up.load(Ordering::Acquire)
+    }
+
+    /// True when the flight ended without an outcome for this follower, and nothing failed: the
+    /// leader's own patience ran out, or its outcome predates this follower's call. The
+    /// follower joins again under its own policy.
     pub(crate) fn handed_back(&self) -> bool {
-        self.handed_back.load(Ordering::Acquire)
+        self.flight.handed_back.load(Ordering::Acquire)
+            || self.ticket >= self.flight.share_below.load(Ordering::Acquire)
     }
 }
 
-impl<T: Clone> Flight<T> {
+impl<T: Clone> Follower<T> {
     fn poll_slot(&self) -> Option<Waited<T>> {
-        match &*lock(&self.slot) {
+        match &*lock(&self.flight.slot) {
             Slot::Running => None,
+            Slot::Done(_) if self.ticket >= self.flight.share_below.load(Ordering::Acquire) => {
+                Some(Waited::Abandoned)
+            }
             Slot::Done(v) => Some(Waited::Done(v.clone())),
             Slot::Abandoned => Some(Waited::Abandoned),
         }
     }
 
     /// Waits for the leader's outcome, up to `deadline` (no deadline: wait as long as it takes).
+    /// A flight whose leader set [`Leader::give_up_after`] ends as `Abandoned` for every
+    /// follower once that moment passes unanswered ([`Follower::gave_up`] then says so).
     pub(crate) async fn wait(&self, mode: WaitMode, deadline: Option<Instant>) -> Waited<T> {
         loop {
             if let Some(w) = self.poll_slot() {
@@ -78,13 +106,37 @@ impl<T: Clone> Flight<T> {
             }
             // Listen first, then re-check: a notification between the check and the listen
             // would otherwise be lost.
-            let listener = self.event.listen();
+            let listener = self.flight.event.listen();
             if let Some(w) = self.poll_slot() {
                 return w;
             }
-            if !mode.wait(listener, deadline).await {
-                return self.poll_slot().unwrap_or(Waited::TimedOut);
+            let give_up = self.flight.give_up_at.get().copied();
+            let until = match (deadline, give_up) {
+                (Some(d), Some(g)) => Some(d.min(g)),
+                (d, g) => d.or(g),
+            };
+            if !mode.wait(listener, until).await {
+                if let Some(w) = self.poll_slot() {
+                    return w;
+                }
+                if give_up.is_some_and(|g| Instant::now() >= g) {
+                    self.give_up();
+                    continue;
+                }
+                return Waited::TimedOut;
             }
+        }
+    }
+
+    /// Ends a flight whose leader is past its [`Leader::give_up_after`] moment: every follower
+    /// sees `Abandoned` and later callers start a new flight (see `FlightMap::join`).
+    fn give_up(&self) {
+        let mut slot = lock(&self.flight.slot);
+        if let Slot::Running = *slot {
+            self.flight.gave_up.store(true, Ordering::Release);
+            *slot = Slot::Abandoned;
+            drop(slot);
+            self.flight.event.notify(usize::MAX);
         }
     }
 }
@@ -100,7 +152,7 @@ pub(crate) struct FlightMap<K, T> {
 /// The result of [`FlightMap::join`].
 pub(crate) enum Joined<K: Hash + Eq, T> {
     Leader(Leader<K, T>),
-    Follower(Arc<Flight<T>>),
+    Follower(Follower<T>),
 }
 
 impl<K: Hash + Eq + Clone, T> FlightMap<K, T> {
@@ -118,15 +170,25 @@ impl<K: Hash + Eq + Clone, T> FlightMap<K, T> {
     /// Becomes the leader for `key`, or follows the flight already running.
     pub(crate) fn join(self: &Arc<Self>, key: &K) -> Joined<K, T> {
         let mut shard = lock(self.shard(key));
-        if let Some(f) = shard.get(key) {
-            f.followers.fetch_add(1, Ordering::Relaxed);
-            return Joined::Follower(f.clone());
+        // A flight its followers gave up on is over for joiners, though its leader still runs.
+        if let Some(f) = shard
+            .get(key)
+            .filter(|f| !f.gave_up.load(Ordering::Acquire))
+        {
+            let ticket = f.followers.fetch_add(1, Ordering::AcqRel);
+            return Joined::Follower(Follower {
+                flight: f.clone(),
+                ticket,
+            });
         }
         let flight = Arc::new(Flight {
             slot: Mutex::new(Slot::Running),
             event: Event::new(),
             followers: AtomicUsize::new(0),
             handed_back: AtomicBool::new(false),
+            share_below: AtomicUsize::new(usize::MAX),
+            give_up_at: std::sync::OnceLock::new(),
+            gave_up: AtomicBool::new(false),
         });
         shard.insert(key.clone(), flight.clone());
         Joined::Leader(Leader {
@@ -135,6 +197,21 @@ impl<K: Hash + Eq + Clone, T> FlightMap<K, T> {
             flight,
             finished: false,
         })
+    }
+
+    /// Becomes the leader of a new flight for `key` whatever runs: a flight already running is
+    /// detached (its followers still get its outcome) and later callers join the new one. For
+    /// `refresh()`, whose answer must be computed after it was called.
+    pub(crate) fn lead_anew(self: &Arc<Self>, key: &K) -> Leader<K, T> {
+        self.detach(key);
+        loop {
+            match self.join(key) {
+                Joined::Leader(l) => return l,
+                // Another caller started a flight between the detach and the join: it started
+                // after this call too, but its outcome may be a read; start a flight of our own.
+                Joined::Follower(_) => self.detach(key),
+            }
+        }
     }
 
     /// Detaches `key`'s running flight, if any: callers that already joined it still get its
@@ -159,6 +236,10 @@ impl<K: Hash + Eq + Clone, T> FlightMap<K, T> {
     }
 }
 
+/// How many followers had joined a flight at a moment ([`Leader::mark`]).
+#[derive(Clone, Copy)]
+pub(crate) struct JoinMark(usize);
+
 /// The one caller of a flight that computes. Dropping it unfinished abandons the flight.
 pub(crate) struct Leader<K: Hash + Eq, T> {
     map: Arc<FlightMap<K, T>>,
@@ -176,7 +257,10 @@ impl<K: Hash + Eq, T> Leader<K, T> {
             // gets a fresh flight instead of spinning on the old one until the leader gets the
             // CPU back (found by the shuttle checks below).
             let _shard = self.unlist();
-            *lock(&self.flight.slot) = slot;
+            let mut current = lock(&self.flight.slot);
+            if !self.flight.gave_up.load(Ordering::Acquire) {
+                *current = slot;
+            }
         }
         self.flight.event.notify(usize::MAX);
     }
@@ -209,6 +293,29 @@ impl<K: Hash + Eq, T> Leader<K, T> {
     pub(crate) fn finish(mut self, value: T) -> usize {
         self.end(Slot::Done(value));
         self.flight.followers.load(Ordering::Relaxed)
+    }
+
+    /// Followers stop waiting for this leader at `at` and take over (a background refresh
+    /// that may never return must not hold its callers for their whole patience).
+    pub(crate) fn give_up_after(&self, at: Instant) {
+        let _ = self.flight.give_up_at.set(at);
+    }
+
+    /// Marks the moment the leader starts observing the world for an outcome it will share
+    /// without writing it (a read that found a value): see [`Leader::finish_for_earlier`].
+    pub(crate) fn mark(&self) -> JoinMark {
+        JoinMark(self.flight.followers.load(Ordering::Acquire))
+    }
+
+    /// Publishes an outcome that was read after `mark` only to the followers that joined
+    /// before it; later ones are handed back and join again. A follower that joined after the
+    /// read was sent may have started after an invalidation that the read did not see (in
+    /// another process, which cannot detach this flight), so the read is no answer for it.
+    /// Returns how many followers got the outcome.
+    pub(crate) fn finish_for_earlier(mut self, mark: JoinMark, value: T) -> usize {
+        self.flight.share_below.store(mark.0, Ordering::Release);
+        self.end(Slot::Done(value));
+        mark.0
     }
 
     /// Retires the flight without an outcome to share: the leader's own contention policy gave
@@ -246,6 +353,7 @@ pub(crate) struct RefreshSlots<K> {
     /// Refreshes claimed and not yet ended, and how many may be.
     running: AtomicUsize,
     limit: usize,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 struct SlotShard<K> {
@@ -256,7 +364,12 @@ struct SlotShard<K> {
 
 #[derive(Clone, Copy)]
 enum RefreshState {
-    Running,
+    /// Claim `id` runs; past `until` (engine clock) it counts as hung and a new trigger may
+    /// take the slot over (the hung one's later end is then ignored).
+    Running {
+        id: u64,
+        until: u64,
+    },
     BackoffUntil(u64),
 }
 
@@ -290,6 +403,7 @@ impl<K: Hash + Eq + Clone> RefreshSlots<K> {
             hasher: RandomState::new(),
             running: AtomicUsize::new(0),
             limit,
+            next_id: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -298,28 +412,51 @@ impl<K: Hash + Eq + Clone> RefreshSlots<K> {
     }
 
     /// Claims the refresh of `key` at time `now`, within the limit of concurrent refreshes.
+    #[allow(dead_code)] // the shuttle checks claim without a hang bound
     pub(crate) fn try_begin(&self, key: &K, now: u64) -> Begin {
+        match self.try_claim(key, now, u64::MAX) {
+            Ok(_) => Begin::Started,
+            Err(busy_or_full) => busy_or_full,
+        }
+    }
+
+    /// [`RefreshSlots::try_begin`] for a claim that counts as hung from `until` on: a claim
+    /// past its `until` no longer blocks the key (nor holds a place in the limit); a new one
+    /// takes its place. Returns the claim's id for [`RefreshSlots::end`] and
+    /// [`RefreshSlots::back_off_claim`].
+    pub(crate) fn try_claim(&self, key: &K, now: u64, until: u64) -> Result<u64, Begin> {
         let mut shard = self.shard(key);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         match shard.map.get(key) {
-            Some(RefreshState::Running) => Begin::Busy,
-            Some(RefreshState::BackoffUntil(t)) if now < *t => Begin::Busy,
+            Some(RefreshState::Running { until: hung_at, .. }) if now >= *hung_at => {
+                // The hung claim's place in the limit passes to this one.
+                shard
+                    .map
+                    .insert(key.clone(), RefreshState::Running { id, until });
+                Ok(id)
+            }
+            Some(RefreshState::Running { .. }) => Err(Begin::Busy),
+            Some(RefreshState::BackoffUntil(t)) if now < *t => Err(Begin::Busy),
             _ => {
                 // Counted under the shard lock, so the key's state and the count move together.
                 if self.running.fetch_add(1, Ordering::AcqRel) >= self.limit {
                     self.running.fetch_sub(1, Ordering::AcqRel);
-                    return Begin::Full;
+                    return Err(Begin::Full);
                 }
-                shard.map.insert(key.clone(), RefreshState::Running);
-                Begin::Started
+                shard
+                    .map
+                    .insert(key.clone(), RefreshState::Running { id, until });
+                Ok(id)
             }
         }
     }
 
     /// Ends a claimed refresh: the key may refresh again at any time.
+    #[allow(dead_code)] // the shuttle checks end claims by key
     pub(crate) fn clear(&self, key: &K) {
         let mut shard = self.shard(key);
         match shard.map.get(key) {
-            Some(RefreshState::Running) => {
+            Some(RefreshState::Running { .. }) => {
                 shard.map.remove(key);
                 self.running.fetch_sub(1, Ordering::AcqRel);
             }
@@ -328,6 +465,29 @@ impl<K: Hash + Eq + Clone> RefreshSlots<K> {
             }
             None => {}
         }
+    }
+
+    /// Ends claim `id`, if it still holds the key (a hung claim that was taken over does not).
+    pub(crate) fn end(&self, key: &K, id: u64) {
+        let mut shard = self.shard(key);
+        if let Some(RefreshState::Running { id: held, .. }) = shard.map.get(key) {
+            if *held == id {
+                shard.map.remove(key);
+                self.running.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Ends failed claim `id` at `now`: no new refresh of `key` before `until`. A claim that
+    /// was taken over leaves the key to its successor.
+    pub(crate) fn back_off_claim(&self, key: &K, id: u64, now: u64, until: u64) {
+        let shard = self.shard(key);
+        match shard.map.get(key) {
+            Some(RefreshState::Running { id: held, .. }) if *held != id => return,
+            _ => {}
+        }
+        drop(shard);
+        self.back_off(key, now, until);
     }
 
     /// Clears a backoff left by an earlier failure, leaving a running refresh alone.
@@ -344,7 +504,7 @@ impl<K: Hash + Eq + Clone> RefreshSlots<K> {
         let previous = shard
             .map
             .insert(key.clone(), RefreshState::BackoffUntil(until));
-        if let Some(RefreshState::Running) = previous {
+        if let Some(RefreshState::Running { .. }) = previous {
             self.running.fetch_sub(1, Ordering::AcqRel);
         }
         if shard.map.len() >= shard.purge_at {

@@ -113,6 +113,7 @@ mod error;
 mod fence;
 mod flight;
 mod layer;
+mod leader;
 mod lock;
 mod memoize;
 mod memoized;

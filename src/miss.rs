@@ -5,11 +5,12 @@
 use crate::engine::{Engine, Probe};
 use crate::entry::Entry;
 use crate::error::Error;
-use crate::flight::{Joined, Leader, Waited};
+use crate::flight::{JoinMark, Joined, Waited};
+use crate::leader::{self, FlightLeader, OnFailure};
 use crate::refresh;
 use crate::stats::bump;
 use crate::store::contract::{LockOutcome, Store};
-use crate::wait::{Contention, Patience, WaitMode};
+use crate::wait::{Contention, Patience};
 use crate::xfetch::{self, Decision};
 use std::hash::Hash;
 use std::time::Instant;
@@ -141,10 +142,9 @@ where
     let mut took_over = false;
     let out = loop {
         match eng.flights.join(key) {
-            Joined::Leader(leader) => match lead(eng, key, &mut patience).await {
-                Led::Found(v) => {
-                    let followers = leader.finish(Ok(v.clone()));
-                    eng.handed_off(followers);
+            Joined::Leader(leader) => match lead(eng, key, &leader, &mut patience).await {
+                Led::Found(v, mark) => {
+                    crate::leader::found(eng, leader, mark, v.clone());
                     break Ok(v);
                 }
                 Led::GaveUp(err) => {
@@ -156,7 +156,7 @@ where
                     if took_over {
                         bump!(eng.stats, takeovers);
                     }
-                    match compute_as_leader(eng, key, lock, leader).await {
+                    match leader::compute(eng, key, lock, leader, OnFailure::Share).await {
                         Some(out) => break out,
                         None => took_over = true,
                     }
@@ -182,6 +182,14 @@ where
                         eng.compute.mode().hand_off();
                         break out;
                     }
+                    Waited::Abandoned if flight.gave_up() => {
+                        // A background refresh that did not answer within its lease: take over.
+                        // Its late write must not land over what the takeover computes from
+                        // newer data: fence it off.
+                        eng.fences.bump(key);
+                        took_over = true;
+                        tracing::warn!(name = %eng.ns.name, "a background refresh ran past its lease; taking over");
+                    }
                     Waited::Abandoned if flight.handed_back() => {
                         tracing::debug!(name = %eng.ns.name, "the leader's own policy gave up on another process's lock; joining again under ours");
                     }
@@ -203,74 +211,10 @@ where
     out
 }
 
-/// Runs the closure for the flight this caller leads and publishes the outcome to the flight's
-/// followers; a panic gives them [`Error::Panicked`] and is resumed in this caller.
-///
-/// An async closure on a Tokio runtime runs as its own task: the computation's future is
-/// `'static`, so when this caller gives up (a timeout drops its future) the computation still
-/// runs to completion, stores its value and answers the followers, instead of being cancelled
-/// and restarted by the next waiter (which a storm of short timeouts would do hundreds of
-/// times). `None`: the task was cancelled by its runtime shutting down; the flight was
-/// abandoned and the caller joins again.
-async fn compute_as_leader<K, V, E, S>(
-    eng: &Engine<K, V, E, S>,
-    key: &K,
-    lock: Option<S::Lock>,
-    leader: Leader<K, Result<V, Error<E>>>,
-) -> Option<Result<V, Error<E>>>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: Store<K, V>,
-{
-    use futures::FutureExt;
-    let job = {
-        let (eng, key) = (eng.arc(), key.clone());
-        async move {
-            let closing = || leader.close_to_joiners();
-            let out =
-                std::panic::AssertUnwindSafe(eng.compute_and_store_fenced(&key, lock, closing))
-                    .catch_unwind()
-                    .await;
-            let shared = match &out {
-                // The write was fenced: an invalidation (here or in another process) or a newer
-                // value landed while computing. This value may predate the invalidation, and a
-                // follower may have asked after it returned: followers join again instead (a
-                // fresh flight reads the store, or computes anew).
-                Ok((_, true)) => {
-                    leader.hand_back();
-                    return out.map(|(v, _)| v);
-                }
-                Ok((out, false)) => out.clone(),
-                Err(_) => {
-                    // Coalesced waiters get `Error::Panicked` (shared) instead of re-running a
-                    // closure that just panicked; nothing is stored, so the next call computes.
-                    bump!(eng.stats, errors);
-                    Err(Error::Panicked)
-                }
-            };
-            let followers = leader.finish(shared);
-            eng.handed_off(followers);
-            out.map(|(v, _)| v)
-        }
-    };
-    let out = match (eng.compute.mode(), tokio::runtime::Handle::try_current()) {
-        (WaitMode::Async, Ok(rt)) => match rt.spawn(job).await {
-            Ok(out) => out,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return None,
-        },
-        // Blocking callers cannot be cancelled (and have no runtime to spawn on).
-        _ => job.await,
-    };
-    Some(out.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-}
-
 /// What the in-process leader of a hard miss learned from the store.
 enum Led<V, E, L> {
-    /// The value another process stored meanwhile.
-    Found(V),
+    /// The value another process stored meanwhile, read after the mark.
+    Found(V, JoinMark),
     /// This caller's own policy gave up behind another process's lock: its answer alone.
     GaveUp(Error<E>),
     /// Compute, holding the store's lock if there is one.
@@ -282,6 +226,7 @@ enum Led<V, E, L> {
 async fn lead<K, V, E, S>(
     eng: &Engine<K, V, E, S>,
     key: &K,
+    leader: &FlightLeader<K, V, E>,
     patience: &mut Patience,
 ) -> Led<V, E, S::Lock>
 where
@@ -293,12 +238,15 @@ where
     let mut waited_remotely = false;
     loop {
         let now = eng.clock.now();
+        // Followers that join from here on may have started after an invalidation this read
+        // does not see: a value it finds is not theirs (`leader::found`).
+        let mark = leader.mark();
         match eng
             .store
             .lock_or_get(&eng.ns, key, eng.lease(None), eng.cfg.lease_max, now)
             .await
         {
-            Ok(LockOutcome::Found(e)) if e.expires_at > now => return Led::Found(e.value),
+            Ok(LockOutcome::Found(e)) if e.expires_at > now => return Led::Found(e.value, mark),
             Ok(LockOutcome::Found(_)) | Ok(LockOutcome::Local) => return Led::Compute(None),
             Ok(LockOutcome::Acquired(lock)) => return Led::Compute(Some(lock)),
             Ok(LockOutcome::Busy) => {

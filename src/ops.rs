@@ -6,7 +6,7 @@ use crate::clock::saturating_nanos;
 use crate::engine::{owned_or_same, Engine};
 use crate::entry::Entry;
 use crate::error::Error;
-use crate::flight::{Joined, Waited};
+use crate::leader::{self, OnFailure};
 use crate::stats::bump;
 use crate::store::contract::{Lookup, RefreshOutcome, Store, StoreError, Written};
 use std::borrow::Borrow;
@@ -44,7 +44,11 @@ where
         }
         drop_it
     };
-    drop_it.await
+    let out = drop_it.await;
+    // A flight that began while the shared invalidation was in flight may have read the old
+    // value before it landed: calls from here on must not join it.
+    eng.flights.detach(&key);
+    out
 }
 
 /// Drops every key of this function.
@@ -68,11 +72,14 @@ where
         }
         drop_all
     };
-    drop_all.await
+    let out = drop_all.await;
+    // As in `invalidate`: flights begun while the shared operation was in flight are stale.
+    eng.flights.detach_all();
+    out
 }
 
 /// Stores a value computed elsewhere for the function's TTL. `delta` is the computation time
-/// XFetch scales by; `None` stores δ = 0, which never triggers an early refresh, so the first
+/// XFetch scales by; `None` stores δ = 0, which never triggers an early refresh at a finite β, so the first
 /// real computation (at expiry) measures δ.
 pub(crate) async fn insert<K, V, E, S, Q>(
     eng: &Engine<K, V, E, S>,
@@ -115,11 +122,17 @@ where
         };
         (done, write)
     };
-    match done {
+    let shared = done.is_none();
+    let written = match done {
         Some(w) => w,
         None => write.await,
+    };
+    if shared {
+        // As in `invalidate`: flights begun while the shared write was in flight may have read
+        // the value it replaced.
+        eng.flights.detach(&key);
     }
-    .map(|_: Written| ())?;
+    written.map(|_: Written| ())?;
     eng.refreshes.clear_backoff(&key);
     Ok(())
 }
@@ -147,10 +160,12 @@ where
     entry.filter(|e| e.expires_at > now).map(|e| e.value)
 }
 
-/// Recomputes `key` now and returns the new value. Single-flight with every other computation
-/// of the key in this process (a running one is joined, not duplicated); across processes it
-/// takes the store's lock when it is free, and computes without it when another process holds
-/// it (then both write; the fenced write keeps the newer value).
+/// Recomputes `key` now and returns a value computed after this call began. A computation of
+/// the key already running in this process started before the call (and may have read older
+/// data), so it is neither joined nor allowed to store its result over this one: the call
+/// leads a flight of its own, which later callers join. Across processes it takes the store's
+/// lock when it is free, and computes without it when another process holds it (then both
+/// write; the fenced write keeps the newer value).
 pub(crate) async fn refresh<K, V, E, S, Q>(eng: &Engine<K, V, E, S>, key: &Q) -> Result<V, Error<E>>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
@@ -161,37 +176,32 @@ where
 {
     let key = &*owned_or_same(key);
     loop {
-        match eng.flights.join(key) {
-            Joined::Leader(leader) => {
-                let now = eng.clock.now();
-                let lock = match eng
-                    .store
-                    .try_lock_refresh(
-                        &eng.ns,
-                        key,
-                        u64::MAX,
-                        eng.lease(None),
-                        eng.cfg.lease_max,
-                        now,
-                    )
-                    .await
-                {
-                    Ok(RefreshOutcome::Acquired(l)) => Some(l),
-                    Ok(_) => None,
-                    Err(_) => {
-                        bump!(eng.stats, store_errors);
-                        None
-                    }
-                };
-                let out = eng.compute_and_store(key, lock).await;
-                let followers = leader.finish(out.clone());
-                eng.handed_off(followers);
-                return out;
+        let leader = eng.flights.lead_anew(key);
+        // The running computation's write (older data) must not land after this one's.
+        eng.fences.bump(key);
+        let now = eng.clock.now();
+        let lock = match eng
+            .store
+            .try_lock_refresh(
+                &eng.ns,
+                key,
+                u64::MAX,
+                eng.lease(None),
+                eng.cfg.lease_max,
+                now,
+            )
+            .await
+        {
+            Ok(RefreshOutcome::Acquired(l)) => Some(l),
+            Ok(_) => None,
+            Err(_) => {
+                bump!(eng.stats, store_errors);
+                None
             }
-            Joined::Follower(flight) => match flight.wait(eng.compute.mode(), None).await {
-                Waited::Done(out) => return out,
-                Waited::Abandoned | Waited::TimedOut => continue,
-            },
+        };
+        // The one leader protocol (`leader`): errors are shared with the callers that joined.
+        if let Some(out) = leader::compute(eng, key, lock, leader, OnFailure::Share).await {
+            return out;
         }
     }
 }

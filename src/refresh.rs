@@ -8,6 +8,7 @@
 use crate::clock::saturating_nanos;
 use crate::engine::Engine;
 use crate::flight::{Begin, Joined};
+use crate::leader::{self, OnFailure};
 use crate::stats::bump;
 use crate::store::contract::{RefreshOutcome, Store};
 use crate::wait::WaitMode;
@@ -28,21 +29,27 @@ pub(crate) fn trigger<K, V, E, S>(
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
-    match eng.refreshes.try_begin(key, now) {
-        Begin::Started => {}
-        Begin::Busy => {
+    // Past its lease (`Engine::lease`, the bound a distributed lock trusts a holder of this δ
+    // for) a refresh counts as hung: it no longer blocks the key nor holds a place in
+    // `max_refreshes`, and the next trigger may start another.
+    let hung_at = now.saturating_add(saturating_nanos(eng.lease(Some(delta_us))));
+    let id = match eng.refreshes.try_claim(key, now, hung_at) {
+        Ok(id) => id,
+        Err(Begin::Started) => unreachable!("a claim is Ok"),
+        Err(Begin::Busy) => {
             bump!(eng.stats, early_refreshes_skipped);
             return;
         }
-        Begin::Full => {
+        Err(Begin::Full) => {
             // As many refreshes run as the function allows: skip. The value is still served,
             // and XFetch triggers again on a later call (ever more likely as expiry nears).
             bump!(eng.stats, early_refreshes_throttled);
             return;
         }
-    }
+    };
     let claim = RefreshClaim {
         engine: eng.arc(),
+        id,
         key: key.clone(),
         armed: true,
         started: false,
@@ -70,6 +77,8 @@ where
     S: Store<K, V>,
 {
     engine: Arc<Engine<K, V, E, S>>,
+    /// The slot claim this refresh holds (`RefreshSlots::try_claim`).
+    id: u64,
     key: K,
     armed: bool,
     /// The computation began (so an unfinished claim is a failed refresh, e.g. a panic).
@@ -92,7 +101,9 @@ where
             // The backoff counts from the failure, not from the trigger.
             let now = self.engine.clock.now();
             let until = now.saturating_add(saturating_nanos(self.engine.cfg.refresh_backoff));
-            self.engine.refreshes.back_off(&self.key, now, until);
+            self.engine
+                .refreshes
+                .back_off_claim(&self.key, self.id, now, until);
         }
     }
 }
@@ -106,7 +117,7 @@ where
 {
     fn release(mut self) {
         self.armed = false;
-        self.engine.refreshes.clear(&self.key);
+        self.engine.refreshes.end(&self.key, self.id);
     }
 
     async fn run(mut self, seen_expires_at: u64, delta_us: u64) {
@@ -152,19 +163,20 @@ where
         self.started = true;
         bump!(e.stats, early_refreshes_started);
         tracing::debug!(name = %e.ns.name, "early refresh started");
-        match e.compute_and_store(&self.key, lock).await {
-            Ok(v) => {
-                let followers = leader.finish(Ok(v));
-                e.handed_off(followers);
+        // Hard misses that join this flight once the value has expired wait for it at most as
+        // long as a distributed lock would trust a holder of this δ (`Engine::lease`): a
+        // refresh that never returns then loses them to a takeover instead of turning every
+        // call into a `WaitTimeout` (see `miss::hard_miss`).
+        leader.give_up_after(std::time::Instant::now() + e.lease(Some(delta_us)));
+        // The one leader protocol (`leader`): closed before its shared write, followers handed
+        // back when fenced, and a failure is nobody's answer (followers take over).
+        match leader::compute(&e, &self.key, lock, leader, OnFailure::Abandon).await {
+            Some(Ok(_)) => {
                 bump!(e.stats, early_refreshes_completed);
                 tracing::debug!(name = %e.ns.name, "early refresh completed");
                 self.release();
             }
-            Err(_) => {
-                // A background failure is nobody's answer: hard misses that joined this flight
-                // (the value expired meanwhile) take over and compute for themselves, exactly as
-                // if the refresh had never run.
-                drop(leader);
+            Some(Err(_)) | None => {
                 self.failure_counted = true;
                 bump!(e.stats, early_refreshes_failed);
                 tracing::warn!(name = %e.ns.name, backoff = ?e.cfg.refresh_backoff, "early refresh failed; serving the current value until expiry");
