@@ -205,7 +205,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        block_on(ops::insert(&self.engine, key, value, None))
+        block_on(ops::insert(&self.engine, key, value, None, None))
     }
 
     /// Stores a value computed elsewhere, with its computation time.
@@ -214,10 +214,33 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        block_on(ops::insert(&self.engine, key, value, Some(delta)))
+        block_on(ops::insert(&self.engine, key, value, Some(delta), None))
     }
 
-    /// Recomputes `key` now (joining a computation already running in this process).
+    /// Stores a value computed elsewhere that lives for `ttl`; see
+    /// [`Memoized::insert_with_ttl`](crate::Memoized::insert_with_ttl).
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, u32>::new(16).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_blocking_infallible(|k: &u32| *k)
+    ///     .unwrap();
+    /// f.insert_with_ttl(&3, 99, Duration::from_secs(5)).unwrap();
+    /// assert_eq!(f.get(&3).unwrap(), 99);
+    /// ```
+    pub fn insert_with_ttl<Q>(&self, key: &Q, value: V, ttl: Duration) -> Result<(), StoreError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        block_on(ops::insert(&self.engine, key, value, None, Some(ttl)))
+    }
+
+    /// Recomputes `key` now and returns a value computed after this call began (a computation
+    /// already running in this process is neither joined nor allowed to overwrite it); see
+    /// [`Memoized::refresh`](crate::Memoized::refresh).
     pub fn refresh<Q>(&self, key: &Q) -> Result<V, Error<E>>
     where
         K: Borrow<Q>,

@@ -5,7 +5,7 @@
 use crate::auto::LeadTarget;
 use crate::blocking::BlockingMemoized;
 use crate::clock::{Clock, EngineClock};
-use crate::engine::{Config, Draws, Engine};
+use crate::engine::{Config, Draws, Engine, TtlFn};
 use crate::error::ConfigError;
 use crate::flight::DEFAULT_MAX_REFRESHES;
 use crate::layer::{BlockingLayer, ComputeFn, Layer};
@@ -52,6 +52,8 @@ pub struct Builder<K, V, S> {
     seed: Option<u64>,
     auto: Option<LeadTarget>,
     max_refreshes: usize,
+    stale_if_error: Duration,
+    ttl_with: Option<TtlFn<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -104,6 +106,8 @@ where
             // in 10 s against auto's 11 (paper-notes.md, "Default β").
             auto: stampede.then(LeadTarget::default),
             max_refreshes: DEFAULT_MAX_REFRESHES,
+            stale_if_error: Duration::ZERO,
+            ttl_with: None,
             _types: PhantomData,
         }
     }
@@ -223,6 +227,70 @@ where
         self
     }
 
+    /// Serve stale on error (RFC 5861 `stale-if-error`, Varnish's grace mode): for up to `grace`
+    /// after a value expired, a recomputation that fails (returns an error, panics, outlasts
+    /// the caller's wait, or fails while the store is down) returns the last value instead of
+    /// the error. The error is still logged and counted
+    /// ([`StatsSnapshot::stale_served_on_error`](crate::StatsSnapshot)); callers coalesced onto
+    /// the failed computation get the stale value too; the key then backs off for
+    /// [`Builder::refresh_backoff`] (calls meanwhile get the stale value at once) and the next
+    /// call after it retries. On a store that removes records by time (Redis) a record
+    /// physically outlives its logical expiry by `grace`; reads still report the logical
+    /// expiry, so XFetch is unchanged. Every process of one function must use the same
+    /// `grace` (it is part of how the record's expiry is read back). Zero (the default) turns
+    /// it off.
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, ManualClock, MemoryStore};
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// let (store, clock) = (MemoryStore::<u32, u32>::new(16).unwrap(), ManualClock::new());
+    /// let down = Arc::new(AtomicBool::new(false));
+    /// let d = down.clone();
+    /// let f = memoize_stampede(&store, Duration::from_secs(10))
+    ///     .clock(clock.clone())
+    ///     .beta(0.0)
+    ///     .stale_if_error(Duration::from_secs(60))
+    ///     .build_blocking(move |k: &u32| if d.load(Ordering::SeqCst) { Err("db down") } else { Ok(k * 2) })
+    ///     .unwrap();
+    /// assert_eq!(f.get(&1).unwrap(), 2);
+    /// down.store(true, Ordering::SeqCst);
+    /// clock.advance(Duration::from_secs(30)); // expired 20 s ago, within the grace
+    /// assert_eq!(f.get(&1).unwrap(), 2);
+    /// clock.advance(Duration::from_secs(60)); // past the grace: the error
+    /// assert!(f.get(&1).is_err());
+    /// ```
+    pub fn stale_if_error(mut self, grace: Duration) -> Self {
+        self.stale_if_error = grace;
+        self
+    }
+
+    /// Each value's own TTL (moka's `Expiry`, Caffeine's `expireAfter`): `ttl(key, value)` is
+    /// evaluated once per computation and replaces the function's TTL for that value; XFetch
+    /// and automatic β work from each entry's own expiry. A zero result means "do not store
+    /// this value" (a lookup-only answer, as a zero TTL is). [`Memoized::insert`](crate::Memoized::insert)
+    /// uses it too; `insert_with_ttl` sets one explicitly.
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, Option<u32>>::new(16).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(3600))
+    ///     // A negative answer lives 5 s, a positive one an hour.
+    ///     .ttl_with(|_k: &u32, v: &Option<u32>| {
+    ///         if v.is_some() { Duration::from_secs(3600) } else { Duration::from_secs(5) }
+    ///     })
+    ///     .build_blocking_infallible(|k: &u32| (*k < 10).then_some(*k))
+    ///     .unwrap();
+    /// assert_eq!(f.get(&3).unwrap(), Some(3));
+    /// assert_eq!(f.get(&30).unwrap(), None);
+    /// ```
+    pub fn ttl_with(mut self, ttl: impl Fn(&K, &V) -> Duration + Send + Sync + 'static) -> Self {
+        self.ttl_with = Some(std::sync::Arc::new(ttl));
+        self
+    }
+
     /// Seeds the XFetch draws, for reproducible tests and simulations.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -263,6 +331,13 @@ where
             }
             _ => {}
         }
+        if !self.stale_if_error.is_zero() && self.ttl.is_zero() {
+            return Err(ConfigError::new(
+                "stale_if_error",
+                "needs a TTL > 0 (a zero TTL stores nothing to serve when a recomputation fails)",
+            ));
+        }
+        representable("stale_if_error", self.stale_if_error)?;
         if self.max_refreshes == 0 {
             return Err(ConfigError::new(
                 "max_refreshes",
@@ -300,6 +375,7 @@ where
             lease_max: self.lease.1,
             auto: self.auto,
             max_refreshes: self.max_refreshes,
+            stale_if_error: self.stale_if_error,
         })
     }
 
@@ -320,11 +396,20 @@ where
             ));
         }
         let name = self.name.unwrap_or_else(anonymous_name);
-        let ns = self.store.namespace(&name);
+        let ns = self.store.namespace(&name).with_grace(cfg.stale_if_error);
         let clock = self.clock.unwrap_or_else(EngineClock::system);
         let draws = self.seed.map_or(Draws::Thread, Draws::seeded);
         Ok(Arc::new_cyclic(|this| {
-            Engine::new(self.store, ns, clock, draws, compute, cfg, this.clone())
+            Engine::new(
+                self.store,
+                ns,
+                clock,
+                draws,
+                compute,
+                cfg,
+                self.ttl_with,
+                this.clone(),
+            )
         }))
     }
 }

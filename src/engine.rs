@@ -65,7 +65,13 @@ pub(crate) struct Config {
     pub auto: Option<LeadTarget>,
     /// Background refreshes of this function that may run at once.
     pub max_refreshes: usize,
+    /// How long after expiry a failed recomputation returns the last value instead of its
+    /// error (`Builder::stale_if_error`; zero: never).
+    pub stale_if_error: Duration,
 }
+
+/// A value's own TTL, from its key and value (`Builder::ttl_with`).
+pub(crate) type TtlFn<K, V> = Arc<dyn Fn(&K, &V) -> Duration + Send + Sync>;
 
 /// What the hit path saw.
 pub(crate) enum Probe<V> {
@@ -95,6 +101,8 @@ pub(crate) struct Engine<K, V, E, S> {
     pub(crate) draws: Draws,
     pub(crate) compute: ComputeFn<K, V, E>,
     pub(crate) cfg: Config,
+    /// Each value's own TTL (`Builder::ttl_with`), else `cfg.ttl` for all.
+    ttl_of: Option<TtlFn<K, V>>,
     /// `β · E_MAX · 1000` (f64 bits): multiplied by delta (µs) gives XFetch's reach in ns. With
     /// automatic β it is the largest β handed out so far, so the hit path stays conservative.
     reach_ns_per_us: AtomicU64,
@@ -155,6 +163,8 @@ where
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
+    // One caller (the builder), which hands over its validated parts one by one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: S,
         ns: Namespace,
@@ -162,6 +172,7 @@ where
         draws: Draws,
         compute: ComputeFn<K, V, E>,
         cfg: Config,
+        ttl_of: Option<TtlFn<K, V>>,
         this: Weak<Self>,
     ) -> Self {
         let lag = clock.recent_lag();
@@ -188,6 +199,7 @@ where
             draws,
             compute,
             cfg,
+            ttl_of,
             flights: Arc::new(FlightMap::new()),
             handoff_until: AtomicU64::new(0),
             refreshes,
@@ -377,6 +389,15 @@ where
         }
     }
 
+    /// How long `value` lives: its own TTL (`Builder::ttl_with`, evaluated once per
+    /// computation or insert) or the function's.
+    pub(crate) fn ttl_for(&self, key: &K, value: &V) -> Duration {
+        match &self.ttl_of {
+            Some(f) => f(key, value),
+            None => self.cfg.ttl,
+        }
+    }
+
     /// The lease for a distributed lock: a few times the last delta, within the configured bounds.
     pub(crate) fn lease(&self, delta_us: Option<u64>) -> Duration {
         let guess = Duration::from_micros(delta_us.unwrap_or(0).saturating_mul(4));
@@ -433,6 +454,13 @@ where
             Ok(v) => v,
             Err(e) => return (Err(e), false),
         };
+        // Evaluated once per computation; a zero TTL (the function's, or one `ttl_with` gives
+        // this value) means "do not store it".
+        let ttl = if self.cfg.ttl.is_zero() {
+            Duration::ZERO
+        } else {
+            self.ttl_for(key, &value)
+        };
         if unfenced {
             drop(lock);
         } else if self.fences.snapshot(key) != fence {
@@ -441,12 +469,12 @@ where
             bump!(self.stats, fenced_writes);
             fenced = true;
             drop(lock);
-        } else if !self.cfg.ttl.is_zero() {
+        } else if !ttl.is_zero() {
             use futures::FutureExt;
             let entry = Entry {
                 value: value.clone(),
                 delta_us: t1.saturating_sub(t0).div_ceil(1000),
-                expires_at: t1.saturating_add(saturating_nanos(self.cfg.ttl)),
+                expires_at: t1.saturating_add(saturating_nanos(ttl)),
             };
             // A store that answers at once: fence check and write together under the fence
             // lock (see `fence`), so an invalidation never sees the older value land after it.
@@ -463,8 +491,7 @@ where
                     Some(Ok(Written::Fenced))
                 } else {
                     let (entry, lock) = args.take().expect("unused");
-                    let mut write =
-                        Box::pin(self.store.set(&self.ns, key, entry, self.cfg.ttl, lock));
+                    let mut write = Box::pin(self.store.set(&self.ns, key, entry, ttl, lock));
                     let now = (&mut write).now_or_never();
                     if now.is_none() {
                         pending = Some(write);
@@ -476,9 +503,7 @@ where
                 (Some(w), _, _) => w,
                 (None, Some(write), _) => write.await,
                 (None, None, Some((entry, lock))) => {
-                    self.store
-                        .set(&self.ns, key, entry, self.cfg.ttl, lock)
-                        .await
+                    self.store.set(&self.ns, key, entry, ttl, lock).await
                 }
                 (None, None, None) => unreachable!("the write was either made or kept"),
             };

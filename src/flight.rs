@@ -490,6 +490,23 @@ impl<K: Hash + Eq + Clone> RefreshSlots<K> {
         self.back_off(key, now, until);
     }
 
+    /// True while `key` backs off after a failure, at `now`.
+    pub(crate) fn backing_off(&self, key: &K, now: u64) -> bool {
+        matches!(self.shard(key).map.get(key), Some(RefreshState::BackoffUntil(t)) if now < *t)
+    }
+
+    /// Records a failed recomputation of `key` (not a refresh claim): no refresh before `until`,
+    /// unless a refresh runs already (it is left alone).
+    pub(crate) fn note_failure(&self, key: &K, now: u64, until: u64) {
+        if matches!(
+            self.shard(key).map.get(key),
+            Some(RefreshState::Running { .. })
+        ) {
+            return;
+        }
+        self.back_off(key, now, until);
+    }
+
     /// Clears a backoff left by an earlier failure, leaving a running refresh alone.
     pub(crate) fn clear_backoff(&self, key: &K) {
         let mut shard = self.shard(key);

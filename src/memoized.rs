@@ -233,7 +233,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        ops::insert(&self.engine, key, value, None).await
+        ops::insert(&self.engine, key, value, None, None).await
     }
 
     /// Like [`insert`](Self::insert), with the computation time XFetch scales its early
@@ -248,11 +248,43 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
     {
-        ops::insert(&self.engine, key, value, Some(delta)).await
+        ops::insert(&self.engine, key, value, Some(delta), None).await
     }
 
-    /// Recomputes `key` now and returns the new value. A computation of `key` already running in
-    /// this process is joined instead of duplicated.
+    /// Stores a value computed elsewhere that lives for `ttl` instead of the function's TTL
+    /// (or what [`Builder::ttl_with`](crate::Builder::ttl_with) would give it); δ unknown, as
+    /// for [`insert`](Self::insert). A zero `ttl` stores nothing, but still fences off any
+    /// computation of the key that is running.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u32, u32>::new(16).unwrap();
+    /// let f = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build(|k: u32| async move { Ok::<_, std::io::Error>(k) })
+    ///     .unwrap();
+    /// f.insert_with_ttl(&3, 99, Duration::from_secs(5)).await.unwrap();
+    /// assert_eq!(f.get(&3).await.unwrap(), 99);
+    /// # }
+    /// ```
+    pub async fn insert_with_ttl<Q>(
+        &self,
+        key: &Q,
+        value: V,
+        ttl: Duration,
+    ) -> Result<(), StoreError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        ops::insert(&self.engine, key, value, None, Some(ttl)).await
+    }
+
+    /// Recomputes `key` now and returns a value computed after this call began: a computation
+    /// of `key` already running in this process started before it (and may have read older
+    /// data), so it is not joined, and its result cannot overwrite this one. Calls that start
+    /// while the refresh runs join it.
     pub async fn refresh<Q>(&self, key: &Q) -> Result<V, Error<E>>
     where
         K: Borrow<Q>,

@@ -2,6 +2,7 @@
 //! decision here (and may trigger a background refresh); a hard miss coalesces onto one
 //! computation per key in the process and, across processes, asks the store who computes.
 
+use crate::clock::saturating_nanos;
 use crate::engine::{Engine, Probe};
 use crate::entry::Entry;
 use crate::error::Error;
@@ -44,7 +45,18 @@ where
         },
     };
     let mut stale = None;
+    // The value `stale_if_error` may return if the recomputation fails: expired less than the
+    // grace ago.
+    let mut grace = None;
     if let Some(entry) = entry {
+        let within_grace = !eng.cfg.stale_if_error.is_zero()
+            && now
+                < entry
+                    .expires_at
+                    .saturating_add(saturating_nanos(eng.cfg.stale_if_error));
+        if within_grace && entry.expires_at <= now {
+            grace = Some(entry.value.clone());
+        }
         match decide(eng, key, &entry, now) {
             Decision::Fresh => {
                 bump!(eng.stats, slow_hits);
@@ -59,6 +71,9 @@ where
         }
     }
     bump!(eng.stats, hard_misses);
+    if let Some(v) = grace {
+        return stale_if_error(eng, key, v, stale, contention, now).await;
+    }
     let out = if eng.cfg.single_flight {
         hard_miss(eng, key, stale, contention).await
     } else {
@@ -68,6 +83,65 @@ where
         bump!(eng.stats, errors);
     }
     out
+}
+
+/// A hard miss on a value that expired less than `stale_if_error` ago: recompute as usual, but
+/// a failure (an error, a panic, a wait that ran out) returns `last` instead. After a failure
+/// the key backs off for `refresh_backoff`, and calls meanwhile get `last` at once.
+#[cold]
+async fn stale_if_error<K, V, E, S>(
+    eng: &Engine<K, V, E, S>,
+    key: &K,
+    last: V,
+    stale: Option<V>,
+    contention: Contention,
+    now: u64,
+) -> Result<V, Error<E>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    use futures::FutureExt;
+    if eng.refreshes.backing_off(key, now) {
+        bump!(eng.stats, stale_served_on_error);
+        return Ok(last);
+    }
+    let attempt = async {
+        if eng.cfg.single_flight {
+            hard_miss(eng, key, stale, contention).await
+        } else {
+            eng.compute_and_store(key, None).await
+        }
+    };
+    let failure = match std::panic::AssertUnwindSafe(attempt).catch_unwind().await {
+        Ok(Ok(v)) => return Ok(v),
+        // Fail-fast is the caller's own policy, not a failed recomputation.
+        Ok(Err(Error::Busy)) => {
+            bump!(eng.stats, errors);
+            return Err(Error::Busy);
+        }
+        Ok(Err(Error::Compute(_))) => "the computation returned an error".to_string(),
+        Ok(Err(Error::WaitTimeout(d))) => format!("waited {d:?} for the computation"),
+        Ok(Err(Error::Panicked)) => "the computation panicked".to_string(),
+        Err(panic) => panic_message(&*panic),
+    };
+    bump!(eng.stats, errors);
+    bump!(eng.stats, stale_served_on_error);
+    tracing::warn!(name = %eng.ns.name, error = %failure, grace = ?eng.cfg.stale_if_error, "recomputation failed; serving the last value (stale_if_error)");
+    let now = eng.clock.now();
+    let until = now.saturating_add(saturating_nanos(eng.cfg.refresh_backoff));
+    eng.refreshes.note_failure(key, now, until);
+    Ok(last)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => format!("panicked: {s}"),
+        (_, Some(s)) => format!("panicked: {s}"),
+        _ => "panicked".to_string(),
+    }
 }
 
 /// The XFetch decision for a value seen near expiry, with the function's β (or the β automatic

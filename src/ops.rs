@@ -86,6 +86,7 @@ pub(crate) async fn insert<K, V, E, S, Q>(
     key: &Q,
     value: V,
     delta: Option<Duration>,
+    ttl: Option<Duration>,
 ) -> Result<(), StoreError>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
@@ -97,7 +98,17 @@ where
     let key = owned_or_same(key);
     // A call that starts after this returns must not join a computation that started before.
     eng.flights.detach(&key);
-    if eng.cfg.ttl.is_zero() {
+    let ttl = match ttl {
+        _ if eng.cfg.ttl.is_zero() => Duration::ZERO,
+        Some(ttl) => ttl,
+        None => eng.ttl_for(&key, &value),
+    };
+    if ttl.is_zero() && !eng.cfg.ttl.is_zero() {
+        // This value must not be cached (`insert_with_ttl(.., 0)`, or `ttl_with` said so): the
+        // value it replaces must not be served either.
+        return invalidate::<K, V, E, S, K>(eng, &key).await;
+    }
+    if ttl.is_zero() {
         // Nothing is stored, but a running computation must still not store its older value.
         eng.fences.bump(&*key);
         return Ok(());
@@ -106,7 +117,7 @@ where
     let entry = Entry {
         value,
         delta_us: delta.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        expires_at: now.saturating_add(saturating_nanos(eng.cfg.ttl)),
+        expires_at: now.saturating_add(saturating_nanos(ttl)),
     };
     bump!(eng.stats, inserts);
     let (done, write) = {
@@ -114,7 +125,7 @@ where
         // bump and write together under the fence lock (see `fence`) for a local store.
         let _guard = eng.fences.guard(&*key);
         eng.fences.bump(&*key);
-        let mut write = Box::pin(eng.store.set(&eng.ns, &key, entry, eng.cfg.ttl, None));
+        let mut write = Box::pin(eng.store.set(&eng.ns, &key, entry, ttl, None));
         let done = if eng.store.is_shared() {
             None
         } else {

@@ -106,7 +106,11 @@ counters! {
     coalesced_waiters,
     /// Calls answered with an expired value because the policy allows it while another computes.
     stale_served,
-    /// Calls that returned an error (closure error, fail-fast, wait timeout, panic).
+    /// Calls answered with the last value because its recomputation failed within the
+    /// `stale_if_error` grace (the failure is also counted in `errors`).
+    stale_served_on_error,
+    /// Calls that returned an error (closure error, fail-fast, wait timeout, panic), and
+    /// failed recomputations answered by `stale_if_error`.
     errors,
     /// Waiters that took over a key whose leader left before computing (a cancelled caller
     /// still waiting on another process's lock) or whose background refresh failed.
@@ -159,7 +163,7 @@ counters! {
 impl std::fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // (indented?, label, value); `None` is a group heading.
-        let rows: [(bool, &str, Option<u64>); 21] = [
+        let rows: [(bool, &str, Option<u64>); 22] = [
             (false, "calls", Some(self.calls)),
             (true, "hits", Some(self.hits)),
             (true, "slow calls", Some(self.slow_calls)),
@@ -175,6 +179,7 @@ impl std::fmt::Display for StatsSnapshot {
             (false, "takeovers", Some(self.takeovers)),
             (false, "abandoned callers", Some(self.abandoned_callers)),
             (false, "stale served", Some(self.stale_served)),
+            (true, "on error", Some(self.stale_served_on_error)),
             (false, "remote waits", Some(self.remote_waits)),
             (false, "errors", Some(self.errors)),
             (false, "store errors", Some(self.store_errors)),

@@ -23,6 +23,8 @@ use std::time::Duration;
 pub struct Namespace {
     pub(crate) id: u32,
     pub(crate) name: Arc<str>,
+    /// How long a record outlives its logical expiry (`Builder::stale_if_error`).
+    pub(crate) grace: Duration,
 }
 
 impl Namespace {
@@ -31,7 +33,27 @@ impl Namespace {
         Namespace {
             id,
             name: name.into(),
+            grace: Duration::ZERO,
         }
+    }
+    /// This namespace with records that outlive their logical expiry by `grace` (the
+    /// function's [`stale_if_error`](crate::Builder::stale_if_error) window). A store that
+    /// removes records by time keeps each one `ttl + grace` and still reports the logical
+    /// expiry (`ttl`) on reads; a store that keeps expired entries anyway needs nothing.
+    ///
+    /// ```
+    /// use herdless::store::Namespace;
+    /// use std::time::Duration;
+    /// let ns = Namespace::new(1, "page").with_grace(Duration::from_secs(30));
+    /// assert_eq!(ns.grace(), Duration::from_secs(30));
+    /// ```
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+    /// How long records of this namespace outlive their logical expiry (zero by default).
+    pub fn grace(&self) -> Duration {
+        self.grace
     }
     /// The function name this namespace belongs to.
     pub fn name(&self) -> &str {
