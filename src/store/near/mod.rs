@@ -118,20 +118,15 @@ impl NearStoreBuilder {
                  channel is down; use the RedisStore directly for that)",
             ));
         }
-        let mut live = false;
-        let inner = Arc::new_cyclic(|weak| {
-            let (tap, is_live) = coherence::subscribe(&self.shared, weak.clone());
-            live = is_live;
-            Inner {
-                shared: self.shared.clone(),
-                local: Cache::new(self.capacity),
-                epochs: Epochs::new(),
-                max_stale: self.max_stale,
-                stats: Arc::default(),
-                _tap: tap,
-            }
+        let inner = Arc::new(Inner {
+            shared: self.shared.clone(),
+            local: Cache::new(self.capacity),
+            epochs: Epochs::new(),
+            max_stale: self.max_stale,
+            stats: Arc::default(),
+            tap: std::sync::OnceLock::new(),
         });
-        inner.epochs.set_live(live);
+        coherence::subscribe(&inner);
         Ok(NearStore { inner })
     }
 }
@@ -206,9 +201,10 @@ where
 {
     /// Keeps what was read from Redis, unless an announcement for the key arrived since
     /// `epoch` was taken (the read may predate it).
-    fn keep(&self, ns: &Namespace, key: &K, epoch: u64, entry: &Entry<V>) {
+    fn keep(&self, ns: &Namespace, key: &K, epoch: (u64, u64), entry: &Entry<V>) {
+        let (epoch, all) = epoch;
         let read_at = Instant::now();
-        if self.inner.epochs.get(ns.id, key) == epoch {
+        if self.inner.epochs.get(ns.id, key) == epoch && self.inner.epochs.all() == all {
             self.inner.local.insert(
                 NearKey {
                     ns: ns.id,
@@ -217,6 +213,7 @@ where
                 NearEntry {
                     entry: entry.clone(),
                     read_at,
+                    all,
                 },
             );
             // An announcement between the check and the insert: undo.
@@ -228,6 +225,23 @@ where
 
     fn forget(&self, ns: u32, key: &K) {
         self.inner.local.remove(&NearKeyRef { ns, key });
+    }
+
+    /// The epochs a read of (ns, key) starts under: the key's and the whole tier's.
+    fn epoch(&self, ns: u32, key: &K) -> (u64, u64) {
+        (self.inner.epochs.get(ns, key), self.inner.epochs.all())
+    }
+
+    /// Marks (ns, key) stale, then drops it: a read already under way is not kept.
+    fn stale(&self, ns: u32, key: &K) {
+        self.inner.epochs.bump(ns, key);
+        self.forget(ns, key);
+    }
+
+    /// Marks the whole tier stale, then drops function `ns`'s entries.
+    fn stale_all(&self, ns: u32) {
+        self.inner.epochs.bump_all();
+        self.inner.local.retain(|k, _| k.ns != ns);
     }
 }
 
@@ -260,6 +274,10 @@ where
     {
         match self.inner.local.get(&NearKeyRef { ns: ns.id, key }) {
             Some(near) => {
+                if near.all != self.inner.epochs.all() {
+                    // Read before a whole-tier drop that has not reached this entry yet.
+                    return Lookup::NotLocal;
+                }
                 if !self.inner.epochs.live() && near.read_at.elapsed() > self.inner.max_stale {
                     // The channel is down: re-validate against Redis.
                     NearStats::inc(&self.inner.stats.stale_revalidations);
@@ -272,7 +290,7 @@ where
     }
 
     async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
-        let epoch = self.inner.epochs.get(ns.id, key);
+        let epoch = self.epoch(ns.id, key);
         let got = self.inner.shared.get(ns, key, now).await;
         match &got {
             Ok(Some(e)) => {
@@ -302,9 +320,12 @@ where
         lock: Option<HeldLock>,
     ) -> Result<Written, StoreError> {
         // Not kept near: the write's own announcement drops every near copy, this process's
-        // included, and the next call re-reads it once.
-        self.forget(ns.id, key);
-        self.inner.shared.set(ns, key, entry, ttl, lock).await
+        // included, and the next call re-reads it once. Marked stale again once the write
+        // is done: a read of this process that overlapped it is not kept either.
+        self.stale(ns.id, key);
+        let out = self.inner.shared.set(ns, key, entry, ttl, lock).await;
+        self.stale(ns.id, key);
+        out
     }
 
     async fn lock_or_get(
@@ -315,7 +336,7 @@ where
         max_hold: Duration,
         now: u64,
     ) -> Result<LockOutcome<V, HeldLock>, StoreError> {
-        let epoch = self.inner.epochs.get(ns.id, key);
+        let epoch = self.epoch(ns.id, key);
         let out = self
             .inner
             .shared
@@ -353,16 +374,19 @@ where
     }
 
     async fn invalidate(&self, ns: &Namespace, key: &K) -> Result<(), StoreError> {
-        self.inner.epochs.bump(ns.id, key);
-        self.forget(ns.id, key);
-        Store::<K, V>::invalidate(&self.inner.shared, ns, key).await
+        // Mark stale and drop before (no new near hit of the old value) and again after the
+        // shared operation (a read of this process that overlapped it is not kept).
+        self.stale(ns.id, key);
+        let out = Store::<K, V>::invalidate(&self.inner.shared, ns, key).await;
+        self.stale(ns.id, key);
+        out
     }
 
     async fn invalidate_all(&self, ns: &Namespace) -> Result<(), StoreError> {
-        self.inner.epochs.bump_all();
-        let id = ns.id;
-        self.inner.local.retain(|k, _| k.ns != id);
-        Store::<K, V>::invalidate_all(&self.inner.shared, ns).await
+        self.stale_all(ns.id);
+        let out = Store::<K, V>::invalidate_all(&self.inner.shared, ns).await;
+        self.stale_all(ns.id);
+        out
     }
 
     async fn wait_for_value(
