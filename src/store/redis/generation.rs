@@ -127,6 +127,14 @@ impl Generations {
             .map_or(0, |c| c.generation.load(Ordering::Acquire))
     }
 
+    /// Whether `name`'s generation was read (or bumped) by this store.
+    pub(crate) fn known(&self, name: &str) -> bool {
+        let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+        copies
+            .get(name)
+            .is_some_and(|c| c.valid_for.load(Ordering::Acquire) != 0)
+    }
+
     fn copy(&self, conn: &Arc<Conn>, space: &KeySpace, name: &str) -> Arc<Copy> {
         let mut copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = copies.get(name) {
@@ -191,8 +199,10 @@ impl Generations {
     ) -> Result<u64, StoreError> {
         let copy = self.copy(conn, space, name);
         let held = copy.generation.load(Ordering::Acquire);
+        let marks = copy.marks.load(Ordering::Acquire);
         let g = run(conn, space, name, held, true).await?;
         copy.generation.fetch_max(g, Ordering::AcqRel);
+        copy.valid_for.fetch_max(marks + 1, Ordering::AcqRel);
         Ok(g)
     }
 }

@@ -375,11 +375,25 @@ impl RedisStore {
     }
 
     /// The Redis key under which `key` of function `name` is stored (for tools and tests), under
-    /// the function's generation as this store last saw it.
+    /// the function's generation as this store last saw it. When this store has not read that
+    /// generation yet, it reads it first (one round trip, blocking this thread; skipped on a
+    /// worker thread of the runtime given to [`RedisStoreBuilder::runtime`], where blocking
+    /// would deadlock, and when the server does not answer).
     ///
     /// Panics if the key cannot be encoded as MessagePack (the engine treats that case as a
     /// store error instead and computes locally).
     pub fn value_key<K: Serialize>(&self, name: &str, key: &K) -> Vec<u8> {
+        if !self.inner.generations.known(name) {
+            let on_own_runtime = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.id() == self.inner.conn.handle.id());
+            if !on_own_runtime {
+                let _ = crate::wait::block_on(self.inner.generations.current(
+                    &self.inner.conn,
+                    &self.inner.space,
+                    name,
+                ));
+            }
+        }
         self.keys(name, key)
             .expect("the key encodes as MessagePack")
             .value
