@@ -269,9 +269,10 @@ async fn run(
     Ok(g)
 }
 
-/// The plain-command form (no scripting): the same steps, not atomic. Two processes that both
-/// find the key lost may both re-seed; the later value wins and both announce it, so the fleet
-/// still converges on the server's value.
+/// The plain-command form (no scripting): the same steps, not atomic. A missing key is seeded
+/// with `SET NX` (processes starting together agree); two processes that both find the key
+/// behind their copies may both re-seed, and then the later value wins and both announce it, so
+/// the fleet still converges on the server's value.
 async fn plain(
     conn: &Arc<Conn>,
     key: Vec<u8>,
@@ -283,22 +284,25 @@ async fn plain(
     let got: Option<Vec<u8>> = conn
         .call(move |mut m| async move { redis::cmd("GET").arg(k).query_async(&mut m).await })
         .await?;
-    let mut g = got
-        .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok())
-        .filter(|g| *g >= held);
+    let got = got.and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok());
+    let mut g = got.filter(|g| *g >= held);
     let reseeded = g.is_none();
     if reseeded {
-        let k = key.clone();
+        // Missing: `SET NX`, so that processes starting together agree on the first seed.
+        // Behind this copy (a loss): overwritten.
+        let (k, missing) = (key.clone(), got.is_none());
         let seed: u64 = conn
             .call(move |mut m| async move {
                 let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut m).await?;
                 let seed = (secs * 1_000_000 + micros).max(held + 1);
-                redis::cmd("SET")
-                    .arg(k)
-                    .arg(seed)
-                    .query_async::<()>(&mut m)
-                    .await?;
-                Ok(seed)
+                let mut set = redis::cmd("SET");
+                set.arg(&k).arg(seed);
+                if missing {
+                    set.arg("NX");
+                }
+                let _: Option<String> = set.query_async(&mut m).await?;
+                let now: Option<u64> = redis::cmd("GET").arg(&k).query_async(&mut m).await?;
+                Ok(now.unwrap_or(seed))
             })
             .await?;
         g = Some(seed);
