@@ -30,21 +30,32 @@
 //!   size, and only processes that call the key again pay one read.
 //!
 //! # How stale can a near hit be?
+//! Each bound below is checked by a test on a real redis-server (`tests/near_cache.rs`,
+//! `tests/coherence_faults.rs`).
 //! - **Subscription healthy:** a near hit may be older than the shared value by one message
 //!   delay (the time from the write's or invalidation's return in one process to the message's
 //!   arrival in another: under a few milliseconds on one host; `benches/redis_path.rs`
-//!   `near_invalidate_propagation` measures it). A read racing an announcement is not kept.
+//!   `near_invalidate_propagation` measures it). A read racing an announcement is not kept: every
+//!   entry carries the epochs it was read under (its key's and the whole tier's), and an
+//!   announcement marks stale first (generation copy, then epochs), then drops, and the next call
+//!   re-reads. This process's own `invalidate`, `insert` and `invalidate_all` mark stale before
+//!   and again after the shared operation.
 //! - **Subscription down** (the subscriber's connection killed, Redis restarting, an ACL that
-//!   refuses channels): a near entry is served only until [`NearStoreBuilder::max_stale`]
-//!   (default 1 s) after it was read from Redis; after that each call re-validates it against
-//!   Redis. Messages lost meanwhile cannot matter beyond that bound.
+//!   refuses this process channels): a near entry is served only until
+//!   [`NearStoreBuilder::max_stale`] (default 1 s) after it was read from Redis; after that each
+//!   call re-validates it against Redis. Messages lost meanwhile cannot matter beyond that bound.
+//! - **Subscription silently dead** (a paused server, a middlebox that drops the connection
+//!   without a FIN): the store PINGs its subscription every second and gives it up after a
+//!   second without an answer, so it counts as down (and `max_stale` applies) within about 2 s
+//!   of going silent. A message backlog older than 1 s counts as a failure too (resync).
+//! - **A writer refused channels** (its ACL, or a `PUBLISH` that fails): the refusal raises a
+//!   shared marker key that every store polls every second; on a change each near tier drops
+//!   what it holds. A near hit is then at most about one second (one poll plus a round trip)
+//!   older than such a write.
 //! - **After the subscription comes back** the whole near tier is dropped, because messages may
 //!   have been lost while it was down.
 //! - **Redis down:** near entries serve until their own expiry (fail-open, as with any store),
 //!   then calls compute locally, single-flight in the process.
-//! - Not covered: a network partition that leaves the subscriber's TCP connection open but
-//!   silent is noticed only when the connection fails; until then the healthy-case bound does
-//!   not hold.
 
 mod coherence;
 mod epochs;
