@@ -5,26 +5,29 @@
 
 use super::epochs::NearStats;
 use super::tier::{Inner, NearKeyRef};
-use crate::store::redis::{Announcement, RedisStore, Tap};
+use crate::store::redis::{Announcement, Tap};
 use serde::de::DeserializeOwned;
 use std::hash::Hash;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-/// Hooks a near tier to its shared store's announcements. The tap holds the tier weakly: a
-/// dropped tier stops listening.
-/// Returns the hook (the tier must hold it) and whether the subscription is up now.
-pub(super) fn subscribe<K, V>(shared: &RedisStore, near: Weak<Inner<K, V>>) -> (Tap, bool)
+/// Hooks a fully built near tier to its shared store's announcements (issue 18, finding 10:
+/// hooked during construction, an announcement or a disconnect could meet a tier that did not
+/// exist yet and be lost). The tap holds the tier weakly: a dropped tier stops listening. The
+/// subscription state is read after the hook is registered and raised with `fetch_max`, so a
+/// change racing this call is neither lost nor overwritten by an older state.
+pub(super) fn subscribe<K, V>(near: &Arc<Inner<K, V>>)
 where
     K: Hash + Eq + Clone + DeserializeOwned + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
+    let weak: Weak<Inner<K, V>> = Arc::downgrade(near);
     let tap: Tap = Arc::new(move |a: &Announcement| {
-        let Some(near) = near.upgrade() else { return };
+        let Some(near) = weak.upgrade() else { return };
         on_announcement(&near, a);
     });
-    let live = shared.tap(&tap);
-    (tap, live)
+    let tap = near.tap.get_or_init(|| tap);
+    let state = near.shared.tap(tap);
+    near.epochs.observe(state);
 }
 
 fn on_announcement<K, V>(near: &Inner<K, V>, a: &Announcement)
@@ -49,6 +52,8 @@ where
             let Some(ns) = near.epochs.id(name) else {
                 return;
             };
+            // The store marked its generation copy stale before this call (see the
+            // subscriber): the next miss re-reads the generation, then the entry.
             near.epochs.bump_all();
             near.local.retain(|k, _| k.ns != ns);
             NearStats::inc(&near.stats.invalidations_received);
@@ -57,9 +62,16 @@ where
             // Messages may have been lost while the subscription was down: drop everything.
             near.epochs.bump_all();
             near.local.clear();
-            near.epochs.live.store(true, Ordering::Release);
+            near.epochs.observe(near.shared.subscription_state());
             NearStats::inc(&near.stats.resyncs);
         }
-        Announcement::Disconnected => near.epochs.live.store(false, Ordering::Release),
+        Announcement::Disconnected => near.epochs.observe(near.shared.subscription_state()),
+        Announcement::Missed => {
+            // A writer's announcement was refused somewhere in the fleet: anything may have
+            // changed without a message.
+            near.epochs.bump_all();
+            near.local.clear();
+            NearStats::inc(&near.stats.resyncs);
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Counters of one [`NearStore`](super::NearStore). Near hits are the memoized function's own
@@ -41,7 +41,10 @@ pub(crate) struct Epochs {
     all: AtomicU64,
     hasher: std::hash::RandomState,
     names: Mutex<HashMap<String, u32>>,
-    pub(crate) live: AtomicBool,
+    /// The shared store's subscription state word (`changes << 1 | live`), raised with
+    /// `fetch_max` so that a change that raced the tier's construction, or an older
+    /// announcement handled late, never overwrites a newer state.
+    state: AtomicU64,
 }
 
 impl Epochs {
@@ -51,7 +54,7 @@ impl Epochs {
             all: AtomicU64::new(0),
             hasher: std::hash::RandomState::new(),
             names: Mutex::new(HashMap::new()),
-            live: AtomicBool::new(false),
+            state: AtomicU64::new(0),
         }
     }
     fn shard<K: Hash>(&self, ns: u32, key: &K) -> &AtomicU64 {
@@ -69,6 +72,12 @@ impl Epochs {
     pub(crate) fn bump_all(&self) {
         self.all.fetch_add(1, Ordering::AcqRel);
     }
+    /// The whole-tier epoch: a near entry is served only under the one it was read under, so
+    /// a whole-tier drop takes effect for every reader at once, before the entries are gone.
+    #[inline]
+    pub(crate) fn all(&self) -> u64 {
+        self.all.load(Ordering::Acquire)
+    }
     pub(crate) fn register(&self, name: &str, id: u32) {
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         names.insert(name.to_string(), id);
@@ -77,12 +86,13 @@ impl Epochs {
         let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         names.get(name).copied()
     }
-    pub(crate) fn set_live(&self, live: bool) {
-        self.live.store(live, Ordering::Release);
+    /// Takes the store's subscription state word if it is newer than the one held.
+    pub(crate) fn observe(&self, state: u64) {
+        self.state.fetch_max(state, Ordering::AcqRel);
     }
     /// True while announcements flow (the subscription is up).
     #[inline]
     pub(crate) fn live(&self) -> bool {
-        self.live.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) & 1 == 1
     }
 }

@@ -30,21 +30,32 @@
 //!   size, and only processes that call the key again pay one read.
 //!
 //! # How stale can a near hit be?
+//! Each bound below is checked by a test on a real redis-server (`tests/near_cache.rs`,
+//! `tests/coherence_faults.rs`).
 //! - **Subscription healthy:** a near hit may be older than the shared value by one message
 //!   delay (the time from the write's or invalidation's return in one process to the message's
 //!   arrival in another: under a few milliseconds on one host; `benches/redis_path.rs`
-//!   `near_invalidate_propagation` measures it). A read racing an announcement is not kept.
+//!   `near_invalidate_propagation` measures it). A read racing an announcement is not kept: every
+//!   entry carries the epochs it was read under (its key's and the whole tier's), and an
+//!   announcement marks stale first (generation copy, then epochs), then drops, and the next call
+//!   re-reads. This process's own `invalidate`, `insert` and `invalidate_all` mark stale before
+//!   and again after the shared operation.
 //! - **Subscription down** (the subscriber's connection killed, Redis restarting, an ACL that
-//!   refuses channels): a near entry is served only until [`NearStoreBuilder::max_stale`]
-//!   (default 1 s) after it was read from Redis; after that each call re-validates it against
-//!   Redis. Messages lost meanwhile cannot matter beyond that bound.
+//!   refuses this process channels): a near entry is served only until
+//!   [`NearStoreBuilder::max_stale`] (default 1 s) after it was read from Redis; after that each
+//!   call re-validates it against Redis. Messages lost meanwhile cannot matter beyond that bound.
+//! - **Subscription silently dead** (a paused server, a middlebox that drops the connection
+//!   without a FIN): the store PINGs its subscription every second and gives it up after a
+//!   second without an answer, so it counts as down (and `max_stale` applies) within about 2 s
+//!   of going silent. A message backlog older than 1 s counts as a failure too (resync).
+//! - **A writer refused channels** (its ACL, or a `PUBLISH` that fails): the refusal raises a
+//!   shared marker key that every store polls every second; on a change each near tier drops
+//!   what it holds. A near hit is then at most about one second (one poll plus a round trip)
+//!   older than such a write.
 //! - **After the subscription comes back** the whole near tier is dropped, because messages may
 //!   have been lost while it was down.
 //! - **Redis down:** near entries serve until their own expiry (fail-open, as with any store),
 //!   then calls compute locally, single-flight in the process.
-//! - Not covered: a network partition that leaves the subscriber's TCP connection open but
-//!   silent is noticed only when the connection fails; until then the healthy-case bound does
-//!   not hold.
 
 mod coherence;
 mod epochs;
@@ -118,20 +129,15 @@ impl NearStoreBuilder {
                  channel is down; use the RedisStore directly for that)",
             ));
         }
-        let mut live = false;
-        let inner = Arc::new_cyclic(|weak| {
-            let (tap, is_live) = coherence::subscribe(&self.shared, weak.clone());
-            live = is_live;
-            Inner {
-                shared: self.shared.clone(),
-                local: Cache::new(self.capacity),
-                epochs: Epochs::new(),
-                max_stale: self.max_stale,
-                stats: Arc::default(),
-                _tap: tap,
-            }
+        let inner = Arc::new(Inner {
+            shared: self.shared.clone(),
+            local: Cache::new(self.capacity),
+            epochs: Epochs::new(),
+            max_stale: self.max_stale,
+            stats: Arc::default(),
+            tap: std::sync::OnceLock::new(),
         });
-        inner.epochs.set_live(live);
+        coherence::subscribe(&inner);
         Ok(NearStore { inner })
     }
 }
@@ -206,9 +212,10 @@ where
 {
     /// Keeps what was read from Redis, unless an announcement for the key arrived since
     /// `epoch` was taken (the read may predate it).
-    fn keep(&self, ns: &Namespace, key: &K, epoch: u64, entry: &Entry<V>) {
+    fn keep(&self, ns: &Namespace, key: &K, epoch: (u64, u64), entry: &Entry<V>) {
+        let (epoch, all) = epoch;
         let read_at = Instant::now();
-        if self.inner.epochs.get(ns.id, key) == epoch {
+        if self.inner.epochs.get(ns.id, key) == epoch && self.inner.epochs.all() == all {
             self.inner.local.insert(
                 NearKey {
                     ns: ns.id,
@@ -217,6 +224,7 @@ where
                 NearEntry {
                     entry: entry.clone(),
                     read_at,
+                    all,
                 },
             );
             // An announcement between the check and the insert: undo.
@@ -228,6 +236,23 @@ where
 
     fn forget(&self, ns: u32, key: &K) {
         self.inner.local.remove(&NearKeyRef { ns, key });
+    }
+
+    /// The epochs a read of (ns, key) starts under: the key's and the whole tier's.
+    fn epoch(&self, ns: u32, key: &K) -> (u64, u64) {
+        (self.inner.epochs.get(ns, key), self.inner.epochs.all())
+    }
+
+    /// Marks (ns, key) stale, then drops it: a read already under way is not kept.
+    fn stale(&self, ns: u32, key: &K) {
+        self.inner.epochs.bump(ns, key);
+        self.forget(ns, key);
+    }
+
+    /// Marks the whole tier stale, then drops function `ns`'s entries.
+    fn stale_all(&self, ns: u32) {
+        self.inner.epochs.bump_all();
+        self.inner.local.retain(|k, _| k.ns != ns);
     }
 }
 
@@ -260,6 +285,10 @@ where
     {
         match self.inner.local.get(&NearKeyRef { ns: ns.id, key }) {
             Some(near) => {
+                if near.all != self.inner.epochs.all() {
+                    // Read before a whole-tier drop that has not reached this entry yet.
+                    return Lookup::NotLocal;
+                }
                 if !self.inner.epochs.live() && near.read_at.elapsed() > self.inner.max_stale {
                     // The channel is down: re-validate against Redis.
                     NearStats::inc(&self.inner.stats.stale_revalidations);
@@ -272,7 +301,7 @@ where
     }
 
     async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
-        let epoch = self.inner.epochs.get(ns.id, key);
+        let epoch = self.epoch(ns.id, key);
         let got = self.inner.shared.get(ns, key, now).await;
         match &got {
             Ok(Some(e)) => {
@@ -302,9 +331,12 @@ where
         lock: Option<HeldLock>,
     ) -> Result<Written, StoreError> {
         // Not kept near: the write's own announcement drops every near copy, this process's
-        // included, and the next call re-reads it once.
-        self.forget(ns.id, key);
-        self.inner.shared.set(ns, key, entry, ttl, lock).await
+        // included, and the next call re-reads it once. Marked stale again once the write
+        // is done: a read of this process that overlapped it is not kept either.
+        self.stale(ns.id, key);
+        let out = self.inner.shared.set(ns, key, entry, ttl, lock).await;
+        self.stale(ns.id, key);
+        out
     }
 
     async fn lock_or_get(
@@ -315,7 +347,7 @@ where
         max_hold: Duration,
         now: u64,
     ) -> Result<LockOutcome<V, HeldLock>, StoreError> {
-        let epoch = self.inner.epochs.get(ns.id, key);
+        let epoch = self.epoch(ns.id, key);
         let out = self
             .inner
             .shared
@@ -353,16 +385,19 @@ where
     }
 
     async fn invalidate(&self, ns: &Namespace, key: &K) -> Result<(), StoreError> {
-        self.inner.epochs.bump(ns.id, key);
-        self.forget(ns.id, key);
-        Store::<K, V>::invalidate(&self.inner.shared, ns, key).await
+        // Mark stale and drop before (no new near hit of the old value) and again after the
+        // shared operation (a read of this process that overlapped it is not kept).
+        self.stale(ns.id, key);
+        let out = Store::<K, V>::invalidate(&self.inner.shared, ns, key).await;
+        self.stale(ns.id, key);
+        out
     }
 
     async fn invalidate_all(&self, ns: &Namespace) -> Result<(), StoreError> {
-        self.inner.epochs.bump_all();
-        let id = ns.id;
-        self.inner.local.retain(|k, _| k.ns != id);
-        Store::<K, V>::invalidate_all(&self.inner.shared, ns).await
+        self.stale_all(ns.id);
+        let out = Store::<K, V>::invalidate_all(&self.inner.shared, ns).await;
+        self.stale_all(ns.id);
+        out
     }
 
     async fn wait_for_value(

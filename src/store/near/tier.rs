@@ -34,6 +34,8 @@ pub(crate) struct NearEntry<V> {
     pub(crate) entry: Entry<V>,
     /// When it was read from Redis (for the staleness bound while the channel is down).
     pub(crate) read_at: Instant,
+    /// The whole-tier epoch it was read under; served only while that is still current.
+    pub(crate) all: u64,
 }
 
 pub(crate) struct Inner<K, V> {
@@ -42,6 +44,7 @@ pub(crate) struct Inner<K, V> {
     pub(crate) epochs: Epochs,
     pub(crate) max_stale: Duration,
     pub(crate) stats: Arc<NearStats>,
-    /// Keeps this tier's announcement hook registered (the store holds it weakly).
-    pub(crate) _tap: crate::store::redis::Tap,
+    /// Keeps this tier's announcement hook registered (the store holds it weakly); set right
+    /// after the tier exists, so no announcement meets a half-built tier.
+    pub(crate) tap: std::sync::OnceLock<crate::store::redis::Tap>,
 }

@@ -16,6 +16,9 @@ pub(crate) enum Announcement {
     Connected,
     /// The subscription is down: announcements may be lost until `Connected`.
     Disconnected,
+    /// A writer's announcement was refused (its `PUBLISH` failed): anything may have changed
+    /// without a message. Near tiers drop what they hold.
+    Missed,
 }
 
 /// A near tier's hook; the store holds it weakly, so a dropped tier unregisters itself.

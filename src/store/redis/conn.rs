@@ -9,7 +9,7 @@ mod slot;
 mod stats;
 mod subscriber;
 pub use stats::RedisStats;
-use stats::Stats;
+pub(crate) use stats::Stats;
 pub(crate) use subscriber::Wakeups;
 
 use super::connect::{display_url, store_error};
@@ -95,6 +95,11 @@ pub(crate) struct Conn {
     warned_blocking: AtomicBool,
     /// Set (by the connection slot) when the server refused this user scripting.
     scripts_refused: Arc<AtomicBool>,
+    /// The process that made this store: in a forked child its runtime's threads do not exist,
+    /// so every call there fails at once instead of waiting for them (issue 18, finding 7).
+    pid: u32,
+    /// The fleet's "announcements missed" marker and its poller (see the `missed` module).
+    pub(crate) missed: super::missed::Missed,
 }
 
 impl Drop for Conn {
@@ -105,9 +110,6 @@ impl Drop for Conn {
         }
     }
 }
-
-/// How often a cluster store checks that the node holding its subscription answers.
-const SUBSCRIPTION_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How a waiter waits (see [`Conn::wait_channel`]).
 enum Wake {
@@ -143,6 +145,7 @@ impl Conn {
         op_timeout: Duration,
         breakers: Breakers,
         pattern: Vec<u8>,
+        missed_key: Vec<u8>,
         runtime: Option<tokio::runtime::Handle>,
     ) -> std::io::Result<Arc<Self>> {
         // Redis I/O runs on the caller's runtime when one is given (no thread hop between the
@@ -200,10 +203,12 @@ impl Conn {
             wakeups: Arc::default(),
             warned_blocking: AtomicBool::new(false),
             scripts_refused,
+            pid: std::process::id(),
+            missed: super::missed::Missed::new(missed_key),
         });
         conn.handle.spawn(subscriber::subscriber(
             subscribe_to,
-            cluster.then_some(SUBSCRIPTION_HEARTBEAT),
+            cluster,
             pattern,
             Arc::downgrade(&conn.wakeups),
             conn.stats.clone(),
@@ -324,6 +329,18 @@ impl Conn {
     /// would wait for a task that only this very thread can run: refuse it instead of hanging.
     /// Whoever awaits a task spawned on [`Conn::handle`] checks this first.
     pub(crate) fn would_deadlock(&self) -> Option<StoreError> {
+        if std::process::id() != self.pid {
+            // A forked child: the runtime's threads stayed in the parent, so nothing would
+            // ever run the request. Fail at once (the engine computes without Redis).
+            Stats::inc(&self.stats.forked_calls);
+            Stats::inc(&self.stats.errors);
+            return Some(StoreError::new(
+                StoreErrorKind::Other,
+                "this RedisStore was created before a fork(): its I/O threads do not exist in \
+                 the child process, so it computes without Redis there; create the store after \
+                 forking (e.g. in each worker)",
+            ));
+        }
         // The private runtime's only worker runs nothing but this store's tasks.
         if self.rt.is_some() || !crate::wait::in_block_on() {
             return None;
@@ -397,6 +414,9 @@ impl Conn {
         channel: &[u8],
         lock_key: Option<&[u8]>,
     ) -> Result<Wake, StoreError> {
+        if let Some(err) = self.would_deadlock() {
+            return Err(err);
+        }
         if !self.wakeups.live.load(Ordering::Acquire) {
             return Ok(Wake::Poll);
         }

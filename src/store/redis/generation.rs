@@ -15,13 +15,38 @@
 //! re-read in the background, off the callers' path. So another process stops serving the old
 //! entries within one message delay while pub/sub is healthy, and within [`RECHECK`] plus one
 //! round trip when it is not.
+//!
+//! **A generation cannot go backwards or split the fleet** (issue 18, finding 2). The key can be
+//! lost: `FLUSHALL`, a restart without persistence, eviction, a failover that loses the last
+//! `INCR`. Processes that read it before keep their copy, and a process that starts afterwards
+//! would begin at 0: two key spaces, and an `invalidate` from one side would not reach the other.
+//! So every read and every bump is one script that passes the generation this process holds:
+//! when the key is missing, unreadable, or *behind* that copy (which only a loss can cause: the
+//! server's value otherwise only grows), the script re-seeds it to the server's clock in
+//! microseconds, or to the copy + 1 if that is higher, and announces it. Why this and not a
+//! re-seed from 0 or from the copy alone: the clock is above every generation handed out before
+//! (they started from an earlier clock and grew by one per `invalidate_all`), so no process can
+//! hold the new value already, and the copy + 1 covers a server clock that went backwards. Every
+//! process converges on the server's value (`fetch_max` from below; a process still above it
+//! ratchets the server past itself on its next read), and none keeps a generation the server
+//! no longer has for longer than one message delay after the re-seed, or [`RECHECK`] when the
+//! announcement is lost too. Entries of the lost generation are left behind (their keys are no
+//! longer read): after a loss every function recomputes once. Counted in
+//! `RedisStats::generation_reseeds`.
+//!
+//! `INCR` and its announcement are one script (neither happens without the other), and a refused
+//! announcement raises the fleet's "announcements missed" marker (see `missed`). The subscriber
+//! raises a copy's announcement counter *before* near tiers hear the same message, so a near
+//! miss right after the drop re-reads the generation first.
 
-use super::conn::Conn;
+use super::conn::{Conn, Stats};
 use super::keys::KeySpace;
-use crate::store::contract::StoreError;
+use super::missed;
+use crate::store::contract::{StoreError, StoreErrorKind};
+use redis::Script;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 /// How old a copy of a function's generation may get while pub/sub is down or refused.
@@ -29,11 +54,50 @@ pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 /// How old it may get while pub/sub is healthy (announcements cover it; this is a safety net).
 pub(crate) const RECHECK_LIVE: Duration = Duration::from_secs(30);
 
+/// Shared prelude: the generation in KEYS[1], re-seeded when missing, unreadable or behind the
+/// caller's copy ARGV[2] (a loss), and announced on ARGV[1] then. Sets `reseeded`, `refused`.
+const SEED_FN: &str = r#"
+local refused = 0
+local function announce()
+  local p = redis.pcall('PUBLISH', ARGV[1], 'g')
+  if type(p) == 'table' and p.err then refused = 1 end
+end
+local held = tonumber(ARGV[2])
+local g = tonumber(redis.call('GET', KEYS[1]) or '')
+local reseeded = 0
+if not g or g < held then
+  local t = redis.call('TIME')
+  g = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if g <= held then g = held + 1 end
+  redis.call('SET', KEYS[1], string.format('%.0f', g))
+  reseeded = 1
+end
+"#;
+
+/// Reads the generation (re-seeding a lost one). Returns {generation, reseeded, refused}.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{SEED_FN}\nif reseeded == 1 then announce() end\nreturn {{string.format('%.0f', g), reseeded, refused}}\n"
+    ))
+});
+
+/// `invalidate_all`: `INCR` and its announcement in one step. Returns as [`READ`].
+static BUMP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{SEED_FN}\nlocal n = redis.call('INCR', KEYS[1])\nannounce()\nreturn {{string.format('%.0f', n), reseeded, refused}}\n"
+    ))
+});
+
 struct Copy {
     generation: AtomicU64,
     /// A background re-read is under way.
-    rereading: std::sync::atomic::AtomicBool,
-    /// Milliseconds since `Generations::origin` of the last read, plus one; 0 = must re-read.
+    rereading: AtomicBool,
+    /// Raised by every announcement on the function's channel (and every resync): the copy
+    /// is current only while `valid_for == marks + 1`.
+    marks: Arc<AtomicU64>,
+    /// `marks + 1` as of the start of the last completed read; 0 = never read.
+    valid_for: AtomicU64,
+    /// Milliseconds since `Generations::origin` of the last read.
     checked: AtomicU64,
 }
 
@@ -63,6 +127,33 @@ impl Generations {
             .map_or(0, |c| c.generation.load(Ordering::Acquire))
     }
 
+    /// Whether `name`'s generation was read (or bumped) by this store.
+    pub(crate) fn known(&self, name: &str) -> bool {
+        let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+        copies
+            .get(name)
+            .is_some_and(|c| c.valid_for.load(Ordering::Acquire) != 0)
+    }
+
+    fn copy(&self, conn: &Arc<Conn>, space: &KeySpace, name: &str) -> Arc<Copy> {
+        let mut copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = copies.get(name) {
+            return c.clone();
+        }
+        let c = Arc::new(Copy {
+            generation: AtomicU64::new(0),
+            rereading: AtomicBool::new(false),
+            marks: Arc::new(AtomicU64::new(0)),
+            valid_for: AtomicU64::new(0),
+            checked: AtomicU64::new(0),
+        });
+        conn.wakeups
+            .watch_generation(space.generation_channel(name), &c.marks);
+        missed::watch(conn);
+        copies.insert(name.into(), c.clone());
+        c
+    }
+
     /// The generation of `name`, read from the server first if it is unknown or was announced
     /// to have changed (an error if that read fails: an old generation must not be served), in
     /// the background if the copy is merely old.
@@ -72,115 +163,160 @@ impl Generations {
         space: &KeySpace,
         name: &str,
     ) -> Result<u64, StoreError> {
-        let (copy, fresh_entry) = {
-            let mut copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
-            match copies.get(name) {
-                Some(c) => (c.clone(), false),
-                None => {
-                    let c = Arc::new(Copy {
-                        generation: AtomicU64::new(0),
-                        rereading: std::sync::atomic::AtomicBool::new(false),
-                        checked: AtomicU64::new(0),
-                    });
-                    copies.insert(name.into(), c.clone());
-                    (c, true)
-                }
-            }
-        };
-        if fresh_entry {
-            watch(conn, space.generation_channel(name), Arc::downgrade(&copy));
-        }
-        let checked = copy.checked.load(Ordering::Acquire);
+        let copy = self.copy(conn, space, name);
         let now = self.now_ms();
-        if checked != 0 {
+        if copy.valid_for.load(Ordering::Acquire) == copy.marks.load(Ordering::Acquire) + 1 {
             let limit = if conn.wakeups.live.load(Ordering::Acquire) {
                 RECHECK_LIVE
             } else {
                 RECHECK
             };
+            let checked = copy.checked.load(Ordering::Acquire);
             if now.saturating_sub(checked) >= limit.as_millis() as u64
                 && !copy.rereading.swap(true, Ordering::AcqRel)
             {
-                let (conn2, key) = (conn.clone(), space.generation_key(name));
+                let (conn2, space2, name2) = (conn.clone(), space.clone(), name.to_string());
                 let (copy2, origin) = (copy.clone(), self.origin);
                 conn.handle.spawn(async move {
                     let now = origin.elapsed().as_millis() as u64 + 1;
-                    let _ = reread(&conn2, key, &copy2, checked, now).await;
+                    let _ = reread(&conn2, &space2, &name2, &copy2, now).await;
                     copy2.rereading.store(false, Ordering::Release);
                 });
             }
             return Ok(copy.generation.load(Ordering::Acquire));
         }
-        reread(conn, space.generation_key(name), &copy, checked, now).await?;
+        reread(conn, space, name, &copy, now).await?;
         Ok(copy.generation.load(Ordering::Acquire))
     }
 
-    /// `invalidate_all`: one `INCR` and an announcement; returns the new generation.
+    /// `invalidate_all`: one script that increments the generation and announces it; returns
+    /// the new generation, which this process uses from then on.
     pub(crate) async fn bump(
         &self,
         conn: &Arc<Conn>,
         space: &KeySpace,
         name: &str,
     ) -> Result<u64, StoreError> {
-        let (key, channel) = (space.generation_key(name), space.generation_channel(name));
-        let g: u64 = conn
-            .call(move |mut m| async move { redis::cmd("INCR").arg(key).query_async(&mut m).await })
-            .await?;
-        // The announcement is best effort (an ACL may refuse the channel): other processes
-        // then see the new generation within `RECHECK`.
-        let _ = conn
-            .call(move |mut m| async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg("g")
-                    .query_async::<i64>(&mut m)
-                    .await
-            })
-            .await;
-        let _ = self.current(conn, space, name).await; // registers the copy if new
-        let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = copies.get(name) {
-            c.generation.fetch_max(g, Ordering::AcqRel);
-        }
+        let copy = self.copy(conn, space, name);
+        let held = copy.generation.load(Ordering::Acquire);
+        let marks = copy.marks.load(Ordering::Acquire);
+        let g = run(conn, space, name, held, true).await?;
+        copy.generation.fetch_max(g, Ordering::AcqRel);
+        copy.valid_for.fetch_max(marks + 1, Ordering::AcqRel);
         Ok(g)
     }
 }
 
-/// Marks the copy stale whenever the function's channel announces something (or the
-/// subscription reconnects, which wakes every channel). Ends when the store is dropped.
-fn watch(conn: &Arc<Conn>, channel: Vec<u8>, copy: Weak<Copy>) {
-    let wakeups = Arc::downgrade(&conn.wakeups);
-    conn.handle.spawn(async move {
-        loop {
-            let Some(event) = wakeups.upgrade().map(|w| w.event(&channel)) else {
-                return;
-            };
-            let listener = event.listen();
-            // Through the wait module, the one swap point for shuttle builds.
-            crate::wait::WaitMode::Async.wait(listener, None).await;
-            match copy.upgrade() {
-                Some(c) => c.checked.store(0, Ordering::Release),
-                None => return,
-            }
-        }
-    });
-}
-
-/// Reads the generation into `copy`. Only a read that started after the last announcement
-/// (`checked` unchanged since) marks the copy checked.
+/// Reads the generation into `copy`. The copy counts as current only for the announcements
+/// it started after.
 async fn reread(
     conn: &Arc<Conn>,
-    key: Vec<u8>,
+    space: &KeySpace,
+    name: &str,
     copy: &Copy,
-    checked: u64,
     now: u64,
 ) -> Result<(), StoreError> {
-    let g: Option<u64> = conn
-        .call(move |mut m| async move { redis::cmd("GET").arg(key).query_async(&mut m).await })
-        .await?;
-    copy.generation.fetch_max(g.unwrap_or(0), Ordering::AcqRel);
-    let _ = copy
-        .checked
-        .compare_exchange(checked, now, Ordering::AcqRel, Ordering::Acquire);
+    let marks = copy.marks.load(Ordering::Acquire);
+    let held = copy.generation.load(Ordering::Acquire);
+    let g = run(conn, space, name, held, false).await?;
+    copy.generation.fetch_max(g, Ordering::AcqRel);
+    copy.valid_for.fetch_max(marks + 1, Ordering::AcqRel);
+    copy.checked.store(now, Ordering::Release);
     Ok(())
+}
+
+/// Runs [`READ`] (or [`BUMP`]) for `name`, or their plain-command form when the server
+/// refuses this user scripting; counts a re-seed and reports a refused announcement.
+async fn run(
+    conn: &Arc<Conn>,
+    space: &KeySpace,
+    name: &str,
+    held: u64,
+    bump: bool,
+) -> Result<u64, StoreError> {
+    let (key, channel) = (space.generation_key(name), space.generation_channel(name));
+    let (g, reseeded, refused) = if conn.plain_commands() {
+        plain(conn, key, channel.clone(), held, bump).await?
+    } else {
+        let script: &'static Script = if bump { &BUMP } else { &READ };
+        let (g, reseeded, refused): (String, i64, i64) = conn
+            .call(move |mut m| async move {
+                script
+                    .key(key)
+                    .arg(channel)
+                    .arg(held)
+                    .invoke_async(&mut m)
+                    .await
+            })
+            .await?;
+        let g = g.parse::<u64>().map_err(|_| {
+            StoreError::new(StoreErrorKind::Protocol, "unexpected reply to generation")
+        })?;
+        (g, reseeded == 1, refused == 1)
+    };
+    if reseeded {
+        Stats::inc(&conn.stats.generation_reseeds);
+        tracing::warn!(
+            function = name,
+            "the generation key of this function was missing or behind this process (FLUSHALL, \
+             a restart without persistence, eviction or a lossy failover): re-seeded, so every \
+             process moves to one new generation and recomputes once"
+        );
+    }
+    if refused {
+        missed::refused(conn).await;
+    }
+    Ok(g)
+}
+
+/// The plain-command form (no scripting): the same steps, not atomic. A missing key is seeded
+/// with `SET NX` (processes starting together agree); two processes that both find the key
+/// behind their copies may both re-seed, and then the later value wins and both announce it, so
+/// the fleet still converges on the server's value.
+async fn plain(
+    conn: &Arc<Conn>,
+    key: Vec<u8>,
+    channel: Vec<u8>,
+    held: u64,
+    bump: bool,
+) -> Result<(u64, bool, bool), StoreError> {
+    let k = key.clone();
+    let got: Option<Vec<u8>> = conn
+        .call(move |mut m| async move { redis::cmd("GET").arg(k).query_async(&mut m).await })
+        .await?;
+    let got = got.and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u64>().ok());
+    let mut g = got.filter(|g| *g >= held);
+    let reseeded = g.is_none();
+    if reseeded {
+        // Missing: `SET NX`, so that processes starting together agree on the first seed.
+        // Behind this copy (a loss): overwritten.
+        let (k, missing) = (key.clone(), got.is_none());
+        let seed: u64 = conn
+            .call(move |mut m| async move {
+                let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut m).await?;
+                let seed = (secs * 1_000_000 + micros).max(held + 1);
+                let mut set = redis::cmd("SET");
+                set.arg(&k).arg(seed);
+                if missing {
+                    set.arg("NX");
+                }
+                let _: Option<String> = set.query_async(&mut m).await?;
+                let now: Option<u64> = redis::cmd("GET").arg(&k).query_async(&mut m).await?;
+                Ok(now.unwrap_or(seed))
+            })
+            .await?;
+        g = Some(seed);
+    }
+    let mut g = g.unwrap_or(held);
+    if bump {
+        let k = key.clone();
+        g = conn
+            .call(move |mut m| async move { redis::cmd("INCR").arg(k).query_async(&mut m).await })
+            .await?;
+    }
+    if reseeded || bump {
+        // `missed::publish` raises the marker itself on a refusal.
+        missed::publish(conn, channel, "g").await;
+    }
+    Ok((g, reseeded, false))
 }

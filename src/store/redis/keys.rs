@@ -63,6 +63,13 @@ impl KeySpace {
         k
     }
 
+    /// The fleet's "announcements missed" marker (see `missed`).
+    pub(crate) fn missed_key(&self) -> Vec<u8> {
+        let mut k = self.prefix.as_bytes().to_vec();
+        k.extend_from_slice(b":{missed}:n");
+        k
+    }
+
     fn function_key(&self, name: &str, suffix: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + 6 + 2 * name.len());
         k.extend_from_slice(self.prefix.as_bytes());

@@ -31,6 +31,7 @@ mod fleet;
 mod generation;
 mod keys;
 mod lock;
+mod missed;
 mod plain;
 mod record;
 mod scripts;
@@ -132,8 +133,19 @@ impl RedisStoreBuilder {
             #[cfg(not(feature = "cluster"))]
             Some(_) => unreachable!("cluster builders exist only with the `cluster` feature"),
         };
-        let conn = Conn::new(target, self.op_timeout, breakers, pattern, self.runtime)
-            .map_err(|e| ConfigError::new("runtime", e.to_string()))?;
+        let missed_key = keys::KeySpace {
+            prefix: self.prefix.clone(),
+        }
+        .missed_key();
+        let conn = Conn::new(
+            target,
+            self.op_timeout,
+            breakers,
+            pattern,
+            missed_key,
+            self.runtime,
+        )
+        .map_err(|e| ConfigError::new("runtime", e.to_string()))?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
@@ -343,13 +355,17 @@ impl RedisStore {
     }
 
     /// Registers a near tier's hook (held weakly) and says whether the subscription is up now.
-    pub(crate) fn tap(&self, tap: &Tap) -> bool {
+    /// Returns the subscription's state word (`changes << 1 | live`), read after the hook was
+    /// registered, so that every later change reaches the hook.
+    pub(crate) fn tap(&self, tap: &Tap) -> u64 {
         self.inner.conn.wakeups.taps.add(tap);
-        self.inner
-            .conn
-            .wakeups
-            .live
-            .load(std::sync::atomic::Ordering::Acquire)
+        missed::watch(&self.inner.conn);
+        self.inner.conn.wakeups.state()
+    }
+
+    /// The subscription's state word now (`changes << 1 | live`).
+    pub(crate) fn subscription_state(&self) -> u64 {
+        self.inner.conn.wakeups.state()
     }
 
     /// True while the circuit breaker keeps calls away from the server (on a cluster store:
@@ -359,11 +375,25 @@ impl RedisStore {
     }
 
     /// The Redis key under which `key` of function `name` is stored (for tools and tests), under
-    /// the function's generation as this store last saw it.
+    /// the function's generation as this store last saw it. When this store has not read that
+    /// generation yet, it reads it first (one round trip, blocking this thread; skipped on a
+    /// worker thread of the runtime given to [`RedisStoreBuilder::runtime`], where blocking
+    /// would deadlock, and when the server does not answer).
     ///
     /// Panics if the key cannot be encoded as MessagePack (the engine treats that case as a
     /// store error instead and computes locally).
     pub fn value_key<K: Serialize>(&self, name: &str, key: &K) -> Vec<u8> {
+        if !self.inner.generations.known(name) {
+            let on_own_runtime = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.id() == self.inner.conn.handle.id());
+            if !on_own_runtime {
+                let _ = crate::wait::block_on(self.inner.generations.current(
+                    &self.inner.conn,
+                    &self.inner.space,
+                    name,
+                ));
+            }
+        }
         self.keys(name, key)
             .expect("the key encodes as MessagePack")
             .value

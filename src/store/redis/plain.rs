@@ -80,7 +80,9 @@ pub(super) async fn renew(
 }
 
 /// Releases the lock if still the owner, then wakes waiters (`what`: '0' released, '1' written,
-/// '2' invalidated). A refused `PUBLISH` is ignored: waiters poll.
+/// '2' invalidated). A refused `PUBLISH` of a write or an invalidation raises the fleet's
+/// "announcements missed" marker (see `missed`); one of a bare release only wakes waiters, who
+/// poll anyway.
 pub(super) async fn release(
     conn: &Arc<Conn>,
     lock_key: Vec<u8>,
@@ -102,6 +104,9 @@ pub(super) async fn release(
 }
 
 async fn publish(conn: &Arc<Conn>, channel: Vec<u8>, what: &'static str) {
+    if what != "0" {
+        return super::missed::publish(conn, channel, what).await;
+    }
     let _ = conn
         .call(move |mut m| async move {
             redis::cmd("PUBLISH")

@@ -108,10 +108,12 @@ return version(KEYS[3], ARGV[1])
 /// write without a ticket (`insert`) lands unconditionally and, like every write, bumps the
 /// version, so computations already running cannot overwrite it. The writer's lock is released either way, and waiters
 /// are woken, in the same step. `PUBLISH` is a `pcall`: an ACL without channel permission must
-/// not fail a write that already happened.
+/// not fail a write that already happened; the script reports the refusal instead, and the
+/// caller raises the fleet's "announcements missed" marker (see `missed`).
 /// ARGV[1] = lock token or '', ARGV[2] = record, ARGV[3] = ttl ms, ARGV[4] = channel,
 /// ARGV[5] = ticket or '', ARGV[6] = ms the version key is kept.
-/// Returns 1 written, 0 fenced (something newer was written, or the key was invalidated).
+/// Returns 1 written, 3 written but its announcement refused, 0 fenced (something newer was
+/// written, or the key was invalidated).
 pub(crate) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     with_version(
         r#"
@@ -127,7 +129,8 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
-redis.pcall('PUBLISH', ARGV[4], '1')
+local p = redis.pcall('PUBLISH', ARGV[4], '1')
+if type(p) == 'table' and p.err then return 3 end
 return 1
 "#,
     )
@@ -150,7 +153,7 @@ return 0
 
 /// Invalidation: drop the value and the lock and bump the version, so no computation that
 /// started before it can write; wake waiters. ARGV[1] = channel, ARGV[2] = ms the version key
-/// is kept.
+/// is kept. Returns 1, or 2 when the announcement was refused.
 pub(crate) static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
     with_version(
         r#"
@@ -158,7 +161,8 @@ redis.call('DEL', KEYS[1], KEYS[2])
 version(KEYS[3], ARGV[2])
 redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
-redis.pcall('PUBLISH', ARGV[1], '2')
+local p = redis.pcall('PUBLISH', ARGV[1], '2')
+if type(p) == 'table' and p.err then return 2 end
 return 1
 "#,
     )

@@ -186,7 +186,11 @@ where
             || async move { plain::write(conn, k2, t2, r2, ttl_ms).await.map(|()| 1) },
         )
         .await?;
-        if written == 1 {
+        if written == 3 {
+            // Written, but the server refused its announcement: tell the fleet another way.
+            super::missed::refused(&self.inner.conn).await;
+        }
+        if written == 1 || written == 3 {
             Ok(Written::Stored)
         } else {
             self.inner
@@ -376,7 +380,7 @@ where
             channel,
             version,
         } = keys;
-        scripted_or_plain(
+        let done = scripted_or_plain(
             conn,
             || {
                 conn.call(move |mut m| async move {
@@ -393,6 +397,10 @@ where
             || async move { plain::invalidate(conn, k2).await.map(|()| 1) },
         )
         .await?;
+        if done == 2 {
+            // Invalidated, but the server refused its announcement: tell the fleet another way.
+            super::missed::refused(conn).await;
+        }
         Ok(())
     }
 

@@ -196,7 +196,10 @@ impl Slot {
             Raw::Single(client) => {
                 let cfg = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(self.attempt_bound)
-                    .set_response_timeout(self.attempt_bound);
+                    .set_response_timeout(self.attempt_bound)
+                    // TCP keepalive: a connection a middlebox dropped silently is ended by the
+                    // kernel instead of failing one call timeout at a time.
+                    .set_tcp_settings(super::subscriber::tcp_settings());
                 let open = async {
                     let mut con = client
                         .get_multiplexed_async_connection_with_config(&cfg)

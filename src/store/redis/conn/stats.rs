@@ -54,11 +54,33 @@ pub struct RedisStats {
     /// given to [`RedisStoreBuilder::runtime`](crate::store::RedisStoreBuilder::runtime): waiting
     /// there would deadlock, since that thread must drive the request. Logged once as a warning.
     pub blocking_on_store_runtime: AtomicU64,
+    /// Announcements (`PUBLISH`) the server refused this store (an ACL without the channel
+    /// permission): each one instead raised the fleet's "announcements missed" marker, on which
+    /// every near tier of the prefix drops its copies and every process re-reads its
+    /// generations (see the near cache's docs for the bound). Logged once as a warning.
+    pub publish_refused: AtomicU64,
+    /// Announcements that were neither published nor recorded in the marker (the marker write
+    /// failed too, e.g. the server went away right after the write).
+    pub announcements_lost: AtomicU64,
+    /// Times the "announcements missed" marker changed (another process's `PUBLISH` was
+    /// refused), dropping this store's near tiers.
+    pub announcements_missed: AtomicU64,
+    /// Subscriptions given up because a heartbeat PING got no answer in time (a paused server,
+    /// a connection dropped silently by a middlebox).
+    pub pubsub_heartbeat_failures: AtomicU64,
+    /// Subscriptions given up because their unhandled backlog grew older than its bound.
+    pub pubsub_backlog_resets: AtomicU64,
+    /// Times a function's generation key was found missing or behind this process's copy
+    /// (`FLUSHALL`, a restart without persistence, eviction, a lossy failover) and re-seeded.
+    pub generation_reseeds: AtomicU64,
+    /// Calls refused because the store was used in a process forked after it was created
+    /// (its I/O threads do not exist there): they fail at once and compute without Redis.
+    pub forked_calls: AtomicU64,
 }
 
-pub(super) struct Stats;
+pub(crate) struct Stats;
 impl Stats {
-    pub(super) fn inc(c: &AtomicU64) {
+    pub(crate) fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,14 +1,34 @@
 //! The pub/sub subscriber of a store: one pattern subscription to every herdless channel of its
 //! prefix, waking local waiters and feeding near tiers' taps.
+//!
+//! The subscription cannot die silently (issue 18, findings 5 and 9):
+//! - **Heartbeat.** Every [`HEARTBEAT`] the subscriber PINGs its connection (single node and
+//!   cluster alike) and gives it up when no answer comes within another [`HEARTBEAT`]: a server
+//!   that is paused, or a connection a middlebox dropped without a FIN, is noticed within
+//!   2 × [`HEARTBEAT`] after it went silent. The socket also has TCP keepalive (probes after 5 s
+//!   idle, every second, 3 of them), which ends a dead connection the kernel can see even if the
+//!   heartbeat task were starved.
+//! - **Bounded backlog.** redis-rs queues messages in an unbounded channel that this one task
+//!   drains. The dispatcher notes when it last found that queue empty; a message handled more
+//!   than [`BACKLOG_BOUND`] after that may be that old, so the subscription counts as failed
+//!   (counted in `RedisStats::pubsub_backlog_resets`): it is dropped with its queue (memory
+//!   bounded by the arrival rate × [`BACKLOG_BOUND`]) and re-made, and near tiers resync.
+//! - While the subscription is down, `live` is false: near tiers apply `max_stale` and
+//!   generation copies are re-read every `RECHECK`.
 
-use super::stats::RedisStats;
+use super::stats::{RedisStats, Stats};
 use crate::store::redis::announce::Announcement;
 use crate::wait::Event;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often the subscription is PINGed, and how long an answer may take.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How old the oldest unhandled message may get before the subscription counts as failed.
+pub(crate) const BACKLOG_BOUND: Duration = Duration::from_secs(1);
 
 /// Waiters per channel, woken by the pub/sub dispatcher.
 #[derive(Default)]
@@ -16,8 +36,15 @@ pub(crate) struct Wakeups {
     channels: Mutex<HashMap<Vec<u8>, Weak<Event>>>,
     /// True while the pattern subscription is live (else waiters poll).
     pub(crate) live: AtomicBool,
+    /// `changes << 1 | live`: every change of `live` raises it, so a reader that compares
+    /// (`fetch_max`) never lets an older state overwrite a newer one (see the near tier).
+    state: AtomicU64,
     /// Near tiers listening to what the subscription hears.
     pub(crate) taps: crate::store::redis::announce::Taps,
+    /// The announcement counters of generation copies, per generation channel: raised (= must
+    /// be re-read) synchronously, *before* near tiers hear the same message, so that a near miss
+    /// right after the drop never re-reads under the old generation.
+    stale_marks: Mutex<HashMap<Vec<u8>, Vec<Weak<AtomicU64>>>>,
 }
 
 impl Wakeups {
@@ -37,28 +64,127 @@ impl Wakeups {
             e.notify(usize::MAX);
         }
     }
-    fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         let map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         for e in map.values().filter_map(Weak::upgrade) {
             e.notify(usize::MAX);
         }
     }
+
+    /// Sets `live` and raises the state word.
+    pub(crate) fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Release);
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            let next = ((cur >> 1) + 1) << 1 | live as u64;
+            match self
+                .state
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// The state word (`changes << 1 | live`).
+    pub(crate) fn state(&self) -> u64 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Registers a generation copy's announcement counter under its channel.
+    pub(crate) fn watch_generation(&self, channel: Vec<u8>, checked: &Arc<AtomicU64>) {
+        let mut marks = self.stale_marks.lock().unwrap_or_else(|p| p.into_inner());
+        let list = marks.entry(channel).or_default();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(checked));
+    }
+
+    /// Marks the generation copies of `channel` stale (no-op for other channels).
+    fn mark_stale(&self, channel: &[u8]) {
+        let marks = self.stale_marks.lock().unwrap_or_else(|p| p.into_inner());
+        for c in marks
+            .get(channel)
+            .into_iter()
+            .flatten()
+            .filter_map(Weak::upgrade)
+        {
+            c.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Marks every generation copy stale (announcements may have been missed).
+    pub(crate) fn mark_all_stale(&self) {
+        let marks = self.stale_marks.lock().unwrap_or_else(|p| p.into_inner());
+        for c in marks.values().flatten().filter_map(Weak::upgrade) {
+            c.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Announcements may have been lost (a writer's `PUBLISH` was refused): generation copies
+    /// are marked stale first, then near tiers drop what they hold.
+    pub(crate) fn missed(&self) {
+        self.mark_all_stale();
+        self.taps.announce(&Announcement::Missed);
+    }
+
+    /// The subscription went down (or was refused).
+    fn down(&self) {
+        self.set_live(false);
+        self.taps.announce(&Announcement::Disconnected);
+    }
+}
+
+/// Opens the pub/sub connection; over TCP with keepalive (redis-rs applies no TCP settings
+/// to pub/sub connections), otherwise (TLS, Unix sockets) as redis-rs makes it.
+async fn open_pubsub(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
+    let info = client.get_connection_info();
+    if let redis::ConnectionAddr::Tcp(host, port) = &info.addr {
+        let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+        keepalive(&stream);
+        return redis::aio::PubSub::new(&info.redis, stream).await;
+    }
+    client.get_async_pubsub().await
+}
+
+/// TCP keepalive for a connection that may stay idle for long (best effort).
+pub(crate) fn keepalive(stream: &tokio::net::TcpStream) {
+    use redis::io::tcp::socket2::{SockRef, TcpKeepalive};
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    let sock = SockRef::from(stream);
+    let _ = sock.set_tcp_keepalive(&ka);
+    #[cfg(target_os = "linux")]
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(8)));
+}
+
+/// The TCP settings of the store's request connections (keepalive, as for the subscription).
+pub(crate) fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::socket2::TcpKeepalive;
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(ka)
 }
 
 /// Keeps one pattern subscription to every herdless channel of this prefix and wakes local
 /// waiters of the channel a message arrives on. Reconnects with backoff when the connection
 /// drops; while it is down waiters fall back to polling.
 ///
-/// On a cluster, `nodes` are the seeds and the subscription is held on one of them: Redis
-/// Cluster forwards every `PUBLISH` (a script's included) to every node over the cluster bus, so
-/// one node hears the whole cluster. When that node fails, the next known node is tried: the
-/// seeds, plus every node the cluster listed (`CLUSTER NODES`) when a subscription succeeded, so
-/// that one seed is enough. `heartbeat` (cluster only) PINGs the node that often and gives it up
-/// when it does not answer within as long, so that a paused node does not silently stop
-/// announcements from the other shards.
+/// On a cluster (`cluster`), `nodes` are the seeds and the subscription is held on one of them:
+/// Redis Cluster forwards every `PUBLISH` (a script's included) to every node over the cluster
+/// bus, so one node hears the whole cluster. When that node fails, the next known node is tried:
+/// the seeds, plus every node the cluster listed (`CLUSTER NODES`) when a subscription
+/// succeeded, so that one seed is enough. The heartbeat and the backlog bound (module doc) hold
+/// for both kinds of store.
 pub(super) async fn subscriber(
     mut nodes: Vec<redis::Client>,
-    heartbeat: Option<Duration>,
+    cluster: bool,
     pattern: Vec<u8>,
     wakeups: Weak<Wakeups>,
     stats: Arc<RedisStats>,
@@ -78,8 +204,7 @@ pub(super) async fn subscriber(
             // with a plain command, which does report NOPERM.
             match subscribe_refused(client, &pattern).await {
                 Some(true) => {
-                    w.live.store(false, Ordering::Release);
-                    w.taps.announce(&Announcement::Disconnected);
+                    w.down();
                     stats.pubsub_refused.store(1, Ordering::Relaxed);
                     tracing::warn!(
                         pattern = %String::from_utf8_lossy(&pattern),
@@ -94,7 +219,7 @@ pub(super) async fn subscriber(
             }
         }
         let connected = async {
-            let mut ps = client.get_async_pubsub().await?;
+            let mut ps = open_pubsub(client).await?;
             ps.psubscribe(&pattern).await?;
             redis::RedisResult::Ok(ps)
         };
@@ -102,7 +227,7 @@ pub(super) async fn subscriber(
             Ok(Ok(ps)) => {
                 backoff = Duration::from_millis(50);
                 next = next.wrapping_sub(1); // stay on a node that worked
-                if heartbeat.is_some() {
+                if cluster {
                     for n in cluster_nodes(client).await {
                         let addr = n.get_connection_info().addr.to_string();
                         if !nodes
@@ -113,47 +238,74 @@ pub(super) async fn subscriber(
                         }
                     }
                 }
-                w.live.store(true, Ordering::Release);
-                // Anything published while we were down was missed: let waiters re-check, and
-                // near tiers drop what they hold.
+                // Anything published while we were down was missed: generation copies are
+                // marked stale first, then near tiers drop what they hold, then waiters
+                // re-check.
+                w.mark_all_stale();
+                w.set_live(true);
                 w.taps.announce(&Announcement::Connected);
                 w.wake_all();
                 drop(w);
                 let (mut sink, mut stream) = ps.split();
-                let mut beat =
-                    tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
+                let mut beat = tokio::time::interval(HEARTBEAT);
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 beat.tick().await; // the first tick is immediate
+                                   // When the dispatcher last found redis-rs's queue empty.
+                let mut drained = Instant::now();
                 loop {
-                    let msg = tokio::select! {
-                        m = stream.next() => m,
-                        _ = beat.tick(), if heartbeat.is_some() => {
-                            // A paused node keeps the connection open and says nothing: without
-                            // an answer, treat the subscription as down and move on.
-                            let bound = heartbeat.unwrap_or_default();
-                            match tokio::time::timeout(bound, sink.ping::<redis::Value>()).await {
-                                Ok(Ok(_)) => continue,
-                                _ => None,
+                    let msg = match stream.next().now_or_never() {
+                        Some(m) => {
+                            if drained.elapsed() > BACKLOG_BOUND {
+                                Stats::inc(&stats.pubsub_backlog_resets);
+                                tracing::warn!(
+                                    bound = ?BACKLOG_BOUND,
+                                    "redis pub/sub backlog older than its bound; resubscribing \
+                                     (near tiers resync)"
+                                );
+                                break;
+                            }
+                            m
+                        }
+                        None => {
+                            drained = Instant::now();
+                            tokio::select! {
+                                m = stream.next() => {
+                                    // The queue was empty until this message came.
+                                    drained = Instant::now();
+                                    m
+                                }
+                                _ = beat.tick() => {
+                                    // A paused server or a silently dropped connection keeps
+                                    // the socket open and says nothing: without an answer,
+                                    // treat the subscription as down and make a new one.
+                                    match tokio::time::timeout(HEARTBEAT, sink.ping::<redis::Value>()).await {
+                                        Ok(Ok(_)) => continue,
+                                        _ => {
+                                            Stats::inc(&stats.pubsub_heartbeat_failures);
+                                            None
+                                        }
+                                    }
+                                }
                             }
                         }
                     };
                     let Some(msg) = msg else { break };
                     let Some(w) = wakeups.upgrade() else { return };
                     let channel = msg.get_channel_name().as_bytes();
+                    w.mark_stale(channel);
                     w.taps.message(channel, msg.get_payload_bytes());
                     w.wake(channel);
                 }
-                if heartbeat.is_some() {
+                if cluster {
                     next = next.wrapping_add(1); // try another node first
                 }
                 if let Some(w) = wakeups.upgrade() {
-                    w.live.store(false, Ordering::Release);
-                    w.taps.announce(&Announcement::Disconnected);
+                    w.down();
                     w.wake_all();
                 }
             }
             _ => {
-                w.live.store(false, Ordering::Release);
-                w.taps.announce(&Announcement::Disconnected);
+                w.down();
                 drop(w);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
