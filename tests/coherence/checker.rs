@@ -17,13 +17,20 @@
 //!   legitimately leave `v` (each insert's value comes from its own `INCR`, so values name
 //!   inserts uniquely).
 //!
+//! A `refresh(k)` returns a value computed after it was called (issue 18, item 7): it violates
+//! every write whose `INCR` came before the call (`W.start < R.start`, failed writes
+//! included: their `INCR` happened) with a value above the one returned, with no allowance.
+//!
 //! The allowance is the documented bound of the reading process:
 //! - a process without a near tier: 0 (once `invalidate` returns, no process gets the old value
 //!   from the store);
 //! - a near tier, channel healthy: one message delay, given the stated allowance
 //!   [`Bounds::near_healthy`];
 //! - a near tier while a fault window is open (or within [`Bounds::recover`] of its end, the
-//!   time a subscription needs to come back and drop the tier): `max_stale` plus that allowance.
+//!   time a subscription needs to come back and drop the tier): `max_stale` plus that allowance;
+//! - after an `invalidate_all`, any process (the README: "other processes see it when the
+//!   announcement arrives, within 1 s without pub/sub"): one message delay while no fault is in
+//!   force, else [`Bounds::generation_poll`] (or `max_stale`, if longer) plus that allowance.
 
 use std::collections::HashMap;
 
@@ -31,15 +38,21 @@ use std::collections::HashMap;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Read,
+    /// `refresh(k)`: a read that must reflect the database as of its call.
+    Refresh,
     Invalidate,
     Insert,
     InvalidateAll,
 }
 
 impl Kind {
+    pub fn is_read(self) -> bool {
+        matches!(self, Kind::Read | Kind::Refresh)
+    }
     pub fn code(self) -> char {
         match self {
             Kind::Read => 'R',
+            Kind::Refresh => 'F',
             Kind::Invalidate => 'I',
             Kind::Insert => 'S',
             Kind::InvalidateAll => 'A',
@@ -48,6 +61,7 @@ impl Kind {
     fn from_code(c: &str) -> Option<Kind> {
         Some(match c {
             "R" => Kind::Read,
+            "F" => Kind::Refresh,
             "I" => Kind::Invalidate,
             "S" => Kind::Insert,
             "A" => Kind::InvalidateAll,
@@ -122,6 +136,8 @@ pub struct Bounds {
     pub max_stale: u64,
     /// How long after a fault window the channel may still be down (reconnecting).
     pub recover: u64,
+    /// How soon other processes see an `invalidate_all` without its announcement (1 s).
+    pub generation_poll: u64,
 }
 
 /// A read that broke a bound.
@@ -130,7 +146,7 @@ pub struct Violation {
     pub read: Event,
     /// The write it should have seen (of the writes it missed, the one it missed by most).
     pub write: Event,
-    /// `read.start − write.end`.
+    /// `read.start − write.end` (a refresh: `read.start − write.start`).
     pub gap: u64,
     pub allowed: u64,
     /// The fault window the write fell in, if any.
@@ -142,10 +158,11 @@ impl std::fmt::Display for Violation {
         let ms = |ns: u64| ns as f64 / 1e6;
         write!(
             f,
-            "key {}: process {}{} read {} (called at {}, returned at {}) after process {}'s {:?} to {} returned at {}: {:.1} ms late, allowed {:.1} ms{}",
+            "key {}: process {}{} {} {} (called at {}, returned at {}) after process {}'s {:?} to {} returned at {}: {:.1} ms late, allowed {:.1} ms{}",
             self.read.key,
             self.read.proc,
             if self.read.near { " (near)" } else { "" },
+            if self.read.kind == Kind::Refresh { "refreshed" } else { "read" },
             self.read.value,
             self.read.start,
             self.read.end,
@@ -184,6 +201,23 @@ impl Report {
         }
         m
     }
+    /// Violations per kind of reader (`near` / `plain`) and kind of missed write.
+    pub fn by_kind(&self) -> Vec<(String, usize)> {
+        let mut m: HashMap<String, usize> = HashMap::new();
+        for v in &self.violations {
+            let reader = if v.read.near { "near" } else { "plain" };
+            let op = if v.read.kind == Kind::Refresh {
+                "refresh"
+            } else {
+                "read"
+            };
+            *m.entry(format!("{reader} {op}/{:?}", v.write.kind))
+                .or_insert(0) += 1;
+        }
+        let mut out: Vec<_> = m.into_iter().collect();
+        out.sort();
+        out
+    }
     /// The worst gap among the violations, in ns.
     pub fn worst_gap(&self) -> u64 {
         self.violations.iter().map(|v| v.gap).max().unwrap_or(0)
@@ -198,7 +232,10 @@ pub fn check(events: &[Event], windows: &[Window], b: Bounds) -> Report {
     let mut writes: HashMap<u32, Vec<&Event>> = HashMap::new();
     // Inserts per (key, value).
     let mut inserts: HashMap<(u32, u64), &Event> = HashMap::new();
-    for e in events.iter().filter(|e| e.kind != Kind::Read) {
+    // Every write, failed ones included (their `INCR` happened), for the refresh rule.
+    let mut bumps: HashMap<u32, Vec<&Event>> = HashMap::new();
+    for e in events.iter().filter(|e| !e.kind.is_read()) {
+        bumps.entry(e.key).or_default().push(e);
         if !e.ok {
             r.writes_failed += 1;
             continue;
@@ -209,7 +246,7 @@ pub fn check(events: &[Event], windows: &[Window], b: Bounds) -> Report {
             inserts.insert((e.key, e.value), e);
         }
     }
-    for w in writes.values_mut() {
+    for w in writes.values_mut().chain(bumps.values_mut()) {
         w.sort_by_key(|e| e.value);
     }
     let window_of = |t: u64| {
@@ -217,7 +254,7 @@ pub fn check(events: &[Event], windows: &[Window], b: Bounds) -> Report {
             .iter()
             .find(|w| t + b.near_healthy >= w.start && t <= w.end + b.recover)
     };
-    for read in events.iter().filter(|e| e.kind == Kind::Read) {
+    for read in events.iter().filter(|e| e.kind.is_read()) {
         if !read.ok {
             r.reads_failed += 1;
             continue;
@@ -226,20 +263,42 @@ pub fn check(events: &[Event], windows: &[Window], b: Bounds) -> Report {
         if read.near {
             r.near_reads_checked += 1;
         }
-        let Some(ws) = writes.get(&read.key) else {
-            continue;
-        };
-        let first_above = ws.partition_point(|w| w.value <= read.value);
         let mut worst: Option<Violation> = None;
+        if read.kind == Kind::Refresh {
+            let bs = bumps.get(&read.key).map(Vec::as_slice).unwrap_or(&[]);
+            let first_above = bs.partition_point(|w| w.value <= read.value);
+            // The earliest-started write it missed is the one it missed by most.
+            if let Some(w) = bs[first_above..]
+                .iter()
+                .filter(|w| w.start < read.start)
+                .min_by_key(|w| w.start)
+            {
+                worst = Some(Violation {
+                    read: read.clone(),
+                    write: (*w).clone(),
+                    gap: read.start - w.start,
+                    allowed: 0,
+                    during: window_of(w.start).map(|d| d.fault.clone()),
+                });
+            }
+        }
+        let ws = writes.get(&read.key).map(Vec::as_slice).unwrap_or(&[]);
+        let first_above = ws.partition_point(|w| w.value <= read.value);
         for w in &ws[first_above..] {
             if w.end >= read.start {
                 continue; // not returned before the read was called
             }
             let gap = read.start - w.end;
             let during = window_of(w.end);
-            let allowed = match (read.near, during) {
+            let all = w.kind == Kind::InvalidateAll;
+            let allowed = match (read.near || all, during) {
                 (false, _) => 0,
                 (true, None) => b.near_healthy,
+                (true, Some(_)) if all => {
+                    b.generation_poll
+                        .max(if read.near { b.max_stale } else { 0 })
+                        + b.near_healthy
+                }
                 (true, Some(_)) => b.max_stale + b.near_healthy,
             };
             if gap <= allowed {
@@ -250,7 +309,10 @@ pub fn check(events: &[Event], windows: &[Window], b: Bounds) -> Report {
                     continue; // the insert of `v` did not precede `w`
                 }
             }
-            if worst.as_ref().is_none_or(|x| gap - allowed > x.gap - x.allowed) {
+            if worst
+                .as_ref()
+                .is_none_or(|x| gap - allowed > x.gap - x.allowed)
+            {
                 worst = Some(Violation {
                     read: read.clone(),
                     write: (*w).clone(),
@@ -274,12 +336,13 @@ mod tests {
         near_healthy: 100 * MS,
         max_stale: 300 * MS,
         recover: 2000 * MS,
+        generation_poll: 1000 * MS,
     };
 
     fn ev(kind: Kind, near: bool, value: u64, start_ms: u64, end_ms: u64) -> Event {
         Event {
             kind,
-            proc: if kind == Kind::Read { 1 } else { 9 },
+            proc: if kind.is_read() { 1 } else { 9 },
             near,
             key: 7,
             value,
@@ -333,6 +396,51 @@ mod tests {
     }
 
     #[test]
+    fn other_processes_see_an_invalidate_all_within_one_message_delay_or_the_poll_bound() {
+        let w = ev(Kind::InvalidateAll, false, 5, 1000, 1010);
+        let h = [
+            w.clone(),
+            ev(Kind::Read, false, 4, 1010 + 100, 1200),
+            ev(Kind::Read, false, 4, 1010 + 101, 1200),
+        ];
+        let r = check(&h, &[], B);
+        assert_eq!(r.violations.len(), 1);
+        assert_eq!(r.by_kind(), [("plain read/InvalidateAll".to_string(), 1)]);
+        let fault = [Window {
+            fault: "FLUSHALL".into(),
+            start: 1000 * MS,
+            end: 1000 * MS,
+        }];
+        let h = [
+            w,
+            ev(Kind::Read, false, 4, 1010 + 1100, 3000),
+            ev(Kind::Read, false, 4, 1010 + 1101, 3000),
+        ];
+        let r = check(&h, &fault, B);
+        assert_eq!(r.violations.len(), 1);
+        assert_eq!(r.violations[0].allowed, 1100 * MS);
+    }
+
+    #[test]
+    fn a_refresh_must_reflect_every_write_begun_before_it_was_called() {
+        let mut failed = ev(Kind::Invalidate, false, 5, 1000, 1300);
+        failed.ok = false;
+        let h = [
+            failed,
+            // Called after the INCR of 5 (at the write's start), before the write returned.
+            ev(Kind::Refresh, false, 4, 1100, 1150),
+            ev(Kind::Refresh, false, 5, 1100, 1150),
+            // A plain read at the same time may still get 4.
+            ev(Kind::Read, false, 4, 1100, 1150),
+        ];
+        let r = check(&h, &[], B);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert_eq!(r.violations[0].read.kind, Kind::Refresh);
+        assert_eq!(r.violations[0].gap, 100 * MS);
+        assert!(r.violations[0].to_string().contains("refreshed 4"));
+    }
+
+    #[test]
     fn an_insert_that_did_not_precede_the_write_may_win() {
         // Insert of 4 overlapping the invalidation (of 5): the store may keep 4.
         let overlapping = [
@@ -359,7 +467,10 @@ mod tests {
         let h = [w, ev(Kind::Read, false, 4, 1011, 1012), failed_read];
         let r = check(&h, &[], B);
         assert!(r.violations.is_empty());
-        assert_eq!((r.writes_failed, r.reads_failed, r.reads_checked), (1, 1, 1));
+        assert_eq!(
+            (r.writes_failed, r.reads_failed, r.reads_checked),
+            (1, 1, 1)
+        );
         for e in &h {
             assert_eq!(Event::parse(&e.line()).as_ref(), Some(e));
         }

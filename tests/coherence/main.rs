@@ -36,6 +36,8 @@ const NEAR_HEALTHY: Duration = Duration::from_millis(200);
 /// How long after a fault ends a subscription may still be reconnecting (its messages lost,
 /// `max_stale` in force until the reconnect drops the tier).
 const RECOVER: Duration = Duration::from_secs(2);
+/// The README's bound for other processes to see an `invalidate_all` without pub/sub.
+const GENERATION_POLL: Duration = Duration::from_secs(1);
 /// Before the first fault: processes start, connect and warm up.
 const WARM: Duration = Duration::from_millis(2500);
 /// After the last fault: the fleet must be coherent again.
@@ -169,7 +171,11 @@ fn run_case(fault: Fault) -> Option<Summary> {
     let length = case_length();
     let begin = now_ns();
     let end = begin + length.as_nanos() as u64;
-    let dir = std::env::temp_dir().join(format!("herdless-coherence-{}-{}", std::process::id(), server.port()));
+    let dir = std::env::temp_dir().join(format!(
+        "herdless-coherence-{}-{}",
+        std::process::id(),
+        server.port()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
 
     let mut restricted_cred = None;
@@ -183,28 +189,34 @@ fn run_case(fault: Fault) -> Option<Summary> {
         restricted_cred = Some(format!("{user}:pw"));
     }
 
-    // (role, near, own keys, user)
-    let fleet: [(&str, bool, &str, Option<String>); 5] = [
+    // (role, near, own keys, user). The last two join late, after the first fault: a fleet
+    // also gains processes (a deploy, a restart) while the store is in its post-fault state.
+    let fleet: [(&str, bool, &str, Option<String>); 7] = [
         ("near-reader", true, "", None),
         ("near-reader", true, "", None),
         ("reader", false, "", None),
         ("writer", false, KEYS_A, None),
         ("writer", false, KEYS_B, restricted_cred),
+        ("writer", false, KEYS_A, None),
+        ("near-reader", true, "", None),
     ];
+    const FIRST: usize = 5;
     let proxies: Vec<(Proxy, bool)> = fleet
         .iter()
         .map(|(_, near, _, _)| (Proxy::start(server.port()), *near))
         .collect();
-    let mut children: Vec<ChildProc> = fleet
-        .iter()
-        .enumerate()
-        .map(|(i, (role, _, own, user))| {
+    let spawn = |i: usize| {
+        let (role, _, own, user) = &fleet[i];
+        {
             let mut env = vec![
                 (roles::ENV_TRUTH, truth.port().to_string()),
                 (roles::ENV_KEYS, own.to_string()),
                 (roles::ENV_ALL_KEYS, ALL_KEYS.to_string()),
                 (roles::ENV_END, end.to_string()),
-                (roles::ENV_OUT, dir.join(format!("{i}.hist")).display().to_string()),
+                (
+                    roles::ENV_OUT,
+                    dir.join(format!("{i}.hist")).display().to_string(),
+                ),
                 (roles::ENV_PROC, i.to_string()),
                 (roles::ENV_MAX_STALE_MS, MAX_STALE.as_millis().to_string()),
             ];
@@ -212,8 +224,9 @@ fn run_case(fault: Fault) -> Option<Summary> {
                 env.push((roles::ENV_USER, u.clone()));
             }
             ChildProc::spawn("coherence_child", proxies[i].0.port(), role, &env)
-        })
-        .collect();
+        }
+    };
+    let mut children: Vec<ChildProc> = (0..FIRST).map(spawn).collect();
 
     // Faults: the first after the warm-up, then every PERIOD while a full tail remains.
     let mut windows = Vec::new();
@@ -224,6 +237,7 @@ fn run_case(fault: Fault) -> Option<Summary> {
             std::thread::sleep(Duration::from_nanos(t - now));
         }
     };
+    let late_at = at(WARM + Duration::from_secs(3));
     match fault {
         Fault::None => {}
         Fault::AclNoChannels | Fault::PlainCommands => windows.push(Window {
@@ -236,9 +250,16 @@ fn run_case(fault: Fault) -> Option<Summary> {
             while next + TAIL.as_nanos() as u64 + 3 * 1000 * MS <= end {
                 sleep_until(next);
                 windows.push(inject(fault, &mut server, &proxies));
+                if children.len() == FIRST {
+                    children.extend((FIRST..fleet.len()).map(spawn));
+                }
                 next += PERIOD.as_nanos() as u64;
             }
         }
+    }
+    if children.len() == FIRST {
+        sleep_until(late_at);
+        children.extend((FIRST..fleet.len()).map(spawn));
     }
 
     let bound = length + Duration::from_secs(60);
@@ -253,14 +274,28 @@ fn run_case(fault: Fault) -> Option<Summary> {
             events.push(Event::parse(line).unwrap_or_else(|| panic!("bad history line {line:?}")));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    // HERDLESS_CHECKER_KEEP=1 keeps the histories for a closer look.
+    if std::env::var_os("HERDLESS_CHECKER_KEEP").is_some() {
+        say(&format!(
+            "coherence {}: histories kept in {}",
+            fault.name(),
+            dir.display()
+        ));
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let bounds = Bounds {
         near_healthy: NEAR_HEALTHY.as_nanos() as u64,
         max_stale: MAX_STALE.as_nanos() as u64,
         recover: RECOVER.as_nanos() as u64,
+        generation_poll: GENERATION_POLL.as_nanos() as u64,
     };
     let report = check(&events, &windows, bounds);
-    let faults = if fault.restricted_writer().is_some() { 1 } else { windows.len() };
+    let faults = if fault.restricted_writer().is_some() {
+        1
+    } else {
+        windows.len()
+    };
     Some(Summary {
         report,
         faults,
@@ -280,7 +315,7 @@ fn case(fault: Fault) {
     let mut by: Vec<_> = r.by_fault().into_iter().collect();
     by.sort();
     say(&format!(
-        "coherence {}: {} processes, {:.0} s, {} reads checked ({} near, {} failed), {} writes ok ({} failed), {} fault injections, {} violations {:?}, worst {:.1} ms late",
+        "coherence {}: {} processes, {:.0} s, {} reads checked ({} near, {} failed), {} writes ok ({} failed), {} fault injections, {} violations {:?} {:?}, worst {:.1} ms late",
         fault.name(),
         s.processes,
         case_length().as_secs_f64(),
@@ -292,12 +327,25 @@ fn case(fault: Fault) {
         s.faults,
         r.violations.len(),
         by,
+        r.by_kind(),
         r.worst_gap() as f64 / MS as f64,
     ));
     // The checker cannot pass on an empty run.
-    assert!(r.reads_checked >= 500, "too few reads to check: {}", r.reads_checked);
-    assert!(r.near_reads_checked >= 100, "too few near reads: {}", r.near_reads_checked);
-    assert!(r.writes_ok >= 20, "too few successful writes: {}", r.writes_ok);
+    assert!(
+        r.reads_checked >= 500,
+        "too few reads to check: {}",
+        r.reads_checked
+    );
+    assert!(
+        r.near_reads_checked >= 100,
+        "too few near reads: {}",
+        r.near_reads_checked
+    );
+    assert!(
+        r.writes_ok >= 20,
+        "too few successful writes: {}",
+        r.writes_ok
+    );
     if fault != Fault::None && fault.restricted_writer().is_none() {
         assert!(s.faults >= 1, "no fault was injected");
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub const TTL: Duration = Duration::from_secs(2);
 /// How long the computation takes (reads the counter, then sleeps): a window in which an
 /// invalidation can race it.
-pub const COMPUTE: Duration = Duration::from_millis(10);
+pub const COMPUTE: Duration = Duration::from_millis(30);
 /// The function's name on the shared store (the same in every process).
 pub const NAME: &str = "ctr";
 /// Key prefix on the shared store.
@@ -165,11 +165,21 @@ fn read_loop<S: Store<u32, u64>>(
                 while now_ns() < end {
                     i = (i + 1) % all.len();
                     let k = all[i];
+                    // One call in 50 is a `refresh`, which must return a value computed
+                    // after it was called.
+                    let kind = if rand::random_range(0..50) == 0 {
+                        Kind::Refresh
+                    } else {
+                        Kind::Read
+                    };
                     let start = now_ns();
-                    let r = f.get(&k);
+                    let r = match kind {
+                        Kind::Refresh => f.refresh(&k),
+                        _ => f.get(&k),
+                    };
                     let stop = now_ns();
                     out.push(Event {
-                        kind: Kind::Read,
+                        kind,
                         proc,
                         near,
                         key: k,

@@ -257,7 +257,13 @@ impl Drop for Proxy {
         if let Some(a) = self.accept.take() {
             let _ = a.join();
         }
-        for c in self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for c in self
+            .shared
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             c.close();
         }
         self.reap();
