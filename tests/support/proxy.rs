@@ -312,6 +312,8 @@ fn accept_loop(listener: TcpListener, s: Arc<Shared>) {
         for sock in [&client, &upstream] {
             let _ = sock.set_nodelay(true);
             let _ = sock.set_read_timeout(Some(TICK));
+            // A peer that stops reading (a SIGSTOPped server) cannot hold a pump forever.
+            let _ = sock.set_write_timeout(Some(Duration::from_secs(5)));
         }
         let conn = Arc::new(Conn {
             id: s.next_id.fetch_add(1, Ordering::Relaxed),
@@ -354,12 +356,7 @@ fn nap(c: &Conn, s: &Shared, d: Duration) {
 fn pump(c: &Conn, s: &Shared, mut from: TcpStream, mut to: TcpStream, upward: bool) {
     let mut buf = vec![0u8; 64 * 1024];
     while !s.stop.load(Ordering::Relaxed) && !c.closed.load(Ordering::Relaxed) {
-        let mode = c.mode();
-        let stalled = match mode {
-            Mode::StallUntil(t) => Instant::now() < t,
-            _ => false,
-        };
-        if stalled || s.partitioned.load(Ordering::Relaxed) {
+        if c.held(s) {
             std::thread::sleep(TICK);
             continue;
         }
@@ -384,15 +381,12 @@ fn pump(c: &Conn, s: &Shared, mut from: TcpStream, mut to: TcpStream, upward: bo
             };
             nap(c, s, Duration::from_micros(base + extra));
         }
-        // Looked at again after the delay: a black hole or partition that started meanwhile
-        // swallows the chunk.
+        // Looked at again after the read and the delay: a black hole that started meanwhile
+        // swallows the chunk, a stall or partition holds it back.
         if c.mode() == Mode::BlackHole {
             continue;
         }
-        while s.partitioned.load(Ordering::Relaxed)
-            && !s.stop.load(Ordering::Relaxed)
-            && !c.closed.load(Ordering::Relaxed)
-        {
+        while c.held(s) && !s.stop.load(Ordering::Relaxed) && !c.closed.load(Ordering::Relaxed) {
             std::thread::sleep(TICK);
         }
         if to.write_all(&buf[..n]).is_err() {
@@ -403,6 +397,15 @@ fn pump(c: &Conn, s: &Shared, mut from: TcpStream, mut to: TcpStream, upward: bo
 }
 
 impl Conn {
+    /// True while a stall or a partition holds this connection's bytes back.
+    fn held(&self, s: &Shared) -> bool {
+        let stalled = match self.mode() {
+            Mode::StallUntil(t) => Instant::now() < t,
+            _ => false,
+        };
+        stalled || s.partitioned.load(Ordering::Relaxed)
+    }
+
     /// One direction ended (EOF, error, reset or stop): the other direction cannot be useful
     /// alone, so the connection closes. A reset already set `SO_LINGER 0` on the client side;
     /// shutting it down here would send a FIN first, so only a clean end shuts it down.
