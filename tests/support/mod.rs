@@ -625,3 +625,9 @@ pub fn field_u64(f: &HashMap<String, String>, k: &str) -> u64 {
         .parse()
         .unwrap_or_else(|_| panic!("`{k}` is not a number: {f:?}"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Network faults between a process and Redis: a userspace TCP proxy (tc netem is unavailable).
+// ---------------------------------------------------------------------------------------------
+
+pub mod proxy;
