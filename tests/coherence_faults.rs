@@ -444,3 +444,67 @@ fn fork_child(url: &str) {
     };
     report("forked", format!("status={code}"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Finding 9: a pub/sub backlog that grows while `live` stays true.
+
+#[test]
+fn a_backlog_older_than_its_bound_counts_as_a_channel_failure() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let url = server.url();
+    let mut con = server.raw();
+    set_truth(&mut con, "v1");
+    let k = "home".to_string();
+    let shared = store(&url);
+    // Many tiers on one store: each message costs the dispatcher one decode per tier, so a flood
+    // outruns it and redis-rs's queue grows.
+    let tiers: Vec<_> = (0..100)
+        .map(|_| near(&shared, Duration::from_millis(200)))
+        .collect();
+    let fns: Vec<_> = tiers.iter().map(|t| truth_fn(t, &url)).collect();
+    let (tier, fr) = (&tiers[0], &fns[0]);
+    for f in &fns {
+        assert_eq!(f.get(&"flood".to_string()).unwrap(), "v1"); // registers the name
+    }
+    wait_until("the value is near", Duration::from_secs(5), || {
+        let _ = fr.get(&k);
+        !tier.is_empty()
+    });
+    // The writer, connected before the flood (the server is busy during it).
+    let w = RedisStore::builder(&url)
+        .prefix("coh")
+        .op_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let fw = truth_fn(&w, &url);
+    assert_eq!(fw.get(&k).unwrap(), "v1");
+    // The flood: announcements of another key of the same function.
+    let channel = channel_key(&shared.value_key("page", &"flood".to_string()));
+    let flood = {
+        let mut con = server.raw();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                let mut p = redis::pipe();
+                for _ in 0..1000 {
+                    p.cmd("PUBLISH").arg(&channel).arg("2").ignore();
+                }
+                if p.query::<()>(&mut con).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    // Behind the flood, the key is invalidated.
+    std::thread::sleep(Duration::from_millis(100));
+    set_truth(&mut con, "v2");
+    fw.invalidate(&k).unwrap();
+    // Bound: the backlog bound (1 s) ends the subscription, then max_stale (200 ms) applies.
+    // Draining the flood in order would take far longer.
+    wait_until("the near tier stops serving v1", Duration::from_secs(5), || {
+        fr.get(&k).ok().as_deref() == Some("v2")
+    });
+    assert!(stat(&shared.stats().pubsub_backlog_resets) >= 1);
+    flood.join().unwrap();
+}
