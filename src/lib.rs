@@ -112,6 +112,7 @@ mod entry;
 mod error;
 mod fence;
 mod flight;
+mod hot;
 mod layer;
 mod lock;
 mod memoize;
