@@ -675,6 +675,45 @@ mod tests {
         assert_eq!(f.stats().slow_calls, 1);
     }
 
+    /// The tier serves a hot key after its first cold hit, with the fixed-β and the default
+    /// (automatic β) builder alike, and a write returned ends it at once.
+    #[test]
+    fn a_hot_key_is_served_from_the_thread_tier_until_a_write() {
+        let store = MemoryStore::<String, u32>::new(10).unwrap();
+        let fixed = memoize_stampede(&store, Duration::from_secs(60))
+            .beta(1.0)
+            .build_blocking_infallible(|k: &String| k.len() as u32)
+            .unwrap();
+        let auto = memoize_stampede(&store, Duration::from_secs(60))
+            .build_blocking_infallible(|k: &String| k.len() as u32 + 100)
+            .unwrap();
+        std::thread::spawn(move || {
+            for (f, base) in [(fixed, 0), (auto, 100)] {
+                let e = f.engine();
+                assert_eq!(f.get("abc").unwrap(), base + 3); // miss
+                assert_eq!(e.hot_read("abc", |v| *v), None, "not admitted by a miss");
+                assert_eq!(f.get("abc").unwrap(), base + 3); // cold hit: admitted
+                let index = crate::stats::own_stripe().expect("a stripe after a hit");
+                // SAFETY: this thread owns `index`.
+                let held = unsafe { e.hot.with(index, |h| Some(h.key.clone())) };
+                assert_eq!(held.as_deref(), Some("abc"));
+                let hits = f.stats().hits;
+                assert_eq!(e.hot_read("abc", |v| *v), Some(base + 3));
+                assert_eq!(f.get("abc").unwrap(), base + 3);
+                assert_eq!(f.stats().hits, hits + 2, "tier hits count");
+                f.insert("abc", 42).unwrap();
+                assert_eq!(e.hot_read("abc", |v| *v), None, "stale after insert");
+                assert_eq!(f.get("abc").unwrap(), 42);
+                f.invalidate("abc").unwrap();
+                assert_eq!(e.hot_read("abc", |v| *v), None, "stale after invalidate");
+                assert_eq!(f.get("abc").unwrap(), base + 3);
+                assert_eq!(f.stats().computations, 2);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn the_owned_key_is_borrowed_and_a_borrowed_form_copied() {
         let k = "abc".to_string();

@@ -117,3 +117,30 @@ fn automatic_beta_get() {
 fn fixed_beta_read() {
     readers_never_see_a_value_older_than_a_returned_write(Some(1.0), Via::Read);
 }
+
+/// The async facade's `read`: the closure sees the value without a clone, a hit and a miss
+/// alike, and a write that returned is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_read_sees_every_returned_write() {
+    let store = MemoryStore::<String, Arc<String>>::new(100).unwrap();
+    let f = memoize_stampede(&store, Duration::from_secs(3600))
+        .build_infallible(|k: String| async move { Arc::new(format!("v0 {k}")) })
+        .unwrap();
+    for round in 0..200 {
+        let seen = f.read("k", |v: &Arc<String>| v.to_string()).await.unwrap();
+        let expected = if round == 0 {
+            "v0 k".to_string()
+        } else {
+            format!("v{round}")
+        };
+        assert_eq!(seen, expected);
+        // Several hits (the tier fills), then a write.
+        for _ in 0..5 {
+            assert_eq!(f.read("k", |v| v.len()).await.unwrap(), expected.len());
+        }
+        f.insert("k", Arc::new(format!("v{}", round + 1)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(f.stats().computations, 1);
+}
