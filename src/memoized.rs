@@ -122,29 +122,20 @@ where
     /// assert_eq!(page.stats().computations, 1);
     /// # }
     /// ```
-    #[inline(always)]
-    pub fn read<'a, Q, R, F>(
-        &'a self,
-        key: &'a Q,
-        f: F,
-    ) -> impl Future<Output = Result<R, Error<E>>> + Send + 'a
+    pub async fn read<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R + Send) -> Result<R, Error<E>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
-        F: FnOnce(&V) -> R + Send + 'a,
-        R: 'a,
     {
-        async move {
-            let mut f = Some(f);
-            // `f` is taken only on a tier hit, so it is still here on every other path.
-            if let Some(Some(out)) = self.engine.hot_read(key, |v| f.take().map(|f| f(v))) {
-                return Ok(out);
-            }
-            let value = Get::new(self, key, None).await?;
-            match f.take() {
-                Some(f) => Ok(f(&value)),
-                None => unreachable!("f ran only on a tier hit"),
-            }
+        let mut f = Some(f);
+        // `f` is taken only on a tier hit, so it is still here on every other path.
+        if let Some(Some(out)) = self.engine.hot_read(key, |v| f.take().map(|f| f(v))) {
+            return Ok(out);
+        }
+        let value = Get::new(self, key, None).await?;
+        match f.take() {
+            Some(f) => Ok(f(&value)),
+            None => unreachable!("f ran only on a tier hit"),
         }
     }
 

@@ -143,4 +143,8 @@ async fn async_read_sees_every_returned_write() {
             .unwrap();
     }
     assert_eq!(f.stats().computations, 1);
+    // The future is Send: it runs on another worker.
+    let g = f.clone();
+    let len = tokio::spawn(async move { g.read("k", |v| v.len()).await.unwrap() });
+    assert_eq!(len.await.unwrap(), "v200".len());
 }
