@@ -22,15 +22,16 @@
 //! ([`crate::stats`]): only that thread reads or writes it, like its stripe, and the index passes
 //! to another thread only through the stripe free list's mutex.
 //!
-//! Memory: per memoized function on a store with versions, [`SLOTS`] slots of one key, one
-//! `Entry<V>` and 32 bytes of bookkeeping each, rounded up to a 64-byte line (4 KiB for a
-//! `u64` → `u64` function), plus the key and value each thread last admitted (a value is held
-//! until that thread admits another key of that function, or the function is dropped). Per
-//! store: [`VERSIONS`] counters (8 KiB).
+//! Memory: per memoized function on a store with versions, [`SLOTS`] slots of `key + value +
+//! 48 bytes` each, rounded up to whole 64-byte lines (4 KiB for a `u64 → u64` function, 8 KiB
+//! for `String → String`), plus the key and value each thread last admitted (held until that
+//! thread admits another key of that function, or the function is dropped). Per store:
+//! [`VERSIONS`] counters (8 KiB).
 
 use crate::entry::Entry;
 use std::cell::{Cell, UnsafeCell};
 use std::hash::{Hash, Hasher};
+use std::ptr::NonNull;
 
 #[cfg(not(shuttle))]
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,14 +64,19 @@ impl Default for Versions {
 }
 
 impl Versions {
-    /// The counter of `key` (any borrowed form: it hashes as the owned key).
+    /// The index of `key`'s counter (any borrowed form: it hashes as the owned key).
     #[inline]
-    pub(crate) fn of<Q: Hash + ?Sized>(&self, key: &Q) -> &AtomicU64 {
+    fn index_of<Q: Hash + ?Sized>(key: &Q) -> usize {
         let mut h = Fx(0);
         key.hash(&mut h);
         // The top bits of a multiplicative hash are its best mixed.
-        let i = (h.0.wrapping_mul(FX) >> (64 - VERSIONS.trailing_zeros())) as usize;
-        &self.counters[i]
+        (h.0.wrapping_mul(FX) >> (64 - VERSIONS.trailing_zeros())) as usize
+    }
+
+    /// The counter of `key`.
+    #[inline]
+    pub(crate) fn of<Q: Hash + ?Sized>(&self, key: &Q) -> &AtomicU64 {
+        &self.counters[Self::index_of(key)]
     }
 
     /// After a write of `key`: tiers holding an older value of it stop serving it.
@@ -140,7 +146,7 @@ pub(crate) struct HotEntry<K, V> {
     pub(crate) key: K,
     pub(crate) entry: Entry<V>,
     /// The key's version counter in the store, and its value read before the store was.
-    version: *const AtomicU64,
+    version: NonNull<AtomicU64>,
     seen: u64,
     /// Hits served from this entry since the rate meter last heard of them (automatic β).
     pub(crate) unmetered: Cell<u64>,
@@ -152,7 +158,7 @@ impl<K, V> HotEntry<K, V> {
     pub(crate) fn current(&self) -> bool {
         // SAFETY: `version` points into the `Versions` of the store the engine owns, which
         // outlives every tier of that engine.
-        unsafe { &*self.version }.load(Ordering::Relaxed) == self.seen
+        unsafe { self.version.as_ref() }.load(Ordering::Relaxed) == self.seen
     }
 }
 
@@ -162,7 +168,7 @@ struct Slot<K, V> {
     entry: UnsafeCell<Option<HotEntry<K, V>>>,
     /// The version counter of the last key that missed the tier, unadmitted: a key is admitted
     /// the second time in a row it misses, so a stream of distinct keys costs no copies.
-    candidate: Cell<usize>,
+    candidate: Cell<u32>,
     /// Set while user code (key comparison, value clone, a `read` closure) runs with a borrow
     /// of the entry: a call it makes on this thread then does not replace the entry.
     busy: Cell<bool>,
@@ -236,8 +242,10 @@ impl<K, V> HotTier<K, V> {
         if slot.busy.get() {
             return None;
         }
-        let counter = versions.of(key);
-        let id = counter as *const AtomicU64 as usize;
+        let index_of = Versions::index_of(key);
+        let counter = &versions.counters[index_of];
+        // 1 + the counter's index: 0 is "no candidate".
+        let id = index_of as u32 + 1;
         // SAFETY: not busy, so no borrow of the entry lives; only this thread touches it.
         let occupied = unsafe { &*slot.entry.get() }.is_some();
         if occupied && slot.candidate.get() != id {
@@ -250,7 +258,7 @@ impl<K, V> HotTier<K, V> {
         let new = HotEntry {
             key: key.to_owned(),
             entry,
-            version: counter,
+            version: NonNull::from(counter),
             seen,
             unmetered: Cell::new(0),
         };
@@ -301,6 +309,15 @@ mod tests {
         let before = v.of("some key").load(Ordering::SeqCst);
         v.bump(&owned);
         assert_eq!(v.of("some key").load(Ordering::SeqCst), before + 1);
+    }
+
+    /// The crate doc's memory figures: one line per slot for `u64 → u64`, two for
+    /// `String → String`.
+    #[test]
+    fn a_slot_is_one_line_for_small_keys_and_values() {
+        assert_eq!(std::mem::size_of::<Slot<u64, u64>>(), 64);
+        assert_eq!(std::mem::size_of::<Slot<String, String>>(), 128);
+        assert_eq!(std::mem::size_of::<Versions>(), 16);
     }
 
     #[test]
