@@ -19,6 +19,7 @@
 //! dropped (the rate is an estimate anyway), so hits never stall behind a flood's inserts.
 
 use crate::xfetch::theory::{beta_for_late_bound, solve_beta, LATE_REFRESH_BOUND};
+use std::borrow::Borrow;
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -144,13 +145,18 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
         }
     }
 
-    fn shard(&self, key: &K) -> &Shard<K> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Shard<K> {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
-    /// Counts one call: with probability 1/`SAMPLE` it adds `SAMPLE` to the key's meter.
+    /// Counts one call: with probability 1/`SAMPLE` it adds `SAMPLE` to the key's meter. `key`
+    /// may be a borrowed form of `K`: only a key's first sample makes an owned copy.
     #[inline]
-    pub(crate) fn tick(&self, key: &K, now: u64) {
+    pub(crate) fn tick<Q>(&self, key: &Q, now: u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + ToOwned<Owned = K>,
+    {
         let due = SAMPLER.with(|c| {
             let mut x = c.get();
             if x == 0 {
@@ -167,7 +173,12 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
         }
     }
 
-    fn record(&self, key: &K, now: u64, calls: u64) {
+    /// Adds `calls` to the key's meter (a sample, or a thread's batch of tier hits).
+    pub(crate) fn record<Q>(&self, key: &Q, now: u64, calls: u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + ToOwned<Owned = K>,
+    {
         let shard = self.shard(key);
         let found = match shard.try_read() {
             Ok(read) => read.map.get(key).cloned(),
@@ -260,7 +271,11 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
 
 impl<K: Hash + Eq + Clone> MeterShard<K> {
     /// The key's meter, created now; past the cap one meter is evicted first.
-    fn insert(&mut self, key: &K, now: u64) -> Arc<Meter> {
+    fn insert<Q>(&mut self, key: &Q, now: u64) -> Arc<Meter>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + ToOwned<Owned = K>,
+    {
         if let Some(m) = self.map.get(key) {
             return m.clone(); // another sampler inserted it meanwhile
         }
@@ -268,8 +283,9 @@ impl<K: Hash + Eq + Clone> MeterShard<K> {
             self.evict_one();
         }
         let m = Arc::new(Meter::new(now));
-        self.map.insert(key.clone(), m.clone());
-        self.ring.push_back(key.clone());
+        let owned = key.to_owned();
+        self.map.insert(owned.clone(), m.clone());
+        self.ring.push_back(owned);
         m
     }
 

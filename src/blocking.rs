@@ -97,6 +97,52 @@ where
         self.get_under(key, None)
     }
 
+    /// Runs `f` on the value for `key` without cloning it, with the same miss, refresh and
+    /// contention behaviour as [`BlockingMemoized::get`].
+    ///
+    /// Why: a hit served from the calling thread's tier writes nothing another core reads,
+    /// but `get` then clones the value, and cloning an `Arc<T>` writes its shared count: on one
+    /// hot key every core writes that line. `read` borrows instead, so an `Arc` value scales
+    /// like a `u64` (`cargo bench --bench hit_threads`; the README has the figures). On a
+    /// store probe (a hit that is not in the tier, a miss) the value is the store's copy.
+    ///
+    /// `f` must not call this function again on this thread with another key and keep
+    /// expecting the tier: it may (the tier is simply not refilled meanwhile).
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<String, Arc<String>>::new(100).unwrap();
+    /// let page = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_blocking_infallible(|k: &String| Arc::new(format!("<html>{k}</html>")))
+    ///     .unwrap();
+    /// assert_eq!(page.read("home", |html| html.len()).unwrap(), 17);
+    /// assert_eq!(page.read("home", |html| html.starts_with("<html>")).unwrap(), true);
+    /// assert_eq!(page.stats().computations, 1);
+    /// ```
+    #[inline(always)]
+    pub fn read<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Result<R, Error<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        let engine: &Engine<K, V, E, S> = &self.engine;
+        let mut f = Some(f);
+        // `f` is taken only on a tier hit, so it is still here on every other path.
+        if let Some(Some(out)) = engine.hot_read(key, |v| f.take().map(|f| f(v))) {
+            return Ok(out);
+        }
+        let value = match engine.try_lean(key) {
+            Ok(value) => Ok(value),
+            Err(lookup) => Self::cold(engine, key, lookup, None),
+        }?;
+        match f.take() {
+            Some(f) => Ok(f(&value)),
+            None => unreachable!("f ran only on a tier hit"),
+        }
+    }
+
     /// The value for `key`, with this call's own contention policy.
     #[inline(always)]
     pub fn get_with<Q>(&self, key: &Q, contention: Contention) -> Result<V, Error<E>>

@@ -139,11 +139,17 @@ impl Coarse {
     #[inline]
     pub(crate) fn now(&'static self) -> u64 {
         let n = self.elapsed();
-        if self
-            .horizon
-            .fetch_max(n.saturating_add(self.lag), Ordering::Relaxed)
-            == UNTRUSTED
-        {
+        let h = n.saturating_add(self.lag);
+        // Compare before writing: every hit reads the horizon's line, and a `fetch_max` takes
+        // it from every core even when it changes nothing (the tick thread usually keeps the
+        // horizon ahead of `h`).
+        let cur = self.horizon.load(Ordering::Relaxed);
+        let prev = if cur < h {
+            self.horizon.fetch_max(h, Ordering::Relaxed)
+        } else {
+            cur
+        };
+        if prev == UNTRUSTED {
             self.revive();
         }
         n

@@ -12,6 +12,7 @@ use crate::entry::Entry;
 use crate::error::Error;
 use crate::fence::Fences;
 use crate::flight::{FlightMap, RefreshSlots};
+use crate::hot::HotTier;
 use crate::layer::ComputeFn;
 use crate::stats::{bump, Stats};
 use crate::store::contract::{Lookup, Namespace, Store, Written};
@@ -116,8 +117,12 @@ pub(crate) struct Engine<K, V, E, S> {
     /// open, which sends blocking hitters to [`Engine::after_lean`] to yield there. Only ever
     /// holds `&'static Coarse` pointers.
     lean: AtomicPtr<Coarse>,
-    /// `⌈β · E_MAX · 1000⌉` as an integer: the lean path's reach (fixed β only).
-    reach_int: u64,
+    /// `⌈β · E_MAX · 1000⌉` as an integer: the lean path's and the tier's reach (with
+    /// automatic β the largest handed out so far, like `reach_ns_per_us`).
+    reach_int: AtomicU64,
+    /// Each thread's most recently hit entry (see `hot`); filled only if the store keeps
+    /// write versions.
+    hot: HotTier<K, V>,
     pub(crate) meters: Option<RateMeters<K>>,
     /// How far the cheap clock may lag.
     lag: u64,
@@ -179,16 +184,19 @@ where
         let stats = Stats::new(&ns.name);
         let refreshes = RefreshSlots::with_limit(cfg.max_refreshes);
         let reach = theory::reach(1000.0, if cfg.auto.is_some() { 1.0 } else { cfg.beta });
+        // The tier (and the fixed-β lean path) judge hits on the coarse clock, with an integer
+        // reach: automatic β too, whose reach only widens (`widen_reach`).
         let lean = clock
             .coarse()
-            .filter(|_| cfg.auto.is_none() && cfg.beta.is_finite());
+            .filter(|_| cfg.auto.is_some() || cfg.beta.is_finite());
         // Rounded up, so the lean path stays conservative: it never skips a draw that could
         // fire (`as` saturates an infinite or huge reach at u64::MAX).
         let reach_int = reach.ceil() as u64;
         Engine {
             reach_ns_per_us: AtomicU64::new(reach.to_bits()),
-            reach_int,
-            is_lean: lean.is_some(),
+            reach_int: AtomicU64::new(reach_int),
+            hot: HotTier::new(),
+            is_lean: lean.is_some() && cfg.auto.is_none(),
             coarse: lean.unwrap_or_else(Coarse::never),
             lean: AtomicPtr::new(ptr(lean.unwrap_or_else(Coarse::never))),
             meters: cfg.auto.map(|_| RateMeters::new()),
@@ -209,10 +217,10 @@ where
         }
     }
 
-    /// The lean path's verdict on an entry found: `Some(horizon)` for a hit (counted), `None`
-    /// when [`Engine::after_lean`] must look again (off the lean path, in a hand-off window,
-    /// near expiry, or a hit due for the periodic clock check, which the hit path leaves to
-    /// the cold path so that no value stays live across a call).
+    /// The lean path's verdict on an entry found in the store: `Some(horizon)` for a hit
+    /// (counted), `None` when [`Engine::after_lean`] must look again (automatic β, in a
+    /// hand-off window, near expiry, or a hit due for the periodic clock check, which the hit
+    /// path leaves to the cold path so that no value stays live across a call).
     #[inline(always)]
     pub(crate) fn lean_hit(&self, entry: &Entry<V>) -> Option<u64> {
         // The horizon is ≥ now, so a positive gap here is a positive gap now, and a gap beyond
@@ -221,18 +229,57 @@ where
         // SAFETY: `lean` only ever holds pointers made from `&'static Coarse` (see `ptr`).
         let coarse = unsafe { &*self.lean.load(Ordering::Relaxed) };
         let horizon = coarse.horizon();
-        (beyond_reach(entry, horizon, self.reach_int) && self.stats.try_hit()).then_some(horizon)
+        (self.is_lean
+            && beyond_reach(entry, horizon, self.reach_int.load(Ordering::Relaxed))
+            && self.stats.try_hit())
+        .then_some(horizon)
     }
 
-    /// The hit path of both facades: `Ok(value)` for a lean hit, else the store's lookup for
-    /// the cold path. The entry is moved out only on a hit, so a hit never copies it into
-    /// another enum.
+    /// The tier's hit: `f` on this thread's tier entry for `key` if it is current (no write of
+    /// the key returned since it was read), beyond XFetch reach on the coarse clock, no clock
+    /// check is due and no hand-off window is open. Counted like a lean hit; writes only lines
+    /// of this thread (its stripe, its slot).
+    #[inline(always)]
+    pub(crate) fn hot_read<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.stats.try_hot(|index| {
+            // SAFETY: `try_hot` passes the stripe index this thread owns.
+            unsafe {
+                self.hot.with(index, |e| {
+                    // SAFETY: as in `lean_hit`.
+                    let coarse = &*self.lean.load(Ordering::Relaxed);
+                    let fresh = e.key.borrow() == key
+                        && e.current()
+                        && beyond_reach(
+                            &e.entry,
+                            coarse.horizon(),
+                            self.reach_int.load(Ordering::Relaxed),
+                        );
+                    if !fresh {
+                        return None;
+                    }
+                    e.unmetered.set(e.unmetered.get() + 1);
+                    Some(f(&e.entry.value))
+                })
+            }
+        })
+    }
+
+    /// The hit path of both facades: `Ok(value)` for a tier or lean hit, else the store's
+    /// lookup for the cold path. The entry is moved out only on a hit, so a hit never copies
+    /// it into another enum.
     #[inline(always)]
     pub(crate) fn try_lean<Q>(&self, key: &Q) -> Result<V, Lookup<V>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        if let Some(value) = self.hot_read(key, V::clone) {
+            return Ok(value);
+        }
         let lookup = self.store.get_now(&self.ns, key);
         if let Lookup::Found(entry) = &lookup {
             if self.lean_hit(entry).is_some() {
@@ -246,30 +293,67 @@ where
     }
 
     /// Where [`Engine::lean_hit`] said no: `Ok((value, horizon))` if the call is a hit after
-    /// all (the general path, or a lean function in a hand-off window), else what the slow path
-    /// gets.
+    /// all (the general path, a lean function in a hand-off window, a hit due for a clock
+    /// check), else what the slow path gets. A hit here may admit the key into this thread's
+    /// tier ([`Engine::admit`]).
     #[inline(never)]
     pub(crate) fn after_lean<Q>(&self, key: &Q, lookup: Lookup<V>) -> Result<(V, u64), Probe<V>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized + ToOwned<Owned = K> + 'static,
     {
-        if !self.is_lean {
-            return self.general(key, lookup);
+        let out = if self.is_lean {
+            self.lean_cold(lookup)
+        } else {
+            self.general(key, lookup)
+        };
+        if out.is_ok() {
+            self.admit(key);
         }
+        out
+    }
+
+    /// The fixed-β lean function's cold hit (a hand-off window or a clock check due).
+    fn lean_cold(&self, lookup: Lookup<V>) -> Result<(V, u64), Probe<V>> {
         let entry = match lookup {
             Lookup::Found(entry) => entry,
             Lookup::Missing => return Err(Probe::Miss),
             Lookup::NotLocal => return Err(Probe::NotLocal),
         };
         let horizon = self.coarse.horizon();
-        if beyond_reach(&entry, horizon, self.reach_int)
+        if beyond_reach(&entry, horizon, self.reach_int.load(Ordering::Relaxed))
             && (!self.stats.hit() || self.clock_checked(self.coarse, horizon))
         {
             self.end_handoff_window(horizon);
             Ok((entry.value, horizon))
         } else {
             Err(Probe::NearExpiry(entry))
+        }
+    }
+
+    /// A cold hit of `key`: admits it into this thread's tier (see `HotTier::admit`: a key
+    /// that missed the tier twice in a row, or whose tier entry went stale), if the store keeps
+    /// write versions and this thread has a stripe.
+    fn admit<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + ToOwned<Owned = K>,
+    {
+        let (Some(versions), Some(index)) = (self.store.versions(), crate::stats::own_stripe())
+        else {
+            return;
+        };
+        let read = || match self.store.get_now(&self.ns, key) {
+            Lookup::Found(entry) => Some(entry),
+            _ => None,
+        };
+        // SAFETY: `own_stripe` is the stripe index this thread owns.
+        let old = unsafe { self.hot.admit(index, versions, key, read) };
+        if let (Some(old), Some(m)) = (old, &self.meters) {
+            let n = old.unmetered.get();
+            if n > 0 {
+                m.record::<K>(&old.key, self.clock.recent(), n);
+            }
         }
     }
 
@@ -280,7 +364,16 @@ where
         Q: Hash + Eq + ?Sized + ToOwned<Owned = K> + 'static,
     {
         if let Some(m) = &self.meters {
-            m.tick(&owned_or_same(key), self.clock.recent());
+            let now = self.clock.recent();
+            m.tick(key, now);
+            // The tier's hits of this thread, batched: one meter update per cold hit.
+            if let Some(index) = crate::stats::own_stripe() {
+                // SAFETY: `own_stripe` is the stripe index this thread owns.
+                unsafe {
+                    self.hot
+                        .take_unmetered(index, |k, n| m.record::<K>(k, now, n))
+                };
+            }
         }
         let entry = match lookup {
             Lookup::Found(entry) => entry,
@@ -304,6 +397,10 @@ where
                     }
                 };
             if checked {
+                if !std::ptr::eq(self.coarse, Coarse::never()) {
+                    // Automatic β on the system clock: its tier reads `lean` too.
+                    self.end_handoff_window(worst_now);
+                }
                 return Ok((entry.value, worst_now));
             }
         }
@@ -369,9 +466,13 @@ where
     /// Automatic β handed out `beta` for some key: widen the hit path's reach to cover it, so
     /// the hit path stays conservative (it never skips a draw that could fire).
     pub(crate) fn widen_reach(&self, beta: f64) {
-        // Only automatic β widens, and automatic β runs the general path: `reach_int` is fixed.
+        // Only automatic β widens. The tier's integer reach widens with it, rounded up (and
+        // saturated by `as`), so the tier never skips a draw the general path would make.
+        let reach = theory::reach(1000.0, beta);
         self.reach_ns_per_us
-            .fetch_max(theory::reach(1000.0, beta).to_bits(), Ordering::Relaxed);
+            .fetch_max(reach.to_bits(), Ordering::Relaxed);
+        self.reach_int
+            .fetch_max(reach.ceil() as u64, Ordering::Relaxed);
     }
 
     /// See [`Engine::handed_off`]: is a hand-off window open at a hit's `horizon`? One relaxed
@@ -607,6 +708,45 @@ mod tests {
         assert!(closed, "the window never closed");
         assert_eq!(f.stats().computations, 1);
         assert_eq!(f.stats().slow_calls, 1);
+    }
+
+    /// The tier serves a hot key after its first cold hit, with the fixed-β and the default
+    /// (automatic β) builder alike, and a write returned ends it at once.
+    #[test]
+    fn a_hot_key_is_served_from_the_thread_tier_until_a_write() {
+        let store = MemoryStore::<String, u32>::new(10).unwrap();
+        let fixed = memoize_stampede(&store, Duration::from_secs(60))
+            .beta(1.0)
+            .build_blocking_infallible(|k: &String| k.len() as u32)
+            .unwrap();
+        let auto = memoize_stampede(&store, Duration::from_secs(60))
+            .build_blocking_infallible(|k: &String| k.len() as u32 + 100)
+            .unwrap();
+        std::thread::spawn(move || {
+            for (f, base) in [(fixed, 0), (auto, 100)] {
+                let e = f.engine();
+                assert_eq!(f.get("abc").unwrap(), base + 3); // miss
+                assert_eq!(e.hot_read("abc", |v| *v), None, "not admitted by a miss");
+                assert_eq!(f.get("abc").unwrap(), base + 3); // cold hit: admitted
+                let index = crate::stats::own_stripe().expect("a stripe after a hit");
+                // SAFETY: this thread owns `index`.
+                let held = unsafe { e.hot.with(index, |h| Some(h.key.clone())) };
+                assert_eq!(held.as_deref(), Some("abc"));
+                let hits = f.stats().hits;
+                assert_eq!(e.hot_read("abc", |v| *v), Some(base + 3));
+                assert_eq!(f.get("abc").unwrap(), base + 3);
+                assert_eq!(f.stats().hits, hits + 2, "tier hits count");
+                f.insert("abc", 42).unwrap();
+                assert_eq!(e.hot_read("abc", |v| *v), None, "stale after insert");
+                assert_eq!(f.get("abc").unwrap(), 42);
+                f.invalidate("abc").unwrap();
+                assert_eq!(e.hot_read("abc", |v| *v), None, "stale after invalidate");
+                assert_eq!(f.get("abc").unwrap(), base + 3);
+                assert_eq!(f.stats().computations, 2);
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -43,15 +43,34 @@
 //! ```
 //!
 //! ## Design and cost
-//! - One engine serves both facades. A hit is one `quick_cache` probe, one relaxed load of a
-//!   coarse clock and one comparison: values whose gap exceeds `δ·β·E_MAX` cannot trigger
-//!   XFetch whatever the draw ([`xfetch::E_MAX`]), so neither the precise clock nor the RNG is
-//!   read. Only near expiry does a call read `Instant::now()` and draw.
+//! - One engine serves both facades. A hit on a thread's hot key is served from that thread's
+//!   own tier (its most recently hit entry of the function, see below): one key comparison,
+//!   one load of the key's write version in the store, one relaxed load of a coarse clock and
+//!   one comparison, and it writes only lines of its own thread, so one hot key scales with
+//!   cores. Other hits are one `quick_cache` probe and the same test. Values whose gap exceeds
+//!   `δ·β·E_MAX` cannot trigger XFetch whatever the draw ([`xfetch::E_MAX`]), so neither the
+//!   precise clock nor the RNG is read. Only near expiry does a call read `Instant::now()`
+//!   and draw.
+//! - The per-thread tier keeps [`MemoryStore`]'s semantics: every write of the store (a
+//!   computed value, `insert`, `invalidate`, `invalidate_all`) bumps the key's write version
+//!   before it returns, and a tier entry is served only while its version is unchanged, so
+//!   once a write returned no thread serves the older value. The store is still probed every
+//!   255th hit of a thread (the coarse-clock check), which keeps a hot key recent in its
+//!   eviction policy. `Memoized::read` / `BlockingMemoized::read` run a closure on the value
+//!   without cloning it: with an `Arc<T>` value that is the only hit that writes no shared
+//!   count. Stores without write versions (`store::NearStore`) are probed on every hit.
 //! - Memory: per entry, key + value + 16 bytes (`delta`, `expiry`) + a 4-byte namespace id +
 //!   quick_cache's slot overhead. Per memoized function: 2 × 64 small mutex-guarded maps, holding
 //!   only keys being computed or refreshed (and, at most 64 Ki, keys backing off a failed refresh),
-//!   and a 4.2 KiB hit counter (one cache line per thread stripe, so hits never share a line,
-//!   plus one that threads without a stripe address).
+//!   a 4.2 KiB hit counter (one cache line per thread stripe, so hits never share a line,
+//!   plus one that threads without a stripe address), and the per-thread tier: 64 slots of
+//!   one line or more each (`key + value + 48 bytes`, rounded up to 64: 4 KiB for a
+//!   `u64 → u64` function, 8 KiB for `String → String`), plus, per thread that hit the
+//!   function, one copy of the key and one clone of the value it last admitted (held until
+//!   that thread admits another key of the function or the function is dropped; for an
+//!   `Arc<T>` value, a count, not a copy). Per thread: one 8-byte thread local (stripe offset
+//!   and countdown), whatever the number of functions. Per [`MemoryStore`]: 8 KiB of write
+//!   versions (1024 counters).
 //! - The clock and the RNG are injected ([`Clock`], [`Builder::rng_seed`]); tests are exact.
 //! - Errors are never cached; waiters of a panicking computation get [`Error::Panicked`]; a
 //!   caller that gives up (a timeout drops its future) does not cancel the computation it
@@ -112,6 +131,7 @@ mod entry;
 mod error;
 mod fence;
 mod flight;
+mod hot;
 mod layer;
 mod leader;
 mod lock;

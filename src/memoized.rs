@@ -98,6 +98,47 @@ where
         Get::new(self, key, None)
     }
 
+    /// Runs `f` on the value for `key` without cloning it, with the same miss, refresh and
+    /// contention behaviour as [`Memoized::get`].
+    ///
+    /// Why: a hit served from the calling thread's tier writes nothing another core reads,
+    /// but `get` then clones the value, and cloning an `Arc<T>` writes its shared count: on one
+    /// hot key every core writes that line. `read` borrows instead, so an `Arc` value scales
+    /// like a `u64` (`cargo bench --bench hit_threads`; the README has the figures). A hit is
+    /// answered on the first poll; on a store probe (a hit not in the tier, a miss) `f` gets
+    /// the store's copy.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<String, Arc<String>>::new(100).unwrap();
+    /// let page = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_infallible(|k: String| async move { Arc::new(format!("<html>{k}</html>")) })
+    ///     .unwrap();
+    /// assert_eq!(page.read("home", |html| html.len()).await.unwrap(), 17);
+    /// assert_eq!(page.read("home", |html| html.len()).await.unwrap(), 17);
+    /// assert_eq!(page.stats().computations, 1);
+    /// # }
+    /// ```
+    pub async fn read<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R + Send) -> Result<R, Error<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + Sync + ToOwned<Owned = K> + 'static,
+    {
+        let mut f = Some(f);
+        // `f` is taken only on a tier hit, so it is still here on every other path.
+        if let Some(Some(out)) = self.engine.hot_read(key, |v| f.take().map(|f| f(v))) {
+            return Ok(out);
+        }
+        let value = Get::new(self, key, None).await?;
+        match f.take() {
+            Some(f) => Ok(f(&value)),
+            None => unreachable!("f ran only on a tier hit"),
+        }
+    }
+
     /// The value for `key`, with this call's own contention policy.
     ///
     /// ```

@@ -220,3 +220,69 @@ fn shuttle_checks_handed_back_flights_are_joined_again() {
         assert_eq!(map.len(), 0, "no flight is left behind");
     });
 }
+
+/// The per-thread tier's protocol (`hot`): a writer writes the store, then bumps the key's
+/// version, then says the write returned; readers serve their own tier entry while its version
+/// is unchanged, else read the store and admit it (version first, then the store). A read that
+/// starts after a write returned never gets an older value, whatever the interleaving.
+#[test]
+fn shuttle_checks_a_tier_never_serves_a_value_older_than_a_returned_write() {
+    use crate::entry::Entry;
+    use crate::hot::{HotTier, Versions};
+    use shuttle::sync::atomic::AtomicU64;
+    use shuttle::sync::Mutex;
+    check(|| {
+        let versions = Arc::new(Versions::default());
+        let store = Arc::new(Mutex::new(0u64));
+        let tier = Arc::new(HotTier::<u32, u64>::new());
+        let done = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (versions, store, done) = (versions.clone(), store.clone(), done.clone());
+            thread::spawn(move || {
+                for gen in 1..=2 {
+                    *store.lock().unwrap() = gen;
+                    versions.bump(&7u32);
+                    done.store(gen, Ordering::SeqCst);
+                }
+            })
+        };
+        let readers: Vec<_> = (0..2)
+            .map(|index| {
+                let (versions, store, tier, done) =
+                    (versions.clone(), store.clone(), tier.clone(), done.clone());
+                thread::spawn(move || {
+                    let read = || {
+                        Some(Entry {
+                            value: *store.lock().unwrap(),
+                            delta_us: 0,
+                            expires_at: u64::MAX,
+                        })
+                    };
+                    for _ in 0..3 {
+                        let floor = done.load(Ordering::SeqCst);
+                        // SAFETY: each reader thread owns its own index.
+                        let hit =
+                            unsafe { tier.with(index, |e| e.current().then_some(e.entry.value)) };
+                        let value = match hit {
+                            Some(v) => v,
+                            None => {
+                                let v = read().map_or(0, |e| e.value);
+                                // SAFETY: as above.
+                                unsafe { tier.admit(index, &versions, &7u32, read) };
+                                v
+                            }
+                        };
+                        assert!(
+                            value >= floor,
+                            "served {value} after write {floor} returned"
+                        );
+                    }
+                })
+            })
+            .collect();
+        writer.join().unwrap();
+        for r in readers {
+            r.join().unwrap();
+        }
+    });
+}

@@ -10,6 +10,7 @@
 //! Counters are relaxed atomics. The hit path touches exactly one (`hits`), on its own cache
 //! line, so that concurrent hits do not also fight over the other counters; `calls` is derived.
 
+use std::num::NonZeroU8;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
@@ -228,7 +229,7 @@ pub(crate) struct HitCounter {
     shared: AtomicU64,
 }
 
-const STRIPES: usize = 64;
+pub(crate) const STRIPES: usize = 64;
 /// Every this many hits of a thread (of all its memoized functions together), the hit path
 /// checks that the coarse clock has not frozen (see `clock::Coarse::is_stale`).
 pub(crate) const CHECK_EVERY: u64 = 256;
@@ -286,15 +287,57 @@ struct HotCounter {
     /// The byte offset of this thread's stripe in `HitCounter::stripes` (index × stripe size,
     /// so that a hit needs no multiply), [`SENTINEL`] until the thread's first cold hit.
     offset: std::cell::Cell<u32>,
-    /// Hits until the next clock check; 0 when one is due. Held at 1 while `offset` is the
-    /// sentinel, so that every lean hit of such a thread is due (and goes cold).
-    countdown: std::cell::Cell<u8>,
+    /// Hits until the next clock check. Held due while `offset` is the sentinel, so that
+    /// every lean hit of such a thread goes cold.
+    countdown: Countdown,
 }
 
 impl HotCounter {
     fn leave_stripe(&self) {
         self.offset.set(SENTINEL);
-        self.countdown.set(1);
+        self.countdown.set_due();
+    }
+}
+
+/// Hits left until the next clock check, never 0: 1 means due. The lean path only ever moves
+/// it from n > 1 to n − 1 (it cannot make it due, let alone 0), and only the cold path's count
+/// ([`Countdown::tick`]) starts it over. A slow-path exit that counts nothing therefore leaves
+/// a due countdown due: the next hit is checked (issue 19: a countdown left at 0 used to wrap
+/// to 255 on the next lean hit, skipping a check and, without a stripe, writing the sentinel).
+struct Countdown(std::cell::Cell<NonZeroU8>);
+
+const DUE: NonZeroU8 = NonZeroU8::MIN;
+
+impl Countdown {
+    const fn due() -> Self {
+        Countdown(std::cell::Cell::new(DUE))
+    }
+    /// `Some(left)` when not due: the lean path may count a hit, then store `left`.
+    #[inline(always)]
+    fn get(&self) -> Option<NonZeroU8> {
+        NonZeroU8::new(self.0.get().get() - 1)
+    }
+    #[inline(always)]
+    fn set_left(&self, left: NonZeroU8) {
+        self.0.set(left);
+    }
+    fn set_due(&self) {
+        self.0.set(DUE);
+    }
+    /// The cold path's count: true (and starts over at `CHECK_EVERY - 1`, so that a check runs
+    /// every 255th hit) when due, else one hit less.
+    fn tick(&self) -> bool {
+        match self.get() {
+            None => {
+                self.0
+                    .set(NonZeroU8::new((CHECK_EVERY - 1) as u8).expect("CHECK_EVERY > 1"));
+                true
+            }
+            Some(left) => {
+                self.0.set(left);
+                false
+            }
+        }
     }
 }
 
@@ -304,10 +347,17 @@ thread_local! {
     static HOT: HotCounter = const {
         HotCounter {
             offset: std::cell::Cell::new(SENTINEL),
-            countdown: std::cell::Cell::new(1),
+            countdown: Countdown::due(),
         }
     };
     static SLOT: StripeSlot = StripeSlot::acquire();
+}
+
+/// The stripe index this thread owns, if any: the index of its slot in every function's tier
+/// (`hot::HotTier`), which only this thread touches while it owns the index.
+pub(crate) fn own_stripe() -> Option<usize> {
+    let offset = HOT.try_with(|hot| hot.offset.get()).unwrap_or(SENTINEL);
+    (offset < SENTINEL).then(|| offset as usize / std::mem::size_of::<Stripe>())
 }
 
 /// The byte offset of stripe `index` (`STRIPES`: the sentinel).
@@ -325,23 +375,22 @@ impl Default for HitCounter {
 }
 
 impl HitCounter {
-    /// The hit path's count: counts one hit and says true, unless a clock check is due on
-    /// this thread (every [`CHECK_EVERY`]-th hit, or always for a thread without a stripe):
-    /// then it counts nothing and says false, and the caller's cold path counts it with
-    /// [`HitCounter::add_one`]. One thread-local decrement and one increment on this thread's
-    /// own line, no bounds test.
+    /// The hit path: unless a clock check is due on this thread (or it has no stripe), runs
+    /// `hit` with this thread's stripe index, and if it answers, counts one hit. A clock check
+    /// due, a thread without a stripe or `hit` saying `None`: nothing counted, and the caller's
+    /// cold path counts with [`HitCounter::add_one`]. One thread-local compare and decrement
+    /// and one increment on this thread's own line; the countdown never reaches 0 here, so a
+    /// cold path that does not count leaves the next hit due as well (see [`Countdown`]).
     #[inline(always)]
-    pub(crate) fn try_add_one(&self) -> bool {
+    pub(crate) fn try_hot<R>(&self, hit: impl FnOnce(usize) -> Option<R>) -> Option<R> {
         HOT.with(|hot| {
-            let countdown = hot.countdown.get().wrapping_sub(1);
-            hot.countdown.set(countdown);
-            if countdown == 0 {
-                return false;
-            }
+            let left = hot.countdown.get()?;
+            let out = hit(hot.offset.get() as usize / std::mem::size_of::<Stripe>())?;
+            hot.countdown.set_left(left);
             // SAFETY: `offset` only ever holds `offset_of_stripe(i)` for some i ≤ STRIPES (its
             // initial value, `leave_stripe` and `add_one_cold` are its only writers): a whole,
             // aligned `Stripe` inside the array. It is the sentinel only while the countdown
-            // is held at 1, which returned just above: the sentinel is never written.
+            // is due (`Countdown::due`), which returned just above: the sentinel is never written.
             let s = unsafe {
                 &*self
                     .stripes
@@ -351,7 +400,7 @@ impl HitCounter {
                     .cast::<Stripe>()
             };
             s.add_owned(1);
-            true
+            Some(out)
         })
     }
 
@@ -365,8 +414,8 @@ impl HitCounter {
         Some(&self.stripes[offset as usize / std::mem::size_of::<Stripe>()])
     }
 
-    /// Counts one hit; true when a clock check is due: the countdown runs out on this call, or
-    /// ran out on the lean path just before (which left it at 0 and counted nothing). The
+    /// Counts one hit; true when a clock check is due: the countdown runs out on this call (the
+    /// lean path leaves a due countdown as it is and counts nothing). The
     /// countdown then starts over at `CHECK_EVERY - 1`: a check every 255th hit of a thread,
     /// so never more than [`CHECK_EVERY`] hits between two checks.
     #[inline]
@@ -374,16 +423,7 @@ impl HitCounter {
         match self.stripe() {
             Some(s) => {
                 s.add_owned(1);
-                HOT.with(|hot| match hot.countdown.get() {
-                    0 | 1 => {
-                        hot.countdown.set((CHECK_EVERY - 1) as u8);
-                        true
-                    }
-                    n => {
-                        hot.countdown.set(n - 1);
-                        false
-                    }
-                })
+                HOT.with(|hot| hot.countdown.tick())
             }
             None => self.add_one_cold(),
         }
@@ -455,16 +495,21 @@ impl Stats {
             m: MetricCounters::new(function),
         }
     }
-    /// The hit path's count of a fast hit (see [`HitCounter::try_add_one`]): false when the
-    /// hit was not counted because the caller must check its clock first, in its cold path.
+    /// The hit path's count of a fast hit (see [`HitCounter::try_hot`]): `None` when `hit`
+    /// said no or the caller must check its clock first, in its cold path; nothing is counted.
     #[inline(always)]
-    pub(crate) fn try_hit(&self) -> bool {
-        let counted = self.hits.try_add_one();
+    pub(crate) fn try_hot<R>(&self, hit: impl FnOnce(usize) -> Option<R>) -> Option<R> {
+        let out = self.hits.try_hot(hit);
         #[cfg(feature = "metrics")]
-        if counted {
+        if out.is_some() {
             self.m.fast_hits.increment(1);
         }
-        counted
+        out
+    }
+    /// [`Stats::try_hot`] for a hit already judged: true when counted.
+    #[inline(always)]
+    pub(crate) fn try_hit(&self) -> bool {
+        self.try_hot(|_| Some(())).is_some()
     }
     /// Counts a fast hit; true when the hit path is due to check its clock
     /// ([`CHECK_EVERY`]). The caller then either confirms the hit ([`Stats::hit_checked`]) or
@@ -538,7 +583,7 @@ mod tests {
     /// What the hit path does: `try_add_one`, and `add_one` in the cold path when it says no.
     /// Returns (answered on the lean path, a clock check was due).
     fn hit(c: &HitCounter) -> (bool, bool) {
-        if c.try_add_one() {
+        if c.try_hot(Some).is_some() {
             (true, false)
         } else {
             (false, c.add_one())
@@ -594,6 +639,30 @@ mod tests {
             "{without_stripe} threads always took the cold path"
         );
         assert_eq!(sentinel(&c), 0, "sentinel written");
+    }
+
+    /// Issue 19: a hit due for a clock check that the cold path does not count (it left for
+    /// the slow path: near expiry, a miss) used to leave the countdown at 0; the next lean hit
+    /// wrapped it to 255 and skipped the check (and, without a stripe, wrote the sentinel).
+    #[test]
+    fn a_due_countdown_stays_due_until_the_cold_path_counts() {
+        let c = Arc::new(HitCounter::default());
+        let c2 = c.clone();
+        let due = std::thread::spawn(move || {
+            assert!(hit(&c2).1, "a fresh thread's first hit is checked");
+            // Up to the next due hit on the lean path.
+            let lean = (0..).take_while(|_| c2.try_hot(Some).is_some()).count();
+            // That due hit went cold and counted nothing; so do the next ones.
+            let still_due = (0..10).all(|_| c2.try_hot(Some).is_none());
+            (lean, still_due, hit(&c2).1)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(due, (CHECK_EVERY as usize - 2, true, true));
+        assert_eq!(c.total(), CHECK_EVERY, "every counted hit, no more");
+        assert_eq!(sentinel(&c), 0, "sentinel written");
+        // A thread without a stripe is always due and never writes the sentinel.
+        assert!((0..1000).all(|_| HitCounter::default().try_hot(Some).is_none()));
     }
 
     #[test]

@@ -526,3 +526,212 @@ fn a_hard_miss_never_inherits_a_failed_background_refresh() {
     ];
     run_case(params, &ops, false, false).expect("the contract holds");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The per-thread tier (issue 19): once a write (insert, invalidate, invalidate_all, a computed
+// value) returned, no thread's tier serves the older value. Real threads, each with its own
+// tier, run the operations one at a time against a model of what the store holds; the system
+// clock and a one-hour TTL keep every value fresh, so the tier (which needs the coarse clock)
+// serves most hits. Two functions share the store: one fixed β, one automatic.
+
+mod tier_model {
+    use super::*;
+    use herdless::BlockingMemoized;
+    use std::sync::mpsc;
+
+    type F = BlockingMemoized<u8, (u8, u64), std::convert::Infallible, MemoryStore<u8, (u8, u64)>>;
+
+    #[derive(Clone, Debug)]
+    pub(super) enum TierOp {
+        /// `n` calls of `get` (or `read`) on one thread: enough to fill its tier and pass the
+        /// periodic store touch.
+        Hits {
+            thread: usize,
+            fun: usize,
+            key: u8,
+            n: u16,
+            read: bool,
+        },
+        Insert {
+            thread: usize,
+            fun: usize,
+            key: u8,
+        },
+        Invalidate {
+            thread: usize,
+            fun: usize,
+            key: u8,
+        },
+        InvalidateAll {
+            thread: usize,
+            fun: usize,
+        },
+    }
+
+    pub(super) fn tier_op() -> impl Strategy<Value = TierOp> {
+        prop_oneof![
+            6 => (0..2usize, 0..2usize, 0..KEYS, prop_oneof![1u16..4, 250u16..520], any::<bool>())
+                .prop_map(|(thread, fun, key, n, read)| TierOp::Hits { thread, fun, key, n, read }),
+            2 => (0..2usize, 0..2usize, 0..KEYS)
+                .prop_map(|(thread, fun, key)| TierOp::Insert { thread, fun, key }),
+            2 => (0..2usize, 0..2usize, 0..KEYS)
+                .prop_map(|(thread, fun, key)| TierOp::Invalidate { thread, fun, key }),
+            1 => (0..2usize, 0..2usize).prop_map(|(thread, fun)| TierOp::InvalidateAll { thread, fun }),
+        ]
+    }
+
+    type Job = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+    /// Runs the ops; each op runs on its thread and the next starts after it returned.
+    pub(super) fn run_tier_case(ops: &[TierOp]) -> Result<(), String> {
+        let store = MemoryStore::<u8, (u8, u64)>::new(100).unwrap();
+        let gens = Arc::new(AtomicU64::new(1));
+        let fun = |fixed: bool| -> F {
+            let gens = gens.clone();
+            let b = memoize_stampede(&store, Duration::from_secs(3600));
+            let b = if fixed { b.beta(1.0) } else { b };
+            b.build_blocking_infallible(move |k: &u8| (*k, gens.fetch_add(1, Ordering::SeqCst)))
+                .unwrap()
+        };
+        let fs = [fun(true), fun(false)];
+        // model[fun][key]: the generation the store holds, if any.
+        let model = Arc::new(Mutex::new([[None::<u64>; KEYS as usize]; 2]));
+        let (workers, replies): (Vec<_>, Vec<_>) = (0..2)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel::<Job>();
+                let (rtx, rrx) = mpsc::channel();
+                let handle = std::thread::spawn(move || {
+                    for job in rx {
+                        if rtx.send(job()).is_err() {
+                            break;
+                        }
+                    }
+                });
+                ((tx, handle), rrx)
+            })
+            .unzip();
+        let mut out = Ok(());
+        for op in ops {
+            let (thread, job): (usize, Job) = match op.clone() {
+                TierOp::Hits {
+                    thread,
+                    fun,
+                    key,
+                    n,
+                    read,
+                } => {
+                    let (f, model, gens) = (fs[fun].clone(), model.clone(), gens.clone());
+                    (
+                        thread,
+                        Box::new(move || {
+                            for _ in 0..n {
+                                let issued = gens.load(Ordering::SeqCst);
+                                let (k, gen) = if read {
+                                    f.read(&key, |v| *v).unwrap()
+                                } else {
+                                    f.get(&key).unwrap()
+                                };
+                                if k != key {
+                                    return Err(format!("key {k} for {key}"));
+                                }
+                                let mut m = model.lock().unwrap();
+                                match m[fun][key as usize] {
+                                    Some(held) if held != gen => {
+                                        return Err(format!(
+                                            "fun {fun} key {key}: {gen}, store holds {held}"
+                                        ))
+                                    }
+                                    Some(_) => {}
+                                    None if gen < issued => {
+                                        return Err(format!(
+                                            "fun {fun} key {key}: old {gen} after a miss"
+                                        ))
+                                    }
+                                    None => m[fun][key as usize] = Some(gen),
+                                }
+                            }
+                            Ok(())
+                        }),
+                    )
+                }
+                TierOp::Insert { thread, fun, key } => {
+                    let (f, model, gens) = (fs[fun].clone(), model.clone(), gens.clone());
+                    (
+                        thread,
+                        Box::new(move || {
+                            let gen = gens.fetch_add(1, Ordering::SeqCst);
+                            f.insert(&key, (key, gen)).unwrap();
+                            model.lock().unwrap()[fun][key as usize] = Some(gen);
+                            Ok(())
+                        }),
+                    )
+                }
+                TierOp::Invalidate { thread, fun, key } => {
+                    let (f, model) = (fs[fun].clone(), model.clone());
+                    (
+                        thread,
+                        Box::new(move || {
+                            f.invalidate(&key).unwrap();
+                            model.lock().unwrap()[fun][key as usize] = None;
+                            Ok(())
+                        }),
+                    )
+                }
+                TierOp::InvalidateAll { thread, fun } => {
+                    let (f, model) = (fs[fun].clone(), model.clone());
+                    (
+                        thread,
+                        Box::new(move || {
+                            f.invalidate_all().unwrap();
+                            model.lock().unwrap()[fun] = [None; KEYS as usize];
+                            Ok(())
+                        }),
+                    )
+                }
+            };
+            workers[thread].0.send(job).unwrap();
+            let done = replies[thread]
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|e| format!("{op:?}: no answer ({e})"))
+                .and_then(|r| r.map_err(|e| format!("{op:?}: {e}")));
+            if let Err(e) = done {
+                out = Err(e);
+                break;
+            }
+        }
+        for (tx, handle) in workers {
+            drop(tx);
+            handle.join().unwrap();
+        }
+        let hits: u64 = fs.iter().map(|f| f.stats().hits).sum();
+        if out.is_ok()
+            && ops
+                .iter()
+                .any(|o| matches!(o, TierOp::Hits { n, .. } if *n > 100))
+            && hits == 0
+        {
+            return Err("no hits".into());
+        }
+        out
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        max_shrink_iters: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// No thread's tier serves a value older than a write that returned, on the thread that
+    /// wrote or another, with `get` and `read`, fixed and automatic β.
+    #[test]
+    fn no_tier_serves_a_value_older_than_a_returned_write(
+        ops in prop::collection::vec(tier_model::tier_op(), 1..40),
+    ) {
+        if let Err(e) = tier_model::run_tier_case(&ops) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}

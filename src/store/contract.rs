@@ -233,6 +233,14 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
         1.0
     }
 
+    /// The write versions of this store's keys, if every write of the store bumps them (see
+    /// the crate's per-thread tier): then hits may be served from a thread's own copy while
+    /// the key's version is unchanged. `None` (the default): every hit probes the store.
+    #[doc(hidden)]
+    fn versions(&self) -> Option<&crate::hot::Versions> {
+        None
+    }
+
     /// A lookup that needs no I/O: [`Lookup::NotLocal`] if this store cannot answer
     /// synchronously. It takes any borrowed form `Q` of the key (`&str` for `String`), which
     /// must find the same entry as the owned key (the `Borrow` contract: equal hashes and

@@ -16,6 +16,7 @@ use super::contract::{
 use super::data_arc::DataArc;
 use crate::entry::Entry;
 use crate::error::ConfigError;
+use crate::hot::Versions;
 use quick_cache::{sync::Cache, Equivalent, Weighter};
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -87,6 +88,9 @@ impl<K, V> Weighter<MemKey<K>, Entry<V>> for MemWeighter<K, V> {
 struct Inner<K, V> {
     cache: Cache<MemKey<K>, Entry<V>, MemWeighter<K, V>>,
     names: NamespaceRegistry,
+    /// Bumped after every write (see `hot`): the per-thread tiers of this store's functions
+    /// check them on each hit.
+    versions: Versions,
 }
 
 /// The embedded in-memory store, bounded by entry count or by weight.
@@ -202,6 +206,7 @@ where
             inner: DataArc::new(Inner {
                 cache: Cache::with_weighter(items as usize, weight, MemWeighter(weigher)),
                 names: NamespaceRegistry::default(),
+                versions: Versions::default(),
             }),
         })
     }
@@ -235,6 +240,7 @@ where
     /// Removes one key of one function.
     pub fn remove(&self, ns: &Namespace, key: &K) {
         self.inner.cache.remove(&MemKeyRef { ns: ns.id, key });
+        self.inner.versions.bump(key);
     }
     #[inline(always)]
     fn lookup<Q>(&self, ns: &Namespace, key: &Q) -> Option<Entry<V>>
@@ -255,6 +261,11 @@ where
 
     fn namespace(&self, name: &str) -> Namespace {
         self.inner.names.namespace(name)
+    }
+
+    #[inline(always)]
+    fn versions(&self) -> Option<&Versions> {
+        Some(&self.inner.versions)
     }
 
     #[inline(always)]
@@ -293,6 +304,7 @@ where
             },
             entry,
         );
+        self.inner.versions.bump(key);
         std::future::ready(Ok(Written::Stored))
     }
 
@@ -328,6 +340,7 @@ where
         // A scan of the cache, under its shard locks: invalidating a whole function is rare.
         let id = ns.id;
         self.inner.cache.retain(|k, _| k.ns != id);
+        self.inner.versions.bump_all();
         std::future::ready(Ok(()))
     }
 
