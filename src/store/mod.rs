@@ -54,7 +54,9 @@ pub use contract::{
     StoreErrorKind, Written,
 };
 #[cfg(feature = "disk")]
-pub use disk::{DiskError, DiskPermit, DiskStats, DiskStore, DiskStoreBuilder};
+pub use disk::{
+    DiskError, DiskGuard, DiskLock, DiskPermit, DiskStats, DiskStore, DiskStoreBuilder,
+};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use near::{NearStats, NearStore, NearStoreBuilder};

@@ -24,12 +24,14 @@
 //! Platforms: Linux only (OFD locks). Elsewhere [`DiskStoreBuilder::build`] returns
 //! [`DiskError`] naming the platform; nothing is written.
 
+mod barrier_lock;
 mod cull;
 mod locks;
 mod record;
 mod stats;
 mod store_impl;
 
+pub use barrier_lock::{DiskGuard, DiskLock};
 pub use stats::DiskStats;
 pub use store_impl::DiskPermit;
 
