@@ -40,6 +40,8 @@ struct Args {
     store: String,
     redis_url: String,
     procs: usize,
+    /// The disk store's directory (`--store disk`); each strategy gets a fresh subdirectory.
+    disk_path: std::path::PathBuf,
     /// Internal: run one strategy's threads and print raw measurements (used by --procs).
     worker: bool,
     prefix: String,
@@ -65,11 +67,13 @@ usage: landing_page [FLAGS]
                         none | traditional | barrier | stampede=BETA | auto
   --store KIND          where the cache lives                         [default: memory]
                         memory | redis | near (near cache over redis) | redis-cluster |
-                        near-cluster (near cache over a cluster)
+                        near-cluster (near cache over a cluster) |
+                        disk (one LMDB file for all processes, no server; feature `disk`)
   --redis-url URL       Redis for the redis stores     [default: redis://127.0.0.1:6379/]
                         use a private one; for a cluster, any seed node(s), comma-separated
                         (the example does not start a cluster)
-  --procs N             worker processes (needs a redis store)        [default: 1]
+  --disk-path DIR       the disk store's directory     [default: <temp dir>/herdless-landing]
+  --procs N             worker processes (needs a redis or disk store) [default: 1]
   --plot DIR            write concurrency and latency charts (SVG)    [default: none]
   --json                one JSON object per strategy instead of a table [default: off]
   --prefix P            Redis key prefix                              [default: landing<pid>]
@@ -98,6 +102,7 @@ fn parse_args() -> Args {
         store: "memory".into(),
         redis_url: "redis://127.0.0.1:6379/".into(),
         procs: 1,
+        disk_path: std::env::temp_dir().join("herdless-landing"),
         worker: false,
         prefix: format!("landing{}", std::process::id()),
         plot: None,
@@ -122,6 +127,7 @@ fn parse_args() -> Args {
             "--store" => a.store = val(),
             "--redis-url" => a.redis_url = val(),
             "--procs" => a.procs = num(&flag, val()),
+            "--disk-path" => a.disk_path = val().into(),
             "--worker" => a.worker = true,
             "--prefix" => a.prefix = val(),
             "--plot" => a.plot = Some(val().into()),
@@ -132,14 +138,26 @@ fn parse_args() -> Args {
             _ => fail(&format!("unknown flag {flag:?}")),
         }
     }
-    if !["memory", "redis", "near", "redis-cluster", "near-cluster"].contains(&a.store.as_str()) {
+    if ![
+        "memory",
+        "redis",
+        "near",
+        "redis-cluster",
+        "near-cluster",
+        "disk",
+    ]
+    .contains(&a.store.as_str())
+    {
         fail(&format!(
-            "--store must be memory, redis, near, redis-cluster or near-cluster, got {:?}",
+            "--store must be memory, redis, near, redis-cluster, near-cluster or disk, got {:?}",
             a.store
         ));
     }
     if a.procs > 1 && a.store == "memory" {
-        fail("--procs needs a redis store (processes share nothing in memory)");
+        fail("--procs needs a redis or disk store (processes share nothing in memory)");
+    }
+    if a.store == "disk" && !cfg!(feature = "disk") {
+        fail("--store disk needs the `disk` feature: cargo run --features disk --example landing_page");
     }
     if a.threads == 0 || a.procs == 0 || a.duration <= 0.0 || a.compute_ms == 0 || a.ttl_ms == 0 {
         fail("--threads, --procs, --duration, --compute-ms and --ttl-ms must be positive");
@@ -223,6 +241,9 @@ type Call = Arc<dyn Fn(&String) -> String + Send + Sync>;
 /// The memoized function, and the Redis store behind it (to count its errors afterwards).
 fn build(args: &Args, strategy: Strategy, body: &Body) -> (Call, Option<RedisStore>) {
     let ttl = Duration::from_millis(args.ttl_ms);
+    if args.store == "disk" {
+        return (build_disk(args, strategy, body, ttl), None);
+    }
     if args.store != "memory" {
         let store = redis_admin::builder(&args.redis_url, args.store.ends_with("cluster"))
             .prefix(&args.prefix)
@@ -246,6 +267,27 @@ fn build(args: &Args, strategy: Strategy, body: &Body) -> (Call, Option<RedisSto
             None,
         )
     }
+}
+
+/// The memoized function over the disk store in `--disk-path`/`--prefix` (one fresh directory
+/// per strategy, shared by the `--procs` processes), with its cross-process lock for barrier.
+#[cfg(feature = "disk")]
+fn build_disk(args: &Args, strategy: Strategy, body: &Body, ttl: Duration) -> Call {
+    let dir = args.disk_path.join(&args.prefix);
+    let store = herdless::store::DiskStore::open(&dir)
+        .unwrap_or_else(|e| fail(&format!("--disk-path: {e}")));
+    let lock = store.lock("landing");
+    build_with(strategy, body, ttl, store, lock)
+}
+
+#[cfg(not(feature = "disk"))]
+fn build_disk(_: &Args, _: Strategy, _: &Body, _: Duration) -> Call {
+    fail("--store disk needs the `disk` feature")
+}
+
+/// Whether the store is a Redis one (checked, and its commands counted).
+fn is_redis(store: &str) -> bool {
+    !matches!(store, "memory" | "disk")
 }
 
 fn warn_store(msg: &str) {
@@ -429,6 +471,8 @@ fn run_procs(args: &Args, name: &str, prefix: &str) -> Raw {
             std::process::Command::new(&exe)
                 .args(["--worker", "--strategies", name, "--store", &args.store])
                 .args(["--redis-url", &args.redis_url, "--prefix", prefix])
+                .arg("--disk-path")
+                .arg(&args.disk_path)
                 .args(["--duration", &args.duration.to_string()])
                 .args(["--threads", &args.threads.to_string()])
                 .args(["--compute-ms", &args.compute_ms.to_string()])
@@ -461,7 +505,7 @@ fn main() {
         println!("{}", run_local(&args, &name).to_json());
         return;
     }
-    let unreachable = if args.store != "memory" {
+    let unreachable = if is_redis(&args.store) {
         redis_admin::check_redis(
             &args.redis_url,
             &args.prefix,
@@ -490,7 +534,7 @@ fn main() {
              p50/p99/max = call latency",
             args.compute_ms * 9 / 10
         );
-        if args.store != "memory" {
+        if is_redis(&args.store) {
             println!(
                 "store cmds = commands the Redis server ran during the strategy (all processes)"
             );
@@ -506,7 +550,7 @@ fn main() {
     for (i, name) in args.strategies.iter().enumerate() {
         // A fresh key space per strategy, so no run inherits the previous one's value or lock.
         let prefix = format!("{}s{}", args.prefix, i);
-        let commands_before = (args.store != "memory")
+        let commands_before = is_redis(&args.store)
             .then(|| redis_admin::commands_so_far(&args.redis_url, args.store.ends_with("cluster")))
             .flatten();
         let raw = if args.procs > 1 {

@@ -38,7 +38,8 @@ usage: service [FLAGS]            serve one strategy
        service --drive [FLAGS]    run wrk against a fresh server per strategy, print one table
 
   --strategy S          none | traditional | stampede=BETA | auto        [default: auto]
-  --store KIND          memory | redis | near (near cache over redis)    [default: memory]
+  --store KIND          memory | redis | near (near cache over redis) |
+                        disk (one LMDB file, no server; `--features disk`) [default: memory]
   --redis-url URL       Redis for --store redis|near                     [default: redis://127.0.0.1:6379/]
   --database-url URL    PostgreSQL                                       [default: postgres://postgres@127.0.0.1:5432/test]
   --table NAME          the generated table (created and seeded if needed) [default: herdless_orders]
@@ -129,9 +130,9 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unknown flag {flag:?}")),
         }
     }
-    if !["memory", "redis", "near"].contains(&a.cfg.store.as_str()) {
+    if !["memory", "redis", "near", "disk"].contains(&a.cfg.store.as_str()) {
         return Err(format!(
-            "--store must be memory, redis or near, got {:?}",
+            "--store must be memory, redis, near or disk, got {:?}",
             a.cfg.store
         ));
     }

@@ -97,7 +97,7 @@
 //! | `layer` | the [`Layer`] / [`BlockingLayer`] traits and the type-erased compute function |
 //! | `flight` | in-process single-flight: flights per key and background-refresh slots |
 //! | `lock` | the barrier [`Lock`] trait and [`LocalLock`] |
-//! | [`store`] | the [`Store`] trait and its contract; `store::memory` ([`MemoryStore`]); `store::redis` (everything Redis: one server or a cluster; versioned records); `store::near` (the near cache over Redis) |
+//! | [`store`] | the [`Store`] trait and its contract; `store::memory` ([`MemoryStore`]); `store::redis` (everything Redis: one server or a cluster; versioned records); `store::near` (the near cache over Redis); `store::disk` (one LMDB file for the processes of one machine) |
 //! | `engine`, `fence` | the shared engine: hit path, compute-and-store; in-process invalidation fences |
 //! | `miss`, `refresh` | the slow path (XFetch decision, hard misses) and background refreshes |
 //! | `builder`, `memoize`, `stampede`, `memoized`, [`blocking`], `barrier` | the builders, layers and facades |
@@ -110,6 +110,7 @@
 //! | `macros` | yes | the `#[herdless::memoized(ttl_secs = 60, …)]` attribute (crate `herdless-macros`) |
 //! | `cluster` | yes | `RedisStore::cluster` / `cluster_builder` (redis-rs `cluster-async`) |
 //! | `metrics` | no | exports every counter through the `metrics` crate |
+//! | `disk` | no | `store::DiskStore`: one LMDB file shared by the processes of one machine, no server (heed, Linux) |
 //!
 //! `cargo build --no-default-features` builds the in-memory crate without any Redis dependency.
 //!

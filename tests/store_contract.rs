@@ -278,6 +278,55 @@ impl Harness for ClusterHarness {
     }
 }
 
+/// The disk store: each pair is one fresh directory opened twice, as two processes would (a
+/// second open in one process has its own lock file description, so its locks exclude the
+/// first's).
+#[cfg(feature = "disk")]
+struct DiskHarness {
+    root: std::path::PathBuf,
+    next: AtomicU64,
+}
+
+#[cfg(feature = "disk")]
+impl DiskHarness {
+    fn new(test: &str) -> Self {
+        let root =
+            std::env::temp_dir().join(format!("herdless-contract-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        DiskHarness {
+            root,
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+#[cfg(feature = "disk")]
+impl Drop for DiskHarness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[cfg(feature = "disk")]
+impl Harness for DiskHarness {
+    type S = herdless::store::DiskStore;
+    fn pair(&self) -> (Self::S, Self::S) {
+        let dir = self
+            .root
+            .join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
+        let a = herdless::store::DiskStore::open(&dir).expect("a disk store");
+        let b = herdless::store::DiskStore::open(&dir).expect("the same disk store again");
+        (a, b)
+    }
+    fn keeps_expired(&self) -> bool {
+        true // culled only to make room
+    }
+    fn answers_locally(&self) -> bool {
+        true // a read transaction on the shared map, no I/O
+    }
+    async fn ready_for_wakeups(&self, _s: &Self::S) {}
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers over any store.
 // ---------------------------------------------------------------------------------------------
@@ -1275,6 +1324,30 @@ contract_tests! {
     fenced_writes => memory_fenced_writes, redis_fenced_writes;
     try_lock_refresh => memory_try_lock_refresh, redis_try_lock_refresh;
     waiters_are_woken => memory_waiters_are_woken, redis_waiters_are_woken;
+}
+
+/// The whole contract against the disk store.
+#[cfg(feature = "disk")]
+mod disk {
+    use super::*;
+    macro_rules! disk_tests {
+        ($($check:ident => $test:ident;)*) => {$(
+            #[test]
+            fn $test() {
+                let h = DiskHarness::new(stringify!($check));
+                run_check(stringify!($test), $check(&h));
+            }
+        )*};
+    }
+    disk_tests! {
+        get_set_expiry => disk_get_set_expiry;
+        namespaces_never_collide => disk_namespaces_never_collide;
+        get_now_answers_or_defers => disk_get_now_answers_or_defers;
+        lock_exclusive_and_released => disk_lock_exclusive_and_released;
+        fenced_writes => disk_fenced_writes;
+        try_lock_refresh => disk_try_lock_refresh;
+        waiters_are_woken => disk_waiters_are_woken;
+    }
 }
 
 #[test]

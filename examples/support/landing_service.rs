@@ -316,9 +316,17 @@ pub async fn app(cfg: &Config) -> Result<(Router, Arc<Counters>), String> {
                 .map_err(|e| e.to_string())?;
             memoized(cfg, near, compute)?
         }
+        #[cfg(feature = "disk")]
+        "disk" => {
+            // One LMDB file per server process (like the Redis prefix): strategies never share.
+            let dir = std::env::temp_dir().join(format!("herdless-service-{}", std::process::id()));
+            let store =
+                herdless::store::DiskStore::open(&dir).map_err(|e| format!("--store disk: {e}"))?;
+            memoized(cfg, store, compute)?
+        }
         other => {
             return Err(format!(
-                "--store must be memory, redis or near, got {other:?}"
+                "--store must be memory, redis, near or disk (feature `disk`), got {other:?}"
             ))
         }
     };

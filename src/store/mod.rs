@@ -37,6 +37,8 @@
 
 pub(crate) mod contract;
 mod data_arc;
+#[cfg(feature = "disk")]
+pub mod disk;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod near;
@@ -50,6 +52,10 @@ pub use self::redis::{
 pub use contract::{
     LockOutcome, Lookup, Namespace, NamespaceRegistry, RefreshOutcome, Store, StoreError,
     StoreErrorKind, Written,
+};
+#[cfg(feature = "disk")]
+pub use disk::{
+    DiskError, DiskGuard, DiskLock, DiskPermit, DiskStats, DiskStore, DiskStoreBuilder,
 };
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]

@@ -1,0 +1,312 @@
+//! The disk store across real processes: this test binary re-executed in a child role (see
+//! `tests/support`), every child on the same directory, no server.
+//!
+//! What is counted is counted in files or read back from the store, never inferred from
+//! timing; every wait is bounded, so a bug fails instead of hanging. The one figure reported
+//! (the take-over delay after a SIGKILL) is printed, and bounded generously.
+
+#![cfg(all(feature = "disk", target_os = "linux"))]
+
+mod support;
+
+use herdless::store::DiskStore;
+use herdless::{memoize_stampede, Contention, Store};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::{ChildEnv, ChildProc};
+
+const BOUND: Duration = Duration::from_secs(30);
+const TTL: Duration = Duration::from_secs(600);
+
+fn fresh_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("herdless-disk-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("test dir");
+    dir
+}
+
+/// Appends one line to a file (O_APPEND: lines of several processes never interleave).
+fn append(path: &Path, line: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("count file");
+    f.write_all(format!("{line}\n").as_bytes()).expect("append");
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits (bounded) until `path` exists.
+fn await_file(path: &Path) {
+    let deadline = Instant::now() + BOUND;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn spawn(role: &str, dir: &Path, extra: &[(&str, String)]) -> ChildProc {
+    let mut env = vec![("DISK_DIR", dir.display().to_string())];
+    env.extend(extra.iter().cloned());
+    ChildProc::spawn("child", 0, role, &env)
+}
+
+/// A self-checking value: a torn or mixed record cannot pass `intact`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Blob {
+    n: u64,
+    body: Vec<u8>,
+    sum: u64,
+}
+
+impl Blob {
+    fn new(n: u64, len: usize) -> Self {
+        let body: Vec<u8> = (0..len).map(|i| (n as usize * 31 + i) as u8).collect();
+        let sum = body.iter().map(|b| *b as u64).sum::<u64>() ^ n;
+        Blob { n, body, sum }
+    }
+    fn intact(&self, n: u64) -> bool {
+        *self == Blob::new(n, self.body.len())
+    }
+}
+
+/// The child roles. As an ordinary test (no child env) it returns at once.
+#[test]
+fn child() {
+    let Some(env) = ChildEnv::get() else { return };
+    let dir = PathBuf::from(env.var("DISK_DIR"));
+    let store = DiskStore::open(&dir).expect("child opens the store");
+    match env.role.as_str() {
+        // 8 threads call one cold key at once; each computation appends to the count file.
+        "compute" => {
+            let count = PathBuf::from(env.var("COUNT_FILE"));
+            let page = memoize_stampede(&store, TTL)
+                .name("cold")
+                .build_blocking_infallible(move |k: &String| {
+                    append(&count, &format!("computed {}", std::process::id()));
+                    std::thread::sleep(Duration::from_millis(300));
+                    format!("value of {k}")
+                })
+                .expect("memoize");
+            support::report("ready", std::process::id());
+            await_file(&PathBuf::from(env.var("GO_FILE")));
+            let values: Vec<String> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| page.get(&"cold".to_string()).expect("get")))
+                    .collect();
+                hs.into_iter().map(|h| h.join().expect("thread")).collect()
+            });
+            assert!(values.iter().all(|v| v == "value of cold"), "{values:?}");
+            support::report("done", values.len());
+        }
+        // Computes a key and hangs in the computation (the parent SIGKILLs it).
+        "hang" => {
+            let page = memoize_stampede(&store, TTL)
+                .name("takeover")
+                .build_blocking_infallible(|_k: &String| {
+                    support::report("computing", std::process::id());
+                    std::thread::sleep(Duration::from_secs(120));
+                    "from the killed process".to_string()
+                })
+                .expect("memoize");
+            let _ = page.get(&"k".to_string());
+        }
+        // Waits behind the hanging process, then computes once the kernel frees its lock.
+        "waiter" => {
+            let page = memoize_stampede(&store, TTL)
+                .name("takeover")
+                .contention(Contention::Wait(Duration::from_secs(60)))
+                .build_blocking_infallible(|_k: &String| "from the waiter".to_string())
+                .expect("memoize");
+            support::report("calling", std::process::id());
+            let v = page.get(&"k".to_string()).expect("get");
+            support::report("got", v);
+        }
+        // Writes self-checking records in a loop until killed.
+        "writer" => {
+            let ns = Store::<u64, Blob>::namespace(&store, "blobs");
+            support::report("writing", std::process::id());
+            let mut i = 0u64;
+            loop {
+                let n = i % 500;
+                let e = herdless::Entry {
+                    value: Blob::new(n, 100 + (i as usize * 97) % 20_000),
+                    delta_us: 1,
+                    expires_at: u64::MAX / 2,
+                };
+                futures::executor::block_on(store.set(&ns, &n, e, TTL, None)).expect("set");
+                i += 1;
+            }
+        }
+        // Computes (or finds) a value and reports whether it computed.
+        "warm" => {
+            let computed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let c2 = computed.clone();
+            let page = memoize_stampede(&store, TTL)
+                .name("warm")
+                .build_blocking_infallible(move |_k: &String| {
+                    let computed = &c2;
+                    computed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    format!("computed by {}", std::process::id())
+                })
+                .expect("memoize");
+            let v = page.get(&"k".to_string()).expect("get");
+            let c = computed.load(std::sync::atomic::Ordering::SeqCst);
+            support::report("warm", format!("{c} {v}"));
+        }
+        // Invalidates one key of the `gen` function.
+        "invalidate" => {
+            let page = memoize_stampede(&store, TTL)
+                .name("gen")
+                .build_blocking_infallible(|_k: &String| "never computed here".to_string())
+                .expect("memoize");
+            page.invalidate(&"k".to_string()).expect("invalidate");
+            support::report("invalidated", "");
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn four_processes_eight_threads_one_cold_key_one_computation() {
+    let dir = fresh_dir("single-flight");
+    let count = dir.join("count");
+    let go = dir.join("go");
+    let mut kids: Vec<ChildProc> = (0..4)
+        .map(|_| {
+            spawn(
+                "compute",
+                &dir.join("store"),
+                &[
+                    ("COUNT_FILE", count.display().to_string()),
+                    ("GO_FILE", go.display().to_string()),
+                ],
+            )
+        })
+        .collect();
+    for k in &mut kids {
+        k.wait_report("ready", BOUND);
+    }
+    std::fs::write(&go, b"go").expect("go file");
+    for k in &mut kids {
+        assert_eq!(k.wait_report("done", BOUND), "8");
+    }
+    let computed = lines(&count);
+    assert_eq!(
+        computed.len(),
+        1,
+        "32 callers in 4 processes, one cold key: {computed:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigkill_of_the_computing_process_lets_a_waiter_take_over() {
+    let dir = fresh_dir("sigkill").join("store");
+    let mut holder = spawn("hang", &dir, &[]);
+    holder.wait_report("computing", BOUND);
+    let mut waiter = spawn("waiter", &dir, &[]);
+    waiter.wait_report("calling", BOUND);
+    // Let the waiter reach its wait behind the lock (its outcome does not depend on this).
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    holder.kill();
+    let got = waiter.wait_report("got", BOUND);
+    let took = killed.elapsed();
+    assert_eq!(got, "from the waiter", "the waiter computed after the kill");
+    println!("take-over after SIGKILL of the holder: {took:?} (kill -> waiter's answer, via pipe)");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
+
+#[test]
+fn sigkill_in_the_middle_of_writes_leaves_values_intact_or_absent() {
+    let dir = fresh_dir("crash").join("store");
+    for round in 0..5u64 {
+        let mut w = spawn("writer", &dir, &[]);
+        w.wait_report("writing", BOUND);
+        std::thread::sleep(Duration::from_millis(40 + 37 * round));
+        w.kill();
+        let store = DiskStore::open(&dir).expect("the file reopens after a SIGKILL mid-write");
+        let ns = Store::<u64, Blob>::namespace(&store, "blobs");
+        let mut present = 0;
+        for n in 0..500u64 {
+            match Store::<u64, Blob>::get_now(&store, &ns, &n) {
+                herdless::store::Lookup::Found(e) => {
+                    assert!(
+                        e.value.intact(n),
+                        "round {round}: key {n} torn: {:?}",
+                        e.value.n
+                    );
+                    present += 1;
+                }
+                herdless::store::Lookup::Missing => {}
+                herdless::store::Lookup::NotLocal => panic!("the disk store answers locally"),
+            }
+        }
+        assert_eq!(
+            store
+                .stats()
+                .decode_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        assert!(
+            present > 0 || round == 0,
+            "round {round}: nothing was written at all"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
+
+#[test]
+fn a_restarted_process_starts_warm() {
+    let dir = fresh_dir("warm").join("store");
+    let mut first = spawn("warm", &dir, &[]);
+    let r1 = first.wait_report("warm", BOUND);
+    assert!(r1.starts_with("true "), "the first process computes: {r1}");
+    let mut second = spawn("warm", &dir, &[]);
+    let r2 = second.wait_report("warm", BOUND);
+    assert!(
+        r2.starts_with("false "),
+        "the restarted process finds the value: {r2}"
+    );
+    assert_eq!(r1[5..], r2[6..], "the same value");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
+
+#[test]
+fn invalidate_in_one_process_then_a_call_in_another_gets_the_new_value() {
+    let dir = fresh_dir("invalidate").join("store");
+    let store = DiskStore::open(&dir).expect("open");
+    let generation = std::sync::Arc::new(std::sync::Mutex::new("old".to_string()));
+    let g = generation.clone();
+    let page = memoize_stampede(&store, TTL)
+        .name("gen")
+        .build_blocking_infallible(move |_k: &String| g.lock().unwrap().clone())
+        .expect("memoize");
+    let k = "k".to_string();
+    assert_eq!(page.get(&k).unwrap(), "old");
+    *generation.lock().unwrap() = "new".to_string();
+    assert_eq!(page.get(&k).unwrap(), "old", "still cached");
+    let mut other = spawn("invalidate", &dir, &[]);
+    other.wait_report("invalidated", BOUND);
+    assert_eq!(
+        page.get(&k).unwrap(),
+        "new",
+        "never the old value after the invalidation"
+    );
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
