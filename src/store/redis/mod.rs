@@ -31,6 +31,7 @@ mod fleet;
 mod generation;
 mod keys;
 mod lock;
+mod many;
 mod plain;
 mod record;
 mod scripts;
