@@ -3,6 +3,7 @@
 //! `wrap*` methods that produce the async and blocking facades.
 
 use crate::auto::LeadTarget;
+use crate::batch::{BatchFn, BatchMemoized, BlockingBatchMemoized};
 use crate::blocking::BlockingMemoized;
 use crate::clock::{Clock, EngineClock};
 use crate::engine::{Config, Draws, Engine, TtlFn};
@@ -13,6 +14,7 @@ use crate::memoized::Memoized;
 use crate::store::contract::Store;
 use crate::wait::Contention;
 use futures::FutureExt;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::hash::Hash;
@@ -523,5 +525,74 @@ where
     {
         let compute = ComputeFn::from_blocking_layer(inner);
         Ok(BlockingMemoized::new(self.engine(compute)?))
+    }
+}
+
+/// Batch loads: one closure call computes many keys ([`BatchMemoized::get_many`]).
+impl<K, V, S> Builder<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Store<K, V>,
+{
+    /// Memoizes an async batch loader: given the keys to compute, it returns their values in a
+    /// map. [`BatchMemoized::get_many`] reads all its keys in one store round trip and computes
+    /// the missing ones in one call (each key single-flight: keys another caller computes are
+    /// joined); `get` works too, as a batch of one. A key the closure leaves out of its map is
+    /// that key's [`Error::MissingFromBatch`](crate::Error::MissingFromBatch); a failing batch
+    /// fails each of its keys and caches nothing.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::collections::HashMap;
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u64, u64>::new(1000).unwrap();
+    /// let double = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_batch(|ids: Vec<u64>| async move {
+    ///         Ok::<_, std::io::Error>(ids.into_iter().map(|id| (id, id * 2)).collect::<HashMap<_, _>>())
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(double.get_many(&[1, 2, 3]).await.unwrap(), [2, 4, 6]);
+    /// assert_eq!(double.stats().computations, 3);
+    /// # }
+    /// ```
+    pub fn build_batch<E, F, Fut>(self, f: F) -> Result<BatchMemoized<K, V, E, S>, ConfigError>
+    where
+        E: Send + Sync + 'static,
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<HashMap<K, V>, E>> + Send + 'static,
+    {
+        let batch = Arc::new(BatchFn::from_async(f));
+        let engine = self.engine(BatchFn::per_key(&batch))?;
+        Ok(BatchMemoized::new(engine, batch))
+    }
+
+    /// The blocking twin of [`Builder::build_batch`]: a synchronous batch loader, called from
+    /// plain threads ([`BlockingBatchMemoized`]).
+    ///
+    /// ```
+    /// use herdless::{memoize_stampede, MemoryStore};
+    /// use std::collections::HashMap;
+    /// use std::time::Duration;
+    /// let store = MemoryStore::<u64, u64>::new(1000).unwrap();
+    /// let double = memoize_stampede(&store, Duration::from_secs(60))
+    ///     .build_batch_blocking(|ids: &[u64]| {
+    ///         Ok::<_, std::io::Error>(ids.iter().map(|&id| (id, id * 2)).collect::<HashMap<_, _>>())
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(double.get_many(&[1, 2]).unwrap(), [2, 4]);
+    /// ```
+    pub fn build_batch_blocking<E, F>(
+        self,
+        f: F,
+    ) -> Result<BlockingBatchMemoized<K, V, E, S>, ConfigError>
+    where
+        E: Send + Sync + 'static,
+        F: Fn(&[K]) -> Result<HashMap<K, V>, E> + Send + Sync + 'static,
+    {
+        let batch = Arc::new(BatchFn::from_blocking(f));
+        let engine = self.engine(BatchFn::per_key(&batch))?;
+        Ok(BlockingBatchMemoized::new(engine, batch))
     }
 }

@@ -26,6 +26,9 @@ pub enum Error<E> {
     /// computation receives this (the panicking caller itself gets its panic back); nothing is
     /// stored and the key is not poisoned: the next call computes again.
     Panicked,
+    /// The batch loader ([`Builder::build_batch`](crate::Builder::build_batch)) returned no
+    /// value for this key. Only this key fails; nothing is cached for it.
+    MissingFromBatch,
 }
 
 impl<E> Error<E> {
@@ -88,6 +91,7 @@ impl<E> Clone for Error<E> {
             Error::Busy => Error::Busy,
             Error::WaitTimeout(d) => Error::WaitTimeout(*d),
             Error::Panicked => Error::Panicked,
+            Error::MissingFromBatch => Error::MissingFromBatch,
         }
     }
 }
@@ -104,6 +108,9 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 )
             }
             Error::Panicked => f.write_str("the computation panicked"),
+            Error::MissingFromBatch => {
+                f.write_str("the batch loader returned no value for this key")
+            }
         }
     }
 }

@@ -124,6 +124,7 @@ struct ReadmeDoctests;
 
 mod auto;
 mod barrier;
+mod batch;
 pub mod blocking;
 mod builder;
 mod clock;
@@ -153,6 +154,7 @@ pub mod xfetch;
 
 pub use auto::LeadTarget;
 pub use barrier::{barrier, Barrier, BarrierBuilder, BlockingBarrier};
+pub use batch::{BatchMemoized, BlockingBatchMemoized};
 pub use blocking::BlockingMemoized;
 pub use builder::Builder;
 pub use clock::{Clock, ManualClock, SystemClock};

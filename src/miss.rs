@@ -146,7 +146,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// The XFetch decision for a value seen near expiry, with the function's β (or the β automatic
 /// mode chooses for this key now).
-fn decide<K, V, E, S>(eng: &Engine<K, V, E, S>, key: &K, entry: &Entry<V>, now: u64) -> Decision
+pub(crate) fn decide<K, V, E, S>(
+    eng: &Engine<K, V, E, S>,
+    key: &K,
+    entry: &Entry<V>,
+    now: u64,
+) -> Decision
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,

@@ -339,4 +339,62 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
         let _ = (ns, key, max, mode);
         async { Ok(()) }
     }
+
+    /// Reads many entries at once, one answer per key in `keys`' order (for
+    /// [`Builder::build_batch`](crate::Builder::build_batch)). The default asks [`Store::get`]
+    /// for each key in turn; a remote store overrides it with one round trip (Redis: one
+    /// pipeline, one per slot on a cluster).
+    ///
+    /// ```
+    /// use herdless::{Entry, MemoryStore, Store};
+    /// let store = MemoryStore::<u32, u32>::new(10).unwrap();
+    /// let ns = store.namespace("f");
+    /// let e = Entry { value: 7, delta_us: 1, expires_at: u64::MAX };
+    /// let ttl = std::time::Duration::from_secs(1);
+    /// futures::executor::block_on(async {
+    ///     store.set_many(&ns, vec![(1, e.clone(), None)], ttl).await;
+    ///     let got = store.get_many(&ns, &[1, 2], 0).await;
+    ///     assert_eq!(got, vec![Ok(Some(e)), Ok(None)]);
+    /// });
+    /// ```
+    fn get_many(
+        &self,
+        ns: &Namespace,
+        keys: &[K],
+        now: u64,
+    ) -> impl Future<Output = Vec<Result<Option<Entry<V>>, StoreError>>> + Send
+    where
+        K: Sync,
+        V: Send,
+    {
+        async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                out.push(self.get(ns, key, now).await);
+            }
+            out
+        }
+    }
+
+    /// Writes many entries at once, each as [`Store::set`] would (its permit fences it), one
+    /// answer per item in order. The default calls [`Store::set`] for each in turn; a remote
+    /// store overrides it with one round trip.
+    fn set_many(
+        &self,
+        ns: &Namespace,
+        items: Vec<(K, Entry<V>, Option<Self::Lock>)>,
+        ttl: Duration,
+    ) -> impl Future<Output = Vec<Result<Written, StoreError>>> + Send
+    where
+        K: Send + Sync,
+        V: Send,
+    {
+        async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (key, entry, lock) in items {
+                out.push(self.set(ns, &key, entry, ttl, lock).await);
+            }
+            out
+        }
+    }
 }

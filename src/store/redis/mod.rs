@@ -31,6 +31,7 @@ mod fleet;
 mod generation;
 mod keys;
 mod lock;
+mod many;
 mod missed;
 mod plain;
 mod record;

@@ -427,6 +427,40 @@ where
             .wait_lock(&keys.channel, &keys.lock, max, mode)
             .await
     }
+    // Batch loads (`Builder::build_batch`): one pipeline for all the keys (see `many`), or one
+    // operation per key where a pipeline cannot be used.
+    async fn get_many(
+        &self,
+        ns: &Namespace,
+        keys: &[K],
+        now: u64,
+    ) -> Vec<Result<Option<Entry<V>>, StoreError>> {
+        if let Some(out) = self.read_many(ns.name(), keys, now).await {
+            return out;
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(ns, key, now).await);
+        }
+        out
+    }
+
+    async fn set_many(
+        &self,
+        ns: &Namespace,
+        items: Vec<(K, Entry<V>, Option<HeldLock>)>,
+        ttl: Duration,
+    ) -> Vec<Result<Written, StoreError>> {
+        let items = match self.write_many(ns.name(), items, ttl).await {
+            Ok(out) => return out,
+            Err(items) => items,
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (key, entry, lock) in items {
+            out.push(self.set(ns, &key, entry, ttl, lock).await);
+        }
+        out
+    }
 }
 
 /// What the lock-or-get script answered, before the record is decoded on the caller's side.
