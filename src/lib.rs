@@ -115,8 +115,13 @@
 //! `cargo build --no-default-features` builds the in-memory crate without any Redis dependency.
 //!
 //! See `paper-notes.md` for the maths and how herdless differs from the paper and DiskCache.
+//!
+//! The [user guide](guide) covers choosing a layer and a store, β, failure semantics,
+//! deploying on Redis, and migrating from `cached`, moka and DiskCache.
 
 #![warn(missing_docs)]
+// docs.rs (`--cfg docsrs`, nightly): label every feature-gated item with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -133,6 +138,7 @@ mod entry;
 mod error;
 mod fence;
 mod flight;
+pub mod guide;
 mod hot;
 mod layer;
 mod leader;
@@ -161,6 +167,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::Entry;
 pub use error::{ConfigError, Error};
 #[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use herdless_macros::memoize_stampede as memoized;
 pub use layer::{BlockingLayer, Layer};
 pub use lock::{LocalGuard, LocalLock, Lock, LockError};

@@ -1,6 +1,7 @@
 //! Checking the annotated function and generating the memoized function and its companion.
 
 use crate::args::{Args, Beta};
+use crate::types::{check_arg_type, check_return_type};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
@@ -64,27 +65,10 @@ fn check_signature(sig: &Signature) -> syn::Result<()> {
             check_arg_type(&pt.ty)?;
         }
     }
-    Ok(())
-}
-
-/// Arguments become the cache key, which lives in a static: they must be owned.
-fn check_arg_type(ty: &Type) -> syn::Result<()> {
-    match ty {
-        Type::ImplTrait(_) => Err(syn::Error::new_spanned(
-            ty,
-            "#[herdless::memoized] cannot memoize a generic function (`impl Trait` argument); \
-             name a concrete type",
-        )),
-        Type::Reference(r) if r.lifetime.as_ref().is_none_or(|l| l.ident != "static") => {
-            Err(syn::Error::new_spanned(
-                ty,
-                "the arguments form the cache key, which outlives the call: take them by value \
-                 (`String`, not `&str`)",
-            ))
-        }
-        Type::Paren(p) => check_arg_type(&p.elem),
-        _ => Ok(()),
+    if let ReturnType::Type(_, ty) = &sig.output {
+        check_return_type(ty)?;
     }
+    Ok(())
 }
 
 /// `Result<V, E>` (by the last path segment) or a plain value type.

@@ -29,6 +29,7 @@ use syn::parse_macro_input;
 
 mod args;
 mod expand;
+mod types;
 
 /// Memoizes a function with herdless, keeping its signature. Re-exported by herdless as
 /// **`herdless::memoized`**: `herdless::memoize_stampede` is already the builder function, so the
@@ -111,7 +112,11 @@ mod expand;
 /// # Not supported (compile errors pointing at the cause)
 ///
 /// Methods taking `self`, generic functions (type or lifetime parameters, `impl Trait`
-/// arguments), reference arguments other than `&'static`, `const`/`unsafe`/`extern` functions,
+/// anywhere in an argument type), borrowing argument or return types at any depth (`&str`,
+/// `(u32, &str)`, `Option<&str>`, `Cow<str>`, `Foo<'_>`: the error names the owned type to write,
+/// such as `String`, `Vec<u8>` or `Cow<'static, str>`; `&'static T` is accepted), an
+/// `impl Trait` return type (`-> impl Trait`, `-> Result<impl Trait, E>`: return the concrete
+/// type), `const`/`unsafe`/`extern` functions,
 /// `Result` aliases with one parameter (write `Result<V, E>`), unknown or repeated arguments, a
 /// missing TTL. Associated functions in `impl` blocks are not supported either (the generated
 /// items are free functions).
