@@ -15,7 +15,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use herdless::store::RedisStore;
-use herdless::{memoize_stampede, BatchMemoized, MemoryStore, Memoized, Store};
+use herdless::{memoize_stampede, BatchMemoized, Memoized, MemoryStore, Store};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -51,7 +51,11 @@ fn functions<S: Store<u64, String>>(
         .build_batch(move |ks: Vec<u64>| {
             c.fetch_add(1, Ordering::Relaxed);
             async move {
-                Ok::<_, Infallible>(ks.into_iter().map(|k| (k, value(k))).collect::<HashMap<_, _>>())
+                Ok::<_, Infallible>(
+                    ks.into_iter()
+                        .map(|k| (k, value(k)))
+                        .collect::<HashMap<_, _>>(),
+                )
             }
         })
         .unwrap();
@@ -66,7 +70,10 @@ fn functions<S: Store<u64, String>>(
     (batch, one)
 }
 
-async fn hundred_gets<S: Store<u64, String>>(one: &Memoized<u64, String, Infallible, S>, keys: &[u64]) {
+async fn hundred_gets<S: Store<u64, String>>(
+    one: &Memoized<u64, String, Infallible, S>,
+    keys: &[u64],
+) {
     for k in keys {
         black_box(one.get(k).await.unwrap());
     }

@@ -125,6 +125,7 @@ where
         Ok(Err(Error::Compute(_))) => "the computation returned an error".to_string(),
         Ok(Err(Error::WaitTimeout(d))) => format!("waited {d:?} for the computation"),
         Ok(Err(Error::Panicked)) => "the computation panicked".to_string(),
+        Ok(Err(Error::MissingFromBatch)) => "the batch loader returned no value".to_string(),
         Err(panic) => panic_message(&*panic),
     };
     bump!(eng.stats, errors);

@@ -502,9 +502,11 @@ fn a_backlog_older_than_its_bound_counts_as_a_channel_failure() {
     fw.invalidate(&k).unwrap();
     // Bound: the backlog bound (1 s) ends the subscription, then max_stale (200 ms) applies.
     // Draining the flood in order would take far longer.
-    wait_until("the near tier stops serving v1", Duration::from_secs(5), || {
-        fr.get(&k).ok().as_deref() == Some("v2")
-    });
+    wait_until(
+        "the near tier stops serving v1",
+        Duration::from_secs(5),
+        || fr.get(&k).ok().as_deref() == Some("v2"),
+    );
     assert!(stat(&shared.stats().pubsub_backlog_resets) >= 1);
     flood.join().unwrap();
 }

@@ -1,11 +1,15 @@
 //! The plain-command mode, for a user the server refuses scripting (an ACL without `EVAL` /
 //! `EVALSHA`): the store still caches (value and `PTTL` read in one round trip) and still locks
 //! (`SET NX PX`, renewed and released only after checking the owner token), so hits and
-//! single-flight survive. What is lost is only what needs atomic server-side checks: writes are
-//! not fenced by versions (a holder whose lock lapsed may overwrite a newer value, and a
-//! computation running across an invalidation may store its result), the owner check before a
+//! single-flight survive. What is lost is only what needs atomic server-side checks: this mode's
+//! own writes are not fenced by versions (a holder whose lock lapsed may overwrite a newer value,
+//! and its computation running across an invalidation may store its result), the owner check before a
 //! release or renewal is a separate command from it (a lapse in between may touch a newer
 //! holder's lock), and oversized records are refused after transfer rather than before.
+//!
+//! Its writes and invalidations still *bump* the entry's version, before they touch the value,
+//! so that processes that do run scripts keep their fence: a computation of theirs that started
+//! before this process's `invalidate` or `insert` cannot store its older result afterwards.
 
 use super::conn::Conn;
 use super::keys::Keys;
@@ -118,14 +122,52 @@ async fn publish(conn: &Arc<Conn>, channel: Vec<u8>, what: &'static str) {
         .await;
 }
 
-/// Writes the record (unfenced), then releases the writer's lock and wakes waiters.
+/// Bumps the entry's version as the scripts do: a missing counter is first seeded from the
+/// server's clock in µs (so it never comes back at a value an old ticket holds), then `INCR`.
+/// Two round trips (`TIME`, then one pipeline); the bump lands before the caller touches the
+/// value, so a fenced writer elsewhere that reads the old counter after it is refused.
+async fn bump_version(
+    conn: &Arc<Conn>,
+    version_key: Vec<u8>,
+    keep_ms: u64,
+) -> Result<(), StoreError> {
+    let (secs, micros): (u64, u64) = conn
+        .call(|mut m| async move { redis::cmd("TIME").query_async(&mut m).await })
+        .await?;
+    let seed = secs.saturating_mul(1_000_000).saturating_add(micros);
+    conn.call(move |mut m| async move {
+        redis::pipe()
+            .cmd("SET")
+            .arg(&version_key)
+            .arg(seed)
+            .arg("NX")
+            .arg("PX")
+            .arg(keep_ms)
+            .ignore()
+            .cmd("INCR")
+            .arg(&version_key)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&version_key)
+            .arg(keep_ms)
+            .ignore()
+            .query_async::<()>(&mut m)
+            .await
+    })
+    .await
+}
+
+/// Bumps the version, writes the record (unfenced), then releases the writer's lock and wakes
+/// waiters. `keep_ms`: how long the version key is kept.
 pub(super) async fn write(
     conn: &Arc<Conn>,
     keys: Keys,
     token: Vec<u8>,
     record: Vec<u8>,
     ttl_ms: u64,
+    keep_ms: u64,
 ) -> Result<(), StoreError> {
+    bump_version(conn, keys.version.clone(), keep_ms).await?;
     let v = keys.value.clone();
     conn.call(move |mut m| async move {
         redis::cmd("SET")
@@ -140,8 +182,13 @@ pub(super) async fn write(
     release(conn, keys.lock, token, keys.channel, "1").await
 }
 
-/// Drops the value and the lock, then wakes waiters.
-pub(super) async fn invalidate(conn: &Arc<Conn>, keys: Keys) -> Result<(), StoreError> {
+/// Bumps the version, drops the value and the lock, then wakes waiters.
+pub(super) async fn invalidate(
+    conn: &Arc<Conn>,
+    keys: Keys,
+    keep_ms: u64,
+) -> Result<(), StoreError> {
+    bump_version(conn, keys.version.clone(), keep_ms).await?;
     let (v, l) = (keys.value.clone(), keys.lock.clone());
     conn.call(move |mut m| async move {
         redis::cmd("DEL")

@@ -183,7 +183,11 @@ where
                         .await
                 })
             },
-            || async move { plain::write(conn, k2, t2, r2, ttl_ms).await.map(|()| 1) },
+            || async move {
+                plain::write(conn, k2, t2, r2, ttl_ms, keep)
+                    .await
+                    .map(|()| 1)
+            },
         )
         .await?;
         if written == 3 {
@@ -394,7 +398,11 @@ where
                         .await
                 })
             },
-            || async move { plain::invalidate(conn, k2).await.map(|()| 1) },
+            || async move {
+                plain::invalidate(conn, k2, keep_ms(Duration::from_secs(60)))
+                    .await
+                    .map(|()| 1)
+            },
         )
         .await?;
         if done == 2 {
