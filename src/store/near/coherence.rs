@@ -26,6 +26,9 @@ where
         on_announcement(&near, a);
     });
     let tap = near.tap.get_or_init(|| tap);
+    // Heartbeats every quarter of `max_stale`: while the subscription works, the verified time
+    // stays well within `max_stale` and near hits stay hits.
+    near.shared.want_heartbeat(near.max_stale / 4);
     let state = near.shared.tap(tap);
     near.epochs.observe(state);
 }

@@ -90,9 +90,4 @@ impl Epochs {
     pub(crate) fn observe(&self, state: u64) {
         self.state.fetch_max(state, Ordering::AcqRel);
     }
-    /// True while announcements flow (the subscription is up).
-    #[inline]
-    pub(crate) fn live(&self) -> bool {
-        self.state.load(Ordering::Acquire) & 1 == 1
-    }
 }

@@ -45,9 +45,12 @@
 //!   [`NearStoreBuilder::max_stale`] (default 1 s) after it was read from Redis; after that each
 //!   call re-validates it against Redis. Messages lost meanwhile cannot matter beyond that bound.
 //! - **Subscription silently dead** (a paused server, a middlebox that drops the connection
-//!   without a FIN): the store PINGs its subscription every second and gives it up after a
-//!   second without an answer, so it counts as down (and `max_stale` applies) within about 2 s
-//!   of going silent. A message backlog older than 1 s counts as a failure too (resync).
+//!   without a FIN): the store PINGs its subscription every quarter of `max_stale` (at most every
+//!   second). An answered PING vouches that every announcement published before it was sent has
+//!   been handled; a near entry older than `max_stale` is served only while such a PING is
+//!   younger than `max_stale`, so `max_stale` holds from the moment the channel goes silent, not
+//!   from when the silence is noticed. Without an answer within a second the subscription is
+//!   given up and re-made; a message backlog older than 1 s counts as a failure too (resync).
 //! - **A writer refused channels** (its ACL, or a `PUBLISH` that fails): the refusal raises a
 //!   shared marker key that every store polls every second; on a change each near tier drops
 //!   what it holds. A near hit is then at most about one second (one poll plus a round trip)
@@ -212,9 +215,10 @@ where
 {
     /// Keeps what was read from Redis, unless an announcement for the key arrived since
     /// `epoch` was taken (the read may predate it).
-    fn keep(&self, ns: &Namespace, key: &K, epoch: (u64, u64), entry: &Entry<V>) {
+    /// `read_at` is when the read was *sent*: what it returned is at least that fresh (stamping
+    /// the reply's arrival would let a slow read's older value count as newer than it is).
+    fn keep(&self, ns: &Namespace, key: &K, epoch: (u64, u64), read_at: Instant, entry: &Entry<V>) {
         let (epoch, all) = epoch;
-        let read_at = Instant::now();
         if self.inner.epochs.get(ns.id, key) == epoch && self.inner.epochs.all() == all {
             self.inner.local.insert(
                 NearKey {
@@ -289,8 +293,12 @@ where
                     // Read before a whole-tier drop that has not reached this entry yet.
                     return Lookup::NotLocal;
                 }
-                if !self.inner.epochs.live() && near.read_at.elapsed() > self.inner.max_stale {
-                    // The channel is down: re-validate against Redis.
+                let now = std::time::Instant::now();
+                if now.saturating_duration_since(near.read_at) > self.inner.max_stale
+                    && self.inner.shared.verified_age(now) > self.inner.max_stale
+                {
+                    // Neither the read nor the channel vouches for the last `max_stale`: the
+                    // channel is down or silent. Re-validate against Redis.
                     NearStats::inc(&self.inner.stats.stale_revalidations);
                     return Lookup::NotLocal;
                 }
@@ -302,11 +310,12 @@ where
 
     async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
         let epoch = self.epoch(ns.id, key);
+        let sent = Instant::now();
         let got = self.inner.shared.get(ns, key, now).await;
         match &got {
             Ok(Some(e)) => {
                 NearStats::inc(&self.inner.stats.shared_hits);
-                self.keep(ns, key, epoch, e);
+                self.keep(ns, key, epoch, sent, e);
             }
             Ok(None) => NearStats::inc(&self.inner.stats.shared_misses),
             Err(_) => {
@@ -348,13 +357,14 @@ where
         now: u64,
     ) -> Result<LockOutcome<V, HeldLock>, StoreError> {
         let epoch = self.epoch(ns.id, key);
+        let sent = Instant::now();
         let out = self
             .inner
             .shared
             .lock_or_get(ns, key, lease, max_hold, now)
             .await?;
         if let LockOutcome::Found(e) = &out {
-            self.keep(ns, key, epoch, e);
+            self.keep(ns, key, epoch, sent, e);
         }
         Ok(out)
     }

@@ -51,6 +51,11 @@ use std::time::{Duration, Instant};
 
 /// How old a copy of a function's generation may get while pub/sub is down or refused.
 pub(crate) const RECHECK: Duration = Duration::from_secs(1);
+/// How long after this process moved to a new generation other processes may still be on the
+/// previous one: [`RECHECK`] after the fleet's "announcements missed" marker is polled
+/// (`missed::POLL`), with room for a round trip and a slow poll. An `invalidate` or `insert` made
+/// meanwhile reaches the previous generation too (see `RedisStore::reach_lagging_processes`).
+pub(crate) const LAGGING: Duration = Duration::from_secs(5);
 /// How old it may get while pub/sub is healthy (announcements cover it; this is a safety net).
 pub(crate) const RECHECK_LIVE: Duration = Duration::from_secs(30);
 
@@ -99,6 +104,21 @@ struct Copy {
     valid_for: AtomicU64,
     /// Milliseconds since `Generations::origin` of the last read.
     checked: AtomicU64,
+    /// The generation this copy held before its latest move (0: none yet), and when it moved
+    /// (milliseconds since `Generations::origin`).
+    previous: AtomicU64,
+    moved: AtomicU64,
+}
+
+impl Copy {
+    /// Takes `g` if it is newer, remembering the generation it replaces.
+    fn advance(&self, g: u64, now: u64) {
+        let old = self.generation.fetch_max(g, Ordering::AcqRel);
+        if old != 0 && g > old {
+            self.previous.store(old, Ordering::Release);
+            self.moved.store(now, Ordering::Release);
+        }
+    }
 }
 
 /// The generations this store has seen, per function name.
@@ -127,6 +147,19 @@ impl Generations {
             .map_or(0, |c| c.generation.load(Ordering::Acquire))
     }
 
+    /// The generation `name` moved away from less than [`LAGGING`] ago, if any: other
+    /// processes may still be reading it.
+    pub(crate) fn lagging(&self, name: &str) -> Option<u64> {
+        let copy = {
+            let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+            copies.get(name)?.clone()
+        };
+        let previous = copy.previous.load(Ordering::Acquire);
+        let moved = copy.moved.load(Ordering::Acquire);
+        (previous != 0 && self.now_ms().saturating_sub(moved) < LAGGING.as_millis() as u64)
+            .then_some(previous)
+    }
+
     /// Whether `name`'s generation was read (or bumped) by this store.
     pub(crate) fn known(&self, name: &str) -> bool {
         let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
@@ -146,6 +179,8 @@ impl Generations {
             marks: Arc::new(AtomicU64::new(0)),
             valid_for: AtomicU64::new(0),
             checked: AtomicU64::new(0),
+            previous: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
         });
         conn.wakeups
             .watch_generation(space.generation_channel(name), &c.marks);
@@ -189,6 +224,21 @@ impl Generations {
         Ok(copy.generation.load(Ordering::Acquire))
     }
 
+    /// The generation of `name` as the server holds it now (always one round trip). For
+    /// `invalidate` and `insert`: called after the data changed, so any `invalidate_all` whose
+    /// readers could hold values computed before that change is seen, however late its
+    /// announcement reaches this process, or if it never does (this process refused channels).
+    pub(crate) async fn fresh(
+        &self,
+        conn: &Arc<Conn>,
+        space: &KeySpace,
+        name: &str,
+    ) -> Result<u64, StoreError> {
+        let copy = self.copy(conn, space, name);
+        reread(conn, space, name, &copy, self.now_ms()).await?;
+        Ok(copy.generation.load(Ordering::Acquire))
+    }
+
     /// `invalidate_all`: one script that increments the generation and announces it; returns
     /// the new generation, which this process uses from then on.
     pub(crate) async fn bump(
@@ -201,7 +251,7 @@ impl Generations {
         let held = copy.generation.load(Ordering::Acquire);
         let marks = copy.marks.load(Ordering::Acquire);
         let g = run(conn, space, name, held, true).await?;
-        copy.generation.fetch_max(g, Ordering::AcqRel);
+        copy.advance(g, self.now_ms());
         copy.valid_for.fetch_max(marks + 1, Ordering::AcqRel);
         Ok(g)
     }
@@ -219,7 +269,7 @@ async fn reread(
     let marks = copy.marks.load(Ordering::Acquire);
     let held = copy.generation.load(Ordering::Acquire);
     let g = run(conn, space, name, held, false).await?;
-    copy.generation.fetch_max(g, Ordering::AcqRel);
+    copy.advance(g, now);
     copy.valid_for.fetch_max(marks + 1, Ordering::AcqRel);
     copy.checked.store(now, Ordering::Release);
     Ok(())

@@ -364,6 +364,18 @@ impl RedisStore {
         self.inner.conn.wakeups.state()
     }
 
+    /// How far behind the server this store's announcements may be at `now` (see
+    /// `subscriber::Wakeups::verified_age`).
+    #[inline]
+    pub(crate) fn verified_age(&self, now: std::time::Instant) -> Duration {
+        self.inner.conn.wakeups.verified_age(now)
+    }
+
+    /// Asks the subscriber to PING at least every `period`.
+    pub(crate) fn want_heartbeat(&self, period: Duration) {
+        self.inner.conn.wakeups.want_heartbeat(period);
+    }
+
     /// The subscription's state word now (`changes << 1 | live`).
     pub(crate) fn subscription_state(&self) -> u64 {
         self.inner.conn.wakeups.state()
@@ -418,6 +430,21 @@ impl RedisStore {
 
     /// The keys under the function's current generation (re-read when the cached copy is
     /// stale; see the `generation` module).
+    /// The keys under the function's generation read from the server now (see
+    /// `Generations::fresh`): for `invalidate` and `insert`.
+    async fn fresh_entry_keys<K: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        key: &K,
+    ) -> Result<Keys, StoreError> {
+        let generation = self
+            .inner
+            .generations
+            .fresh(&self.inner.conn, &self.inner.space, name)
+            .await?;
+        self.inner.space.keys(name, generation, key)
+    }
+
     async fn entry_keys<K: Serialize + ?Sized>(
         &self,
         name: &str,

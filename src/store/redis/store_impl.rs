@@ -1,6 +1,7 @@
 //! [`Store`] for [`RedisStore`]: every operation is one script (one round trip), fenced by the
 //! entry's version (see the `scripts` module).
 
+use super::conn::Conn;
 use super::keys::{token, Keys};
 use super::lock::{acquiring, HeldLock};
 use super::{plain, scripts, RedisStore};
@@ -12,6 +13,7 @@ use crate::wait::WaitMode;
 use redis::Value;
 use serde::{de::DeserializeOwned, Serialize};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Milliseconds of a duration for a Redis argument (saturating, at least 1).
@@ -151,10 +153,17 @@ where
         ttl: Duration,
         lock: Option<HeldLock>,
     ) -> Result<Written, StoreError> {
-        let keys = self.entry_keys(ns.name(), key).await?;
+        // An `insert` (no lock) must land where every reader reads, whatever announcement this
+        // process has not heard yet; a computation's write goes where its read went.
+        let keys = if lock.is_none() {
+            self.fresh_entry_keys(ns.name(), key).await?
+        } else {
+            self.entry_keys(ns.name(), key).await?
+        };
         // An unencodable or oversized value is refused here (counted, warned); the lock, if
         // any, is released by its drop, waking waiters.
         let record = self.encode(ns.name(), &entry)?;
+        let inserted = lock.is_none();
         let (token, ticket) = match lock {
             Some(mut held) => {
                 held.disarm();
@@ -195,6 +204,9 @@ where
             super::missed::refused(&self.inner.conn).await;
         }
         if written == 1 || written == 3 {
+            if inserted {
+                self.reach_lagging_processes(ns.name(), key).await?;
+            }
             Ok(Written::Stored)
         } else {
             self.inner
@@ -375,41 +387,9 @@ where
     }
 
     async fn invalidate(&self, ns: &Namespace, key: &K) -> Result<(), StoreError> {
-        let keys = self.entry_keys(ns.name(), key).await?;
-        let conn = &self.inner.conn;
-        let k2 = keys.clone();
-        let Keys {
-            value,
-            lock,
-            channel,
-            version,
-        } = keys;
-        let done = scripted_or_plain(
-            conn,
-            || {
-                conn.call(move |mut m| async move {
-                    scripts::INVALIDATE
-                        .key(value)
-                        .key(lock)
-                        .key(version)
-                        .arg(channel)
-                        .arg(keep_ms(Duration::from_secs(60)))
-                        .invoke_async::<i64>(&mut m)
-                        .await
-                })
-            },
-            || async move {
-                plain::invalidate(conn, k2, keep_ms(Duration::from_secs(60)))
-                    .await
-                    .map(|()| 1)
-            },
-        )
-        .await?;
-        if done == 2 {
-            // Invalidated, but the server refused its announcement: tell the fleet another way.
-            super::missed::refused(conn).await;
-        }
-        Ok(())
+        let keys = self.fresh_entry_keys(ns.name(), key).await?;
+        invalidate_entry(&self.inner.conn, keys).await?;
+        self.reach_lagging_processes(ns.name(), key).await
     }
 
     async fn invalidate_all(&self, ns: &Namespace) -> Result<(), StoreError> {
@@ -504,4 +484,61 @@ async fn plain_lock_or_get(
             Value::Array(vec![Value::Int(3)])
         },
     )
+}
+
+/// Drops an entry's value and lock and bumps its version (the `invalidate` of one key space).
+async fn invalidate_entry(conn: &Arc<Conn>, keys: Keys) -> Result<(), StoreError> {
+    let k2 = keys.clone();
+    let Keys {
+        value,
+        lock,
+        channel,
+        version,
+    } = keys;
+    let done = scripted_or_plain(
+        conn,
+        || {
+            conn.call(move |mut m| async move {
+                scripts::INVALIDATE
+                    .key(value)
+                    .key(lock)
+                    .key(version)
+                    .arg(channel)
+                    .arg(keep_ms(Duration::from_secs(60)))
+                    .invoke_async::<i64>(&mut m)
+                    .await
+            })
+        },
+        || async move {
+            plain::invalidate(conn, k2, keep_ms(Duration::from_secs(60)))
+                .await
+                .map(|()| 1)
+        },
+    )
+    .await?;
+    if done == 2 {
+        // Invalidated, but the server refused its announcement: tell the fleet another way.
+        super::missed::refused(conn).await;
+    }
+    Ok(())
+}
+
+impl RedisStore {
+    /// After this process moved to a new generation of `name` (its own `invalidate_all`, or one
+    /// it heard of), other processes may still read the previous one until they hear of it: one
+    /// message delay, or up to `generation::LAGGING` when announcements are refused or lost.
+    /// An `invalidate` or `insert` made meanwhile also invalidates the key in the previous
+    /// generation, so that a process still there does not keep reading the old value after the
+    /// call returned (issue 18: a writer whose ACL forbids channels).
+    async fn reach_lagging_processes<K: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        key: &K,
+    ) -> Result<(), StoreError> {
+        let Some(previous) = self.inner.generations.lagging(name) else {
+            return Ok(());
+        };
+        let keys = self.inner.space.keys(name, previous, key)?;
+        invalidate_entry(&self.inner.conn, keys).await
+    }
 }

@@ -2,8 +2,9 @@
 //! prefix, waking local waiters and feeding near tiers' taps.
 //!
 //! The subscription cannot die silently (issue 18, findings 5 and 9):
-//! - **Heartbeat.** Every [`HEARTBEAT`] the subscriber PINGs its connection (single node and
-//!   cluster alike) and gives it up when no answer comes within another [`HEARTBEAT`]: a server
+//! - **Heartbeat.** Every [`HEARTBEAT`] (or more often, as near tiers ask: a quarter of their
+//!   `max_stale`) the subscriber PINGs its connection (single node and
+//!   cluster alike) and gives it up when no answer comes within [`HEARTBEAT`]: a server
 //!   that is paused, or a connection a middlebox dropped without a FIN, is noticed within
 //!   2 × [`HEARTBEAT`] after it went silent. The socket also has TCP keepalive (probes after 5 s
 //!   idle, every second, 3 of them), which ends a dead connection the kernel can see even if the
@@ -15,6 +16,13 @@
 //!   bounded by the arrival rate × [`BACKLOG_BOUND`]) and re-made, and near tiers resync.
 //! - While the subscription is down, `live` is false: near tiers apply `max_stale` and
 //!   generation copies are re-read every `RECHECK`.
+//! - **Verified time.** An answered PING proves that every message the server published before
+//!   it arrived was delivered (one connection delivers in order), and redis-rs queues those
+//!   messages before it resolves the PING. Once the dispatcher has drained the queue it publishes
+//!   the PING's send time (`Wakeups::verified_age`). A near tier serves an entry older than
+//!   `max_stale` only while that time is younger than `max_stale`, so a subscription that went
+//!   silent without any error costs at most `max_stale` of staleness, not `max_stale` plus the
+//!   time to notice (issue 18, finding 5).
 
 use super::stats::{RedisStats, Stats};
 use crate::store::redis::announce::Announcement;
@@ -45,6 +53,20 @@ pub(crate) struct Wakeups {
     /// be re-read) synchronously, *before* near tiers hear the same message, so that a near miss
     /// right after the drop never re-reads under the old generation.
     stale_marks: Mutex<HashMap<Vec<u8>, Vec<Weak<AtomicU64>>>>,
+    /// Milliseconds since [`ORIGIN`] at which the latest answered heartbeat PING was *sent*,
+    /// published once every message queued before its answer was handled (0: never). Every
+    /// announcement the server published before that instant has reached the near tiers, so a
+    /// near entry is at most `now − verified` behind (see [`Wakeups::verified_age`]).
+    verified_ms: AtomicU64,
+    /// The heartbeat period near tiers ask for, in ms (0: [`HEARTBEAT`]).
+    beat_ms: AtomicU64,
+}
+
+/// The origin of [`Wakeups`]' millisecond stamps.
+static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn stamp(t: Instant) -> u64 {
+    t.saturating_duration_since(*ORIGIN).as_millis() as u64 + 1
 }
 
 impl Wakeups {
@@ -84,6 +106,37 @@ impl Wakeups {
                 Ok(_) => return,
                 Err(c) => cur = c,
             }
+        }
+    }
+
+    /// How far behind the server the announcements handled so far may be at `now`: the age of
+    /// the send time of the latest answered heartbeat (`Duration::MAX` before the first). While
+    /// the subscription works this stays under one heartbeat period plus a round trip; when it
+    /// goes silent (a black hole, a paused server) it grows, and near tiers re-validate.
+    pub(crate) fn verified_age(&self, now: Instant) -> Duration {
+        match self.verified_ms.load(Ordering::Acquire) {
+            0 => Duration::MAX,
+            v => Duration::from_millis(stamp(now).saturating_sub(v)),
+        }
+    }
+
+    /// Asks for heartbeats at least every `period` (the smallest request wins; at least 20 ms,
+    /// at most [`HEARTBEAT`]).
+    pub(crate) fn want_heartbeat(&self, period: Duration) {
+        let ms = period
+            .clamp(Duration::from_millis(20), HEARTBEAT)
+            .as_millis() as u64;
+        let _ = self
+            .beat_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur == 0 || ms < cur).then_some(ms)
+            });
+    }
+
+    fn beat_period(&self) -> Duration {
+        match self.beat_ms.load(Ordering::Acquire) {
+            0 => HEARTBEAT,
+            ms => Duration::from_millis(ms),
         }
     }
 
@@ -247,10 +300,12 @@ pub(super) async fn subscriber(
                 w.wake_all();
                 drop(w);
                 let (mut sink, mut stream) = ps.split();
-                let mut beat = tokio::time::interval(HEARTBEAT);
-                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                beat.tick().await; // the first tick is immediate
-                                   // When the dispatcher last found redis-rs's queue empty.
+                // The next heartbeat, and the send time of an answered one not yet published
+                // (published once the queue is found empty: every message before its answer
+                // has been handled then).
+                let mut next_beat = tokio::time::Instant::now() + w_beat(&wakeups);
+                let mut answered: Option<u64> = None;
+                // When the dispatcher last found redis-rs's queue empty.
                 let mut drained = Instant::now();
                 loop {
                     let msg = match stream.next().now_or_never() {
@@ -268,18 +323,30 @@ pub(super) async fn subscriber(
                         }
                         None => {
                             drained = Instant::now();
+                            if let Some(sent) = answered.take() {
+                                if let Some(w) = wakeups.upgrade() {
+                                    w.verified_ms.fetch_max(sent, Ordering::AcqRel);
+                                }
+                            }
                             tokio::select! {
                                 m = stream.next() => {
                                     // The queue was empty until this message came.
                                     drained = Instant::now();
                                     m
                                 }
-                                _ = beat.tick() => {
+                                _ = tokio::time::sleep_until(next_beat) => {
                                     // A paused server or a silently dropped connection keeps
                                     // the socket open and says nothing: without an answer,
                                     // treat the subscription as down and make a new one.
+                                    // Rounded down (a stamp is the whole ms + 1): never later
+                                    // than the real send time.
+                                    let sent = stamp(Instant::now()).saturating_sub(1).max(1);
+                                    next_beat = tokio::time::Instant::now() + w_beat(&wakeups);
                                     match tokio::time::timeout(HEARTBEAT, sink.ping::<redis::Value>()).await {
-                                        Ok(Ok(_)) => continue,
+                                        Ok(Ok(_)) => {
+                                            answered = Some(sent);
+                                            continue;
+                                        }
                                         _ => {
                                             Stats::inc(&stats.pubsub_heartbeat_failures);
                                             None
@@ -373,4 +440,9 @@ async fn cluster_nodes(node: &redis::Client) -> Vec<redis::Client> {
             redis::Client::open(info).ok()
         })
         .collect()
+}
+
+/// The heartbeat period the store's near tiers asked for ([`HEARTBEAT`] once the store is gone).
+fn w_beat(wakeups: &Weak<Wakeups>) -> Duration {
+    wakeups.upgrade().map_or(HEARTBEAT, |w| w.beat_period())
 }
