@@ -397,63 +397,41 @@ fn coherence_child() {
 }
 
 #[test]
-// Fails today: a call that starts after `invalidate` returned joins a running `refresh` or
-// background refresh that read the old value (issue 18, findings 1 and 11); intermittent.
-#[ignore = "enabled once the fixes of issue 18 land"]
 fn coherent_without_faults() {
     case(Fault::None);
 }
 
 #[test]
-// Fails today: a writer that joins after the restart misses readers that started before it,
-// as the generation split of finding 2 predicts.
-#[ignore = "enabled once the fixes of issue 18 land"]
 fn coherent_across_a_restart_without_persistence() {
     case(Fault::Restart);
 }
 
 #[test]
-// Fails today: a writer that joins after FLUSHALL misses readers that started before it, as
-// the generation split of finding 2 predicts.
-#[ignore = "enabled once the fixes of issue 18 land"]
 fn coherent_across_flushall() {
     case(Fault::FlushAll);
 }
 
 #[test]
-// Passed every run on today's code; the race of findings 1 and 11 can hit it too.
 fn coherent_across_client_pause() {
     case(Fault::ClientPause);
 }
 
 #[test]
-// Fails today, intermittently: the late-joiner race of findings 1 and 11.
-#[ignore = "enabled once the fixes of issue 18 land"]
 fn coherent_across_sigstop_of_the_server() {
     case(Fault::SigStop);
 }
 
 #[test]
-// Fails today, intermittently: the late-joiner race of findings 1 and 11 (seen once in 5 runs,
-// outside the fault's window).
-#[ignore = "enabled once the fixes of issue 18 land"]
 fn coherent_across_a_killed_subscription() {
     case(Fault::KillSubscription);
 }
 
 #[test]
-// Fails today: the writer's announcements are lost silently (finding 4); readers without a near
-// tier miss its invalidations too, presumably because its unannounced `invalidate_all` leaves
-// it on another generation than theirs (finding 3).
-#[ignore = "enabled once the fixes of issue 18 land"]
 fn coherent_with_a_writer_whose_acl_forbids_channels() {
     case(Fault::AclNoChannels);
 }
 
 #[test]
-// Fails today: a plain-mode `invalidate` / `insert` does not bump the version, so another
-// process's computation that started before it still stores its older result.
-#[ignore = "enabled once the fixes of issue 18 land"]
 fn coherent_with_a_writer_in_plain_command_mode() {
     case(Fault::PlainCommands);
 }
@@ -464,9 +442,6 @@ fn coherent_across_latency_and_stalls() {
 }
 
 #[test]
-// Fails today: a silently dropped subscription is never noticed, near tiers serve old values
-// until TTL (finding 5).
-#[ignore = "enabled once the fixes of issue 18 land"]
 fn coherent_across_a_black_holed_subscription() {
     case(Fault::BlackholeSubscription);
 }

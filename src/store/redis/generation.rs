@@ -51,13 +51,25 @@ use std::time::{Duration, Instant};
 
 /// How old a copy of a function's generation may get while pub/sub is down or refused.
 pub(crate) const RECHECK: Duration = Duration::from_secs(1);
-/// How long after this process moved to a new generation other processes may still be on the
-/// previous one: [`RECHECK`] after the fleet's "announcements missed" marker is polled
-/// (`missed::POLL`), with room for a round trip and a slow poll. An `invalidate` or `insert` made
-/// meanwhile reaches the previous generation too (see `RedisStore::reach_lagging_processes`).
+/// How long after the server replaced a generation other processes may still be on it: one
+/// message delay, or when the announcement is refused or lost, a poll of the fleet's "announcements
+/// missed" marker (`missed::POLL`) or [`RECHECK`], with room for round trips and a slow poll. An
+/// `invalidate` or `insert` made meanwhile reaches those generations too (see
+/// `RedisStore::reach_lagging_processes`).
 pub(crate) const LAGGING: Duration = Duration::from_secs(5);
 /// How old it may get while pub/sub is healthy (announcements cover it; this is a safety net).
 pub(crate) const RECHECK_LIVE: Duration = Duration::from_secs(30);
+
+/// How many replaced generations a function's history list keeps.
+const HISTORY: usize = 8;
+
+/// The list of a function's replaced generations (`"<generation>:<server ms>"`, newest first),
+/// beside its generation key and in its Cluster slot (the hash tag is kept).
+fn history_key(generation_key: &[u8]) -> Vec<u8> {
+    let mut k = generation_key.to_vec();
+    k.extend_from_slice(b":h");
+    k
+}
 
 /// Shared prelude: the generation in KEYS[1], re-seeded when missing, unreadable or behind the
 /// caller's copy ARGV[2] (a loss), and announced on ARGV[1] then. Sets `reseeded`, `refused`.
@@ -67,10 +79,21 @@ local function announce()
   local p = redis.pcall('PUBLISH', ARGV[1], 'g')
   if type(p) == 'table' and p.err then refused = 1 end
 end
+local function remember(old)
+  if not old or old <= 0 then return end
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local h = KEYS[1] .. ':h'
+  redis.call('LPUSH', h, string.format('%.0f:%.0f', old, ms))
+  redis.call('LTRIM', h, 0, 7)
+  redis.call('PEXPIRE', h, 60000)
+end
 local held = tonumber(ARGV[2])
 local g = tonumber(redis.call('GET', KEYS[1]) or '')
 local reseeded = 0
 if not g or g < held then
+  remember(g)
+  remember(held)
   local t = redis.call('TIME')
   g = tonumber(t[1]) * 1000000 + tonumber(t[2])
   if g <= held then g = held + 1 end
@@ -89,7 +112,7 @@ static READ: LazyLock<Script> = LazyLock::new(|| {
 /// `invalidate_all`: `INCR` and its announcement in one step. Returns as [`READ`].
 static BUMP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{SEED_FN}\nlocal n = redis.call('INCR', KEYS[1])\nannounce()\nreturn {{string.format('%.0f', n), reseeded, refused}}\n"
+        "{SEED_FN}\nlocal n = redis.call('INCR', KEYS[1])\nremember(n - 1)\nannounce()\nreturn {{string.format('%.0f', n), reseeded, refused}}\n"
     ))
 });
 
@@ -104,21 +127,6 @@ struct Copy {
     valid_for: AtomicU64,
     /// Milliseconds since `Generations::origin` of the last read.
     checked: AtomicU64,
-    /// The generation this copy held before its latest move (0: none yet), and when it moved
-    /// (milliseconds since `Generations::origin`).
-    previous: AtomicU64,
-    moved: AtomicU64,
-}
-
-impl Copy {
-    /// Takes `g` if it is newer, remembering the generation it replaces.
-    fn advance(&self, g: u64, now: u64) {
-        let old = self.generation.fetch_max(g, Ordering::AcqRel);
-        if old != 0 && g > old {
-            self.previous.store(old, Ordering::Release);
-            self.moved.store(now, Ordering::Release);
-        }
-    }
 }
 
 /// The generations this store has seen, per function name.
@@ -147,17 +155,48 @@ impl Generations {
             .map_or(0, |c| c.generation.load(Ordering::Acquire))
     }
 
-    /// The generation `name` moved away from less than [`LAGGING`] ago, if any: other
-    /// processes may still be reading it.
-    pub(crate) fn lagging(&self, name: &str) -> Option<u64> {
-        let copy = {
-            let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
-            copies.get(name)?.clone()
-        };
-        let previous = copy.previous.load(Ordering::Acquire);
-        let moved = copy.moved.load(Ordering::Acquire);
-        (previous != 0 && self.now_ms().saturating_sub(moved) < LAGGING.as_millis() as u64)
-            .then_some(previous)
+    /// The generations of `name` the server replaced less than [`LAGGING`] ago (by
+    /// `invalidate_all` or a re-seed), other than `current`: processes that have not heard of
+    /// the change yet may still read them. One round trip (`TIME` and the function's short
+    /// history list, pipelined); no scripting needed.
+    pub(crate) async fn recent(
+        &self,
+        conn: &Arc<Conn>,
+        space: &KeySpace,
+        name: &str,
+        current: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let key = history_key(&space.generation_key(name));
+        let ((secs, micros), entries): ((u64, u64), Vec<Vec<u8>>) = conn
+            .call(move |mut m| async move {
+                redis::pipe()
+                    .cmd("TIME")
+                    .cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(HISTORY - 1)
+                    .query_async(&mut m)
+                    .await
+            })
+            .await?;
+        let now_ms = secs * 1000 + micros / 1000;
+        let mut out = Vec::new();
+        for e in &entries {
+            // Untrusted bytes: an entry that does not parse is skipped.
+            let Some((g, at)) = std::str::from_utf8(e).ok().and_then(|t| t.split_once(':')) else {
+                continue;
+            };
+            let (Ok(g), Ok(at)) = (g.parse::<u64>(), at.parse::<u64>()) else {
+                continue;
+            };
+            if g != current
+                && now_ms.saturating_sub(at) < LAGGING.as_millis() as u64
+                && !out.contains(&g)
+            {
+                out.push(g);
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `name`'s generation was read (or bumped) by this store.
@@ -179,8 +218,6 @@ impl Generations {
             marks: Arc::new(AtomicU64::new(0)),
             valid_for: AtomicU64::new(0),
             checked: AtomicU64::new(0),
-            previous: AtomicU64::new(0),
-            moved: AtomicU64::new(0),
         });
         conn.wakeups
             .watch_generation(space.generation_channel(name), &c.marks);
@@ -251,7 +288,7 @@ impl Generations {
         let held = copy.generation.load(Ordering::Acquire);
         let marks = copy.marks.load(Ordering::Acquire);
         let g = run(conn, space, name, held, true).await?;
-        copy.advance(g, self.now_ms());
+        copy.generation.fetch_max(g, Ordering::AcqRel);
         copy.valid_for.fetch_max(marks + 1, Ordering::AcqRel);
         Ok(g)
     }
@@ -269,7 +306,7 @@ async fn reread(
     let marks = copy.marks.load(Ordering::Acquire);
     let held = copy.generation.load(Ordering::Acquire);
     let g = run(conn, space, name, held, false).await?;
-    copy.advance(g, now);
+    copy.generation.fetch_max(g, Ordering::AcqRel);
     copy.valid_for.fetch_max(marks + 1, Ordering::AcqRel);
     copy.checked.store(now, Ordering::Release);
     Ok(())
@@ -358,15 +395,41 @@ async fn plain(
         g = Some(seed);
     }
     let mut g = g.unwrap_or(held);
+    if reseeded {
+        remember_plain(conn, &key, &[got.unwrap_or(0), held]).await?;
+    }
     if bump {
         let k = key.clone();
         g = conn
             .call(move |mut m| async move { redis::cmd("INCR").arg(k).query_async(&mut m).await })
             .await?;
+        remember_plain(conn, &key, &[g.saturating_sub(1)]).await?;
     }
     if reseeded || bump {
         // `missed::publish` raises the marker itself on a refusal.
         missed::publish(conn, channel, "g").await;
     }
     Ok((g, reseeded, false))
+}
+
+/// The plain-command form of the scripts' `remember`: records replaced generations in the
+/// function's history list (see [`Generations::recent`]).
+async fn remember_plain(conn: &Arc<Conn>, key: &[u8], old: &[u64]) -> Result<(), StoreError> {
+    let old: Vec<u64> = old.iter().copied().filter(|g| *g > 0).collect();
+    if old.is_empty() {
+        return Ok(());
+    }
+    let h = history_key(key);
+    conn.call(move |mut m| async move {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut m).await?;
+        let ms = secs * 1000 + micros / 1000;
+        let mut p = redis::pipe();
+        for g in &old {
+            p.cmd("LPUSH").arg(&h).arg(format!("{g}:{ms}")).ignore();
+        }
+        p.cmd("LTRIM").arg(&h).arg(0).arg(HISTORY - 1).ignore();
+        p.cmd("PEXPIRE").arg(&h).arg(60_000).ignore();
+        p.query_async::<()>(&mut m).await
+    })
+    .await
 }

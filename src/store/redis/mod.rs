@@ -436,13 +436,13 @@ impl RedisStore {
         &self,
         name: &str,
         key: &K,
-    ) -> Result<Keys, StoreError> {
+    ) -> Result<(Keys, u64), StoreError> {
         let generation = self
             .inner
             .generations
             .fresh(&self.inner.conn, &self.inner.space, name)
             .await?;
-        self.inner.space.keys(name, generation, key)
+        Ok((self.inner.space.keys(name, generation, key)?, generation))
     }
 
     async fn entry_keys<K: Serialize + ?Sized>(

@@ -155,15 +155,15 @@ where
     ) -> Result<Written, StoreError> {
         // An `insert` (no lock) must land where every reader reads, whatever announcement this
         // process has not heard yet; a computation's write goes where its read went.
-        let keys = if lock.is_none() {
-            self.fresh_entry_keys(ns.name(), key).await?
+        let (keys, inserted) = if lock.is_none() {
+            let (keys, generation) = self.fresh_entry_keys(ns.name(), key).await?;
+            (keys, Some(generation))
         } else {
-            self.entry_keys(ns.name(), key).await?
+            (self.entry_keys(ns.name(), key).await?, None)
         };
         // An unencodable or oversized value is refused here (counted, warned); the lock, if
         // any, is released by its drop, waking waiters.
         let record = self.encode(ns.name(), &entry)?;
-        let inserted = lock.is_none();
         let (token, ticket) = match lock {
             Some(mut held) => {
                 held.disarm();
@@ -204,8 +204,9 @@ where
             super::missed::refused(&self.inner.conn).await;
         }
         if written == 1 || written == 3 {
-            if inserted {
-                self.reach_lagging_processes(ns.name(), key).await?;
+            if let Some(generation) = inserted {
+                self.reach_lagging_processes(ns.name(), key, generation)
+                    .await?;
             }
             Ok(Written::Stored)
         } else {
@@ -387,9 +388,10 @@ where
     }
 
     async fn invalidate(&self, ns: &Namespace, key: &K) -> Result<(), StoreError> {
-        let keys = self.fresh_entry_keys(ns.name(), key).await?;
+        let (keys, generation) = self.fresh_entry_keys(ns.name(), key).await?;
         invalidate_entry(&self.inner.conn, keys).await?;
-        self.reach_lagging_processes(ns.name(), key).await
+        self.reach_lagging_processes(ns.name(), key, generation)
+            .await
     }
 
     async fn invalidate_all(&self, ns: &Namespace) -> Result<(), StoreError> {
@@ -524,21 +526,28 @@ async fn invalidate_entry(conn: &Arc<Conn>, keys: Keys) -> Result<(), StoreError
 }
 
 impl RedisStore {
-    /// After this process moved to a new generation of `name` (its own `invalidate_all`, or one
-    /// it heard of), other processes may still read the previous one until they hear of it: one
-    /// message delay, or up to `generation::LAGGING` when announcements are refused or lost.
-    /// An `invalidate` or `insert` made meanwhile also invalidates the key in the previous
-    /// generation, so that a process still there does not keep reading the old value after the
-    /// call returned (issue 18: a writer whose ACL forbids channels).
+    /// After the server replaced a generation of `name` (an `invalidate_all`, a re-seed), other
+    /// processes may still read the old one until they hear of it: one message delay, or up to
+    /// `generation::LAGGING` when announcements are refused or lost. An `invalidate` or
+    /// `insert` made meanwhile also invalidates the key in those generations, so that a process
+    /// still there does not keep reading the old value after the call returned (issue 18: a
+    /// writer whose ACL forbids channels). Costs one round trip, and one invalidation per
+    /// generation replaced in the last `generation::LAGGING`.
     async fn reach_lagging_processes<K: Serialize + ?Sized>(
         &self,
         name: &str,
         key: &K,
+        current: u64,
     ) -> Result<(), StoreError> {
-        let Some(previous) = self.inner.generations.lagging(name) else {
-            return Ok(());
-        };
-        let keys = self.inner.space.keys(name, previous, key)?;
-        invalidate_entry(&self.inner.conn, keys).await
+        let (conn, space) = (&self.inner.conn, &self.inner.space);
+        for g in self
+            .inner
+            .generations
+            .recent(conn, space, name, current)
+            .await?
+        {
+            invalidate_entry(conn, space.keys(name, g, key)?).await?;
+        }
+        Ok(())
     }
 }
