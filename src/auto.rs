@@ -224,9 +224,12 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
 
     /// The β that gives `key` the target lead, for an entry computed in `delta_us`.
     ///
-    /// `late_guard`: also keep late refreshes under [`LATE_REFRESH_BOUND`] (for stores local to
-    /// this process; for a shared store this process's rate understates the key's, see
-    /// `Builder::beta_auto`).
+    /// `late_guard`: also keep late refreshes under [`LATE_REFRESH_BOUND`] *from this process's
+    /// own calls alone* (its local rate, not scaled by `fleet`). On a shared store the fleet
+    /// factor counts every store on the prefix, which overstates the key's rate when only some
+    /// processes serve it (sharded routing, idle services on the prefix) and would make β too
+    /// small and refreshes late (issue 21 item 5); the guard on the local rate bounds that error
+    /// on the early side: a process never refreshes later than it would alone.
     pub(crate) fn beta(
         &self,
         key: &K,
@@ -241,9 +244,11 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
         let Some(m) = read.map.get(key) else {
             return 0.0;
         };
-        let Some(rate) = m.rate(now) else { return 0.0 };
+        let Some(local) = m.rate(now) else {
+            return 0.0;
+        };
         // The fleet's rate: this process's share times the processes sharing the store.
-        let rate = rate * fleet.max(1.0);
+        let rate = local * fleet.max(1.0);
         let rate_bits = rate.to_bits();
         if rate_bits != 0
             && m.cached_rate.load(Ordering::Relaxed) == rate_bits
@@ -258,7 +263,7 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
         };
         let mut beta = solve_beta(rate, delta_s, lead_s);
         if late_guard {
-            beta = beta.max(beta_for_late_bound(rate, delta_s, LATE_REFRESH_BOUND));
+            beta = beta.max(beta_for_late_bound(local, delta_s, LATE_REFRESH_BOUND));
         }
         if rate_bits != 0 {
             m.cached_beta.store(beta.to_bits(), Ordering::Relaxed);
@@ -354,6 +359,19 @@ mod tests {
                 fleet < auto,
                 "a larger fleet needs a smaller β for the same lead"
             );
+            // Issue 21 item 5: with the guard, a fleet factor that overstates the key's rate
+            // (nine idle stores on the prefix) never takes β below what keeps this process's
+            // own late refreshes under the bound.
+            let guarded = m.beta(&7, now, delta_us, target, true, 10.0);
+            let alone = crate::xfetch::theory::beta_for_late_bound(
+                rate,
+                delta.as_secs_f64(),
+                LATE_REFRESH_BOUND,
+            );
+            assert!(guarded >= alone * (1.0 - 1e-12), "{guarded} < {alone}");
+            let p_late =
+                crate::xfetch::theory::late_refresh_probability(rate, delta.as_secs_f64(), guarded);
+            assert!(p_late <= LATE_REFRESH_BOUND + 1e-9, "p_late {p_late}");
         }
     }
 

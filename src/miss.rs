@@ -168,7 +168,7 @@ where
                 now,
                 entry.delta_us,
                 target,
-                !eng.store.is_shared(),
+                true,
                 eng.store.fleet_size(),
             );
             eng.widen_reach(b);

@@ -6,8 +6,11 @@
 //! fires anywhere takes the fleet-wide lock). With N processes each seeing rate r, the fleet's
 //! rate is about N·r, and a β solved for r alone sets the lead δβ·ln N too long. Assuming the
 //! load balancer spreads calls about evenly (what load balancers are for), N × the local rate is
-//! the fleet rate; where it is uneven, the estimate errs towards refreshing a little early,
-//! never late.
+//! the fleet rate. Where it is not (sharded routing, other services idle on the prefix), N × r
+//! overstates the key's rate and β would come out too small, refreshing late; so automatic β
+//! never goes below the β that keeps this process's *own* late refreshes under
+//! `LATE_REFRESH_BOUND` (5 % of cycles) from its local rate alone (`auto::RateMeters::beta`,
+//! issue 21 item 5): the estimate's error is bounded on the early side.
 //!
 //! Each store announces itself in one sorted set per prefix (`<prefix>:{fleet}:z`, scored with
 //! the server's clock, so hosts' clocks never meet) every [`EVERY`], drops members silent for
