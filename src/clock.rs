@@ -207,7 +207,8 @@ impl Coarse {
 
 static COARSE: OnceLock<&'static Coarse> = OnceLock::new();
 
-fn coarse() -> &'static Coarse {
+/// The process's coarse clock (started on first use).
+pub(crate) fn coarse() -> &'static Coarse {
     COARSE.get_or_init(|| {
         #[cfg(unix)]
         fork::watch();

@@ -52,9 +52,9 @@
 //!   from when the silence is noticed. Without an answer within a second the subscription is
 //!   given up and re-made; a message backlog older than 1 s counts as a failure too (resync).
 //! - **A writer refused channels** (its ACL, or a `PUBLISH` that fails): the refusal raises a
-//!   shared marker key that every store polls every second; on a change each near tier drops
-//!   what it holds. A near hit is then at most about one second (one poll plus a round trip)
-//!   older than such a write.
+//!   shared marker key that every store polls every half of its near tiers' `max_stale` (at
+//!   most every second); on a change each near tier drops what it holds. A near hit is then at
+//!   most half of `max_stale` plus a round trip older than such a write.
 //! - **After the subscription comes back** the whole near tier is dropped, because messages may
 //!   have been lost while it was down.
 //! - **Redis down:** near entries serve until their own expiry (fail-open, as with any store),
@@ -77,7 +77,7 @@ use quick_cache::sync::Cache;
 use serde::{de::DeserializeOwned, Serialize};
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tier::{Inner, NearEntry, NearKey, NearKeyRef};
 
 /// Configures a [`NearStore`]; see [`NearStore::builder`].
@@ -137,6 +137,7 @@ impl NearStoreBuilder {
             local: Cache::new(self.capacity),
             epochs: Epochs::new(),
             max_stale: self.max_stale,
+            max_stale_ns: crate::clock::saturating_nanos(self.max_stale),
             stats: Arc::default(),
             tap: std::sync::OnceLock::new(),
         });
@@ -217,7 +218,7 @@ where
     /// `epoch` was taken (the read may predate it).
     /// `read_at` is when the read was *sent*: what it returned is at least that fresh (stamping
     /// the reply's arrival would let a slow read's older value count as newer than it is).
-    fn keep(&self, ns: &Namespace, key: &K, epoch: (u64, u64), read_at: Instant, entry: &Entry<V>) {
+    fn keep(&self, ns: &Namespace, key: &K, epoch: (u64, u64), read_at: u64, entry: &Entry<V>) {
         let (epoch, all) = epoch;
         if self.inner.epochs.get(ns.id, key) == epoch && self.inner.epochs.all() == all {
             self.inner.local.insert(
@@ -293,9 +294,12 @@ where
                     // Read before a whole-tier drop that has not reached this entry yet.
                     return Lookup::NotLocal;
                 }
-                let now = std::time::Instant::now();
-                if now.saturating_duration_since(near.read_at) > self.inner.max_stale
-                    && self.inner.shared.verified_age(now) > self.inner.max_stale
+                // The coarse horizon is an upper bound of the time (u64::MAX while untrusted),
+                // so ages come out at least as large as they are: one load, no clock read.
+                let now = crate::clock::coarse().horizon();
+                let max = self.inner.max_stale_ns;
+                if now.saturating_sub(near.read_at) > max
+                    && self.inner.shared.verified_age(now) > max
                 {
                     // Neither the read nor the channel vouches for the last `max_stale`: the
                     // channel is down or silent. Re-validate against Redis.
@@ -310,7 +314,7 @@ where
 
     async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
         let epoch = self.epoch(ns.id, key);
-        let sent = Instant::now();
+        let sent = crate::clock::coarse().now();
         let got = self.inner.shared.get(ns, key, now).await;
         match &got {
             Ok(Some(e)) => {
@@ -357,7 +361,7 @@ where
         now: u64,
     ) -> Result<LockOutcome<V, HeldLock>, StoreError> {
         let epoch = self.epoch(ns.id, key);
-        let sent = Instant::now();
+        let sent = crate::clock::coarse().now();
         let out = self
             .inner
             .shared

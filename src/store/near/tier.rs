@@ -7,7 +7,7 @@ use crate::store::redis::RedisStore;
 use quick_cache::{sync::Cache, Equivalent};
 use std::borrow::Borrow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct NearKey<K> {
@@ -33,7 +33,8 @@ impl<K: Borrow<Q>, Q: Eq + ?Sized> Equivalent<NearKey<K>> for NearKeyRef<'_, Q> 
 pub(crate) struct NearEntry<V> {
     pub(crate) entry: Entry<V>,
     /// When it was read from Redis (for the staleness bound while the channel is down).
-    pub(crate) read_at: Instant,
+    /// When the read was sent, in ns of the process's coarse clock (`clock::coarse().now()`).
+    pub(crate) read_at: u64,
     /// The whole-tier epoch it was read under; served only while that is still current.
     pub(crate) all: u64,
 }
@@ -43,6 +44,8 @@ pub(crate) struct Inner<K, V> {
     pub(crate) local: Cache<NearKey<K>, NearEntry<V>>,
     pub(crate) epochs: Epochs,
     pub(crate) max_stale: Duration,
+    /// `max_stale` in ns, for the hit path.
+    pub(crate) max_stale_ns: u64,
     pub(crate) stats: Arc<NearStats>,
     /// Keeps this tier's announcement hook registered (the store holds it weakly); set right
     /// after the tier exists, so no announcement meets a half-built tier.

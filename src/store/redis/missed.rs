@@ -9,10 +9,12 @@
 //! plain commands see the error), counted in `RedisStats::publish_refused`, warned about once,
 //! and replaced by an `INCR` of the fleet's marker key `<prefix>:{missed}:n` *before the write's
 //! call returns*. Every store that serves near tiers or caches generations polls that key every
-//! [`POLL`]; when it changes, the store marks its generation copies stale and its near tiers drop
-//! what they hold. A near hit is then at most [`POLL`] plus one round trip older than a write
-//! whose announcement was refused (tested in `tests/coherence_faults.rs`). The cost is one `GET`
-//! per [`POLL`] per process. A write whose marker `INCR` fails too (the server went away just
+//! [`POLL`], or every half of its near tiers' smallest `max_stale` if that is shorter; when it
+//! changes, the store marks its generation copies stale and its near tiers drop what they hold.
+//! A near hit is then at most half of `max_stale` (at most [`POLL`]) plus one round trip older
+//! than a write whose announcement was refused (tested in `tests/coherence_faults.rs` and by the
+//! coherence checker). The cost is one `GET` per period per process (2 per second at the default
+//! `max_stale` of 1 s). A write whose marker `INCR` fails too (the server went away just
 //! then) is counted in `RedisStats::announcements_lost`; the other processes' subscriptions see
 //! the same outage and resync when it ends.
 
@@ -21,7 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// How often a store reads the marker.
+/// How often a store reads the marker at most (more often when its near tiers have a
+/// `max_stale` under 2 s: every half of the smallest).
 pub(crate) const POLL: Duration = Duration::from_secs(1);
 
 /// The marker's key and this store's poller.
@@ -129,7 +132,11 @@ async fn poll(conn: Weak<Conn>) {
             }
             seen = Some(now);
         }
+        // Near tiers ask for heartbeats every quarter of their `max_stale`; the marker is
+        // polled every half of it (at most every POLL), so a refused writer's change reaches
+        // them within `max_stale` too.
+        let period = (c.wakeups.beat_period() * 2).min(POLL);
         drop(c);
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(period).await;
     }
 }

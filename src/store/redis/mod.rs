@@ -367,7 +367,7 @@ impl RedisStore {
     /// How far behind the server this store's announcements may be at `now` (see
     /// `subscriber::Wakeups::verified_age`).
     #[inline]
-    pub(crate) fn verified_age(&self, now: std::time::Instant) -> Duration {
+    pub(crate) fn verified_age(&self, now: u64) -> u64 {
         self.inner.conn.wakeups.verified_age(now)
     }
 

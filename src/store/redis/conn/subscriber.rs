@@ -53,20 +53,13 @@ pub(crate) struct Wakeups {
     /// be re-read) synchronously, *before* near tiers hear the same message, so that a near miss
     /// right after the drop never re-reads under the old generation.
     stale_marks: Mutex<HashMap<Vec<u8>, Vec<Weak<AtomicU64>>>>,
-    /// Milliseconds since [`ORIGIN`] at which the latest answered heartbeat PING was *sent*,
+    /// When the latest answered heartbeat PING was *sent* (ns of the process's coarse clock),
     /// published once every message queued before its answer was handled (0: never). Every
     /// announcement the server published before that instant has reached the near tiers, so a
     /// near entry is at most `now − verified` behind (see [`Wakeups::verified_age`]).
-    verified_ms: AtomicU64,
+    verified_ns: AtomicU64,
     /// The heartbeat period near tiers ask for, in ms (0: [`HEARTBEAT`]).
     beat_ms: AtomicU64,
-}
-
-/// The origin of [`Wakeups`]' millisecond stamps.
-static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-
-fn stamp(t: Instant) -> u64 {
-    t.saturating_duration_since(*ORIGIN).as_millis() as u64 + 1
 }
 
 impl Wakeups {
@@ -110,13 +103,15 @@ impl Wakeups {
     }
 
     /// How far behind the server the announcements handled so far may be at `now`: the age of
-    /// the send time of the latest answered heartbeat (`Duration::MAX` before the first). While
+    /// the send time of the latest answered heartbeat (`u64::MAX` before the first). While
     /// the subscription works this stays under one heartbeat period plus a round trip; when it
     /// goes silent (a black hole, a paused server) it grows, and near tiers re-validate.
-    pub(crate) fn verified_age(&self, now: Instant) -> Duration {
-        match self.verified_ms.load(Ordering::Acquire) {
-            0 => Duration::MAX,
-            v => Duration::from_millis(stamp(now).saturating_sub(v)),
+    /// `now` and the result in ns of the process's coarse clock.
+    #[inline]
+    pub(crate) fn verified_age(&self, now: u64) -> u64 {
+        match self.verified_ns.load(Ordering::Acquire) {
+            0 => u64::MAX,
+            v => now.saturating_sub(v),
         }
     }
 
@@ -133,7 +128,7 @@ impl Wakeups {
             });
     }
 
-    fn beat_period(&self) -> Duration {
+    pub(crate) fn beat_period(&self) -> Duration {
         match self.beat_ms.load(Ordering::Acquire) {
             0 => HEARTBEAT,
             ms => Duration::from_millis(ms),
@@ -325,7 +320,7 @@ pub(super) async fn subscriber(
                             drained = Instant::now();
                             if let Some(sent) = answered.take() {
                                 if let Some(w) = wakeups.upgrade() {
-                                    w.verified_ms.fetch_max(sent, Ordering::AcqRel);
+                                    w.verified_ns.fetch_max(sent, Ordering::AcqRel);
                                 }
                             }
                             tokio::select! {
@@ -338,9 +333,8 @@ pub(super) async fn subscriber(
                                     // A paused server or a silently dropped connection keeps
                                     // the socket open and says nothing: without an answer,
                                     // treat the subscription as down and make a new one.
-                                    // Rounded down (a stamp is the whole ms + 1): never later
-                                    // than the real send time.
-                                    let sent = stamp(Instant::now()).saturating_sub(1).max(1);
+                                    // Read before the PING goes out: never later than its send.
+                                    let sent = crate::clock::coarse().now().max(1);
                                     next_beat = tokio::time::Instant::now() + w_beat(&wakeups);
                                     match tokio::time::timeout(HEARTBEAT, sink.ping::<redis::Value>()).await {
                                         Ok(Ok(_)) => {
