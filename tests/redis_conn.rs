@@ -1,0 +1,200 @@
+//! The connection layer under stress (issue 21, items 1–4), against a private `redis-server`:
+//! a multi-megabyte hot value read by several threads (a slow reply must not tear down the
+//! shared connection), permission refusals that an administrator lifts (the store switches
+//! back), and replayed scripts (idempotent for their own owner token).
+
+mod support;
+
+use herdless::store::RedisStore;
+use herdless::{memoize_stampede, Contention};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{redis_or_skip, BOUND};
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::SeqCst)
+}
+
+/// A 20 MiB hot value read by 4 threads for 3 s with the default timeout: every read is a hit
+/// (one computation in all), and the shared connection is never torn down.
+#[test]
+fn a_multi_megabyte_hot_value_read_by_four_threads_stays_a_hit_without_reconnects() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    const SIZE: usize = 20 << 20;
+    let store = RedisStore::builder(&server.url())
+        .max_value_bytes(32 << 20)
+        .build()
+        .unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let f = memoize_stampede(&store, Duration::from_secs(600))
+        .name("big")
+        .contention(Contention::Wait(BOUND))
+        .build_blocking_infallible(move |_k: &u64| {
+            r.fetch_add(1, Ordering::SeqCst);
+            "x".repeat(SIZE)
+        })
+        .unwrap();
+    assert_eq!(f.get(&1).unwrap().len(), SIZE);
+    assert_eq!(load(&runs), 1);
+    let f = Arc::new(f);
+    let until = Instant::now() + Duration::from_secs(3);
+    let reads: u64 = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let f = f.clone();
+                s.spawn(move || {
+                    let mut n = 0u64;
+                    let mut worst = Duration::ZERO;
+                    while Instant::now() < until {
+                        let t = Instant::now();
+                        assert_eq!(f.get(&1).unwrap().len(), SIZE);
+                        worst = worst.max(t.elapsed());
+                        n += 1;
+                    }
+                    eprintln!("slowest read {worst:?}");
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let st = store.stats();
+    eprintln!(
+        "reads {reads} runs {} connects {} timeouts {} opens {} errors {}",
+        load(&runs),
+        load(&st.connects),
+        load(&st.timeouts),
+        load(&st.circuit_opens),
+        load(&st.errors)
+    );
+    assert!(reads >= 4, "each thread read at least once");
+    assert_eq!(
+        load(&st.connects),
+        1,
+        "no reconnect: the connection was never torn down"
+    );
+    assert_eq!(
+        load(&runs),
+        1,
+        "every read after the first computation was a hit"
+    );
+    assert_eq!(load(&st.circuit_opens), 0);
+}
+
+fn acl(con: &mut redis::Connection, args: &[&str]) {
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(args)
+        .query::<()>(con)
+        .unwrap();
+}
+
+/// A function reading the Redis key `truth` (or "none"), counting its runs.
+fn truth_fn<S: herdless::Store<String, String>>(
+    s: &S,
+    url: &str,
+    runs: Arc<AtomicU64>,
+) -> herdless::BlockingMemoized<String, String, String, S> {
+    let client = redis::Client::open(url).unwrap();
+    memoize_stampede(s, Duration::from_secs(600))
+        .name("page")
+        .beta(0.0)
+        .build_blocking(move |_k: &String| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let mut con = client.get_connection().map_err(|e| e.to_string())?;
+            let v: Option<String> = redis::cmd("GET")
+                .arg("truth")
+                .query(&mut con)
+                .map_err(|e| e.to_string())?;
+            Ok(v.unwrap_or_else(|| "none".into()))
+        })
+        .unwrap()
+}
+
+/// Refused scripting and channels switch the store to plain commands and polling; once an
+/// administrator grants them, the store switches back by itself (counted both ways) and hears
+/// invalidations again.
+#[test]
+fn permission_refusals_are_rechecked_and_the_store_switches_back() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let mut con = server.raw();
+    acl(
+        &mut con,
+        &[
+            "limited",
+            "on",
+            ">pw",
+            "~*",
+            "resetchannels",
+            "+@all",
+            "-@scripting",
+        ],
+    );
+    let url = server.url();
+    let b_url = format!("redis://limited:pw@127.0.0.1:{}/", server.port());
+    let near = |url: &str| {
+        let shared = RedisStore::builder(url).prefix("acl").build().unwrap();
+        herdless::store::NearStore::builder(&shared)
+            .max_stale(Duration::from_secs(600))
+            .build()
+            .unwrap()
+    };
+    let (sa, sb) = (near(&url), near(&b_url));
+    let runs = Arc::new(AtomicU64::new(0));
+    let a = truth_fn(&sa, &url, runs.clone());
+    let b = truth_fn(&sb, &b_url, runs.clone());
+    let k = "home".to_string();
+    let _: () = redis::cmd("SET")
+        .arg("truth")
+        .arg("v1")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(b.get(&k).unwrap(), "v1");
+    let st = sb.shared().stats();
+    support::wait_until("both refusals noticed", BOUND, || {
+        load(&st.scripts_refused) == 1 && load(&st.pubsub_refused) == 1
+    });
+    assert_eq!(load(&st.scripts_refusals), 1);
+    assert_eq!(load(&st.pubsub_refusals), 1);
+    acl(&mut con, &["limited", "allchannels", "+@scripting"]);
+    // Re-checked every 10 s: both switch back within a bounded time, without a reconnect.
+    support::wait_until("the store switches back", Duration::from_secs(30), || {
+        load(&st.scripts_refused) == 0 && load(&st.pubsub_refused) == 0
+    });
+    assert_eq!(load(&st.scripts_restored), 1);
+    assert_eq!(load(&st.pubsub_restored), 1);
+    // Invalidations are heard again: B's near copy (kept up to 600 s without messages) is
+    // replaced as soon as A writes.
+    let _: () = redis::cmd("SET")
+        .arg("truth")
+        .arg("v2")
+        .query(&mut con)
+        .unwrap();
+    support::wait_until("B holds the value near", Duration::from_secs(5), || {
+        let _ = b.get(&k);
+        !sb.is_empty()
+    });
+    let held = b.get(&k).unwrap();
+    a.insert(&k, "v3".to_string()).unwrap();
+    assert_ne!(held, "v3");
+    support::wait_until("B hears A's write", Duration::from_secs(5), || {
+        b.get(&k).unwrap() == "v3"
+    });
+    // Scripts are in use again: B's writes are fenced (a scripted WRITE).
+    let before = support::commandstats(&mut con);
+    b.invalidate(&k).unwrap();
+    let after = support::commandstats(&mut con);
+    let evals = |m: &std::collections::HashMap<String, u64>| {
+        m.get("evalsha").copied().unwrap_or(0) + m.get("eval").copied().unwrap_or(0)
+    };
+    assert!(
+        evals(&after) > evals(&before),
+        "B invalidates with a script again"
+    );
+}
