@@ -87,8 +87,6 @@ pub(crate) struct Conn {
     pub(crate) op_timeout: Duration,
     /// The longest a call may take while its reply keeps arriving (see `run`).
     max_call: Duration,
-    /// Requests sent and not yet answered (or abandoned).
-    in_flight: std::sync::atomic::AtomicUsize,
     /// One breaker (single node) or one per slot range (cluster; see `breaker`).
     pub(crate) breakers: Arc<Breakers>,
     /// True for a cluster store: breakers per slot range, and a connection that redis-rs
@@ -119,14 +117,6 @@ impl Drop for Conn {
 /// How long a call that found its connection silent for `op_timeout` gives the connection's
 /// own task to look at the socket before giving up (see `Conn::run`).
 const GRACE: Duration = Duration::from_millis(20);
-
-/// Counts one request in flight while alive.
-struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// How a waiter waits (see [`Conn::wait_channel`]).
 enum Wake {
@@ -216,7 +206,6 @@ impl Conn {
             slot,
             op_timeout,
             max_call,
-            in_flight: Default::default(),
             breakers,
             cluster,
             stats,
@@ -318,22 +307,21 @@ impl Conn {
                 None,
             ),
         };
+        if self.slot.silent(generation, progress.as_ref()) {
+            let err = StoreError::new(
+                StoreErrorKind::Timeout,
+                format!(
+                    "redis at {}: the connection has been silent since a call timed out \
+                     (checking it)",
+                    self.slot.url
+                ),
+            );
+            return Err((err, Cause::Unavailable));
+        }
         let hard = deadline - self.op_timeout + self.max_call;
-        // The server answers a connection's requests in order: each request queued ahead of
-        // this one may keep the connection silent for up to `op_timeout` of its own (a large
-        // value's Lua copy, a slow command), so this call's silence bound grows with them.
-        let ahead = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _in_flight = InFlight(&self.in_flight);
-        let silence = self
-            .op_timeout
-            .saturating_mul(u32::try_from(ahead + 1).unwrap_or(u32::MAX));
         let request = f(con);
         tokio::pin!(request);
-        let mut until = if progress.is_some() {
-            (deadline + (silence - self.op_timeout)).min(hard)
-        } else {
-            deadline
-        };
+        let mut until = deadline;
         let mut grace_used = false;
         let outcome = loop {
             match tokio::time::timeout_at(until, &mut request).await {
@@ -343,8 +331,9 @@ impl Conn {
                 // `max_call` in all.
                 Err(_) => match &progress {
                     Some(p) => {
-                        let silent_until =
-                            || (tokio::time::Instant::from_std(p.last()) + silence).min(hard);
+                        let silent_until = || {
+                            (tokio::time::Instant::from_std(p.last()) + self.op_timeout).min(hard)
+                        };
                         if silent_until() <= tokio::time::Instant::now() && !grace_used {
                             // A fresh look at the socket first: this task may have run before
                             // the connection's own after a busy stretch of the I/O thread

@@ -1,7 +1,8 @@
-//! A TCP stream that notes when it last moved bytes, so that a call's timeout can tell a
-//! connection in silence (a paused server, a dead peer) from one busy carrying a large value
-//! either way (see `Conn::run`). A send counts too: the kernel takes bytes only while the peer
-//! keeps reading (else its buffers fill and writes stall).
+//! A TCP stream that notes when it last received bytes, so that a call's timeout can tell a
+//! connection in silence (a paused server, a dead peer) from one busy delivering a large reply
+//! (see `Conn::run`). A send counts only when it had to wait for room in the socket's buffer
+//! (the server is reading a large request): the kernel accepts a paused server's small requests
+//! at once, and those must not look like progress.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// When a connection last moved bytes (shared by the stream and the store's calls).
+/// When a connection last received bytes (shared by the stream and the store's calls).
 #[derive(Clone)]
 pub(crate) struct Progress {
     origin: Instant,
@@ -29,21 +30,38 @@ impl Progress {
         let now = self.origin.elapsed().as_nanos() as u64;
         self.last.fetch_max(now, Ordering::Relaxed);
     }
-    /// When the connection last moved bytes.
+    /// When the connection last received bytes.
     pub(crate) fn last(&self) -> Instant {
         self.origin + Duration::from_nanos(self.last.load(Ordering::Relaxed))
     }
 }
 
-/// `S`, noting every read or write that moved bytes in its [`Progress`].
+/// `S`, noting in its [`Progress`] every read that delivered bytes and every send that went
+/// out after waiting for room.
 pub(crate) struct Tracked<S> {
     inner: S,
     progress: Progress,
+    /// The last send found the buffer full.
+    blocked: bool,
 }
 
 impl<S> Tracked<S> {
     pub(crate) fn new(inner: S, progress: Progress) -> Self {
-        Tracked { inner, progress }
+        Tracked {
+            inner,
+            progress,
+            blocked: false,
+        }
+    }
+    fn sent(&mut self, out: &Poll<std::io::Result<usize>>) {
+        match out {
+            Poll::Pending => self.blocked = true,
+            Poll::Ready(Ok(n)) if *n > 0 && self.blocked => {
+                self.blocked = false;
+                self.progress.mark();
+            }
+            _ => {}
+        }
     }
 }
 
@@ -69,9 +87,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let out = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(out, Poll::Ready(Ok(n)) if n > 0) {
-            self.progress.mark();
-        }
+        self.sent(&out);
         out
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -86,9 +102,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let out = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(out, Poll::Ready(Ok(n)) if n > 0) {
-            self.progress.mark();
-        }
+        self.sent(&out);
         out
     }
     fn is_write_vectored(&self) -> bool {

@@ -86,8 +86,9 @@ struct Inner {
     /// Bumped on every new connection, so that a failure seen on an old one cannot tear down
     /// its successor.
     generation: u64,
-    /// A liveness probe of this generation's connection is under way (see [`Slot::suspect`]).
-    probing: bool,
+    /// A liveness probe of this generation's connection is under way (see [`Slot::suspect`]),
+    /// started at this instant.
+    probing: Option<std::time::Instant>,
 }
 
 type Report = Box<dyn Fn(SlotEvent<'_>) + Send + Sync>;
@@ -122,7 +123,7 @@ impl Slot {
             inner: Mutex::new(Inner {
                 state: State::Idle,
                 generation: 0,
-                probing: false,
+                probing: None,
             }),
             changed: Notify::new(),
             report,
@@ -208,10 +209,10 @@ impl Slot {
                 }
                 _ => return, // replaced, reconnecting, or a cluster (repaired by redis-rs)
             };
-            if inner.probing {
+            if inner.probing.is_some() {
                 return; // one probe at a time
             }
-            inner.probing = true;
+            inner.probing = Some(std::time::Instant::now());
             (con, progress)
         };
         let this = self.clone();
@@ -238,13 +239,27 @@ impl Slot {
             {
                 let mut inner = this.lock();
                 if inner.generation == generation {
-                    inner.probing = false;
+                    inner.probing = None;
                 }
             }
             if let Some(err) = failed {
                 this.broken(generation, err);
             }
         });
+    }
+
+    /// Whether the connection of `generation` is silent: a call on it timed out, nothing was
+    /// received since, and its PING probe is still out. Calls then fail at once instead of each
+    /// paying its timeout (a paused server), as they would on a dropped connection; the first
+    /// byte that arrives (a large reply after all) ends this.
+    pub(crate) fn silent(&self, generation: u64, progress: Option<&Progress>) -> bool {
+        let inner = self.lock();
+        match inner.probing {
+            Some(since) if inner.generation == generation => {
+                progress.is_none_or(|p| p.last() <= since)
+            }
+            _ => false,
+        }
     }
 
     /// Loads the scripts again on the current connection (a store in plain-command mode asks
@@ -402,7 +417,7 @@ async fn reconnect(slot: Weak<Slot>) {
                 {
                     let mut inner = s.lock();
                     inner.generation = inner.generation.wrapping_add(1);
-                    inner.probing = false;
+                    inner.probing = None;
                     inner.state = State::Ready(conn);
                 }
                 s.changed.notify_waiters();
