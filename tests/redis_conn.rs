@@ -21,9 +21,9 @@ fn load(c: &AtomicU64) -> u64 {
 /// whole reply within `op_timeout`, and one timeout tore the connection down for every call
 /// (this test then saw 2–3 connects and 8–13 computations).
 ///
-/// `op_timeout` is 1 s: four 20 MiB reads queued on one connection keep the server busy
-/// copying, and silent, for about 275 ms on an idle machine, and the test must hold on a loaded
-/// 2-core one (the sizing rule is in the docs of `RedisStoreBuilder::op_timeout`). The reads
+/// `op_timeout` is 1 s: four 20 MiB reads queued on one connection kept the server busy
+/// copying, and silent, for about 275 ms here (2 cores, load average 12), and the test must hold
+/// under such load (the sizing rule is in the docs of `RedisStoreBuilder::op_timeout`). The reads
 /// themselves take longer than that (the whole reply arrives after the silence), which is what
 /// failed before.
 #[test]
