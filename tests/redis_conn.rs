@@ -207,3 +207,46 @@ fn permission_refusals_are_rechecked_and_the_store_switches_back() {
         "B invalidates with a script again"
     );
 }
+
+/// Scripting revoked while the store runs: the next call switches to plain commands (and still
+/// answers), and the store switches back once scripting is granted again.
+#[test]
+fn scripting_revoked_mid_run_switches_to_plain_commands_and_back() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let mut con = server.raw();
+    acl(
+        &mut con,
+        &["app", "on", ">pw", "~*", "allchannels", "+@all"],
+    );
+    let url = format!("redis://app:pw@127.0.0.1:{}/", server.port());
+    let store = RedisStore::builder(&url).prefix("mid").build().unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    let f = truth_fn(&store, &server.url(), runs.clone());
+    let _: () = redis::cmd("SET")
+        .arg("truth")
+        .arg("v1")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(f.get(&"a".to_string()).unwrap(), "v1");
+    let st = store.stats();
+    assert_eq!(load(&st.scripts_refused), 0);
+    acl(&mut con, &["app", "-@scripting"]);
+    // The refused EVALSHA switches the store, and the call is answered in plain form.
+    assert_eq!(f.get(&"b".to_string()).unwrap(), "v1");
+    assert_eq!(load(&st.scripts_refused), 1);
+    assert_eq!(load(&st.scripts_refusals), 1);
+    assert_eq!(f.get(&"b".to_string()).unwrap(), "v1");
+    assert_eq!(
+        load(&runs),
+        2,
+        "the plain-command write landed: the second call hit"
+    );
+    acl(&mut con, &["app", "+@scripting"]);
+    support::wait_until("scripts restored", Duration::from_secs(30), || {
+        load(&st.scripts_refused) == 0
+    });
+    assert_eq!(load(&st.scripts_restored), 1);
+    assert_eq!(f.get(&"c".to_string()).unwrap(), "v1");
+}
