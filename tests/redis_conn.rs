@@ -250,3 +250,51 @@ fn scripting_revoked_mid_run_switches_to_plain_commands_and_back() {
     assert_eq!(load(&st.scripts_restored), 1);
     assert_eq!(f.get(&"c".to_string()).unwrap(), "v1");
 }
+
+/// A server stall that ends (a fork pause, a slow command of another client; here
+/// `DEBUG SLEEP`) times out the calls made during it, but does not tear down the shared
+/// connection: once the server answers again, the same connection serves the next calls.
+#[test]
+fn a_stall_that_ends_times_calls_out_without_a_reconnect() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let store = RedisStore::builder(&server.url())
+        .op_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    let f = truth_fn(&store, &server.url(), runs.clone());
+    let mut con = server.raw();
+    let _: () = redis::cmd("SET")
+        .arg("truth")
+        .arg("v1")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(f.get(&"warm".to_string()).unwrap(), "v1");
+    let st = store.stats();
+    assert_eq!(load(&st.connects), 1);
+    let sleeper = std::thread::spawn(move || {
+        let _: () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.8")
+            .query(&mut con)
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    // During the stall: the call times out and computes locally (fail-open).
+    assert_eq!(f.get(&"during".to_string()).unwrap(), "v1");
+    assert!(load(&st.timeouts) >= 1, "the stall was seen");
+    sleeper.join().unwrap();
+    // After it: the same connection answers (bounded wait for the probe to clear).
+    let mut c = server.raw();
+    support::wait_until("calls reach the server again", BOUND, || {
+        let k = format!("after{}", load(&runs));
+        f.get(&k).is_ok() && support::exists(&mut c, &store.value_key("page", &k))
+    });
+    assert_eq!(
+        load(&st.connects),
+        1,
+        "no reconnect: the connection was kept"
+    );
+}
