@@ -5,10 +5,13 @@
 mod breaker;
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
+mod permissions;
 mod progress;
 mod slot;
 mod stats;
 mod subscriber;
+pub(crate) use permissions::PERMISSION_RECHECK;
+use permissions::{recheck_permissions, refuse_scripts, refuses_scripting};
 pub use stats::RedisStats;
 pub(crate) use stats::Stats;
 pub(crate) use subscriber::Wakeups;
@@ -577,50 +580,6 @@ fn on_slot_event(
                 Stats::inc(&stats.scripts_restored);
                 tracing::info!("redis accepts this user's scripts again: fenced writes restored");
             }
-        }
-    }
-}
-
-/// How often a store re-checks a permission the server refused it (scripting, or the
-/// subscription's channels): an administrator's fix, or an `ACL LOAD` that refused for a
-/// moment, takes effect within this (and at once on a reconnect).
-pub(crate) const PERMISSION_RECHECK: Duration = Duration::from_secs(10);
-
-/// Switches the store to plain commands (once per refusal; counted and warned about).
-fn refuse_scripts(stats: &RedisStats, flag: &AtomicBool, e: &redis::RedisError) {
-    if !flag.swap(true, Ordering::AcqRel) {
-        stats.scripts_refused.store(1, Ordering::Relaxed);
-        Stats::inc(&stats.scripts_refusals);
-        tracing::warn!(
-            error = %e,
-            "redis refused SCRIPT LOAD/EVALSHA (NOPERM): herdless caches and locks with \
-             plain commands (GET+PTTL, SET NX PX, a guarded release) and loses only the \
-             fencing of writes until scripting is granted (re-checked every 10 s and on \
-             reconnect); grant the user +evalsha +eval +script|load (or +@scripting)"
-        );
-    }
-}
-
-/// Whether the server refused this user a script call (`EVAL`/`EVALSHA`/`SCRIPT`), not
-/// something the script itself did (a script's own refused `PUBLISH` is a `pcall`).
-fn refuses_scripting(e: &redis::RedisError) -> bool {
-    if e.code() != Some("NOPERM") {
-        return false;
-    }
-    let text = e.to_string().to_ascii_lowercase();
-    ["'evalsha'", "'eval'", "'script|load'", "'script'"]
-        .iter()
-        .any(|c| text.contains(c))
-}
-
-/// While the store runs in plain-command mode, asks every [`PERMISSION_RECHECK`] whether the
-/// server now lets it load its scripts. Ends with the store.
-async fn recheck_permissions(conn: std::sync::Weak<Conn>) {
-    loop {
-        tokio::time::sleep(PERMISSION_RECHECK).await;
-        let Some(c) = conn.upgrade() else { return };
-        if c.plain_commands() {
-            c.slot.recheck_scripts().await;
         }
     }
 }
