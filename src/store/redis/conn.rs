@@ -5,9 +5,13 @@
 mod breaker;
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
+mod permissions;
+mod progress;
 mod slot;
 mod stats;
 mod subscriber;
+pub(crate) use permissions::PERMISSION_RECHECK;
+use permissions::{recheck_permissions, refuse_scripts, refuses_scripting};
 pub use stats::RedisStats;
 pub(crate) use stats::Stats;
 pub(crate) use subscriber::Wakeups;
@@ -84,6 +88,8 @@ pub(crate) struct Conn {
     pub(crate) handle: tokio::runtime::Handle,
     slot: Arc<Slot>,
     pub(crate) op_timeout: Duration,
+    /// The longest a call may take while its reply keeps arriving (see `run`).
+    max_call: Duration,
     /// One breaker (single node) or one per slot range (cluster; see `breaker`).
     pub(crate) breakers: Arc<Breakers>,
     /// True for a cluster store: breakers per slot range, and a connection that redis-rs
@@ -110,6 +116,10 @@ impl Drop for Conn {
         }
     }
 }
+
+/// How long a call that found its connection silent for `op_timeout` gives the connection's
+/// own task to look at the socket before giving up (see `Conn::run`).
+const GRACE: Duration = Duration::from_millis(20);
 
 /// How a waiter waits (see [`Conn::wait_channel`]).
 enum Wake {
@@ -143,6 +153,7 @@ impl Conn {
     pub(crate) fn new(
         target: Target,
         op_timeout: Duration,
+        max_call: Duration,
         breakers: Breakers,
         pattern: Vec<u8>,
         missed_key: Vec<u8>,
@@ -197,6 +208,7 @@ impl Conn {
             rt,
             slot,
             op_timeout,
+            max_call,
             breakers,
             cluster,
             stats,
@@ -213,6 +225,8 @@ impl Conn {
             Arc::downgrade(&conn.wakeups),
             conn.stats.clone(),
         ));
+        conn.handle
+            .spawn(recheck_permissions(Arc::downgrade(&conn)));
         Ok(conn)
     }
 
@@ -265,9 +279,10 @@ impl Conn {
         }
     }
 
-    /// One request on the slot's connection, before `deadline`. A timeout or a broken
-    /// connection hands the connection back for a background reconnect, so that the calls
-    /// after this one fail at once instead of each paying the timeout again.
+    /// One request on the slot's connection, before `deadline`. A broken connection is handed
+    /// back for a background reconnect, so that the calls after this one fail at once instead
+    /// of each paying the timeout again; a timeout only has the connection checked (one PING,
+    /// see `Slot::suspect`), since the caller can abandon its reply without harming the rest.
     async fn run<T, F, Fut>(
         &self,
         f: F,
@@ -283,24 +298,80 @@ impl Conn {
             Err(Unavailable::Down(e)) => return Err((e, Cause::Unavailable)),
             Err(Unavailable::TimedOut(e)) => return Err((e, Cause::TimedOut)),
         };
-        let con = match raw {
-            slot::Ready::Single(c) => Connection::Single(c),
+        let (con, progress) = match raw {
+            slot::Ready::Single(c, p) => (Connection::Single(c), p),
             #[cfg(feature = "cluster")]
-            slot::Ready::Cluster(con) => Connection::Cluster(cluster::Routed {
-                con,
-                breakers: self.breakers.clone(),
-                touch: touch.clone(),
-            }),
+            slot::Ready::Cluster(con) => (
+                Connection::Cluster(cluster::Routed {
+                    con,
+                    breakers: self.breakers.clone(),
+                    touch: touch.clone(),
+                }),
+                None,
+            ),
         };
-        match tokio::time::timeout_at(deadline, f(con)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(_)) if touch.rejected() => Err((circuit_open(), Cause::Rejected)),
-            Ok(Err(e)) => {
+        if self.slot.silent(generation, progress.as_ref()) {
+            let err = StoreError::new(
+                StoreErrorKind::Timeout,
+                format!(
+                    "redis at {}: the connection has been silent since a call timed out \
+                     (checking it)",
+                    self.slot.url
+                ),
+            );
+            return Err((err, Cause::Unavailable));
+        }
+        let hard = deadline - self.op_timeout + self.max_call;
+        let request = f(con);
+        tokio::pin!(request);
+        let mut until = deadline;
+        let mut grace_used = false;
+        let outcome = loop {
+            match tokio::time::timeout_at(until, &mut request).await {
+                Ok(out) => break Some(out),
+                // `op_timeout` bounds silence, not transfer: while the connection keeps
+                // receiving (this reply, or the replies queued before it), wait on, up to
+                // `max_call` in all.
+                Err(_) => match &progress {
+                    Some(p) => {
+                        let silent_until = || {
+                            (tokio::time::Instant::from_std(p.last()) + self.op_timeout).min(hard)
+                        };
+                        if silent_until() <= tokio::time::Instant::now() && !grace_used {
+                            // A fresh look at the socket first: this task may have run before
+                            // the connection's own after a busy stretch of the I/O thread
+                            // (decoding a large reply), with bytes already waiting.
+                            grace_used = true;
+                            until = tokio::time::Instant::now() + GRACE;
+                            continue;
+                        }
+                        let next = silent_until();
+                        if next <= tokio::time::Instant::now() {
+                            break None;
+                        }
+                        grace_used = false;
+                        until = next;
+                    }
+                    None => break None,
+                },
+            }
+        };
+        match outcome {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(_)) if touch.rejected() => Err((circuit_open(), Cause::Rejected)),
+            Some(Err(e)) => {
                 let err = store_error(&self.slot.url, &e);
                 // redis-rs repairs a cluster connection node by node: one failed request (a
                 // dead master) must not cut the store off from the other shards.
                 if !self.cluster && breaks_connection(&e) {
                     self.slot.broken(generation, err.clone());
+                } else if !self.cluster && e.is_timeout() {
+                    self.slot.suspect(generation);
+                }
+                if refuses_scripting(&e) {
+                    // Scripting revoked while connected: plain commands from now on (the
+                    // caller retries this one in plain form), re-checked periodically.
+                    refuse_scripts(&self.stats, &self.scripts_refused, &e);
                 }
                 let cause = if e.is_timeout() {
                     Cause::TimedOut
@@ -309,16 +380,19 @@ impl Conn {
                 };
                 Err((err, cause))
             }
-            Err(_) => {
+            None => {
                 let err = StoreError::new(
                     StoreErrorKind::Timeout,
                     format!(
-                        "redis at {}: no answer within {:?}",
-                        self.slot.url, self.op_timeout
+                        "redis at {}: no answer within {:?} (nothing received for that long, \
+                         or the reply still incomplete after {:?})",
+                        self.slot.url, self.op_timeout, self.max_call
                     ),
                 );
+                // Not torn down for one late reply (see `Slot::suspect`): the calls queued
+                // behind a large reply or a server pause would all fail with it.
                 if !self.cluster {
-                    self.slot.broken(generation, err.clone());
+                    self.slot.suspect(generation);
                 }
                 Err((err, Cause::TimedOut))
             }
@@ -499,16 +573,12 @@ fn on_slot_event(
         SlotEvent::Lost(e) => {
             tracing::debug!(error = %e, "redis connection given up; reconnecting in the background");
         }
-        SlotEvent::ScriptsRefused(e) => {
-            if !scripts_refused.swap(true, Ordering::AcqRel) {
-                stats.scripts_refused.store(1, Ordering::Relaxed);
-                tracing::warn!(
-                    error = %e,
-                    "redis refused SCRIPT LOAD/EVALSHA (NOPERM): herdless caches and locks with \
-                     plain commands (GET+PTTL, SET NX PX, a guarded release) and loses only the \
-                     fencing of writes; grant the user +evalsha +eval +script|load (or \
-                     +@scripting) to restore it"
-                );
+        SlotEvent::ScriptsRefused(e) => refuse_scripts(&stats, &scripts_refused, e),
+        SlotEvent::ScriptsAllowed => {
+            if scripts_refused.swap(false, Ordering::AcqRel) {
+                stats.scripts_refused.store(0, Ordering::Relaxed);
+                Stats::inc(&stats.scripts_restored);
+                tracing::info!("redis accepts this user's scripts again: fenced writes restored");
             }
         }
     }

@@ -58,6 +58,10 @@ return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 /// version key is kept.
 /// Returns {1, value, pttl} found, {2, ticket} acquired, {3} busy. An oversized record or a key
 /// of another type is not "found": it is replaced under the lock.
+///
+/// Idempotent for its own token: a replay (redis-rs retries a request whose connection failed,
+/// and the first run may have landed) that finds the lock held by ARGV[1] acquired it, so the
+/// caller computes instead of waiting out its own orphaned lease.
 pub(crate) static LOCK_OR_GET: LazyLock<Script> = LazyLock::new(|| {
     with_version(
         r#"
@@ -70,6 +74,10 @@ end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {2, version(KEYS[3], ARGV[5])}
 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return {2, version(KEYS[3], ARGV[5])}
+end
 return {3}
 "#,
     )
@@ -78,13 +86,18 @@ return {3}
 /// Early refresh: take the lock without waiting unless the value was replaced since it was read
 /// (its PTTL now exceeds what the reader saw, plus slack) or someone holds the lock.
 /// ARGV[1] = token, ARGV[2] = lease ms, ARGV[3] = the remaining ms the reader saw + slack,
-/// ARGV[4] = ms the version key is kept. Returns {1, ticket} acquired, {0} skip.
+/// ARGV[4] = ms the version key is kept. Returns {1, ticket} acquired, {0} skip. Idempotent for
+/// its own token, like [`LOCK_OR_GET`].
 pub(crate) static TRY_LOCK_REFRESH: LazyLock<Script> = LazyLock::new(|| {
     with_version(
         r#"
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl > tonumber(ARGV[3]) then return {0} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, version(KEYS[3], ARGV[4])}
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return {1, version(KEYS[3], ARGV[4])}
 end
 return {0}
@@ -114,6 +127,11 @@ return version(KEYS[3], ARGV[1])
 /// ARGV[5] = ticket or '', ARGV[6] = ms the version key is kept.
 /// Returns 1 written, 3 written but its announcement refused, 0 fenced (something newer was
 /// written, or the key was invalidated).
+///
+/// Idempotent for its own write: a replay (see [`LOCK_OR_GET`]) that finds the version exactly
+/// one past its ticket and its own record bytes stored finds the bump its first run made, and
+/// reports it written instead of fenced. (Another writer with byte-identical bytes would have
+/// stored the same record: reporting success is true either way.)
 pub(crate) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     with_version(
         r#"
@@ -123,6 +141,10 @@ if mine then redis.call('DEL', KEYS[2]) end
 if ARGV[5] == '' then
   version(KEYS[3], ARGV[6])
 elseif (holder and not mine) or redis.call('GET', KEYS[3]) ~= ARGV[5] then
+  if redis.call('GET', KEYS[3]) == string.format('%.0f', tonumber(ARGV[5]) + 1)
+      and redis.call('GET', KEYS[1]) == ARGV[2] then
+    return 1
+  end
   if mine then redis.pcall('PUBLISH', ARGV[4], '0') end
   return 0
 end
@@ -191,4 +213,125 @@ pub(super) fn all() -> [&'static Script; 8] {
         &RELEASE,
         &RENEW,
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    //! Replays against a private `redis-server` (skipped without one, unless `CI` is set).
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    struct Server(Child, u16);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn server() -> Option<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            assert!(std::env::var_os("CI").is_none(), "redis-server missing");
+            return None;
+        };
+        let s = Server(child, port);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start");
+    }
+
+    const KEYS: [&str; 3] = ["t:{k}:v", "t:{k}:l", "t:{k}:n"];
+
+    fn lock_or_get(con: &mut redis::Connection, token: &str) -> redis::Value {
+        LOCK_OR_GET
+            .key(&KEYS[..])
+            .arg(token)
+            .arg(10_000)
+            .arg(1 << 20)
+            .arg("0")
+            .arg(60_000)
+            .invoke(con)
+            .unwrap()
+    }
+
+    fn write(con: &mut redis::Connection, token: &str, record: &str, ticket: &str) -> i64 {
+        WRITE
+            .key(&KEYS[..])
+            .arg(token)
+            .arg(record)
+            .arg(60_000)
+            .arg("t:{k}:c")
+            .arg(ticket)
+            .arg(60_000)
+            .invoke(con)
+            .unwrap()
+    }
+
+    fn ticket(v: &redis::Value) -> String {
+        match v {
+            redis::Value::Array(a) => {
+                assert_eq!(a[0], redis::Value::Int(2), "acquired: {v:?}");
+                redis::from_redis_value(&a[1]).unwrap()
+            }
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replayed_lock_and_write_are_idempotent_for_their_own_token() {
+        let Some(s) = server() else { return };
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", s.1)).unwrap();
+        let mut con = client.get_connection().unwrap();
+        // A replayed lock-or-get finds its own lock: acquired (same ticket), not busy.
+        let first = ticket(&lock_or_get(&mut con, "me"));
+        let again = ticket(&lock_or_get(&mut con, "me"));
+        assert_eq!(first, again);
+        assert_eq!(
+            lock_or_get(&mut con, "other"),
+            redis::Value::Array(vec![redis::Value::Int(3)]),
+            "another token still finds the lock busy"
+        );
+        // A replayed write finds its own version bump and record: written, not fenced.
+        assert_eq!(write(&mut con, "me", "rec-1", &first), 1);
+        assert_eq!(write(&mut con, "me", "rec-1", &first), 1, "replay");
+        // A different write on the same old ticket is still fenced.
+        assert_eq!(write(&mut con, "", "rec-2", &first), 0);
+        // And once anything else moved the version, the replay is fenced too.
+        assert_eq!(write(&mut con, "", "rec-3", ""), 1);
+        assert_eq!(write(&mut con, "me", "rec-1", &first), 0);
+        // A replayed early refresh finds its own lock: acquired again.
+        let refresh = |con: &mut redis::Connection| -> redis::Value {
+            TRY_LOCK_REFRESH
+                .key(&KEYS[..])
+                .arg("me2")
+                .arg(10_000)
+                .arg(u64::MAX / 2)
+                .arg(60_000)
+                .invoke(con)
+                .unwrap()
+        };
+        for _ in 0..2 {
+            match refresh(&mut con) {
+                redis::Value::Array(a) => assert_eq!(a[0], redis::Value::Int(1)),
+                other => panic!("unexpected reply {other:?}"),
+            }
+        }
+    }
 }

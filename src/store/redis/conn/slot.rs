@@ -11,6 +11,7 @@
 //! its `max_delay` says, inside the caller's call, so a refused port or a wrong password was
 //! reported after ~1.5 s, and as a timeout.
 
+use super::progress::{Progress, Tracked};
 use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::store::redis::connect::{classify, connect_error};
 use crate::store::redis::scripts;
@@ -39,6 +40,9 @@ pub(crate) enum SlotEvent<'a> {
     /// The server refused this user `SCRIPT LOAD` (NOPERM): the store switches to plain
     /// commands. Reported before the connection is handed out.
     ScriptsRefused(&'a redis::RedisError),
+    /// Every script loaded (on a new connection, or on a re-check while refused): the store
+    /// uses scripts (again).
+    ScriptsAllowed,
 }
 
 /// Why [`Slot::get`] has no connection for the caller.
@@ -59,7 +63,8 @@ pub(crate) enum Raw {
 /// An established connection (cheap to clone).
 #[derive(Clone)]
 pub(crate) enum Ready {
-    Single(MultiplexedConnection),
+    /// With the connection's [`Progress`] over TCP (none over TLS or a Unix socket).
+    Single(MultiplexedConnection, Option<Progress>),
     /// redis-rs keeps one connection per node behind it and repairs them itself.
     #[cfg(feature = "cluster")]
     Cluster(ClusterConnection),
@@ -81,6 +86,9 @@ struct Inner {
     /// Bumped on every new connection, so that a failure seen on an old one cannot tear down
     /// its successor.
     generation: u64,
+    /// A liveness probe of this generation's connection is under way (see [`Slot::suspect`]),
+    /// started at this instant.
+    probing: Option<std::time::Instant>,
 }
 
 type Report = Box<dyn Fn(SlotEvent<'_>) + Send + Sync>;
@@ -115,6 +123,7 @@ impl Slot {
             inner: Mutex::new(Inner {
                 state: State::Idle,
                 generation: 0,
+                probing: None,
             }),
             changed: Notify::new(),
             report,
@@ -184,6 +193,94 @@ impl Slot {
         (self.report)(SlotEvent::Lost(&err));
     }
 
+    /// A request on the connection of `generation` got no answer in time. That alone says
+    /// nothing about the connection: a large reply, a fork pause or a slow command of another
+    /// client delays every reply queued behind it, and the multiplexed connection lets the
+    /// caller abandon its own reply (redis-rs drops it when it arrives). So the connection is
+    /// kept, and one PING checks it: it is given up only when that PING fails, or is not
+    /// answered within the attempt bound while no byte moved on the connection (a dead or
+    /// silently dropped connection).
+    pub(crate) fn suspect(self: &Arc<Self>, generation: u64) {
+        let (con, progress) = {
+            let mut inner = self.lock();
+            let (con, progress) = match &inner.state {
+                State::Ready(Ready::Single(c, p)) if inner.generation == generation => {
+                    (c.clone(), p.clone())
+                }
+                _ => return, // replaced, reconnecting, or a cluster (repaired by redis-rs)
+            };
+            if inner.probing.is_some() {
+                return; // one probe at a time
+            }
+            inner.probing = Some(std::time::Instant::now());
+            (con, progress)
+        };
+        let this = self.clone();
+        self.handle.spawn(async move {
+            let mut con = con;
+            let started = std::time::Instant::now();
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<redis::Value>(&mut con);
+            let failed = match tokio::time::timeout(this.attempt_bound, ping).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) if !e.is_timeout() => {
+                    Some(crate::store::redis::connect::store_error(&this.url, &e))
+                }
+                // Bytes moved meanwhile (the PING waits behind large replies): alive.
+                _ if progress.is_some_and(|p| p.last() > started) => None,
+                _ => Some(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!(
+                        "redis at {}: the connection answered no PING within {:?}",
+                        this.url, this.attempt_bound
+                    ),
+                )),
+            };
+            {
+                let mut inner = this.lock();
+                if inner.generation == generation {
+                    inner.probing = None;
+                }
+            }
+            if let Some(err) = failed {
+                this.broken(generation, err);
+            }
+        });
+    }
+
+    /// Whether the connection of `generation` is silent: a call on it timed out, nothing was
+    /// received since, and its PING probe is still out. Calls then fail at once instead of each
+    /// paying its timeout (a paused server), as they would on a dropped connection; the first
+    /// byte that arrives (a large reply after all) ends this.
+    pub(crate) fn silent(&self, generation: u64, progress: Option<&Progress>) -> bool {
+        let inner = self.lock();
+        match inner.probing {
+            Some(since) if inner.generation == generation => {
+                progress.is_none_or(|p| p.last() <= since)
+            }
+            _ => false,
+        }
+    }
+
+    /// Loads the scripts again on the current connection (a store in plain-command mode asks
+    /// periodically whether an administrator granted scripting meanwhile); reports
+    /// [`SlotEvent::ScriptsAllowed`] or [`SlotEvent::ScriptsRefused`]. Bounded by the attempt
+    /// bound; does nothing without a connection (the next connect loads them anyway).
+    pub(crate) async fn recheck_scripts(&self) {
+        let ready = match &self.lock().state {
+            State::Ready(r) => r.clone(),
+            _ => return,
+        };
+        let check = async {
+            match ready {
+                Ready::Single(mut c, _) => self.load_scripts(&mut c).await,
+                #[cfg(feature = "cluster")]
+                Ready::Cluster(mut c) => self.load_scripts(&mut c).await,
+            }
+        };
+        let _ = tokio::time::timeout(self.attempt_bound, check).await;
+    }
+
     /// Called with the state just set to `Down`: exactly one task runs while it is.
     fn spawn_connect(self: &Arc<Self>) {
         self.handle.spawn(reconnect(Arc::downgrade(self)));
@@ -194,6 +291,28 @@ impl Slot {
     async fn open(&self) -> Result<Ready, StoreError> {
         match &self.client {
             Raw::Single(client) => {
+                let info = client.get_connection_info();
+                if let redis::ConnectionAddr::Tcp(host, port) = &info.addr {
+                    // Over TCP the stream notes when bytes arrive (see `Progress`).
+                    let progress = Progress::new();
+                    // No response timeout of redis-rs's own: each call has its deadline (see
+                    // `Conn::run`), the connection attempt is bounded as a whole.
+                    let cfg = redis::AsyncConnectionConfig::new();
+                    let open = async {
+                        let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                        stream.set_nodelay(true)?;
+                        super::subscriber::keepalive(&stream);
+                        let stream = Tracked::new(stream, progress.clone());
+                        let (mut con, driver) =
+                            MultiplexedConnection::new_with_config(&info.redis, stream, cfg)
+                                .await?;
+                        // Ends when every clone of the connection is gone.
+                        self.handle.spawn(driver);
+                        self.load_scripts(&mut con).await?;
+                        Ok(Ready::Single(con, Some(progress)))
+                    };
+                    return self.bounded(open).await;
+                }
                 let cfg = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(self.attempt_bound)
                     .set_response_timeout(self.attempt_bound)
@@ -205,7 +324,7 @@ impl Slot {
                         .get_multiplexed_async_connection_with_config(&cfg)
                         .await?;
                     self.load_scripts(&mut con).await?;
-                    Ok(Ready::Single(con))
+                    Ok(Ready::Single(con, None))
                 };
                 self.bounded(open).await
             }
@@ -249,9 +368,11 @@ impl Slot {
                 }
                 // Not a connection problem: calls load scripts on first use anyway
                 // (EVALSHA falls back to EVAL) and report their own errors.
-                break;
+                return Ok(());
             }
         }
+        // Every connect re-checks: a grant made while refused takes effect here too.
+        (self.report)(SlotEvent::ScriptsAllowed);
         Ok(())
     }
 
@@ -275,11 +396,14 @@ impl Slot {
     }
 }
 
-/// Whether a request's error means the connection itself is gone or out of step.
+/// Whether a request's error means the connection itself is gone or out of step. A timeout
+/// (redis-rs's own response timeout is an I/O error of kind `TimedOut`) does not: see
+/// [`Slot::suspect`].
 pub(crate) fn breaks_connection(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_unrecoverable_error()
-        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+    !e.is_timeout()
+        && (e.is_io_error()
+            || e.is_unrecoverable_error()
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS")))
 }
 
 /// The background task: attempts until one succeeds, pausing with jittered exponential backoff
@@ -293,6 +417,7 @@ async fn reconnect(slot: Weak<Slot>) {
                 {
                     let mut inner = s.lock();
                     inner.generation = inner.generation.wrapping_add(1);
+                    inner.probing = None;
                     inner.state = State::Ready(conn);
                 }
                 s.changed.notify_waiters();

@@ -36,12 +36,27 @@ pub struct RedisStats {
     pub encode_errors: AtomicU64,
     /// Values refused at write time for exceeding `max_value_bytes` (returned, never cached).
     pub oversized_writes: AtomicU64,
-    /// 1 when the server refused this user scripting (no `EVAL`/`EVALSHA`): the store then
-    /// caches and locks with plain commands and writes are not fenced. Logged once as a warning.
+    /// 1 while the server refuses this user scripting (no `EVAL`/`EVALSHA`): the store then
+    /// caches and locks with plain commands and writes are not fenced. Logged as a warning when
+    /// it starts; re-checked every 10 s and on every reconnect, so it goes back to 0 once the
+    /// user is granted scripting.
     pub scripts_refused: AtomicU64,
-    /// 1 when the server refused this store's PSUBSCRIBE (an ACL without the channel
-    /// permission): waiters then poll instead of being woken. Logged once as a warning.
+    /// 1 while the server refuses this store's PSUBSCRIBE (an ACL without the channel
+    /// permission): waiters then poll instead of being woken. Logged as a warning when it
+    /// starts; re-checked every 10 s, so it goes back to 0 once the channels are granted.
     pub pubsub_refused: AtomicU64,
+    /// Switches to plain commands because the server refused scripting (`scripts_refused` went
+    /// from 0 to 1).
+    pub scripts_refusals: AtomicU64,
+    /// Switches back to scripts after scripting was granted again (`scripts_refused` went from
+    /// 1 to 0).
+    pub scripts_restored: AtomicU64,
+    /// Switches to polling because the server refused the subscription (`pubsub_refused` went
+    /// from 0 to 1).
+    pub pubsub_refusals: AtomicU64,
+    /// Switches back to wake-ups after the channels were granted again (`pubsub_refused` went
+    /// from 1 to 0).
+    pub pubsub_restored: AtomicU64,
     /// Connection attempts refused: nothing accepted connections at the address.
     pub refused: AtomicU64,
     /// Connection attempts whose credentials the server refused (`WRONGPASS`, or `NOAUTH`

@@ -37,6 +37,10 @@ use std::time::{Duration, Instant};
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How old the oldest unhandled message may get before the subscription counts as failed.
 pub(crate) const BACKLOG_BOUND: Duration = Duration::from_secs(1);
+/// How often a cluster store's subscriber re-reads `CLUSTER NODES` (from another node than
+/// the one it listens on) to drop forgotten and failed nodes, and to move off its own node
+/// when the cluster no longer lists it.
+pub(crate) const NODES_REFRESH: Duration = Duration::from_secs(5);
 
 /// Waiters per channel, woken by the pub/sub dispatcher.
 #[derive(Default)]
@@ -239,8 +243,21 @@ pub(super) async fn subscriber(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut next = 0usize;
+    let seeds = nodes.clone();
+    let mut refused = false;
+    // Subscription attempts failed in a row.
+    let mut failed = 0usize;
     loop {
         let Some(w) = wakeups.upgrade() else { return };
+        if failed >= nodes.len() {
+            // A whole round of the listed nodes failed: try the seeds too (the cluster may
+            // have moved to other addresses).
+            for s in &seeds {
+                if !nodes.iter().any(|n| addr_of(n) == addr_of(s)) {
+                    nodes.push(s.clone());
+                }
+            }
+        }
         let client = nodes[next % nodes.len()].clone();
         let client = &client;
         next = next.wrapping_add(1);
@@ -252,15 +269,24 @@ pub(super) async fn subscriber(
             // with a plain command, which does report NOPERM.
             match subscribe_refused(client, &pattern).await {
                 Some(true) => {
-                    w.down();
-                    stats.pubsub_refused.store(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        pattern = %String::from_utf8_lossy(&pattern),
-                        "redis refused PSUBSCRIBE (NOPERM): waiters poll instead of being woken; \
-                         grant the user `&{}` and +psubscribe to enable wake-ups",
-                        String::from_utf8_lossy(&pattern)
-                    );
-                    return; // poll-only for good: retrying would be refused again
+                    if !refused {
+                        refused = true;
+                        w.down();
+                        stats.pubsub_refused.store(1, Ordering::Relaxed);
+                        Stats::inc(&stats.pubsub_refusals);
+                        tracing::warn!(
+                            pattern = %String::from_utf8_lossy(&pattern),
+                            "redis refused PSUBSCRIBE (NOPERM): waiters poll instead of being \
+                             woken until the channels are granted (re-checked every 10 s); \
+                             grant the user `&{}` and +psubscribe to enable wake-ups",
+                            String::from_utf8_lossy(&pattern)
+                        );
+                    }
+                    drop(w);
+                    // An administrator may fix the ACL (or an `ACL LOAD` refused for a moment):
+                    // ask again later instead of polling for good.
+                    tokio::time::sleep(super::PERMISSION_RECHECK).await;
+                    continue;
                 }
                 Some(false) => {}
                 None => {} // could not ask (server down): the subscription attempt fails too
@@ -274,18 +300,26 @@ pub(super) async fn subscriber(
         match tokio::time::timeout(Duration::from_secs(2), connected).await {
             Ok(Ok(ps)) => {
                 backoff = Duration::from_millis(50);
-                next = next.wrapping_sub(1); // stay on a node that worked
+                failed = 0;
+                if refused {
+                    refused = false;
+                    stats.pubsub_refused.store(0, Ordering::Relaxed);
+                    Stats::inc(&stats.pubsub_restored);
+                    tracing::info!(
+                        "redis accepts this store's subscription again: waiters are woken"
+                    );
+                }
                 if cluster {
-                    for n in cluster_nodes(client).await {
-                        let addr = n.get_connection_info().addr.to_string();
-                        if !nodes
-                            .iter()
-                            .any(|k| k.get_connection_info().addr.to_string() == addr)
-                        {
-                            nodes.push(n);
-                        }
+                    // The list follows the cluster: forgotten and failed nodes leave it, so
+                    // a later failover does not try them first, one timeout each.
+                    let listed = cluster_nodes(client).await;
+                    if !listed.is_empty() {
+                        nodes = listed;
                     }
                 }
+                // Stay on the node that worked.
+                let here = addr_of(client);
+                next = nodes.iter().position(|n| addr_of(n) == here).unwrap_or(0);
                 // Anything published while we were down was missed: generation copies are
                 // marked stale first, then near tiers drop what they hold, then waiters
                 // re-check.
@@ -300,6 +334,10 @@ pub(super) async fn subscriber(
                 // has been handled then).
                 let mut next_beat = tokio::time::Instant::now() + w_beat(&wakeups);
                 let mut answered: Option<u64> = None;
+                let mut refresh = tokio::time::interval(NODES_REFRESH);
+                refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                refresh.tick().await;
+                let here = addr_of(client);
                 // When the dispatcher last found redis-rs's queue empty.
                 let mut drained = Instant::now();
                 loop {
@@ -328,6 +366,25 @@ pub(super) async fn subscriber(
                                     // The queue was empty until this message came.
                                     drained = Instant::now();
                                     m
+                                }
+                                _ = refresh.tick(), if cluster => {
+                                    // Ask another node (a forgotten node still lists itself):
+                                    // when the cluster no longer lists ours, or flags it failed,
+                                    // its subscription hears nothing: move.
+                                    let other = nodes.iter().find(|n| addr_of(n) != here).cloned();
+                                    let Some(other) = other else { continue };
+                                    let listed = cluster_nodes(&other).await;
+                                    if listed.is_empty() {
+                                        continue; // could not ask: keep what we know
+                                    }
+                                    let gone = !listed.iter().any(|n| addr_of(n) == here);
+                                    nodes = listed;
+                                    if gone {
+                                        tracing::warn!(node = %here, "the subscribed node left the cluster; resubscribing on another");
+                                        None
+                                    } else {
+                                        continue;
+                                    }
                                 }
                                 _ = tokio::time::sleep_until(next_beat) => {
                                     // A paused server or a silently dropped connection keeps
@@ -358,7 +415,11 @@ pub(super) async fn subscriber(
                     w.wake(channel);
                 }
                 if cluster {
-                    next = next.wrapping_add(1); // try another node first
+                    // Try another node first.
+                    next = nodes
+                        .iter()
+                        .position(|n| addr_of(n) == here)
+                        .map_or(0, |i| i + 1);
                 }
                 if let Some(w) = wakeups.upgrade() {
                     w.down();
@@ -366,6 +427,7 @@ pub(super) async fn subscriber(
                 }
             }
             _ => {
+                failed += 1;
                 w.down();
                 drop(w);
                 tokio::time::sleep(backoff).await;
@@ -392,8 +454,39 @@ async fn subscribe_refused(client: &redis::Client, pattern: &[u8]) -> Option<boo
         .flatten()
 }
 
-/// Every node `node` lists in `CLUSTER NODES`, as clients with `node`'s credentials and TLS
-/// settings (nothing when it cannot say within a second).
+/// The address a client connects to, for comparing nodes.
+fn addr_of(c: &redis::Client) -> String {
+    c.get_connection_info().addr.to_string()
+}
+
+/// The nodes of a `CLUSTER NODES` reply that can carry a subscription: every listed node with
+/// an address, except those flagged `fail` (the cluster agreed it is down), `noaddr` or
+/// `handshake` (not yet a member). A forgotten node is simply absent.
+fn live_nodes(text: &str) -> Vec<(String, u16)> {
+    text.lines()
+        .filter_map(|line| {
+            // `<id> <ip>:<port>@<cport>[,<hostname>] <flags> …`
+            let mut fields = line.split_whitespace();
+            let addr = fields.nth(1)?;
+            let flags = fields.next()?;
+            if flags
+                .split(',')
+                .any(|f| matches!(f, "fail" | "noaddr" | "handshake"))
+            {
+                return None;
+            }
+            let (host, port) = addr.split(['@', ',']).next()?.rsplit_once(':')?;
+            let port: u16 = port.parse().ok()?;
+            if host.is_empty() || port == 0 {
+                return None; // a node still joining has no address yet
+            }
+            Some((host.to_string(), port))
+        })
+        .collect()
+}
+
+/// Every live node `node` lists in `CLUSTER NODES` (see [`live_nodes`]), as clients with
+/// `node`'s credentials and TLS settings (nothing when it cannot say within a second).
 async fn cluster_nodes(node: &redis::Client) -> Vec<redis::Client> {
     let ask = async {
         let mut con = node.get_multiplexed_async_connection().await.ok()?;
@@ -407,24 +500,18 @@ async fn cluster_nodes(node: &redis::Client) -> Vec<redis::Client> {
         return Vec::new();
     };
     let base = node.get_connection_info();
-    text.lines()
-        .filter_map(|line| {
-            // `<id> <ip>:<port>@<cport>[,<hostname>] <flags> …`
-            let addr = line.split_whitespace().nth(1)?;
-            let (host, port) = addr.split(['@', ',']).next()?.rsplit_once(':')?;
-            let port: u16 = port.parse().ok()?;
-            if host.is_empty() {
-                return None; // a node still joining has no address yet
-            }
+    live_nodes(&text)
+        .into_iter()
+        .filter_map(|(host, port)| {
             let mut info = base.clone();
             info.addr = match &base.addr {
-                redis::ConnectionAddr::Tcp(..) => redis::ConnectionAddr::Tcp(host.into(), port),
+                redis::ConnectionAddr::Tcp(..) => redis::ConnectionAddr::Tcp(host, port),
                 redis::ConnectionAddr::TcpTls {
                     insecure,
                     tls_params,
                     ..
                 } => redis::ConnectionAddr::TcpTls {
-                    host: host.into(),
+                    host,
                     port,
                     insecure: *insecure,
                     tls_params: tls_params.clone(),
@@ -439,4 +526,44 @@ async fn cluster_nodes(node: &redis::Client) -> Vec<redis::Client> {
 /// The heartbeat period the store's near tiers asked for ([`HEARTBEAT`] once the store is gone).
 fn w_beat(wakeups: &Weak<Wakeups>) -> Duration {
     wakeups.upgrade().map_or(HEARTBEAT, |w| w.beat_period())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::live_nodes;
+
+    #[test]
+    fn the_node_list_follows_cluster_nodes() {
+        // Three masters, a replica, a failed master, a node mid-handshake, one without an
+        // address; a node forgotten by the cluster is not listed at all.
+        let reply = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+a2 127.0.0.1:7002@17002 master - 0 1 2 connected 5461-10922
+a3 127.0.0.1:7003@17003,host-3 master - 0 1 3 connected 10923-16383
+r1 127.0.0.1:7004@17004 slave a1 0 1 1 connected
+f1 127.0.0.1:7005@17005 master,fail - 0 1 4 disconnected
+h1 127.0.0.1:7006@17006 handshake - 0 0 0 disconnected
+n1 :0@0 master,noaddr - 0 0 0 disconnected
+";
+        let got = live_nodes(reply);
+        let want: Vec<(String, u16)> = [7001, 7002, 7003, 7004]
+            .iter()
+            .map(|p| ("127.0.0.1".to_string(), *p))
+            .collect();
+        assert_eq!(got, want);
+        // The next reply no longer lists 7002 (forgotten) and flags 7003 failed: both leave.
+        let reply = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-10922
+a3 127.0.0.1:7003@17003 master,fail - 0 1 3 disconnected
+r3 127.0.0.1:7008@17008 master - 0 1 5 connected 10923-16383
+";
+        let got = live_nodes(reply);
+        assert_eq!(
+            got,
+            vec![
+                ("127.0.0.1".to_string(), 7001),
+                ("127.0.0.1".to_string(), 7008)
+            ]
+        );
+    }
 }
