@@ -176,6 +176,60 @@ fn child() {
             page.invalidate(&"k".to_string()).expect("invalidate");
             support::report("invalidated", "");
         }
+        // Computes under a short maximum hold; the parent stops it (SIGSTOP) mid-computation.
+        "stoppable" => {
+            let page = memoize_stampede(&store, TTL)
+                .name("stopped")
+                .lease_bounds(Duration::from_millis(50), Duration::from_millis(300))
+                .build_blocking_infallible(|_k: &String| {
+                    support::report("computing", std::process::id());
+                    std::thread::sleep(Duration::from_millis(500));
+                    "from the stopped process".to_string()
+                })
+                .expect("memoize");
+            let v = page.get(&"k".to_string()).expect("get");
+            let fenced = store
+                .stats()
+                .fenced_writes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            support::report("got", format!("{v}|fenced {fenced}"));
+        }
+        "stop-waiter" | "stop-reader" => {
+            let page = memoize_stampede(&store, TTL)
+                .name("stopped")
+                .lease_bounds(Duration::from_millis(50), Duration::from_millis(300))
+                .build_blocking_infallible(|_k: &String| "from the waiter".to_string())
+                .expect("memoize");
+            let v = page.get(&"k".to_string()).expect("get");
+            support::report("got", v);
+        }
+        // A full disk: writes past RLIMIT_FSIZE fail (EFBIG); calls must still answer.
+        "fsize" => {
+            // SAFETY: plain libc calls; SIGXFSZ ignored so that the write fails instead of
+            // killing the process.
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let mut lim: libc::rlimit = std::mem::zeroed();
+                assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim), 0);
+                let len = std::fs::metadata(dir.join("data.mdb"))
+                    .expect("data.mdb")
+                    .len();
+                lim.rlim_cur = len + (256 << 10);
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+            }
+            let page = memoize_stampede(&store, TTL)
+                .name("full")
+                .build_blocking_infallible(|k: &u64| Blob::new(*k, 16 << 10))
+                .expect("memoize");
+            for k in 0..200u64 {
+                assert!(page.get(&k).expect("fail-open: an answer").intact(k));
+            }
+            let errors = store
+                .stats()
+                .write_errors
+                .load(std::sync::atomic::Ordering::Relaxed);
+            support::report("full", errors);
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -308,5 +362,47 @@ fn invalidate_in_one_process_then_a_call_in_another_gets_the_new_value() {
         "new",
         "never the old value after the invalidation"
     );
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
+
+/// A holder that hangs rather than dies (SIGSTOP): past its maximum hold another process
+/// takes the key over and computes; the stopped holder's late write is fenced, so every later
+/// reader gets the taker's value.
+#[test]
+fn a_stopped_holder_is_taken_over_and_its_late_write_is_fenced() {
+    let dir = fresh_dir("sigstop").join("store");
+    let mut holder = spawn("stoppable", &dir, &[]);
+    holder.wait_report("computing", BOUND);
+    holder.signal("STOP");
+    let mut waiter = spawn("stop-waiter", &dir, &[]);
+    assert_eq!(waiter.wait_report("got", BOUND), "from the waiter");
+    holder.signal("CONT");
+    assert_eq!(
+        holder.wait_report("got", BOUND),
+        "from the stopped process|fenced 1",
+        "the holder's own caller gets its value; the write is fenced"
+    );
+    let mut reader = spawn("stop-reader", &dir, &[]);
+    assert_eq!(reader.wait_report("got", BOUND), "from the waiter");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
+
+/// A full disk (writes past `RLIMIT_FSIZE` fail): calls compute without storing, the failures
+/// are counted, and the file still opens afterwards with every value intact or absent.
+#[test]
+fn a_full_disk_fails_open_and_the_file_still_opens() {
+    let dir = fresh_dir("full").join("store");
+    drop(DiskStore::open(&dir).expect("create"));
+    let mut child = spawn("fsize", &dir, &[]);
+    let errors: u64 = child.wait_report("full", BOUND).parse().expect("count");
+    assert!(errors > 0, "write failures are counted");
+    child.expect_success(BOUND);
+    let store = DiskStore::open(&dir).expect("the file opens after the failed writes");
+    let ns = Store::<u64, Blob>::namespace(&store, "full");
+    for k in 0..200u64 {
+        if let herdless::store::Lookup::Found(e) = Store::<u64, Blob>::get_now(&store, &ns, &k) {
+            assert!(e.value.intact(k), "key {k} torn");
+        }
+    }
     let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
 }
