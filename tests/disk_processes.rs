@@ -230,6 +230,23 @@ fn child() {
                 .load(std::sync::atomic::Ordering::Relaxed);
             support::report("full", errors);
         }
+        // One cache operation on key "a" (or the whole function) of `xops`.
+        "xop" => {
+            let page = memoize_stampede(&store, TTL)
+                .name("xops")
+                .build_blocking_infallible(|k: &String| format!("child {k}"))
+                .expect("memoize");
+            let a = "a".to_string();
+            match env.var("OP").as_str() {
+                "insert" => page
+                    .insert(&a, "inserted by child".to_string())
+                    .expect("insert"),
+                "refresh" => assert_eq!(page.refresh(&a).expect("refresh"), "child a"),
+                "invalidate_all" => page.invalidate_all().expect("invalidate_all"),
+                other => panic!("unknown op {other}"),
+            }
+            support::report("op", "");
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -404,5 +421,45 @@ fn a_full_disk_fails_open_and_the_file_still_opens() {
             assert!(e.value.intact(k), "key {k} torn");
         }
     }
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
+
+/// `insert`, `refresh` and `invalidate_all` in one process are seen by the next call in
+/// another (one file: no message to lose).
+#[test]
+fn insert_refresh_and_invalidate_all_in_one_process_are_seen_by_another() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = fresh_dir("xops").join("store");
+    let store = DiskStore::open(&dir).expect("open");
+    let runs = std::sync::Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let page = memoize_stampede(&store, TTL)
+        .name("xops")
+        .build_blocking_infallible(move |k: &String| {
+            format!("parent {k} #{}", r.fetch_add(1, Ordering::SeqCst))
+        })
+        .expect("memoize");
+    let (a, b) = ("a".to_string(), "b".to_string());
+    assert_eq!(page.get(&a).unwrap(), "parent a #0");
+    assert_eq!(page.get(&b).unwrap(), "parent b #1");
+    let op = |name: &str| {
+        let mut c = spawn("xop", &dir, &[("OP", name.to_string())]);
+        c.wait_report("op", BOUND);
+        c.expect_success(BOUND);
+    };
+    op("insert");
+    assert_eq!(page.peek(&a).as_deref(), Some("inserted by child"));
+    assert_eq!(page.get(&a).unwrap(), "inserted by child");
+    op("refresh");
+    assert_eq!(page.get(&a).unwrap(), "child a");
+    op("invalidate_all");
+    assert_eq!(page.peek(&a), None);
+    assert_eq!(page.peek(&b), None);
+    assert_eq!(page.get(&b).unwrap(), "parent b #2");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "the parent computed only what it had to"
+    );
     let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
 }
