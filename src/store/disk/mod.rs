@@ -3,7 +3,7 @@
 //!
 //! - **Reads** are one LMDB read transaction: no lock, no write, no system call; the record is
 //!   read in place from the shared memory map. A hit answers on the caller's stack
-//!   ([`Store::get_now`]).
+//!   ([`Store::get_now`](crate::store::Store::get_now)).
 //! - **Writes** are one write transaction that checks the record's version against the
 //!   writer's permit (fencing), culls if the file is over its limits, and commits.
 //! - **One computation per key across processes**: an open-file-description byte-range lock
