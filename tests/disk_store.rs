@@ -279,3 +279,67 @@ fn stale_if_error_keeps_the_record_through_its_grace_under_culling() {
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A background refresher holds its key with a lease of its own: a hard miss in another
+/// process waits for it instead of taking over on the lapsed lease of an earlier holder.
+#[test]
+fn a_refresher_is_not_taken_over_on_an_earlier_holders_lapsed_lease() {
+    use herdless::store::{LockOutcome, RefreshOutcome};
+    use herdless::Clock;
+    let dir = fresh_dir("refresh-lease");
+    let (a, b) = (
+        DiskStore::open(&dir).unwrap(),
+        DiskStore::open(&dir).unwrap(),
+    );
+    let ns = Store::<u64, String>::namespace(&a, "f");
+    let now = || herdless::SystemClock::new().now();
+    let short = Duration::from_millis(10);
+    // An earlier holder with a short maximum hold, released at once.
+    match futures::executor::block_on(Store::<u64, String>::lock_or_get(
+        &a,
+        &ns,
+        &1,
+        short,
+        short,
+        now(),
+    ))
+    .unwrap()
+    {
+        LockOutcome::Acquired(p) => drop(p),
+        _ => panic!("a fresh key is acquired"),
+    }
+    std::thread::sleep(3 * short); // its deadline has passed
+    let long = Duration::from_secs(60);
+    let refresher = match futures::executor::block_on(Store::<u64, String>::try_lock_refresh(
+        &a,
+        &ns,
+        &1,
+        0,
+        long,
+        long,
+        now(),
+    ))
+    .unwrap()
+    {
+        RefreshOutcome::Acquired(p) => p,
+        _ => panic!("nobody holds the key"),
+    };
+    assert!(
+        matches!(
+            futures::executor::block_on(Store::<u64, String>::lock_or_get(
+                &b,
+                &ns,
+                &1,
+                long,
+                long,
+                now()
+            ))
+            .unwrap(),
+            LockOutcome::Busy
+        ),
+        "the other process waits for the refresher"
+    );
+    drop(refresher);
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}

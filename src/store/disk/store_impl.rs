@@ -532,7 +532,7 @@ where
         key: &K,
         seen_expires_at: u64,
         _lease: Duration,
-        _max_hold: Duration,
+        max_hold: Duration,
         now: u64,
     ) -> Result<RefreshOutcome<DiskPermit>, StoreError> {
         let k = self.key(ns, key);
@@ -546,7 +546,14 @@ where
         }
         let byte = locks::lock_byte(&k);
         match self.inner.locks.try_acquire(byte) {
-            Ok(true) => Ok(RefreshOutcome::Acquired(self.permit(Some(byte), &seen))),
+            Ok(true) => {
+                // A refresher holds the key like a computing leader: without its own lease a
+                // waiter would read a previous holder's lapsed one and take over from it.
+                self.inner
+                    .locks
+                    .set_lease(byte, wall_now().saturating_add(nanos(max_hold)));
+                Ok(RefreshOutcome::Acquired(self.permit(Some(byte), &seen)))
+            }
             Ok(false) => Ok(RefreshOutcome::Skip),
             Err(e) => Err(StoreError::new(
                 StoreErrorKind::Other,
