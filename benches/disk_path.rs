@@ -87,7 +87,7 @@ fn disk_path(c: &mut Criterion) {
     let db: heed::Database<heed::types::Bytes, heed::types::Bytes> =
         env.create_database(&mut wtxn, Some("records")).unwrap();
     let rk = [7u8; 24];
-    db.put(&mut wtxn, &rk, &vec![b'x'; 1024 + 31]).unwrap();
+    db.put(&mut wtxn, &rk, &vec![b'x'; 36 + 3 + 1024]).unwrap(); // header + msgpack str
     wtxn.commit().unwrap();
     g.bench_function("heed_raw_get", |b| {
         b.iter(|| {

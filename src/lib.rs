@@ -110,7 +110,7 @@
 //! | `macros` | yes | the `#[herdless::memoized(ttl_secs = 60, …)]` attribute (crate `herdless-macros`) |
 //! | `cluster` | yes | `RedisStore::cluster` / `cluster_builder` (redis-rs `cluster-async`) |
 //! | `metrics` | no | exports every counter through the `metrics` crate |
-//! | `disk` | no | `store::DiskStore`: one LMDB file shared by the processes of one machine, no server (heed, Linux) |
+//! | `disk` | yes | `store::DiskStore`: one LMDB file shared by the processes of one machine, no server (heed, Linux) |
 //!
 //! `cargo build --no-default-features` builds the in-memory crate without any Redis dependency.
 //!

@@ -176,6 +176,77 @@ fn child() {
             page.invalidate(&"k".to_string()).expect("invalidate");
             support::report("invalidated", "");
         }
+        // Computes under a short maximum hold; the parent stops it (SIGSTOP) mid-computation.
+        "stoppable" => {
+            let page = memoize_stampede(&store, TTL)
+                .name("stopped")
+                .lease_bounds(Duration::from_millis(50), Duration::from_millis(300))
+                .build_blocking_infallible(|_k: &String| {
+                    support::report("computing", std::process::id());
+                    std::thread::sleep(Duration::from_millis(500));
+                    "from the stopped process".to_string()
+                })
+                .expect("memoize");
+            let v = page.get(&"k".to_string()).expect("get");
+            let fenced = store
+                .stats()
+                .fenced_writes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            support::report("got", format!("{v}|fenced {fenced}"));
+        }
+        "stop-waiter" | "stop-reader" => {
+            let page = memoize_stampede(&store, TTL)
+                .name("stopped")
+                .lease_bounds(Duration::from_millis(50), Duration::from_millis(300))
+                .build_blocking_infallible(|_k: &String| "from the waiter".to_string())
+                .expect("memoize");
+            let v = page.get(&"k".to_string()).expect("get");
+            support::report("got", v);
+        }
+        // A full disk: writes past RLIMIT_FSIZE fail (EFBIG); calls must still answer.
+        "fsize" => {
+            // SAFETY: plain libc calls; SIGXFSZ ignored so that the write fails instead of
+            // killing the process.
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let mut lim: libc::rlimit = std::mem::zeroed();
+                assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim), 0);
+                let len = std::fs::metadata(dir.join("data.mdb"))
+                    .expect("data.mdb")
+                    .len();
+                lim.rlim_cur = len + (256 << 10);
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+            }
+            let page = memoize_stampede(&store, TTL)
+                .name("full")
+                .build_blocking_infallible(|k: &u64| Blob::new(*k, 16 << 10))
+                .expect("memoize");
+            for k in 0..200u64 {
+                assert!(page.get(&k).expect("fail-open: an answer").intact(k));
+            }
+            let errors = store
+                .stats()
+                .write_errors
+                .load(std::sync::atomic::Ordering::Relaxed);
+            support::report("full", errors);
+        }
+        // One cache operation on key "a" (or the whole function) of `xops`.
+        "xop" => {
+            let page = memoize_stampede(&store, TTL)
+                .name("xops")
+                .build_blocking_infallible(|k: &String| format!("child {k}"))
+                .expect("memoize");
+            let a = "a".to_string();
+            match env.var("OP").as_str() {
+                "insert" => page
+                    .insert(&a, "inserted by child".to_string())
+                    .expect("insert"),
+                "refresh" => assert_eq!(page.refresh(&a).expect("refresh"), "child a"),
+                "invalidate_all" => page.invalidate_all().expect("invalidate_all"),
+                other => panic!("unknown op {other}"),
+            }
+            support::report("op", "");
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -307,6 +378,88 @@ fn invalidate_in_one_process_then_a_call_in_another_gets_the_new_value() {
         page.get(&k).unwrap(),
         "new",
         "never the old value after the invalidation"
+    );
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
+
+/// A holder that hangs rather than dies (SIGSTOP): past its maximum hold another process
+/// takes the key over and computes; the stopped holder's late write is fenced, so every later
+/// reader gets the taker's value.
+#[test]
+fn a_stopped_holder_is_taken_over_and_its_late_write_is_fenced() {
+    let dir = fresh_dir("sigstop").join("store");
+    let mut holder = spawn("stoppable", &dir, &[]);
+    holder.wait_report("computing", BOUND);
+    holder.signal("STOP");
+    let mut waiter = spawn("stop-waiter", &dir, &[]);
+    assert_eq!(waiter.wait_report("got", BOUND), "from the waiter");
+    holder.signal("CONT");
+    assert_eq!(
+        holder.wait_report("got", BOUND),
+        "from the stopped process|fenced 1",
+        "the holder's own caller gets its value; the write is fenced"
+    );
+    let mut reader = spawn("stop-reader", &dir, &[]);
+    assert_eq!(reader.wait_report("got", BOUND), "from the waiter");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
+
+/// A full disk (writes past `RLIMIT_FSIZE` fail): calls compute without storing, the failures
+/// are counted, and the file still opens afterwards with every value intact or absent.
+#[test]
+fn a_full_disk_fails_open_and_the_file_still_opens() {
+    let dir = fresh_dir("full").join("store");
+    drop(DiskStore::open(&dir).expect("create"));
+    let mut child = spawn("fsize", &dir, &[]);
+    let errors: u64 = child.wait_report("full", BOUND).parse().expect("count");
+    assert!(errors > 0, "write failures are counted");
+    child.expect_success(BOUND);
+    let store = DiskStore::open(&dir).expect("the file opens after the failed writes");
+    let ns = Store::<u64, Blob>::namespace(&store, "full");
+    for k in 0..200u64 {
+        if let herdless::store::Lookup::Found(e) = Store::<u64, Blob>::get_now(&store, &ns, &k) {
+            assert!(e.value.intact(k), "key {k} torn");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
+
+/// `insert`, `refresh` and `invalidate_all` in one process are seen by the next call in
+/// another (one file: no message to lose).
+#[test]
+fn insert_refresh_and_invalidate_all_in_one_process_are_seen_by_another() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = fresh_dir("xops").join("store");
+    let store = DiskStore::open(&dir).expect("open");
+    let runs = std::sync::Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let page = memoize_stampede(&store, TTL)
+        .name("xops")
+        .build_blocking_infallible(move |k: &String| {
+            format!("parent {k} #{}", r.fetch_add(1, Ordering::SeqCst))
+        })
+        .expect("memoize");
+    let (a, b) = ("a".to_string(), "b".to_string());
+    assert_eq!(page.get(&a).unwrap(), "parent a #0");
+    assert_eq!(page.get(&b).unwrap(), "parent b #1");
+    let op = |name: &str| {
+        let mut c = spawn("xop", &dir, &[("OP", name.to_string())]);
+        c.wait_report("op", BOUND);
+        c.expect_success(BOUND);
+    };
+    op("insert");
+    assert_eq!(page.peek(&a).as_deref(), Some("inserted by child"));
+    assert_eq!(page.get(&a).unwrap(), "inserted by child");
+    op("refresh");
+    assert_eq!(page.get(&a).unwrap(), "child a");
+    op("invalidate_all");
+    assert_eq!(page.peek(&a), None);
+    assert_eq!(page.peek(&b), None);
+    assert_eq!(page.get(&b).unwrap(), "parent b #2");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "the parent computed only what it had to"
     );
     let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
 }

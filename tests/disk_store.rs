@@ -211,3 +211,135 @@ fn invalid_settings_name_the_field() {
     assert!(e.to_string().contains("max_entries"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `stale_if_error` on disk: a record outlives its logical expiry by the function's grace,
+/// even under culling (which removes expired records first); reads report the logical expiry,
+/// and a fresh engine (a restarted process) serves the record when the recomputation fails. A
+/// function without the grace loses its expired record to the same culling.
+#[test]
+fn stale_if_error_keeps_the_record_through_its_grace_under_culling() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let dir = fresh_dir("grace");
+    let s = DiskStore::builder(&dir).max_entries(64).build().unwrap();
+    let down = Arc::new(AtomicBool::new(false));
+    let ttl = Duration::from_millis(200);
+    let build = |name: &str, grace: Option<Duration>| {
+        let d = down.clone();
+        let b = memoize_stampede(&s, ttl).name(name).beta(0.0);
+        let b = match grace {
+            Some(g) => b.stale_if_error(g),
+            None => b,
+        };
+        b.build_blocking(move |k: &u64| {
+            if d.load(Ordering::SeqCst) {
+                Err("db down".to_string())
+            } else {
+                Ok(k * 10)
+            }
+        })
+        .unwrap()
+    };
+    let graced = build("graced", Some(Duration::from_secs(600)));
+    let plain = build("plain", None);
+    assert_eq!(graced.get(&1).unwrap(), 10);
+    assert_eq!(plain.get(&1).unwrap(), 10);
+    // A fresh engine later on: the value can only come from the file.
+    drop((graced, plain));
+    std::thread::sleep(ttl + Duration::from_millis(100)); // both logically expired
+                                                          // Churn over `max_entries`: every write culls a sample of 64, which covers the whole file.
+    for k in 0..2_000u64 {
+        set(&s, "churn", k, k, Duration::from_millis(1));
+    }
+    assert!(s.stats().culls.load(Ordering::Relaxed) > 1_000);
+    let now = {
+        use herdless::Clock;
+        herdless::SystemClock::new().now()
+    };
+    let ns = |name| Store::<u64, u64>::namespace(&s, name);
+    let read = |name| futures::executor::block_on(Store::<u64, u64>::get(&s, &ns(name), &1, now));
+    let kept = read("graced").unwrap().expect("kept through the grace");
+    assert_eq!(kept.value, 10);
+    assert!(kept.expires_at <= now, "reported with its logical expiry");
+    assert!(
+        read("plain").unwrap().is_none(),
+        "without the grace the expired record is culled"
+    );
+    down.store(true, Ordering::SeqCst);
+    let graced = build("graced", Some(Duration::from_secs(600)));
+    assert_eq!(
+        graced.get(&1).unwrap(),
+        10,
+        "the stale value, not the error"
+    );
+    assert_eq!(graced.stats().stale_served_on_error, 1);
+    let plain = build("plain", None);
+    assert!(plain.get(&1).is_err(), "no grace: the error");
+    drop((graced, plain));
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A background refresher holds its key with a lease of its own: a hard miss in another
+/// process waits for it instead of taking over on the lapsed lease of an earlier holder.
+#[test]
+fn a_refresher_is_not_taken_over_on_an_earlier_holders_lapsed_lease() {
+    use herdless::store::{LockOutcome, RefreshOutcome};
+    use herdless::Clock;
+    let dir = fresh_dir("refresh-lease");
+    let (a, b) = (
+        DiskStore::open(&dir).unwrap(),
+        DiskStore::open(&dir).unwrap(),
+    );
+    let ns = Store::<u64, String>::namespace(&a, "f");
+    let now = || herdless::SystemClock::new().now();
+    let short = Duration::from_millis(10);
+    // An earlier holder with a short maximum hold, released at once.
+    match futures::executor::block_on(Store::<u64, String>::lock_or_get(
+        &a,
+        &ns,
+        &1,
+        short,
+        short,
+        now(),
+    ))
+    .unwrap()
+    {
+        LockOutcome::Acquired(p) => drop(p),
+        _ => panic!("a fresh key is acquired"),
+    }
+    std::thread::sleep(3 * short); // its deadline has passed
+    let long = Duration::from_secs(60);
+    let refresher = match futures::executor::block_on(Store::<u64, String>::try_lock_refresh(
+        &a,
+        &ns,
+        &1,
+        0,
+        long,
+        long,
+        now(),
+    ))
+    .unwrap()
+    {
+        RefreshOutcome::Acquired(p) => p,
+        _ => panic!("nobody holds the key"),
+    };
+    assert!(
+        matches!(
+            futures::executor::block_on(Store::<u64, String>::lock_or_get(
+                &b,
+                &ns,
+                &1,
+                long,
+                long,
+                now()
+            ))
+            .unwrap(),
+            LockOutcome::Busy
+        ),
+        "the other process waits for the refresher"
+    );
+    drop(refresher);
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,7 +4,8 @@
 //! Policy: when a write would pass a limit (bytes, or entries if set), the writer samples up to
 //! [`SAMPLE`] records from a cursor that walks the key space round-robin (keys are hashes, so
 //! the walk is a random sample) and deletes, in this order, records that are expired (values
-//! and tombstones) or not ours, then the sampled live records that expire soonest, until the
+//! past their `stale_if_error` grace, and tombstones) or not ours, then the sampled live
+//! records that expire soonest (grace included), until the
 //! write fits. At most [`ROUNDS`] samples per write: culling is bounded work in the write
 //! transaction, never a scan of the file.
 //!
@@ -130,7 +131,8 @@ pub(super) fn make_room(
         let mut entries = entries;
         for (key, len, h) in sample {
             match h {
-                Some(h) if h.expiry > wall_now => live.push((key, len, h.version, h.expiry)),
+                // Expired past its grace (`keep`): a value within it may still be served on error.
+                Some(h) if h.keep > wall_now => live.push((key, len, h.version, h.keep)),
                 _ => {
                     delete(txn, db, m, &key, len, h.map_or(0, |h| h.version))?;
                     out.culls += 1;

@@ -100,6 +100,9 @@ impl Locks {
     pub(super) fn release(&self, byte: u64) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.get(&byte) == Some(&Slot::Held) {
+            // No lease while nobody holds the byte: a holder that sets none (a barrier) must
+            // not look lapsed because of this one's deadline.
+            self.set_lease(byte, 0);
             let _ = ofd::unlock(&self.file, byte);
             slots.remove(&byte);
         }

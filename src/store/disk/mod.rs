@@ -3,7 +3,7 @@
 //!
 //! - **Reads** are one LMDB read transaction: no lock, no write, no system call; the record is
 //!   read in place from the shared memory map. A hit answers on the caller's stack
-//!   ([`Store::get_now`]).
+//!   ([`Store::get_now`](crate::store::Store::get_now)).
 //! - **Writes** are one write transaction that checks the record's version against the
 //!   writer's permit (fencing), culls if the file is over its limits, and commits.
 //! - **One computation per key across processes**: an open-file-description byte-range lock
@@ -20,6 +20,14 @@
 //!   leaves the last committed state; stale reader slots of dead processes are cleared at open.
 //!   By default commits are not fsynced (a cache: a power cut may lose the last writes, never
 //!   the file's integrity); [`DiskStoreBuilder::durable`] fsyncs each commit.
+//!
+//! - **Grace**: a function's [`stale_if_error`](crate::Builder::stale_if_error) grace is
+//!   written into each of its records: culling keeps a record that long past its expiry, reads
+//!   still report the logical expiry, so the engine can serve it when a recomputation fails.
+//! - **A stopped process**: a holder stopped (SIGSTOP, a debugger) while computing is taken
+//!   over past its maximum hold ([`lease_bounds`](crate::Builder::lease_bounds)), fenced. One
+//!   stopped inside a write transaction holds LMDB's single writer lock: writes of the other
+//!   processes wait until it continues; reads go on.
 //!
 //! Platforms: Linux only (OFD locks). Elsewhere [`DiskStoreBuilder::build`] returns
 //! [`DiskError`] naming the platform; nothing is written.
@@ -309,7 +317,7 @@ impl DiskStoreBuilder {
 /// How every "not ours / corrupt" cause starts (what `rebuild_if_corrupt` acts on).
 const FOREIGN: &str = "not a herdless disk store or corrupt";
 /// The format marker in the meta database.
-const FORMAT: &[u8] = b"herdless-disk-1";
+const FORMAT: &[u8] = b"herdless-disk-2";
 
 /// Creates the databases of a new file, or checks those of an existing one.
 fn init(env: &Env) -> Result<(Db, Db, HashKey), String> {

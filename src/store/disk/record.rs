@@ -2,7 +2,9 @@
 //!
 //! A record is a fixed header then the value:
 //! `MAGIC (4) | version u64 | expiry u64 (wall clock, ns since the Unix epoch) | delta_us u64 |
-//! MessagePack(value)`. A tombstone (left by an invalidation, so that its version is never
+//! keep u64 | MessagePack(value)`. `expiry` is the logical expiry (what reads report); `keep` is
+//! when culling may treat the record as expired: the expiry plus the function's
+//! `stale_if_error` grace, so that a value stays available to serve on error after it expired. A tombstone (left by an invalidation, so that its version is never
 //! undone) has the flag bit of the expiry set and no value. Bytes read back are untrusted:
 //! anything shorter than the header, with another magic, or whose value does not decode is a
 //! miss, counted, never a panic.
@@ -18,10 +20,10 @@ use siphasher::sip::SipHasher13 as Sip64;
 use siphasher::sip128::{Hasher128, SipHasher13 as Sip128};
 use std::hash::{Hash, Hasher};
 
-/// Opens every record herdless writes (format 1).
-pub(super) const MAGIC: [u8; 4] = *b"HLD\x01";
+/// Opens every record herdless writes (format 2: with `keep`).
+pub(super) const MAGIC: [u8; 4] = *b"HLD\x02";
 /// Bytes before the value.
-pub(super) const HEADER: usize = 4 + 8 + 8 + 8;
+pub(super) const HEADER: usize = 4 + 8 + 8 + 8 + 8;
 /// The tombstone flag in the expiry field (no real expiry reaches 2^63 ns, year 2262).
 const TOMBSTONE: u64 = 1 << 63;
 
@@ -64,6 +66,8 @@ pub(super) struct Header {
     /// Wall-clock expiry in ns since the epoch (without the tombstone flag).
     pub(super) expiry: u64,
     pub(super) delta_us: u64,
+    /// Wall-clock ns until which culling keeps the record (`expiry` + the grace).
+    pub(super) keep: u64,
     pub(super) tombstone: bool,
 }
 
@@ -78,6 +82,7 @@ pub(super) fn header(bytes: &[u8]) -> Option<Header> {
         version: word(4),
         expiry: raw & !TOMBSTONE,
         delta_us: word(20),
+        keep: word(28),
         tombstone: raw & TOMBSTONE != 0,
     })
 }
@@ -89,6 +94,7 @@ pub(super) fn write_header(out: &mut Vec<u8>, h: Header) {
     let expiry = (h.expiry & !TOMBSTONE) | if h.tombstone { TOMBSTONE } else { 0 };
     out.extend_from_slice(&expiry.to_le_bytes());
     out.extend_from_slice(&h.delta_us.to_le_bytes());
+    out.extend_from_slice(&h.keep.max(h.expiry).to_le_bytes());
 }
 
 /// Sets the version of an encoded record in place (it is known only inside the write txn).
@@ -106,6 +112,7 @@ mod tests {
             version: 7,
             expiry: 123,
             delta_us: 9,
+            keep: 456,
             tombstone: true,
         };
         let mut out = Vec::new();

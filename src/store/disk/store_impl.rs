@@ -272,11 +272,12 @@ impl DiskStore {
 
     fn encode<V: Serialize>(
         &self,
-        name: &str,
+        ns: &Namespace,
         entry: &Entry<V>,
         ttl: Duration,
         wall: u64,
     ) -> Result<Vec<u8>, StoreError> {
+        let name = ns.name();
         // The engine's expiry, translated to the wall clock; if it is not on the system clock's
         // timeline (a manual clock), the TTL from now instead.
         let by_ttl = wall.saturating_add(ttl.as_nanos().min(u64::MAX as u128) as u64);
@@ -294,6 +295,8 @@ impl DiskStore {
                 version: 0,
                 expiry,
                 delta_us: entry.delta_us,
+                // Kept past its expiry by the grace (reads still report `expiry`).
+                keep: expiry.saturating_add(nanos(ns.grace())),
                 tombstone: false,
             },
         );
@@ -352,6 +355,7 @@ impl DiskStore {
                         version: 0,
                         expiry: wall + nanos(TOMBSTONE_TTL),
                         delta_us: 0,
+                        keep: 0,
                         tombstone: true,
                     },
                 );
@@ -459,7 +463,7 @@ where
     ) -> Result<Written, StoreError> {
         let k = self.key(ns, key);
         // An unencodable or oversized value: the permit's drop releases the lock.
-        let record = self.encode(ns.name(), &entry, ttl, wall_now())?;
+        let record = self.encode(ns, &entry, ttl, wall_now())?;
         let permit = lock.as_ref().map(|p| (p.version, p.seq));
         let out = self.write(&k, record, permit);
         drop(lock); // after the commit: waiters woken now find the value
@@ -528,7 +532,7 @@ where
         key: &K,
         seen_expires_at: u64,
         _lease: Duration,
-        _max_hold: Duration,
+        max_hold: Duration,
         now: u64,
     ) -> Result<RefreshOutcome<DiskPermit>, StoreError> {
         let k = self.key(ns, key);
@@ -542,7 +546,14 @@ where
         }
         let byte = locks::lock_byte(&k);
         match self.inner.locks.try_acquire(byte) {
-            Ok(true) => Ok(RefreshOutcome::Acquired(self.permit(Some(byte), &seen))),
+            Ok(true) => {
+                // A refresher holds the key like a computing leader: without its own lease a
+                // waiter would read a previous holder's lapsed one and take over from it.
+                self.inner
+                    .locks
+                    .set_lease(byte, wall_now().saturating_add(nanos(max_hold)));
+                Ok(RefreshOutcome::Acquired(self.permit(Some(byte), &seen)))
+            }
             Ok(false) => Ok(RefreshOutcome::Skip),
             Err(e) => Err(StoreError::new(
                 StoreErrorKind::Other,
@@ -571,6 +582,7 @@ where
                 version: 0,
                 expiry: wall + TOMBSTONE_TTL.as_nanos() as u64,
                 delta_us: 0,
+                keep: 0,
                 tombstone: true,
             },
         );
