@@ -72,7 +72,9 @@ fn parse_args() -> Args {
             println!("{HELP}");
             std::process::exit(0);
         }
-        let value = it.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
+        let value = it
+            .next()
+            .unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         let num = |v: &str| -> u64 {
             v.parse()
                 .unwrap_or_else(|_| fail(&format!("{flag}: not a number: {v}")))
@@ -221,7 +223,9 @@ fn main() {
         jobs.push(rt.spawn(async move {
             let mut n = i as u64;
             while !stop.load(Ordering::Relaxed) {
-                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 // Half the calls read the landing page, half a key of the sliding window.
                 let key = if n >> 63 == 0 {
                     "landing".to_string()
@@ -261,7 +265,16 @@ fn main() {
     );
     println!(
         "{:>6} {:>9} {:>5} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6} {:>8}",
-        "t(s)", "RSS(MiB)", "fds", "sockets", "clients", "tasks", "calls", "computes", "errors", "restarts"
+        "t(s)",
+        "RSS(MiB)",
+        "fds",
+        "sockets",
+        "clients",
+        "tasks",
+        "calls",
+        "computes",
+        "errors",
+        "restarts"
     );
     let mut rows: Vec<Row> = Vec::new();
     let (mut last_calls, mut last_comp, mut last_err) = (0, 0, 0);
@@ -331,7 +344,10 @@ fn main() {
     );
     let failures = check(&rows, args.growth_pct);
     if failures.is_empty() {
-        println!("soak: OK (no resource grew past the first third's max by more than {}%, no errors)", args.growth_pct);
+        println!(
+            "soak: OK (no resource grew past the first third's max by more than {}%, no errors)",
+            args.growth_pct
+        );
     } else {
         for f in &failures {
             eprintln!("soak: FAIL: {f}");

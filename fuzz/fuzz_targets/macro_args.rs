@@ -24,7 +24,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(args) = syn::parse_str::<args::Args>(attr) else {
         return;
     };
-    let item = syn::parse_str::<syn::ItemFn>(item)
-        .unwrap_or_else(|_| syn::parse_quote!(fn f(n: u64) -> u64 { n }));
+    let item = syn::parse_str::<syn::ItemFn>(item).unwrap_or_else(|_| {
+        syn::parse_quote!(
+            fn f(n: u64) -> u64 {
+                n
+            }
+        )
+    });
     let _ = expand::expand(args, item);
 });
