@@ -284,13 +284,6 @@ fn main() {
     while start.elapsed().as_secs() < args.secs {
         std::thread::sleep(Duration::from_millis(200));
         let now = start.elapsed().as_secs();
-        if args.restart_every > 0 && now >= next_restart {
-            next_restart += args.restart_every;
-            server.kill();
-            std::thread::sleep(Duration::from_millis(500));
-            server.restart();
-            restarts += 1;
-        }
         if now >= next_row {
             next_row += args.every;
             let (fds, sockets) = fds();
@@ -327,6 +320,14 @@ fn main() {
             );
             rows.push(row);
         }
+        // After the row: a row taken in the same tick sees the steady state, not the restart.
+        if args.restart_every > 0 && now >= next_restart {
+            next_restart += args.restart_every;
+            server.kill();
+            std::thread::sleep(Duration::from_millis(500));
+            server.restart();
+            restarts += 1;
+        }
     }
     stop.store(true, Ordering::Relaxed);
     rt.block_on(async {
@@ -356,6 +357,9 @@ fn main() {
     }
 }
 
+/// A watched column: its name, how to read it from a row, and its absolute slack.
+type Metric = (&'static str, fn(&Row) -> u64, u64);
+
 /// The growth check (see the module docs); returns what failed.
 fn check(rows: &[Row], growth_pct: f64) -> Vec<String> {
     let rows = rows.get(1..).unwrap_or_default();
@@ -367,7 +371,7 @@ fn check(rows: &[Row], growth_pct: f64) -> Vec<String> {
     }
     let third = rows.len() / 3;
     let (first, last) = (&rows[..third], &rows[rows.len() - third..]);
-    let metrics: [(&str, fn(&Row) -> u64, u64); 5] = [
+    let metrics: [Metric; 5] = [
         ("RSS (KiB)", |r| r.rss_kib, 8 * 1024),
         ("open fds", |r| r.fds, 8),
         ("sockets", |r| r.sockets, 8),
@@ -390,4 +394,43 @@ fn check(rows: &[Row], growth_pct: f64) -> Vec<String> {
         failures.push(format!("{errors} errors returned to callers"));
     }
     failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(rss: impl Fn(u64) -> u64) -> Vec<Row> {
+        (0..12)
+            .map(|i| Row {
+                t: i,
+                rss_kib: rss(i),
+                fds: 14,
+                sockets: 5,
+                clients: 2,
+                tasks: 40,
+                ..Row::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flat_use_passes_and_growth_fails() {
+        assert!(check(&rows(|_| 13_000), 50.0).is_empty());
+        // A leak: 4 MiB more every row, past 50 % + 8 MiB by the last third.
+        let leak = check(&rows(|i| 13_000 + i * 4096), 50.0);
+        assert_eq!(leak.len(), 1, "{leak:?}");
+        assert!(leak[0].starts_with("RSS"), "{leak:?}");
+    }
+
+    #[test]
+    fn errors_and_short_runs_fail() {
+        let mut r = rows(|_| 13_000);
+        r[7].errors = 1;
+        assert_eq!(
+            check(&r, 50.0),
+            vec!["1 errors returned to callers".to_string()]
+        );
+        assert_eq!(check(&r[..5], 50.0).len(), 1);
+    }
 }
