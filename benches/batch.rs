@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 const N: u64 = 100;

@@ -47,6 +47,31 @@ pub(crate) struct Flight<T> {
     gave_up: AtomicBool,
 }
 
+tokio::task_local! {
+    /// The flights the current computation leads, outermost first: set around a leader's
+    /// closure ([`leading`]) and inherited by the leaders it starts in turn. A task-local is a
+    /// value swapped in while the scoped future is polled, so it follows an async closure onto
+    /// its own Tokio task and a blocking closure through its nested `block_on` alike, and it
+    /// does not leak into tasks or threads the closure spawns (those may wait without a cycle).
+    static LEADING: Vec<usize>;
+}
+
+/// Runs `fut` (a leader's computation) as the leader of `flights`, on top of the flights the
+/// calling computation already leads: a call inside it that would wait for one of them would
+/// wait for itself ([`Follower::led_by_caller`]).
+pub(crate) fn leading<F: std::future::Future>(
+    flights: impl IntoIterator<Item = FlightId>,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    let mut ids = LEADING.try_with(|ids| ids.clone()).unwrap_or_default();
+    ids.extend(flights.into_iter().map(|f| f.0));
+    LEADING.scope(ids, fut)
+}
+
+/// Which flight a leader owns (its address, stable while the leader holds it).
+#[derive(Clone, Copy)]
+pub(crate) struct FlightId(usize);
+
 /// How waiting on a flight ended.
 pub(crate) enum Waited<T> {
     Done(T),
@@ -81,6 +106,15 @@ impl<T> Follower<T> {
     pub(crate) fn handed_back(&self) -> bool {
         self.flight.handed_back.load(Ordering::Acquire)
             || self.ticket >= self.flight.share_below.load(Ordering::Acquire)
+    }
+}
+
+impl<T> Follower<T> {
+    /// True when the caller itself (this thread's or this task's computation, or one it waits
+    /// for) leads this flight: waiting would wait for itself until the patience runs out.
+    pub(crate) fn led_by_caller(&self) -> bool {
+        let me = Arc::as_ptr(&self.flight) as *const () as usize;
+        LEADING.try_with(|ids| ids.contains(&me)).unwrap_or(false)
     }
 }
 
@@ -249,6 +283,11 @@ pub(crate) struct Leader<K: Hash + Eq, T> {
 }
 
 impl<K: Hash + Eq, T> Leader<K, T> {
+    /// This leader's flight, for [`leading`].
+    pub(crate) fn id(&self) -> FlightId {
+        FlightId(Arc::as_ptr(&self.flight) as *const () as usize)
+    }
+
     fn end(&mut self, slot: Slot<T>) {
         self.finished = true;
         {

@@ -75,6 +75,7 @@ where
     S: Store<K, V>,
 {
     use futures::FutureExt;
+    let me = leader.id();
     let job = {
         let (eng, key) = (eng.arc(), key.clone());
         async move {
@@ -107,6 +108,8 @@ where
             out.map(|(v, _)| v)
         }
     };
+    // A call inside the closure that joins this flight would wait for itself (`miss`).
+    let job = crate::flight::leading([me], job);
     let out = match (eng.compute.mode(), tokio::runtime::Handle::try_current()) {
         (WaitMode::Async, Ok(rt)) => match rt.spawn(job).await {
             Ok(out) => out,

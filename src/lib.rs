@@ -127,6 +127,10 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzz_hooks/mod.rs"]
+pub mod __fuzz;
 mod auto;
 mod barrier;
 mod batch;

@@ -252,6 +252,9 @@ where
                 if patience.fail_fast() {
                     break Err(Error::Busy);
                 }
+                if flight.led_by_caller() {
+                    recursion(&eng.ns.name);
+                }
                 tracing::debug!(name = %eng.ns.name, "waiting for another caller's computation");
                 let waiting = Instant::now();
                 let waited = flight.wait(eng.compute.mode(), patience.deadline()).await;
@@ -289,6 +292,20 @@ where
     };
     caller.answered = true;
     out
+}
+
+/// A computation asked its own function for the key it computes (directly, or through
+/// functions it called): waiting would wait for itself until the contention policy ran out
+/// (30 s by default). This is a bug in the caller's code, so it panics at once, like a
+/// `RefCell` borrowed twice; the panic reaches the outermost caller as the closure's panic.
+#[cold]
+#[track_caller]
+pub(crate) fn recursion(name: &str) -> ! {
+    panic!(
+        "herdless: the computation of a key of `{name}` called `{name}` for the same key \
+         (recursion on the same key would wait for itself); compute the inner value without \
+         the memoized function"
+    )
 }
 
 /// What the in-process leader of a hard miss learned from the store.

@@ -8,7 +8,8 @@ use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitFloat, LitStr, Token, Type, U
 
 /// The keys the attribute understands, for error messages.
 const KEYS: &str =
-    "`ttl`, `ttl_secs`, `ttl_ms`, `beta`, `name`, `capacity`, `store`, `store_type`, `contention`";
+    "`ttl`, `ttl_secs`, `ttl_ms`, `beta`, `name`, `capacity`, `store`, `store_type`, \
+     `contention`, `stale_if_error`, `stale_if_error_secs`, `ttl_with`";
 
 /// How β is chosen.
 pub(crate) enum Beta {
@@ -28,6 +29,10 @@ pub(crate) struct Args {
     pub store: Option<Expr>,
     pub store_type: Option<Type>,
     pub contention: Option<Expr>,
+    /// `Builder::stale_if_error`: an expression of type `std::time::Duration`.
+    pub stale_if_error: Option<TokenStream>,
+    /// `Builder::ttl_with`: a path to a `fn(&K, &V) -> Duration`.
+    pub ttl_with: Option<Expr>,
 }
 
 /// What was written, before the cross-argument checks.
@@ -40,6 +45,8 @@ struct Raw {
     store: Option<(Ident, Expr)>,
     store_type: Option<(Ident, Type)>,
     contention: Option<Expr>,
+    stale_if_error: Option<(Ident, TokenStream)>,
+    ttl_with: Option<Expr>,
 }
 
 impl Parse for Args {
@@ -107,6 +114,29 @@ impl Parse for Args {
                 "store" => raw.store = Some((key, input.parse()?)),
                 "store_type" => raw.store_type = Some((key, input.parse()?)),
                 "contention" => raw.contention = Some(input.parse()?),
+                "stale_if_error" | "stale_if_error_secs" => {
+                    if let Some((first, _)) = &raw.stale_if_error {
+                        return Err(syn::Error::new(
+                            key.span(),
+                            format!("the grace is already given by `{first}`; give only one of `stale_if_error`, `stale_if_error_secs`"),
+                        ));
+                    }
+                    let value: Expr = input.parse()?;
+                    let grace = stale_if_error(&name, &value)?;
+                    raw.stale_if_error = Some((key, grace));
+                }
+                "ttl_with" => {
+                    let value: Expr = input.parse()?;
+                    if !matches!(value, Expr::Path(_) | Expr::Closure(_)) {
+                        return Err(syn::Error::new_spanned(
+                            &value,
+                            "`ttl_with` takes a path to a `fn(&K, &V) -> std::time::Duration` \
+                             (K: the argument, or the tuple of the arguments; V: the value, the \
+                             `Ok` type for a `Result`): `ttl_with = ttl_of`",
+                        ));
+                    }
+                    raw.ttl_with = Some(value);
+                }
                 _ => {
                     return Err(syn::Error::new(
                         key.span(),
@@ -152,6 +182,8 @@ impl Raw {
             store: self.store.map(|(_, e)| e),
             store_type: self.store_type.map(|(_, t)| t),
             contention: self.contention,
+            stale_if_error: self.stale_if_error.map(|(_, g)| g),
+            ttl_with: self.ttl_with,
         })
     }
 }
@@ -188,6 +220,23 @@ fn ttl(key: &str, value: &Expr) -> syn::Result<TokenStream> {
     } else {
         quote_spanned!(span=> ::std::time::Duration::from_millis(#value))
     })
+}
+
+/// `stale_if_error = <Duration>`, `stale_if_error_secs = <u64>` as a `Duration` expression
+/// (zero: disabled, as on the builder).
+fn stale_if_error(key: &str, value: &Expr) -> syn::Result<TokenStream> {
+    if key == "stale_if_error" {
+        if let Expr::Lit(lit) = value {
+            return Err(syn::Error::new_spanned(
+                lit,
+                "`stale_if_error` takes a `std::time::Duration` expression; for a number of seconds write `stale_if_error_secs = 60`",
+            ));
+        }
+        return Ok(quote!(#value));
+    }
+    int_literal(value)?;
+    let span = value.span();
+    Ok(quote_spanned!(span=> ::std::time::Duration::from_secs(#value)))
 }
 
 /// `beta = 0.5`, `beta = 2`, `beta = SOME_CONST`, `beta = auto`, `beta = auto(<LeadTarget>)`.

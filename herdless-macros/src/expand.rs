@@ -298,6 +298,20 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
         Some(Beta::Auto(Some(t))) => quote!(.beta_auto(#t)),
     };
     let contention = args.contention.as_ref().map(|c| quote!(.contention(#c)));
+    let stale_if_error = args
+        .stale_if_error
+        .as_ref()
+        .map(|g| quote!(.stale_if_error(#g)));
+    // Coerced to the exact fn-pointer type, spanned at the path: a wrong signature is reported
+    // there, naming the expected `fn(&K, &V) -> Duration`.
+    let ttl_with = args.ttl_with.as_ref().map(|f| {
+        quote_spanned! {f.span()=>
+            .ttl_with({
+                let __herdless_ttl_with: fn(&#key_ty, &#value_ty) -> ::std::time::Duration = #f;
+                __herdless_ttl_with
+            })
+        }
+    });
 
     // Bound checks with the span of the offending type, so errors point at the signature.
     let requires = |ty: &Type, bounds: TokenStream, what: &str| {
@@ -345,6 +359,8 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
                     .name(#name)
                     #beta
                     #contention
+                    #stale_if_error
+                    #ttl_with
                     .#build(#compute)
                     .unwrap_or_else(|__herdless_e| {
                         ::core::panic!("#[herdless::memoized] fn `{}`: {}", #plain_name, __herdless_e)

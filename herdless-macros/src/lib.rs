@@ -69,6 +69,8 @@ mod types;
 /// | `store = <expr>` | use this store instead (e.g. a `RedisStore`); evaluated once, on the first call, and cloned; `capacity` does not apply |
 /// | `store_type = <Type>` | the type of `store` (default `herdless::store::RedisStore`) |
 /// | `contention = <expr>` | a `herdless::Contention` for hard misses behind another caller (default: wait up to 30 s) |
+/// | `stale_if_error_secs = <u64>` or `stale_if_error = <Duration expr>` | `.stale_if_error(..)`: for up to this long after expiry, a failed recomputation returns the last value (default: off) |
+/// | `ttl_with = <path>` | `.ttl_with(..)`: each value's own TTL, from a `fn(&K, &V) -> Duration` (`K`: the argument, or the tuple of the arguments; `V`: the value, the `Ok` type of a `Result`); zero: do not store the value |
 ///
 /// The configuration is validated on the first call; an invalid one (a zero TTL given as an
 /// expression, a negative β expression) panics there with herdless's `ConfigError`.

@@ -219,3 +219,144 @@ fn lint_attributes_reach_the_body() {
     assert_eq!(describe(7, false), "7");
     assert_eq!(describe_memoized().stats().computations, 2);
 }
+
+static GRACE_SECS_RUNS: AtomicUsize = AtomicUsize::new(0);
+static GRACE_SECS_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[derive(Debug, Clone, PartialEq)]
+struct Down;
+
+#[memoized(ttl_ms = 50, beta = 0.0, stale_if_error_secs = 600)]
+fn grace_secs(n: u64) -> Result<u64, Down> {
+    GRACE_SECS_RUNS.fetch_add(1, Ordering::SeqCst);
+    if GRACE_SECS_FAILS.load(Ordering::SeqCst) {
+        Err(Down)
+    } else {
+        Ok(n + 1)
+    }
+}
+
+#[test]
+fn stale_if_error_secs_serves_the_last_value_when_the_recomputation_fails() {
+    assert_eq!(grace_secs(1), Ok(2));
+    GRACE_SECS_FAILS.store(true, Ordering::SeqCst);
+    // Wait (bounded) until the 50 ms value has expired: a call then recomputes.
+    let runs = GRACE_SECS_RUNS.load(Ordering::SeqCst);
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(grace_secs(1), Ok(2), "the last value, within the grace");
+        if GRACE_SECS_RUNS.load(Ordering::SeqCst) > runs {
+            break;
+        }
+    }
+    assert!(
+        GRACE_SECS_RUNS.load(Ordering::SeqCst) > runs,
+        "never recomputed"
+    );
+    assert!(grace_secs_memoized().stats().stale_served_on_error >= 1);
+    // A key with no last value still fails.
+    assert_eq!(grace_secs(7), Err(Down));
+}
+
+#[memoized(ttl_ms = 50, beta = 0.0, stale_if_error = Duration::from_secs(600))]
+async fn flaky_async(n: u64) -> Result<u64, Down> {
+    FLAKY_ASYNC_RUNS.fetch_add(1, Ordering::SeqCst);
+    if FLAKY_ASYNC_FAILS.load(Ordering::SeqCst) {
+        Err(Down)
+    } else {
+        Ok(n + 1)
+    }
+}
+static FLAKY_ASYNC_RUNS: AtomicUsize = AtomicUsize::new(0);
+static FLAKY_ASYNC_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[tokio::test]
+async fn stale_if_error_duration_serves_the_last_value_when_the_recomputation_fails() {
+    assert_eq!(flaky_async(1).await, Ok(2));
+    FLAKY_ASYNC_FAILS.store(true, Ordering::SeqCst);
+    let runs = FLAKY_ASYNC_RUNS.load(Ordering::SeqCst);
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            flaky_async(1).await,
+            Ok(2),
+            "the last value, within the grace"
+        );
+        if FLAKY_ASYNC_RUNS.load(Ordering::SeqCst) > runs {
+            break;
+        }
+    }
+    assert!(
+        FLAKY_ASYNC_RUNS.load(Ordering::SeqCst) > runs,
+        "never recomputed"
+    );
+    assert!(flaky_async_memoized().stats().stale_served_on_error >= 1);
+}
+
+static PER_VALUE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Negative answers (0) are not stored at all; others live an hour.
+fn ttl_of(_key: &(u64, bool), value: &u64) -> Duration {
+    if *value == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(3600)
+    }
+}
+
+#[memoized(ttl_secs = 60, ttl_with = ttl_of)]
+fn per_value(n: u64, zero: bool) -> u64 {
+    PER_VALUE_RUNS.fetch_add(1, Ordering::SeqCst);
+    if zero {
+        0
+    } else {
+        n
+    }
+}
+
+#[test]
+fn ttl_with_gives_each_value_its_own_ttl() {
+    for _ in 0..3 {
+        assert_eq!(per_value(5, false), 5);
+    }
+    assert_eq!(
+        PER_VALUE_RUNS.load(Ordering::SeqCst),
+        1,
+        "stored for an hour"
+    );
+    for _ in 0..3 {
+        assert_eq!(per_value(5, true), 0);
+    }
+    assert_eq!(
+        PER_VALUE_RUNS.load(Ordering::SeqCst),
+        4,
+        "a zero TTL from ttl_with: never stored"
+    );
+}
+
+#[memoized(ttl_secs = 60, name = "behaviour::selfish")]
+fn selfish(n: u64) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        selfish(n) + 1 // a bug: the same key again
+    }
+}
+
+#[test]
+fn recursion_on_the_same_key_panics_at_once_naming_the_function() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let out = std::panic::catch_unwind(|| selfish(3));
+        let _ = tx.send(out.map_err(|p| match p.downcast::<String>() {
+            Ok(s) => *s,
+            Err(_) => String::new(),
+        }));
+    });
+    // Far below the 30 s the call used to wait for itself.
+    let out = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the call waits for itself");
+    let msg = out.expect_err("recursion on the same key must panic");
+    assert!(msg.contains("`behaviour::selfish`"), "{msg}");
+}

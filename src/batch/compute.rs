@@ -44,6 +44,10 @@ where
     S: Store<K, V>,
 {
     use futures::FutureExt;
+    let led: Vec<_> = jobs
+        .iter()
+        .filter_map(|j| j.leader.as_ref().map(|l| l.id()))
+        .collect();
     let job = {
         let (eng, batch) = (eng.arc(), batch.clone());
         async move {
@@ -52,6 +56,8 @@ where
                 .await
         }
     };
+    // A call inside the closure that joins one of these flights would wait for itself.
+    let job = crate::flight::leading(led, job);
     let out = match (eng.compute.mode(), tokio::runtime::Handle::try_current()) {
         (WaitMode::Async, Ok(rt)) => match rt.spawn(job).await {
             Ok(out) => out,
@@ -231,12 +237,15 @@ fn answer_failed<K, V, E, S>(
 
 type Write<K, V, L> = (usize, K, Entry<V>, Option<L>);
 
+/// A key and the flight its call leads, if any.
+type KeyLeader<K, V, E> = (K, Option<FlightLeader<K, V, E>>);
+
 /// The batched write: one `set_many` on a shared store, after closing each key's flight to new
 /// joiners (rule 1 of `leader`); on a local store each key is written under its fence lock, as
 /// `compute_and_store_fenced` does, so an invalidation never sees an older value land after it.
 async fn write<K, V, E, S>(
     eng: &Engine<K, V, E, S>,
-    leaders: &[(K, Option<FlightLeader<K, V, E>>)],
+    leaders: &[KeyLeader<K, V, E>],
     fences: &[crate::fence::FenceSnapshot],
     writes: Vec<Write<K, V, S::Lock>>,
 ) -> Vec<(usize, Result<Written, crate::store::contract::StoreError>)>

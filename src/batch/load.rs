@@ -158,7 +158,8 @@ where
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
-    let mut plans: Vec<(usize, Plan<V, E, K, S::Lock>)> = Vec::with_capacity(misses.len());
+    type Plans<V, E, K, L> = Vec<(usize, Plan<V, E, K, L>)>;
+    let mut plans: Plans<V, E, K, S::Lock> = Vec::with_capacity(misses.len());
     let mut leading = Vec::new();
     for (i, stale) in misses {
         if !eng.cfg.single_flight {
@@ -302,6 +303,9 @@ where
     let patience = Patience::new(contention);
     if patience.fail_fast() {
         return (Err(Error::Busy), false);
+    }
+    if flight.led_by_caller() {
+        crate::miss::recursion(&eng.ns.name);
     }
     let waiting = std::time::Instant::now();
     let waited = flight.wait(eng.compute.mode(), patience.deadline()).await;

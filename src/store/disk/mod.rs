@@ -34,6 +34,9 @@
 
 mod barrier_lock;
 mod cull;
+#[cfg(feature = "fuzzing")]
+#[path = "../../fuzz_hooks/disk.rs"]
+pub(crate) mod fuzz_hooks;
 mod locks;
 mod record;
 mod stats;

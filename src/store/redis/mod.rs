@@ -28,6 +28,9 @@ mod cluster;
 mod conn;
 mod connect;
 mod fleet;
+#[cfg(feature = "fuzzing")]
+#[path = "../../fuzz_hooks/redis.rs"]
+pub(crate) mod fuzz_hooks;
 mod generation;
 mod keys;
 mod lock;
