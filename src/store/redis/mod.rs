@@ -23,6 +23,7 @@
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
 
 mod announce;
+mod clock;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod conn;
@@ -158,6 +159,7 @@ impl RedisStoreBuilder {
                 warnings: record::Warnings::new(),
                 generations: generation::Generations::new(),
                 fleet: Arc::new(fleet::Fleet::new()),
+                clock: Arc::new(clock::ServerClock::new()),
             }),
         })
     }
@@ -288,6 +290,8 @@ struct Inner {
     warnings: record::Warnings,
     generations: generation::Generations,
     fleet: Arc<fleet::Fleet>,
+    /// The server's clock as seen from here (a hit's remaining TTL; see `clock`).
+    clock: Arc<clock::ServerClock>,
 }
 
 /// A store shared by every process that points at the same Redis.
