@@ -4,9 +4,11 @@
 //! stamped by the write script from `TIME`; see `record`). A reader needs the server's time
 //! now to turn that into a remaining TTL: it keeps the offset between the server's clock and
 //! its own monotonic clock, measured with `TIME` (the sample with the shortest round trip of a
-//! few, so the offset is within half that round trip) and refreshed in the background every
-//! [`REFRESH`]. The remaining TTL is then `expiry − (now + offset)`: skew-free to within half a
-//! round trip, as `PTTL` was (whose reply is also half a round trip old when it arrives).
+//! few) and refreshed in the background every [`REFRESH`]. The server read its clock somewhere
+//! within that round trip; the estimate assumes the earliest moment, so it is never behind the
+//! server's clock and at most one round trip ahead. The remaining TTL `expiry − (now + offset)`
+//! is then skew-free, never over-estimated (a live record never looks longer-lived than its
+//! TTL) and under-estimated by at most the sample's round trip ([`ServerClock::uncertainty_ms`]).
 //!
 //! A cluster store keeps one offset, measured against whichever node answers `TIME`: the
 //! nodes' clocks are assumed to agree (NTP); their disagreement adds to the error.
@@ -29,6 +31,8 @@ pub(super) struct ServerClock {
     offset_us: AtomicI64,
     /// Local µs since `origin` of the last measurement, plus one (0: never measured).
     measured: AtomicU64,
+    /// Round trip (µs) of the sample the offset came from: the estimate's error bound.
+    rtt_us: AtomicU64,
     refreshing: Arc<AtomicBool>,
 }
 
@@ -38,6 +42,7 @@ impl ServerClock {
             origin: Instant::now(),
             offset_us: AtomicI64::new(0),
             measured: AtomicU64::new(0),
+            rtt_us: AtomicU64::new(0),
             refreshing: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -52,6 +57,11 @@ impl ServerClock {
             return None;
         }
         Some((self.local_us() + self.offset_us.load(Ordering::Relaxed)).div_euclid(1000))
+    }
+
+    /// How far ahead of the server's clock the estimate may be (ms, rounded up).
+    pub(super) fn uncertainty_ms(&self) -> u64 {
+        self.rtt_us.load(Ordering::Relaxed).div_ceil(1000)
     }
 
     /// True when the last measurement is older than [`REFRESH`].
@@ -98,7 +108,8 @@ impl ServerClock {
                 Ok((secs, micros)) => {
                     let server = secs.saturating_mul(1_000_000).saturating_add(micros);
                     let rtt = back - sent;
-                    let offset = server - (sent + rtt / 2);
+                    // The server read its clock after `sent`: never behind (see the module).
+                    let offset = server - sent;
                     if best.is_none_or(|(r, _)| rtt < r) {
                         best = Some((rtt, offset));
                     }
@@ -107,8 +118,9 @@ impl ServerClock {
             }
         }
         match (best, last_err) {
-            (Some((_, offset)), _) => {
+            (Some((rtt, offset)), _) => {
                 self.offset_us.store(offset, Ordering::Relaxed);
+                self.rtt_us.store(rtt.max(0) as u64, Ordering::Relaxed);
                 self.measured
                     .store(self.local_us() as u64 + 1, Ordering::Release);
                 Ok(())

@@ -93,7 +93,7 @@ impl RedisStore {
     /// The batch read; `None` when the caller must fall back to one `get` per key.
     pub(super) async fn read_many<K, V>(
         &self,
-        name: &str,
+        ns: &crate::store::contract::Namespace,
         keys: &[K],
         now: u64,
     ) -> Option<Vec<Result<Option<Entry<V>>, StoreError>>>
@@ -105,7 +105,7 @@ impl RedisStore {
         // Plain `GETRANGE`s, as `get` reads (see `plain::get`), in both modes.
         let mut calls = Vec::with_capacity(keys.len());
         for key in keys {
-            let k = self.entry_keys(name, key).await.ok()?.value;
+            let k = self.entry_keys(ns.name(), key).await.ok()?.value;
             let mut cmd = redis::cmd("GETRANGE");
             cmd.arg(&k).arg(0).arg(self.inner.max_value_bytes);
             calls.push(Call { slot_key: k, cmd });
@@ -119,7 +119,8 @@ impl RedisStore {
                     Value::BulkString(b) if b.is_empty() => Ok(None),
                     Value::BulkString(b) => Ok(self
                         .decode(&b, Remaining::ServerNow(server_now), now)
-                        .unwrap_or(None)),
+                        .unwrap_or(None)
+                        .filter(|e| super::store_impl::live_or_kept(ns, e, now))),
                     _ => Err(StoreError::new(
                         StoreErrorKind::Protocol,
                         "unexpected reply to GET",

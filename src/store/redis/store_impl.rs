@@ -114,7 +114,8 @@ where
         match plain::get(&self.inner.conn, k, self.inner.max_value_bytes).await? {
             plain::Got::Record(b) => Ok(self
                 .decode(&b, Remaining::ServerNow(server_now), now)
-                .unwrap_or(None)),
+                .unwrap_or(None)
+                .filter(|e| live_or_kept(ns, e, now))),
             plain::Got::Missing => Ok(None),
             plain::Got::WrongType => {
                 self.undecodable(0);
@@ -287,9 +288,11 @@ where
     ) -> Result<RefreshOutcome<HeldLock>, StoreError> {
         let keys = self.entry_keys(ns.name(), key).await?;
         let lease = self.lease(lease);
-        // A replaced value has a PTTL well above what the reader saw; 2 ms absorbs the read's
-        // own latency.
-        let seen_ms = seen_expires_at.saturating_sub(now) / 1_000_000 + 2;
+        // A replaced value has a remaining life well above what the reader saw; 2 ms absorb
+        // the read's own latency, and the clock's uncertainty what the reader's estimate of
+        // the server's time may have taken off (see `clock`).
+        let seen_ms =
+            seen_expires_at.saturating_sub(now) / 1_000_000 + 2 + self.inner.clock.uncertainty_ms();
         let conn = self.inner.conn.clone();
         let clock = self.inner.clock.clone();
         let held = acquiring(&self.inner.conn, async move {
@@ -436,7 +439,7 @@ where
         keys: &[K],
         now: u64,
     ) -> Vec<Result<Option<Entry<V>>, StoreError>> {
-        if let Some(out) = self.read_many(ns.name(), keys, now).await {
+        if let Some(out) = self.read_many(ns, keys, now).await {
             return out;
         }
         let mut out = Vec::with_capacity(keys.len());
@@ -469,6 +472,13 @@ enum RawOutcome {
     Found(Vec<u8>, i64),
     Acquired(HeldLock),
     Busy,
+}
+
+/// Whether a read returns `e`: a live record, or one past its logical expiry while the function
+/// has a grace (`stale_if_error`: the engine may serve it if its recomputation fails). Without a
+/// grace, an expired record is a miss, as it is gone from Redis a moment later anyway.
+pub(super) fn live_or_kept<V>(ns: &Namespace, e: &Entry<V>, now: u64) -> bool {
+    e.expires_at > now || !ns.grace().is_zero()
 }
 
 /// The remaining logical life (ms) of the record at `value_key` by the plain read (-1 when
