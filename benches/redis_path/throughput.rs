@@ -4,9 +4,13 @@
 //! calls/s; the README reports the ratios.
 //!
 //! - `raw_get/N`: `GET` on one `MultiplexedConnection`, from N tasks;
-//! - `herdless_redis_hit/N`: `get` of a memoized function (default settings: β automatic, I/O
-//!   on the store's own runtime) over one `RedisStore`, from N tasks;
-//! - `cluster_raw_get/N`, `herdless_cluster_hit/N`: the same on a private 3+3 cluster.
+//! - `herdless_redis_hit/N`: `get` of a memoized function (default settings, β automatic) over
+//!   one `RedisStore` whose I/O runs on the bench's runtime (`RedisStoreBuilder::runtime`), as
+//!   the raw connection's does, from N tasks;
+//! - `herdless_redis_hit_private_rt/N`: the same with the default store, whose connection is
+//!   driven by its own runtime thread (each reply crosses threads);
+//! - `cluster_raw_get/N`, `herdless_cluster_hit/N`: the same on a private 3+3 cluster (the store
+//!   on the bench's runtime).
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use herdless::{memoize_stampede, store::RedisStore};
@@ -142,9 +146,16 @@ pub fn redis_throughput(c: &mut Criterion) {
             .block_on(client.get_multiplexed_async_connection())
             .unwrap();
         raw(&mut g, &rt, "raw_get", conn);
-        let store = RedisStore::builder(&url).prefix("tp").build().unwrap();
+        let store = RedisStore::builder(&url)
+            .prefix("tp")
+            .runtime(rt.handle().clone())
+            .build()
+            .unwrap();
         hits(&mut g, &rt, "herdless_redis_hit", &store);
         drop(store);
+        let private = RedisStore::builder(&url).prefix("tp").build().unwrap();
+        hits(&mut g, &rt, "herdless_redis_hit_private_rt", &private);
+        drop(private);
         drop(server);
     }
     cluster(&mut g, &rt);
@@ -166,6 +177,7 @@ fn cluster(
     raw(g, rt, "cluster_raw_get", conn);
     let store = RedisStore::cluster_builder(&seeds)
         .prefix("tp")
+        .runtime(rt.handle().clone())
         .build()
         .unwrap();
     hits(g, rt, "herdless_cluster_hit", &store);
