@@ -506,7 +506,7 @@ fn on_slot_event(
                 tracing::warn!(
                     error = %e,
                     "redis refused SCRIPT LOAD/EVALSHA (NOPERM): herdless caches and locks with \
-                     plain commands (GET+PTTL, SET NX PX, a guarded release) and loses only the \
+                     plain commands (GETRANGE, SET NX PX, a guarded release) and loses only the \
                      fencing of writes; grant the user +evalsha +eval +script|load (or \
                      +@scripting) to restore it"
                 );
