@@ -12,6 +12,9 @@
 //!   connection and subscription, as another process would have). Besides criterion's mean, it
 //!   prints the median and p99 of every sample.
 //!
+//! - `redis_throughput` (see `redis_path/throughput.rs`): calls/s from 1 and 50 tasks, herdless
+//!   hits against raw `GET`s, single node and cluster.
+//!
 //! Starts its own redis-server on a free port and stops it afterwards.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -129,6 +132,8 @@ fn cluster_path(_: &mut Criterion) {}
 mod cluster;
 #[path = "../tests/support/mod.rs"]
 mod support;
+#[path = "redis_path/throughput.rs"]
+mod throughput;
 
 fn redis_path(c: &mut Criterion) {
     cluster_path(c);
@@ -300,5 +305,5 @@ fn near_invalidate_propagation(
     }
 }
 
-criterion_group!(benches, redis_path);
+criterion_group!(benches, redis_path, throughput::redis_throughput);
 criterion_main!(benches);

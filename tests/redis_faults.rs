@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::{bounded, exists, redis_or_skip, wait_until, warm_up, BOUND};
 
-const MAGIC: &[u8] = b"HL\x01";
+const MAGIC: &[u8] = b"HL\x02";
 
 fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::SeqCst)
@@ -416,16 +416,27 @@ async fn untrusted_bytes_at_the_value_key_are_a_miss_and_get_overwritten() {
             Spoil::Bytes(b"\x00\xffnot a record at all", false),
         ),
         ("empty", Spoil::Bytes(b"", true)),
-        ("magic-only", Spoil::Bytes(b"HL\x01", true)),
-        ("truncated", Spoil::Bytes(b"HL\x01\x92\xcd\x01", true)),
+        ("magic-only", Spoil::Bytes(b"HL\x02", true)),
+        (
+            "truncated",
+            Spoil::Bytes(b"HL\x029999999999999999\x92\xcd\x01", true),
+        ),
         (
             "truncated-junk",
-            Spoil::Bytes(b"HL\x01\xc1\xc1\xc1junk", true),
+            Spoil::Bytes(b"HL\x029999999999999999\xc1\xc1\xc1junk", true),
         ),
         // Well-formed framing, wrong payload type: (5, 42) where (u64, String) is expected.
-        ("foreign-payload", Spoil::Bytes(b"HL\x01\x92\x05\x2a", true)),
-        // Another version's record: (5, "x") under version 2.
-        ("other-version", Spoil::Bytes(b"HL\x02\x92\x05\xa1x", true)),
+        (
+            "foreign-payload",
+            Spoil::Bytes(b"HL\x029999999999999999\x92\x05\x2a", true),
+        ),
+        // Not an expiry where the expiry belongs.
+        (
+            "bad-expiry",
+            Spoil::Bytes(b"HL\x02not-an-expiry!!\x92\x05\xa1x", true),
+        ),
+        // A later version's record: (5, "x") under version 3.
+        ("other-version", Spoil::Bytes(b"HL\x03\x92\x05\xa1x", true)),
         ("no-magic", Spoil::Bytes(b"\x92\x05\xa1x", true)),
         ("list", Spoil::List),
         ("hash", Spoil::Hash),

@@ -279,7 +279,8 @@ fn a_cancelled_caller_does_not_leave_its_lock_behind() {
     assert_eq!(leaked, 0, "locks left behind by cancelled callers");
 }
 
-/// 8.13: an oversized record is refused before it crosses the wire (STRLEN in Lua), herdless
+/// 8.13: an oversized record is refused before it crosses the wire (`GETRANGE` up to the limit),
+/// herdless
 /// never writes one, and an undecodable record is recomputed under the lock (one process
 /// computes it, not every process at once).
 #[test]
@@ -340,7 +341,8 @@ fn oversized_and_undecodable_records() {
     let vk = stores[0].value_key("retyped", &k);
     let _: () = redis::cmd("SET")
         .arg(&vk)
-        .arg(b"HL\x01\x92\x01\xa3str".to_vec()) // (delta, "str"): not a u64 value
+        // (delta, "str"): not a u64 value.
+        .arg(b"HL\x029999999999999999\x92\x01\xa3str".to_vec())
         .arg("PX")
         .arg(60_000)
         .query(&mut con)
@@ -369,6 +371,41 @@ fn oversized_and_undecodable_records() {
         1,
         "an undecodable record is recomputed under the lock, once"
     );
+}
+
+/// Issue 23: a record written by the previous format (`HL\x01` + MessagePack, its TTL only in the
+/// key's PTTL) is read as a miss and replaced, never mis-read as a value, by the hit (`GET`) and
+/// by the lock script alike, and it is not counted as a foreign record.
+/// Before: the old value was served as a hit.
+#[test]
+fn a_record_of_the_previous_format_is_a_miss() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let s = store(&server.url());
+    let mut con = server.raw();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let f = slow_fn(&s, "old", Duration::ZERO, "new", runs.clone());
+    for k in ["a", "b"] {
+        let k = k.to_string();
+        let vk = s.value_key("old", &k);
+        let _: () = redis::cmd("SET")
+            .arg(&vk)
+            .arg(b"HL\x01\x92\x05\xa3old".to_vec()) // (delta 5, "old") in the old format
+            .arg("PX")
+            .arg(60_000)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(f.get(&k).unwrap(), "new", "{k}: a miss, recomputed");
+        let raw: Vec<u8> = redis::cmd("GET").arg(&vk).query(&mut con).unwrap();
+        assert!(
+            raw.starts_with(b"HL\x02"),
+            "{k}: replaced in the new format"
+        );
+        assert_eq!(f.get(&k).unwrap(), "new", "{k}: then a hit");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one computation per key");
+    assert_eq!(s.stats().decode_errors.load(Ordering::SeqCst), 0);
 }
 
 /// 8.15: a value that cannot be serialized is returned, never cached, and counted.

@@ -1111,7 +1111,7 @@ fn plant(con: &mut redis::Connection, case: &str, vkey: &[u8]) {
         // Our magic and version, then a msgpack array header with nothing after it.
         "truncated record" => redis::cmd("SET")
             .arg(vkey)
-            .arg(b"HL\x01\x92".as_slice())
+            .arg(b"HL\x029999999999999999\x92".as_slice())
             .arg("PX")
             .arg(60_000)
             .clone(),

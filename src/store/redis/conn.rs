@@ -5,6 +5,7 @@
 mod breaker;
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
+mod direct;
 mod permissions;
 mod progress;
 mod slot;

@@ -1,16 +1,17 @@
 //! Batch reads and writes ([`Store::get_many`](crate::Store::get_many) /
-//! [`Store::set_many`](crate::Store::set_many)) for [`RedisStore`]: the per-key `READ` and
-//! `WRITE` scripts sent as one pipeline, so a `get_many` of 100 keys is one round trip instead
+//! [`Store::set_many`](crate::Store::set_many)) for [`RedisStore`]: the per-key reads (or
+//! `WRITE` scripts) sent as one pipeline, so a `get_many` of 100 keys is one round trip instead
 //! of 100. On a cluster the keys are grouped by slot (every key of one entry shares a hash tag,
 //! so one entry's keys live in one slot) and the groups' pipelines are sent at once.
 //!
-//! Anything the pipeline cannot do (plain-command mode, a `NOSCRIPT` after a server restart, a
+//! Anything the pipeline cannot do (plain-command mode for writes, a `NOSCRIPT` after a server restart, a
 //! failed request) makes the caller fall back to the one-key operations, which handle all of
 //! it: a batch is never less available than the keys one by one.
 
 use super::conn::Connection;
 use super::keys::Keys;
 use super::lock::HeldLock;
+use super::record::Remaining;
 use super::{scripts, RedisStore};
 use crate::entry::Entry;
 use crate::store::contract::{StoreError, StoreErrorKind, Written};
@@ -20,21 +21,19 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// One command of a pipeline: the script's hash, its keys and arguments.
+/// One command of a pipeline, and the key that routes it.
 struct Call {
-    hash: &'static str,
     slot_key: Vec<u8>,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    cmd: redis::Cmd,
 }
 
-fn evalsha(call: &Call) -> redis::Cmd {
+fn evalsha(hash: &str, keys: Vec<Vec<u8>>, args: Vec<Vec<u8>>) -> redis::Cmd {
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(call.hash).arg(call.keys.len());
-    for k in &call.keys {
+    cmd.arg(hash).arg(keys.len());
+    for k in &keys {
         cmd.arg(k);
     }
-    for a in &call.args {
+    for a in &args {
         cmd.arg(a);
     }
     cmd
@@ -51,7 +50,7 @@ async fn pipelined(
             Connection::Single(mut c) => {
                 let mut pipe = redis::pipe();
                 for call in &calls {
-                    pipe.add_command(evalsha(call));
+                    pipe.add_command(call.cmd.clone());
                 }
                 pipe.query_async::<Vec<Value>>(&mut c).await
             }
@@ -65,7 +64,7 @@ async fn pipelined(
                 let sends = groups.values().map(|idx| {
                     let mut pipe = redis::pipe();
                     for &i in idx {
-                        pipe.add_command(evalsha(&calls[i]));
+                        pipe.add_command(calls[i].cmd.clone());
                     }
                     // The call's breaker decision and booking ride on its first group (see
                     // `cluster::Routed::admit`).
@@ -94,7 +93,7 @@ impl RedisStore {
     /// The batch read; `None` when the caller must fall back to one `get` per key.
     pub(super) async fn read_many<K, V>(
         &self,
-        name: &str,
+        ns: &crate::store::contract::Namespace,
         keys: &[K],
         now: u64,
     ) -> Option<Vec<Result<Option<Entry<V>>, StoreError>>>
@@ -103,63 +102,32 @@ impl RedisStore {
         V: DeserializeOwned,
     {
         let conn = &self.inner.conn;
-        if conn.plain_commands() {
-            return None;
-        }
-        let max = self.inner.max_value_bytes.to_string().into_bytes();
+        // Plain `GETRANGE`s, as `get` reads (see `plain::get`), in both modes.
         let mut calls = Vec::with_capacity(keys.len());
         for key in keys {
-            let k = self.entry_keys(name, key).await.ok()?.value;
-            calls.push(Call {
-                hash: scripts::READ.get_hash(),
-                slot_key: k.clone(),
-                keys: vec![k],
-                args: vec![max.clone()],
-            });
+            let k = self.entry_keys(ns.name(), key).await.ok()?.value;
+            let mut cmd = redis::cmd("GETRANGE");
+            cmd.arg(&k).arg(0).arg(self.inner.max_value_bytes);
+            calls.push(Call { slot_key: k, cmd });
         }
+        let server_now = self.inner.clock.server_now_ms(conn).await.ok()?;
         let replies = pipelined(conn, calls).await.ok()?;
         Some(
             replies
                 .into_iter()
-                .map(|r| self.read_reply(r, now))
+                .map(|r| match r {
+                    Value::BulkString(b) if b.is_empty() => Ok(None),
+                    Value::BulkString(b) => Ok(self
+                        .decode(&b, Remaining::ServerNow(server_now), now)
+                        .unwrap_or(None)
+                        .filter(|e| super::store_impl::live_or_kept(ns, e, now))),
+                    _ => Err(StoreError::new(
+                        StoreErrorKind::Protocol,
+                        "unexpected reply to GET",
+                    )),
+                })
                 .collect(),
         )
-    }
-
-    /// One `READ` reply, as `get` reads it (bytes from Redis are untrusted: a miss, counted).
-    fn read_reply<V: DeserializeOwned>(
-        &self,
-        reply: Value,
-        now: u64,
-    ) -> Result<Option<Entry<V>>, StoreError> {
-        let Value::Array(items) = reply else {
-            return Err(StoreError::new(
-                StoreErrorKind::Protocol,
-                "unexpected reply to read",
-            ));
-        };
-        let int = |v: Option<&Value>| match v {
-            Some(Value::Int(i)) => Some(*i),
-            _ => None,
-        };
-        match (items.first(), int(items.get(1))) {
-            (Some(Value::BulkString(b)), Some(pttl)) => {
-                Ok(self.decode(b, pttl, now).unwrap_or(None))
-            }
-            (_, Some(-2)) => Ok(None),
-            (_, Some(-3)) => {
-                self.undecodable(0);
-                Ok(None)
-            }
-            (_, Some(-4)) => {
-                self.undecodable(int(items.get(2)).unwrap_or(0) as usize);
-                Ok(None)
-            }
-            _ => Err(StoreError::new(
-                StoreErrorKind::Protocol,
-                "unexpected reply to read",
-            )),
-        }
     }
 
     /// The batch write. Items that cannot be sent (unencodable, oversized) are answered at
@@ -171,6 +139,7 @@ impl RedisStore {
         name: &str,
         items: Vec<(K, Entry<V>, Option<HeldLock>)>,
         ttl: Duration,
+        grace: Duration,
     ) -> Result<Vec<Result<Written, StoreError>>, Vec<(K, Entry<V>, Option<HeldLock>)>>
     where
         K: Serialize,
@@ -182,11 +151,13 @@ impl RedisStore {
         }
         let (ttl_ms, keep) = (
             ttl.as_millis().clamp(1, u64::MAX as u128) as u64,
-            ttl.saturating_mul(2)
+            ttl.saturating_add(grace)
+                .saturating_mul(2)
                 .saturating_add(Duration::from_secs(60))
                 .as_millis()
                 .clamp(1, u64::MAX as u128) as u64,
         );
+        let grace_ms = grace.as_millis().min(u64::MAX as u128) as u64;
         let mut out: Vec<Option<Result<Written, StoreError>>> = Vec::with_capacity(items.len());
         let mut calls = Vec::new();
         let mut sent = Vec::new();
@@ -213,18 +184,22 @@ impl RedisStore {
                 channel,
                 version,
             } = keys;
-            calls.push(Call {
-                hash: scripts::WRITE.get_hash(),
-                slot_key: value.clone(),
-                keys: vec![value, lock_key, version],
-                args: vec![
+            let cmd = evalsha(
+                scripts::WRITE.get_hash(),
+                vec![value.clone(), lock_key, version],
+                vec![
                     token,
                     record,
                     ttl_ms.to_string().into_bytes(),
                     channel,
                     ticket,
                     keep.to_string().into_bytes(),
+                    grace_ms.to_string().into_bytes(),
                 ],
+            );
+            calls.push(Call {
+                slot_key: value,
+                cmd,
             });
             sent.push(out.len());
             out.push(None);

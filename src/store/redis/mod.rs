@@ -1,8 +1,9 @@
 //! The Redis (or Valkey) store: one computation per key across processes and hosts.
 //!
-//! - **Reads** are one round trip (a Lua script returning the record and its `PTTL`). Expiry is
-//!   the *remaining* TTL measured by the server, rebuilt on the reader's own monotonic clock, so
-//!   clock skew between hosts cannot matter.
+//! - **Reads** are one plain command (`GETRANGE` of a record that carries its expiry in the
+//!   server's clock, see `record`), awaited without a task hop from a Tokio caller. The remaining
+//!   TTL uses this process's estimate of the server's clock (see `clock`), rebuilt on the
+//!   reader's own monotonic clock, so clock skew between hosts cannot matter.
 //! - **Locks** are `SET lock token NX PX lease` with a random 128-bit owner token, renewed while
 //!   the holder computes (bounded by the maximum lease), released only by the owner.
 //! - **Writes** with the lock are one script: write if still the owner, release, publish. A
@@ -23,6 +24,7 @@
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
 
 mod announce;
+mod clock;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod conn;
@@ -197,6 +199,7 @@ impl RedisStoreBuilder {
                 warnings: record::Warnings::new(),
                 generations: generation::Generations::new(),
                 fleet: Arc::new(fleet::Fleet::new()),
+                clock: Arc::new(clock::ServerClock::new()),
             }),
         })
     }
@@ -336,6 +339,8 @@ struct Inner {
     warnings: record::Warnings,
     generations: generation::Generations,
     fleet: Arc<fleet::Fleet>,
+    /// The server's clock as seen from here (a hit's remaining TTL; see `clock`).
+    clock: Arc<clock::ServerClock>,
 }
 
 /// A store shared by every process that points at the same Redis.

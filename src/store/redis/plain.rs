@@ -1,5 +1,5 @@
 //! The plain-command mode, for a user the server refuses scripting (an ACL without `EVAL` /
-//! `EVALSHA`): the store still caches (value and `PTTL` read in one round trip) and still locks
+//! `EVALSHA`): the store still caches (the same one-`GET` read as the scripted mode) and still locks
 //! (`SET NX PX`, renewed and released only after checking the owner token), so hits and
 //! single-flight survive. What is lost is only what needs atomic server-side checks: this mode's
 //! own writes are not fenced by versions (a holder whose lock lapsed may overwrite a newer value,
@@ -16,19 +16,39 @@ use super::keys::Keys;
 use crate::store::contract::StoreError;
 use std::sync::Arc;
 
-/// Value and remaining TTL in one round trip (a pipeline).
-pub(super) async fn read(
+/// What a `GET` of a value key found.
+pub(super) enum Got {
+    Record(Vec<u8>),
+    Missing,
+    /// A key of another Redis type (counted by the caller as a foreign record).
+    WrongType,
+}
+
+/// The read of every mode, the hit path: one plain command (the record carries its expiry, see
+/// `record`), awaited on the caller's task when it runs on Tokio (see `conn::direct`). It is
+/// `GETRANGE key 0 max` rather than `GET`, as cheap for the server, so that a record over
+/// `max_value_bytes` sends at most one byte more than the limit (enough to know it is over)
+/// instead of crossing the wire whole. A missing key and an empty string both read as missing.
+/// A key of another type answers `WRONGTYPE`: a foreign record here, not a failure the breaker
+/// would count.
+pub(super) async fn get(
     conn: &Arc<Conn>,
     value_key: Vec<u8>,
-) -> Result<(Option<Vec<u8>>, i64), StoreError> {
-    conn.call(move |mut m| async move {
-        redis::pipe()
-            .cmd("GET")
+    max: usize,
+) -> Result<Got, StoreError> {
+    conn.call_direct(move |mut m| async move {
+        match redis::cmd("GETRANGE")
             .arg(&value_key)
-            .cmd("PTTL")
-            .arg(&value_key)
-            .query_async(&mut m)
+            .arg(0)
+            .arg(max)
+            .query_async::<Vec<u8>>(&mut m)
             .await
+        {
+            Ok(b) if b.is_empty() => Ok(Got::Missing),
+            Ok(b) => Ok(Got::Record(b)),
+            Err(e) if e.code() == Some("WRONGTYPE") => Ok(Got::WrongType),
+            Err(e) => Err(e),
+        }
     })
     .await
 }

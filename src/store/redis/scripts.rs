@@ -31,11 +31,30 @@ local function version(k, keep)
 end
 "#;
 
+/// Shared Lua prelude: the server's time in ms, and the remaining *logical* life (ms) of a record
+/// (its expiry is in its header, see `record`; the key itself lives longer by the grace of
+/// `stale_if_error`). `nil` for a missing key, another type or a record of another format.
+const REMAINING_FN: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function remaining(k)
+  local h = redis.pcall('GETRANGE', k, 0, 18)
+  if type(h) ~= 'string' or string.sub(h, 1, 3) ~= 'HL\2' then return nil end
+  local e = tonumber(string.sub(h, 4, 19))
+  if not e then return nil end
+  return e - now_ms()
+end
+"#;
+
 fn with_version(body: &str) -> Script {
-    Script::new(&format!("{VERSION_FN}{body}"))
+    Script::new(&format!("{VERSION_FN}{REMAINING_FN}{body}"))
 }
 
-/// Read: the record and its remaining TTL in one atomic step; the size is checked before the
+/// The former read (hits are now one plain `GET`, see `record`); kept for the cluster store's
+/// start-up check, which runs it on a key to see that scripts reach every master.
+/// The record and its remaining TTL in one atomic step; the size is checked before the
 /// record is sent, so an oversized one never crosses the wire. ARGV[1] = max bytes.
 /// Returns {value, pttl}, {false, -2} missing, {false, -3} another Redis type (`pcall` turns
 /// WRONGTYPE into a value instead of a script failure the breaker would count), {false, -4, len}
@@ -56,8 +75,10 @@ return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 /// ARGV[1] = owner token, ARGV[2] = lease ms, ARGV[3] = max bytes, ARGV[4] = '1' to ignore the
 /// stored value (the caller could not decode it: recompute it under the lock), ARGV[5] = ms the
 /// version key is kept.
-/// Returns {1, value, pttl} found, {2, ticket} acquired, {3} busy. An oversized record or a key
-/// of another type is not "found": it is replaced under the lock.
+/// Returns {1, value, remaining ms} found, {2, ticket} acquired, {3} busy. An oversized record, a
+/// key of another type, a record of the previous format or one past its logical expiry (kept
+/// for `stale_if_error`) is not "found": it is replaced under the lock. A foreign string is
+/// "found": the caller counts it as undecodable and asks again with ARGV[4] = '1'.
 ///
 /// Idempotent for its own token: a replay (redis-rs retries a request whose connection failed,
 /// and the first run may have landed) that finds the lock held by ARGV[1] acquired it, so the
@@ -65,10 +86,12 @@ return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 pub(crate) static LOCK_OR_GET: LazyLock<Script> = LazyLock::new(|| {
     with_version(
         r#"
-if ARGV[4] ~= '1' and redis.call('TYPE', KEYS[1])['ok'] == 'string' then
-  local pttl = redis.call('PTTL', KEYS[1])
-  if pttl > 0 and redis.call('STRLEN', KEYS[1]) <= tonumber(ARGV[3]) then
-    return {1, redis.call('GET', KEYS[1]), pttl}
+if ARGV[4] ~= '1' and redis.call('TYPE', KEYS[1])['ok'] == 'string'
+    and redis.call('STRLEN', KEYS[1]) <= tonumber(ARGV[3]) then
+  local left = remaining(KEYS[1])
+  local old = string.sub(redis.call('GETRANGE', KEYS[1], 0, 2), 1, 3) == 'HL\1'
+  if (left and left > 0) or (not left and not old) then
+    return {1, redis.call('GET', KEYS[1]), left or 1}
   end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -84,15 +107,16 @@ return {3}
 });
 
 /// Early refresh: take the lock without waiting unless the value was replaced since it was read
-/// (its PTTL now exceeds what the reader saw, plus slack) or someone holds the lock.
+/// (its remaining logical life now exceeds what the reader saw, plus slack) or someone holds
+/// the lock.
 /// ARGV[1] = token, ARGV[2] = lease ms, ARGV[3] = the remaining ms the reader saw + slack,
 /// ARGV[4] = ms the version key is kept. Returns {1, ticket} acquired, {0} skip. Idempotent for
 /// its own token, like [`LOCK_OR_GET`].
 pub(crate) static TRY_LOCK_REFRESH: LazyLock<Script> = LazyLock::new(|| {
     with_version(
         r#"
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl > tonumber(ARGV[3]) then return {0} end
+local left = remaining(KEYS[1]) or -1
+if left > tonumber(ARGV[3]) then return {0} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, version(KEYS[3], ARGV[4])}
 end
@@ -123,13 +147,16 @@ return version(KEYS[3], ARGV[1])
 /// are woken, in the same step. `PUBLISH` is a `pcall`: an ACL without channel permission must
 /// not fail a write that already happened; the script reports the refusal instead, and the
 /// caller raises the fleet's "announcements missed" marker (see `missed`).
+/// The record's header gets its logical expiry (now + ttl, server clock); the key lives
+/// ttl + grace (`stale_if_error`).
 /// ARGV[1] = lock token or '', ARGV[2] = record, ARGV[3] = ttl ms, ARGV[4] = channel,
-/// ARGV[5] = ticket or '', ARGV[6] = ms the version key is kept.
+/// ARGV[5] = ticket or '', ARGV[6] = ms the version key is kept, ARGV[7] = grace ms.
 /// Returns 1 written, 3 written but its announcement refused, 0 fenced (something newer was
 /// written, or the key was invalidated).
 ///
 /// Idempotent for its own write: a replay (see [`LOCK_OR_GET`]) that finds the version exactly
-/// one past its ticket and its own record bytes stored finds the bump its first run made, and
+/// one past its ticket and its own record stored (the same bytes but for the expiry the first
+/// run stamped into the header) finds the bump its first run made, and
 /// reports it written instead of fenced. (Another writer with byte-identical bytes would have
 /// stored the same record: reporting success is true either way.)
 pub(crate) static WRITE: LazyLock<Script> = LazyLock::new(|| {
@@ -141,14 +168,19 @@ if mine then redis.call('DEL', KEYS[2]) end
 if ARGV[5] == '' then
   version(KEYS[3], ARGV[6])
 elseif (holder and not mine) or redis.call('GET', KEYS[3]) ~= ARGV[5] then
+  -- Its own record: the same bytes but for the expiry the first run stamped (bytes 4-19).
+  local stored = redis.call('GET', KEYS[1])
   if redis.call('GET', KEYS[3]) == string.format('%.0f', tonumber(ARGV[5]) + 1)
-      and redis.call('GET', KEYS[1]) == ARGV[2] then
+      and stored and string.sub(stored, 1, 3) == string.sub(ARGV[2], 1, 3)
+      and string.sub(stored, 20) == string.sub(ARGV[2], 20) then
     return 1
   end
   if mine then redis.pcall('PUBLISH', ARGV[4], '0') end
   return 0
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local ttl = tonumber(ARGV[3])
+local rec = string.sub(ARGV[2], 1, 3) .. string.format('%016.0f', math.min(now_ms() + ttl, 9999999999999999)) .. string.sub(ARGV[2], 20)
+redis.call('SET', KEYS[1], rec, 'PX', ttl + tonumber(ARGV[7]))
 redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
 local p = redis.pcall('PUBLISH', ARGV[4], '1')

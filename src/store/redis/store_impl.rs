@@ -4,6 +4,7 @@
 use super::conn::Conn;
 use super::keys::{token, Keys};
 use super::lock::{acquiring, HeldLock};
+use super::record::Remaining;
 use super::{plain, scripts, RedisStore};
 use crate::entry::Entry;
 use crate::store::contract::{
@@ -108,40 +109,20 @@ where
     }
 
     async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
+        // One plain command in both modes (scripted or not): the record carries its expiry in
+        // the server's clock (see `record` and `clock`).
         let k = self.entry_keys(ns.name(), key).await?.value;
-        let max = self.inner.max_value_bytes;
-        let conn = &self.inner.conn;
-        let k2 = k.clone();
-        let reply: Value = scripted_or_plain(
-            conn,
-            || {
-                conn.call(move |mut m| async move {
-                    scripts::READ.key(k).arg(max).invoke_async(&mut m).await
-                })
-            },
-            || async move {
-                let (v, pttl) = plain::read(conn, k2).await?;
-                Ok(match v {
-                    Some(b) => Value::Array(vec![Value::BulkString(b), Value::Int(pttl)]),
-                    None => Value::Array(vec![Value::Nil, Value::Int(-2)]),
-                })
-            },
-        )
-        .await?;
-        let items = items(reply, "read")?;
-        match (bytes(items.first()), int(items.get(1))) {
-            (Some(b), Some(pttl)) => Ok(self.decode(&b, pttl, now).unwrap_or(None)),
-            (None, Some(-2)) => Ok(None),
-            (None, Some(-3)) => {
+        let server_now = self.inner.clock.server_now_ms(&self.inner.conn).await?;
+        match plain::get(&self.inner.conn, k, self.inner.max_value_bytes).await? {
+            plain::Got::Record(b) => Ok(self
+                .decode(&b, Remaining::ServerNow(server_now), now)
+                .unwrap_or(None)
+                .filter(|e| live_or_kept(ns, e, now))),
+            plain::Got::Missing => Ok(None),
+            plain::Got::WrongType => {
                 self.undecodable(0);
                 Ok(None)
             }
-            (None, Some(-4)) => {
-                // Too large: refused by the server-side size check, never transferred.
-                self.undecodable(int(items.get(2)).unwrap_or(0) as usize);
-                Ok(None)
-            }
-            _ => Err(protocol("read")),
         }
     }
 
@@ -171,9 +152,12 @@ where
             }
             None => (Vec::new(), Vec::new()),
         };
-        let (ttl_ms, keep) = (ms(ttl), keep_ms(ttl));
+        let grace = ns.grace();
+        let (ttl_ms, keep) = (ms(ttl), keep_ms(ttl.saturating_add(grace)));
+        let grace_ms = grace.as_millis().min(u64::MAX as u128) as u64;
         let conn = &self.inner.conn;
-        let (k2, t2, r2) = (keys.clone(), token.clone(), record.clone());
+        let (k2, t2, mut r2) = (keys.clone(), token.clone(), record.clone());
+        let clock = self.inner.clock.clone();
         let written: i64 = scripted_or_plain(
             conn,
             || {
@@ -188,12 +172,16 @@ where
                         .arg(keys.channel)
                         .arg(ticket)
                         .arg(keep)
+                        .arg(grace_ms)
                         .invoke_async(&mut m)
                         .await
                 })
             },
             || async move {
-                plain::write(conn, k2, t2, r2, ttl_ms, keep)
+                // No script to stamp the expiry from the server's clock: the estimate does.
+                let now = clock.server_now_ms(conn).await?;
+                super::record::stamp(&mut r2, now.max(0) as u64 + ttl_ms);
+                plain::write(conn, k2, t2, r2, ttl_ms.saturating_add(grace_ms), keep)
                     .await
                     .map(|()| 1)
             },
@@ -236,6 +224,7 @@ where
                 keys.clone(),
                 self.inner.max_value_bytes,
             );
+            let clock = self.inner.clock.clone();
             // A task of its own: a lock taken for a caller that has gone is released at once.
             let outcome = acquiring(&self.inner.conn, async move {
                 let token = token();
@@ -246,7 +235,8 @@ where
                     token.clone(),
                 );
                 let reply: Value = if conn.plain_commands() {
-                    plain_lock_or_get(&conn, &k, token.clone(), lease, ignore_value).await?
+                    plain_lock_or_get(&conn, &clock, &k, token.clone(), lease, ignore_value, max)
+                        .await?
                 } else {
                     conn.call(move |mut m| async move {
                         scripts::LOCK_OR_GET
@@ -280,10 +270,13 @@ where
             })
             .await?;
             return Ok(match outcome {
-                RawOutcome::Found(b, pttl) => match self.decode(&b, pttl, now) {
+                RawOutcome::Found(b, left) => match self.decode(&b, Remaining::Ms(left), now) {
                     Ok(Some(e)) => LockOutcome::Found(e),
-                    // Expired in its last millisecond: ask again, as for a miss.
-                    Ok(None) => continue,
+                    // Of the previous format: recompute it under the lock, as for a miss.
+                    Ok(None) => {
+                        ignore_value = true;
+                        continue;
+                    }
                     // Not decodable (e.g. a value type changed in a rolling deploy): recompute
                     // it under the lock, so every process does not compute it at once.
                     Err(()) => {
@@ -308,10 +301,13 @@ where
     ) -> Result<RefreshOutcome<HeldLock>, StoreError> {
         let keys = self.entry_keys(ns.name(), key).await?;
         let lease = self.lease(lease);
-        // A replaced value has a PTTL well above what the reader saw; 2 ms absorbs the read's
-        // own latency.
-        let seen_ms = seen_expires_at.saturating_sub(now) / 1_000_000 + 2;
+        // A replaced value has a remaining life well above what the reader saw; 2 ms absorb
+        // the read's own latency, and the clock's uncertainty what the reader's estimate of
+        // the server's time may have taken off (see `clock`).
+        let seen_ms =
+            seen_expires_at.saturating_sub(now) / 1_000_000 + 2 + self.inner.clock.uncertainty_ms();
         let conn = self.inner.conn.clone();
+        let clock = self.inner.clock.clone();
         let held = acquiring(&self.inner.conn, async move {
             let token = token();
             let (v, l, n, t) = (
@@ -321,8 +317,8 @@ where
                 token.clone(),
             );
             let reply: Value = if conn.plain_commands() {
-                let (_, pttl) = plain::read(&conn, keys.value.clone()).await?;
-                let taken = pttl <= seen_ms as i64
+                let left = plain_remaining(&conn, &clock, keys.value.clone()).await?;
+                let taken = left <= seen_ms as i64
                     && plain::try_lock(&conn, keys.lock.clone(), token.clone(), ms(lease)).await?;
                 Value::Array(vec![
                     Value::Int(taken as i64),
@@ -425,7 +421,7 @@ where
         keys: &[K],
         now: u64,
     ) -> Vec<Result<Option<Entry<V>>, StoreError>> {
-        if let Some(out) = self.read_many(ns.name(), keys, now).await {
+        if let Some(out) = self.read_many(ns, keys, now).await {
             return out;
         }
         let mut out = Vec::with_capacity(keys.len());
@@ -441,7 +437,7 @@ where
         items: Vec<(K, Entry<V>, Option<HeldLock>)>,
         ttl: Duration,
     ) -> Vec<Result<Written, StoreError>> {
-        let items = match self.write_many(ns.name(), items, ttl).await {
+        let items = match self.write_many(ns.name(), items, ttl, ns.grace()).await {
             Ok(out) => return out,
             Err(items) => items,
         };
@@ -460,23 +456,53 @@ enum RawOutcome {
     Busy,
 }
 
+/// Whether a read returns `e`: a live record, or one past its logical expiry while the function
+/// has a grace (`stale_if_error`: the engine may serve it if its recomputation fails). Without a
+/// grace, an expired record is a miss, as it is gone from Redis a moment later anyway.
+pub(super) fn live_or_kept<V>(ns: &Namespace, e: &Entry<V>, now: u64) -> bool {
+    e.expires_at > now || !ns.grace().is_zero()
+}
+
+/// The remaining logical life (ms) of the record at `value_key` by the plain read (-1 when
+/// there is none of ours), as the scripts compute it.
+async fn plain_remaining(
+    conn: &std::sync::Arc<super::conn::Conn>,
+    clock: &std::sync::Arc<super::clock::ServerClock>,
+    value_key: Vec<u8>,
+) -> Result<i64, StoreError> {
+    let now = clock.server_now_ms(conn).await?;
+    Ok(
+        match plain::get(conn, value_key, super::record::HEADER).await? {
+            plain::Got::Record(b) => super::record::expiry(&b).map_or(-1, |e| e - now),
+            _ => -1,
+        },
+    )
+}
+
 /// The plain-command form of LOCK_OR_GET, answering in the script's reply shape (two round
 /// trips instead of one; no ticket).
 async fn plain_lock_or_get(
     conn: &std::sync::Arc<super::conn::Conn>,
+    clock: &std::sync::Arc<super::clock::ServerClock>,
     keys: &Keys,
     token: Vec<u8>,
     lease: Duration,
     ignore_value: bool,
+    max: usize,
 ) -> Result<Value, StoreError> {
-    let (v, pttl) = plain::read(conn, keys.value.clone()).await?;
-    if let Some(b) = v.filter(|_| !ignore_value) {
-        if pttl > 0 {
-            return Ok(Value::Array(vec![
-                Value::Int(1),
-                Value::BulkString(b),
-                Value::Int(pttl),
-            ]));
+    if !ignore_value {
+        let now = clock.server_now_ms(conn).await?;
+        if let plain::Got::Record(b) = plain::get(conn, keys.value.clone(), max).await? {
+            if let Some(left) = super::record::expiry(&b)
+                .map(|e| e - now)
+                .filter(|l| *l > 0)
+            {
+                return Ok(Value::Array(vec![
+                    Value::Int(1),
+                    Value::BulkString(b),
+                    Value::Int(left),
+                ]));
+            }
         }
     }
     Ok(

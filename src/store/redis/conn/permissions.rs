@@ -21,7 +21,7 @@ pub(super) fn refuse_scripts(stats: &RedisStats, flag: &AtomicBool, e: &redis::R
         tracing::warn!(
             error = %e,
             "redis refused SCRIPT LOAD/EVALSHA (NOPERM): herdless caches and locks with \
-             plain commands (GET+PTTL, SET NX PX, a guarded release) and loses only the \
+             plain commands (GETRANGE, SET NX PX, a guarded release) and loses only the \
              fencing of writes until scripting is granted (re-checked every 10 s and on \
              reconnect); grant the user +evalsha +eval +script|load (or +@scripting)"
         );

@@ -1,0 +1,81 @@
+//! The hot path without a task hop: a caller on a Tokio runtime awaits the multiplexed
+//! connection itself instead of spawning the request onto the store's runtime and awaiting its
+//! `JoinHandle` (issue 23). Timeout, breaker and the counters are the same as [`Conn::call`]'s;
+//! the request is polled inside the store's runtime context, so its timer (and anything redis-rs
+//! spawns) lives there, whatever runtime the caller is on.
+//!
+//! Why [`Conn::call`] spawns: a cancelled half-open probe must still book its outcome, or the
+//! breaker would stay half-open for good. So a call goes direct only while its breaker is
+//! closed, and a direct call dropped before it is booked while the circuit is open (it raced
+//! the opening and may be the probe) books a failure: the circuit re-opens for a cooldown
+//! instead of hanging half-open.
+
+use super::{Cause, Conn, Connection, Stats, Touch};
+use crate::store::contract::StoreError;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Books a failure for a direct call dropped while the circuit is open (see the module).
+struct Unbooked<'a> {
+    conn: &'a Conn,
+    touch: &'a Touch,
+    booked: bool,
+}
+
+impl Drop for Unbooked<'_> {
+    fn drop(&mut self) {
+        if self.booked {
+            return;
+        }
+        let breaker = if self.conn.cluster {
+            self.touch.range().map(|r| self.conn.breakers.get(r))
+        } else {
+            Some(self.conn.breakers.get(0))
+        };
+        if let Some(b) = breaker.filter(|b| b.is_open()) {
+            b.failure();
+        }
+    }
+}
+
+impl Conn {
+    /// [`Conn::call`] without the task hop when the caller runs on a Tokio runtime (and not
+    /// inside a blocking call) and no breaker is open; [`Conn::call`] otherwise.
+    pub(crate) async fn call_direct<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Connection) -> Fut + Send + 'static,
+        Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
+    {
+        let direct = tokio::runtime::Handle::try_current().is_ok()
+            && !crate::wait::in_block_on()
+            && std::process::id() == self.pid
+            && !self.breakers.any_open();
+        if !direct {
+            return self.call(f).await;
+        }
+        // A single node's breaker is asked here; a cluster's when the key is known (`Routed`).
+        if !self.cluster && !self.breakers.get(0).allow() {
+            Stats::inc(&self.stats.rejected_open);
+            return Err(super::circuit_open());
+        }
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        Stats::inc(&self.stats.round_trips);
+        let touch = Arc::new(Touch::default());
+        let mut guard = Unbooked {
+            conn: self,
+            touch: &touch,
+            booked: false,
+        };
+        let run = self.run(f, deadline, &touch);
+        let mut run = std::pin::pin!(run);
+        let out: Result<T, (StoreError, Cause)> = std::future::poll_fn(|cx| {
+            let _in_store_runtime = self.handle.enter();
+            run.as_mut().poll(cx)
+        })
+        .await;
+        self.book(&out, &touch);
+        guard.booked = true;
+        out.map_err(|(e, _)| e)
+    }
+}
