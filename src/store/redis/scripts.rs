@@ -303,15 +303,17 @@ mod tests {
             .unwrap()
     }
 
-    fn write(con: &mut redis::Connection, token: &str, record: &str, ticket: &str) -> i64 {
+    /// Writes a record of the current format (magic, 16 expiry digits the script stamps, body).
+    fn write(con: &mut redis::Connection, token: &str, body: &str, ticket: &str) -> i64 {
         WRITE
             .key(&KEYS[..])
             .arg(token)
-            .arg(record)
+            .arg(format!("HL\x02{:016}{body}", 0))
             .arg(60_000)
             .arg("t:{k}:c")
             .arg(ticket)
             .arg(60_000)
+            .arg(0)
             .invoke(con)
             .unwrap()
     }
