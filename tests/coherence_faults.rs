@@ -514,9 +514,6 @@ fn a_flood_of_announcements_does_not_hold_back_an_invalidation() {
         || fr.get(&k).ok().as_deref() == Some("v2"),
     );
     flood.join().unwrap();
-    wait_until(
-        "the backlog bound resets the subscription",
-        Duration::from_secs(10),
-        || stat(&shared.stats().pubsub_backlog_resets) >= 1,
-    );
+    // Whether the backlog bound fired (`pubsub_backlog_resets`) depends on how fast this machine
+    // drains the flood; the bound the user sees does not.
 }
