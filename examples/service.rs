@@ -38,8 +38,7 @@ usage: service [FLAGS]            serve one strategy
        service --drive [FLAGS]    run wrk against a fresh server per strategy, print one table
 
   --strategy S          none | traditional | stampede=BETA | auto        [default: auto]
-  --store KIND          memory | redis | near (near cache over redis) |
-                        disk (one LMDB file, no server; `--features disk`) [default: memory]
+  --store KIND          memory | redis | near | disk (one LMDB file)      [default: memory]
   --redis-url URL       Redis for --store redis|near                     [default: redis://127.0.0.1:6379/]
   --database-url URL    PostgreSQL                                       [default: postgres://postgres@127.0.0.1:5432/test]
   --table NAME          the generated table (created and seeded if needed) [default: herdless_orders]

@@ -1,8 +1,8 @@
 //! [`DiskLock`]: the disk store's per-key lock for [`barrier`](crate::barrier), across the
 //! processes of one machine.
 
+use super::handle::DiskStore;
 use super::locks::{lock_byte, Locks};
-use super::DiskStore;
 use crate::lock::{Lock, LockError};
 use crate::wait::{Contention, Patience, WaitMode};
 use std::hash::Hash;

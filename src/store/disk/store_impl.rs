@@ -1,9 +1,10 @@
 //! [`Store`] for [`DiskStore`]: reads, fenced writes, locks, invalidation, waiting.
 
 use super::cull::{self, Meta};
+use super::handle::{wall_now, DiskStore, Inner};
+use super::locks;
 use super::record::{self, Header, RecordKey, HEADER};
 use super::stats::DiskStats;
-use super::{locks, wall_now, DiskStore, Inner};
 use crate::entry::Entry;
 use crate::store::contract::{
     LockOutcome, Lookup, Namespace, RefreshOutcome, Store, StoreError, StoreErrorKind, Written,

@@ -12,7 +12,7 @@ mod slot;
 mod stats;
 mod subscriber;
 pub(crate) use permissions::PERMISSION_RECHECK;
-use permissions::{recheck_permissions, refuse_scripts, refuses_scripting};
+use permissions::{refuse_scripts, refuses_scripting};
 pub use stats::RedisStats;
 pub(crate) use stats::Stats;
 pub(crate) use subscriber::Wakeups;
@@ -581,6 +581,18 @@ fn on_slot_event(
                 Stats::inc(&stats.scripts_restored);
                 tracing::info!("redis accepts this user's scripts again: fenced writes restored");
             }
+        }
+    }
+}
+
+/// While the store runs in plain-command mode, asks every `PERMISSION_RECHECK` whether the
+/// server now lets it load its scripts. Ends with the store.
+async fn recheck_permissions(conn: std::sync::Weak<Conn>) {
+    loop {
+        tokio::time::sleep(PERMISSION_RECHECK).await;
+        let Some(c) = conn.upgrade() else { return };
+        if c.plain_commands() {
+            c.slot.recheck_scripts().await;
         }
     }
 }

@@ -227,7 +227,7 @@ impl Generations {
     }
 
     /// The generation of `name`, read from the server first if it is unknown or was announced
-    /// to have changed (an error if that read fails: an old generation must not be served), in
+    /// to have changed (if that read fails, the copy held, or an error when there is none), in
     /// the background if the copy is merely old.
     pub(crate) async fn current(
         &self,
@@ -257,7 +257,19 @@ impl Generations {
             }
             return Ok(copy.generation.load(Ordering::Acquire));
         }
-        reread(conn, space, name, &copy, now).await?;
+        if let Err(e) = reread(conn, space, name, &copy, now).await {
+            // The generation's shard cannot answer (paused, failing over, breaker open). A copy
+            // this process already holds keeps the function's other shards serving: while that
+            // shard is down nobody can `invalidate_all` it either, and single-key `invalidate`
+            // and `insert` reach the generations replaced in the last `LAGGING`. Without a copy
+            // there is nothing to serve by: the error stands.
+            let held = copy.generation.load(Ordering::Acquire);
+            if held == 0 {
+                return Err(e);
+            }
+            Stats::inc(&conn.stats.generation_fallbacks);
+            return Ok(held);
+        }
         Ok(copy.generation.load(Ordering::Acquire))
     }
 

@@ -4,7 +4,6 @@
 //! channels itself (see `subscriber`); scripting is re-checked here and on every reconnect.
 
 use super::stats::{RedisStats, Stats};
-use super::Conn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -38,16 +37,4 @@ pub(super) fn refuses_scripting(e: &redis::RedisError) -> bool {
     ["'evalsha'", "'eval'", "'script|load'", "'script'"]
         .iter()
         .any(|c| text.contains(c))
-}
-
-/// While the store runs in plain-command mode, asks every [`PERMISSION_RECHECK`] whether the
-/// server now lets it load its scripts. Ends with the store.
-pub(super) async fn recheck_permissions(conn: std::sync::Weak<Conn>) {
-    loop {
-        tokio::time::sleep(PERMISSION_RECHECK).await;
-        let Some(c) = conn.upgrade() else { return };
-        if c.plain_commands() {
-            c.slot.recheck_scripts().await;
-        }
-    }
 }

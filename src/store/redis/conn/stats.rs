@@ -88,6 +88,10 @@ pub struct RedisStats {
     /// Times a function's generation key was found missing or behind this process's copy
     /// (`FLUSHALL`, a restart without persistence, eviction, a lossy failover) and re-seeded.
     pub generation_reseeds: AtomicU64,
+    /// Reads that used this process's copy of a generation because re-reading it failed (its
+    /// shard paused, failing over, or behind an open breaker) after an announcement or a
+    /// resubscription asked for a re-read.
+    pub generation_fallbacks: AtomicU64,
     /// Calls refused because the store was used in a process forked after it was created
     /// (its I/O threads do not exist there): they fail at once and compute without Redis.
     pub forked_calls: AtomicU64,
