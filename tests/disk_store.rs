@@ -343,3 +343,32 @@ fn a_refresher_is_not_taken_over_on_an_earlier_holders_lapsed_lease() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn get_many_answers_each_key_as_get_does_in_order() {
+    use herdless::Clock;
+    let dir = fresh_dir("get-many");
+    let s = DiskStore::open(&dir).unwrap();
+    set(&s, "f", 1, 10u64, TTL);
+    set(&s, "f", 3, 30u64, TTL);
+    set(&s, "f", 4, "another type".to_string(), TTL);
+    let ns = Store::<u64, u64>::namespace(&s, "f");
+    let now = herdless::SystemClock::new().now();
+    let many =
+        futures::executor::block_on(Store::<u64, u64>::get_many(&s, &ns, &[3, 2, 1, 4], now));
+    let values: Vec<Option<u64>> = many
+        .into_iter()
+        .map(|r| r.expect("read").map(|e| e.value))
+        .collect();
+    assert_eq!(values, [Some(30), None, Some(10), None]);
+    // Each answer equals the single-key read.
+    for k in [1u64, 2, 3, 4] {
+        let one = futures::executor::block_on(Store::<u64, u64>::get(&s, &ns, &k, now)).unwrap();
+        assert_eq!(
+            one.map(|e| e.value),
+            values[[2usize, 1, 0, 3][(k - 1) as usize]]
+        );
+    }
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
