@@ -134,7 +134,7 @@ impl DiskStore {
         self.len() == 0
     }
 
-    /// Bytes of keys and records held, as counted for [`DiskStoreBuilder::max_bytes`].
+    /// Bytes of keys and records held, as counted for [`DiskStoreBuilder::max_bytes`](super::DiskStoreBuilder::max_bytes).
     pub fn bytes(&self) -> u64 {
         self.inner
             .env
