@@ -10,6 +10,8 @@ pub struct DiskHeader {
     pub version: u64,
     pub expiry: u64,
     pub delta_us: u64,
+    /// Until when culling keeps the record (`expiry` + the `stale_if_error` grace).
+    pub keep: u64,
     pub tombstone: bool,
 }
 
@@ -26,6 +28,7 @@ pub fn disk_record_encode<V: Serialize>(
             version: 0,
             expiry: h.expiry,
             delta_us: h.delta_us,
+            keep: h.keep,
             tombstone: h.tombstone,
         },
     );
@@ -50,6 +53,7 @@ pub fn disk_record_decode<V: DeserializeOwned>(bytes: &[u8]) -> Option<(DiskHead
             version: h.version,
             expiry: h.expiry,
             delta_us: h.delta_us,
+            keep: h.keep,
             tombstone: h.tombstone,
         },
         value,

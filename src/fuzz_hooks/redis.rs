@@ -40,7 +40,7 @@ pub fn redis_record_decode<V: DeserializeOwned>(
     pttl: i64,
     now: u64,
 ) -> Result<Option<Entry<V>>, ()> {
-    store().decode(bytes, pttl, now)
+    store().decode(bytes, super::record::Remaining::Ms(pttl), now)
 }
 
 /// What a pub/sub message's channel announces (`announce::parse`), its key still encoded.
