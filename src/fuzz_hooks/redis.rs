@@ -32,8 +32,9 @@ pub fn redis_record_encode<V: Serialize>(value: V, delta_us: u64) -> Result<Vec<
     store().encode("fuzz", &entry).map_err(|e| e.to_string())
 }
 
-/// `RedisStore`'s decoding of bytes read with `pttl` ms left at engine time `now`: `Ok(None)`
-/// for a record in its last millisecond or gone, `Err(())` for a record that is not ours.
+/// `RedisStore`'s decoding of bytes read with `pttl` ms left at engine time `now` (negative:
+/// past its logical expiry, kept for `stale_if_error`): `Ok(None)` for a record of the previous
+/// format, `Err(())` for a record that is not ours.
 #[allow(clippy::result_unit_err)]
 pub fn redis_record_decode<V: DeserializeOwned>(
     bytes: &[u8],
