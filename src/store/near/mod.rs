@@ -53,8 +53,8 @@
 //!   given up and re-made; a message backlog older than 1 s counts as a failure too (resync).
 //! - **A writer refused channels** (its ACL, or a `PUBLISH` that fails): the refusal raises a
 //!   shared marker key that every store polls every half of its near tiers' `max_stale` (at
-//!   most every second); on a change each near tier drops what it holds. A near hit is then at
-//!   most half of `max_stale` plus a round trip older than such a write.
+//!   most every second); on a change each near tier drops what it holds, so `max_stale` holds
+//!   for such a write too (checked by the coherence checker's ACL case).
 //! - **After the subscription comes back** the whole near tier is dropped, because messages may
 //!   have been lost while it was down.
 //! - **Redis down:** near entries serve until their own expiry (fail-open, as with any store),

@@ -11,9 +11,10 @@
 //! call returns*. Every store that serves near tiers or caches generations polls that key every
 //! [`POLL`], or every half of its near tiers' smallest `max_stale` if that is shorter; when it
 //! changes, the store marks its generation copies stale and its near tiers drop what they hold.
-//! A near hit is then at most half of `max_stale` (at most [`POLL`]) plus one round trip older
-//! than a write whose announcement was refused (tested in `tests/coherence_faults.rs` and by the
-//! coherence checker). The cost is one `GET` per period per process (2 per second at the default
+//! A near hit is then no older than `max_stale` (plus the checker's 200 ms allowance for
+//! scheduling) behind a write whose announcement was refused: what
+//! `coherence::coherent_with_a_writer_whose_acl_forbids_channels` checks, with
+//! `coherence_faults::a_writer_refused_channels_still_reaches_other_near_tiers`. The cost is one `GET` per period per process (2 per second at the default
 //! `max_stale` of 1 s). A write whose marker `INCR` fails too (the server went away just
 //! then) is counted in `RedisStats::announcements_lost`; the other processes' subscriptions see
 //! the same outage and resync when it ends.
