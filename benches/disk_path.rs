@@ -48,6 +48,7 @@ fn entry(v: String) -> Entry<String> {
         value: v,
         delta_us: 1000,
         expires_at: herdless::SystemClock::new().now() + 3_600_000_000_000,
+        write_id: 0,
     }
 }
 

@@ -230,7 +230,12 @@ where
         let coarse = unsafe { &*self.lean.load(Ordering::Relaxed) };
         let horizon = coarse.horizon();
         (self.is_lean
-            && beyond_reach(entry, horizon, self.reach_int.load(Ordering::Relaxed))
+            && beyond_reach(
+                entry.delta_us,
+                entry.expires_at,
+                horizon,
+                self.reach_int.load(Ordering::Relaxed),
+            )
             && self.stats.try_hit())
         .then_some(horizon)
     }
@@ -254,7 +259,8 @@ where
                     let fresh = e.key.borrow() == key
                         && e.current()
                         && beyond_reach(
-                            &e.entry,
+                            e.delta_us,
+                            e.expires_at,
                             coarse.horizon(),
                             self.reach_int.load(Ordering::Relaxed),
                         );
@@ -262,7 +268,7 @@ where
                         return None;
                     }
                     e.unmetered.set(e.unmetered.get() + 1);
-                    Some(f(&e.entry.value))
+                    Some(f(&e.value))
                 })
             }
         })
@@ -321,8 +327,12 @@ where
             Lookup::NotLocal => return Err(Probe::NotLocal),
         };
         let horizon = self.coarse.horizon();
-        if beyond_reach(&entry, horizon, self.reach_int.load(Ordering::Relaxed))
-            && (!self.stats.hit() || self.clock_checked(self.coarse, horizon))
+        if beyond_reach(
+            entry.delta_us,
+            entry.expires_at,
+            horizon,
+            self.reach_int.load(Ordering::Relaxed),
+        ) && (!self.stats.hit() || self.clock_checked(self.coarse, horizon))
         {
             self.end_handoff_window(horizon);
             Ok((entry.value, horizon))
@@ -576,6 +586,7 @@ where
                 value: value.clone(),
                 delta_us: t1.saturating_sub(t0).div_ceil(1000),
                 expires_at: t1.saturating_add(saturating_nanos(ttl)),
+                write_id: 0,
             };
             // A store that answers at once: fence check and write together under the fence
             // lock (see `fence`), so an invalidation never sees the older value land after it.
@@ -646,8 +657,8 @@ where
 /// UNTRUSTED horizon, `u64::MAX`, never passes), which is what the saturating form
 /// `expires_at − horizon > δ·reach` says, in fewer instructions.
 #[inline(always)]
-fn beyond_reach<V>(entry: &Entry<V>, horizon: u64, reach_int: u64) -> bool {
-    (horizon as u128 + entry.delta_us as u128 * reach_int as u128) < entry.expires_at as u128
+fn beyond_reach(delta_us: u64, expires_at: u64, horizon: u64, reach_int: u64) -> bool {
+    (horizon as u128 + delta_us as u128 * reach_int as u128) < expires_at as u128
 }
 
 /// The pointer form of a coarse clock, for [`Engine::lean`].

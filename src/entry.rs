@@ -8,7 +8,12 @@
 ///
 /// ```
 /// use herdless::Entry;
-/// let e = Entry { value: "page".to_string(), delta_us: 200_000, expires_at: 5_000_000_000 };
+/// let e = Entry {
+///     value: "page".to_string(),
+///     delta_us: 200_000,
+///     expires_at: 5_000_000_000,
+///     write_id: 0,
+/// };
 /// assert_eq!(e.remaining(4_000_000_000), std::time::Duration::from_secs(1));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +24,14 @@ pub struct Entry<V> {
     pub delta_us: u64,
     /// Expiry on the engine clock, in nanoseconds.
     pub expires_at: u64,
+    /// Which write stored this entry, as the store that read it numbers its writes; `0` when
+    /// unknown (an entry not read from a store, or a store that does not number writes).
+    ///
+    /// Two reads of one key that return the same non-zero `write_id` saw the same write. An
+    /// early refresh hands it back to [`Store::try_lock_refresh`](crate::Store::try_lock_refresh)
+    /// (in a [`Seen`](crate::store::Seen)), which then tells "replaced since the read" by
+    /// identity instead of by comparing times that the read's own latency and the clocks blur.
+    pub write_id: u64,
 }
 
 impl<V> Entry<V> {

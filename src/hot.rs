@@ -144,7 +144,11 @@ impl Hasher for Fx {
 /// One thread's tier entry of one function.
 pub(crate) struct HotEntry<K, V> {
     pub(crate) key: K,
-    pub(crate) entry: Entry<V>,
+    /// The entry's value, δ and expiry (not its `write_id`: the in-memory store does not
+    /// number writes, and a slot stays one cache line for small types).
+    pub(crate) value: V,
+    pub(crate) delta_us: u64,
+    pub(crate) expires_at: u64,
     /// The key's version counter in the store, and its value read before the store was.
     version: NonNull<AtomicU64>,
     seen: u64,
@@ -257,7 +261,9 @@ impl<K, V> HotTier<K, V> {
         let entry = read()?;
         let new = HotEntry {
             key: key.to_owned(),
-            entry,
+            value: entry.value,
+            delta_us: entry.delta_us,
+            expires_at: entry.expires_at,
             version: NonNull::from(counter),
             seen,
             unmetered: Cell::new(0),
@@ -337,11 +343,12 @@ mod tests {
             value,
             delta_us: 1,
             expires_at: u64::MAX,
+            write_id: 0,
         };
         // SAFETY: the test thread is the only user of index 0.
         unsafe {
             assert!(tier.admit(0, &v, &1, || Some(e(10))).is_none()); // empty slot: admitted
-            assert_eq!(tier.with(0, |h| Some(h.entry.value)), Some(10));
+            assert_eq!(tier.with(0, |h| Some(h.value)), Some(10));
             tier.admit(0, &v, &2, || Some(e(20)));
             assert_eq!(
                 tier.with(0, |h| Some(h.key)),

@@ -59,7 +59,7 @@
 //!   eviction policy. `Memoized::read` / `BlockingMemoized::read` run a closure on the value
 //!   without cloning it: with an `Arc<T>` value that is the only hit that writes no shared
 //!   count. Stores without write versions (`store::NearStore`) are probed on every hit.
-//! - Memory: per entry, key + value + 16 bytes (`delta`, `expiry`) + a 4-byte namespace id +
+//! - Memory: per entry, key + value + 24 bytes (`delta`, `expiry`, `write_id`) + a 4-byte namespace id +
 //!   quick_cache's slot overhead. Per memoized function: 2 × 64 small mutex-guarded maps, holding
 //!   only keys being computed or refreshed (and, at most 64 Ki, keys backing off a failed refresh),
 //!   a 4.2 KiB hit counter (one cache line per thread stripe, so hits never share a line,

@@ -10,7 +10,7 @@ use crate::flight::{JoinMark, Joined, Waited};
 use crate::leader::{self, FlightLeader, OnFailure};
 use crate::refresh;
 use crate::stats::bump;
-use crate::store::contract::{LockOutcome, Store};
+use crate::store::contract::{LockOutcome, Seen, Store};
 use crate::wait::{Contention, Patience};
 use crate::xfetch::{self, Decision};
 use std::hash::Hash;
@@ -64,7 +64,7 @@ where
             }
             Decision::RefreshEarly => {
                 bump!(eng.stats, slow_hits);
-                refresh::trigger(eng, key, entry.expires_at, entry.delta_us, now);
+                refresh::trigger(eng, key, Seen::of(&entry), entry.delta_us, now);
                 return Ok(entry.value);
             }
             Decision::Expired => stale = Some(entry.value),

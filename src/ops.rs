@@ -8,7 +8,7 @@ use crate::entry::Entry;
 use crate::error::Error;
 use crate::leader::{self, OnFailure};
 use crate::stats::bump;
-use crate::store::contract::{Lookup, RefreshOutcome, Store, StoreError, Written};
+use crate::store::contract::{Lookup, RefreshOutcome, Seen, Store, StoreError, Written};
 use std::borrow::Borrow;
 use std::hash::Hash;
 use std::time::Duration;
@@ -118,6 +118,7 @@ where
         value,
         delta_us: delta.map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         expires_at: now.saturating_add(saturating_nanos(ttl)),
+        write_id: 0,
     };
     bump!(eng.stats, inserts);
     let (done, write) = {
@@ -196,7 +197,7 @@ where
             .try_lock_refresh(
                 &eng.ns,
                 key,
-                u64::MAX,
+                Seen::NOTHING,
                 eng.lease(None),
                 eng.cfg.lease_max,
                 now,

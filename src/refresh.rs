@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::flight::{Begin, Joined};
 use crate::leader::{self, OnFailure};
 use crate::stats::bump;
-use crate::store::contract::{RefreshOutcome, Store};
+use crate::store::contract::{RefreshOutcome, Seen, Store};
 use crate::wait::WaitMode;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 pub(crate) fn trigger<K, V, E, S>(
     eng: &Engine<K, V, E, S>,
     key: &K,
-    seen_expires_at: u64,
+    seen: Seen,
     delta_us: u64,
     now: u64,
 ) where
@@ -55,7 +55,7 @@ pub(crate) fn trigger<K, V, E, S>(
         started: false,
         failure_counted: false,
     };
-    let task = claim.run(seen_expires_at, delta_us);
+    let task = claim.run(seen, delta_us);
     match eng.compute.mode() {
         WaitMode::Async => match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
@@ -120,7 +120,7 @@ where
         self.engine.refreshes.end(&self.key, self.id);
     }
 
-    async fn run(mut self, seen_expires_at: u64, delta_us: u64) {
+    async fn run(mut self, seen: Seen, delta_us: u64) {
         let e = self.engine.clone();
         let now = e.clock.now();
         let lock = match e
@@ -128,7 +128,7 @@ where
             .try_lock_refresh(
                 &e.ns,
                 &self.key,
-                seen_expires_at,
+                seen,
                 e.lease(Some(delta_us)),
                 e.cfg.lease_max,
                 now,

@@ -256,13 +256,13 @@ fn shuttle_checks_a_tier_never_serves_a_value_older_than_a_returned_write() {
                             value: *store.lock().unwrap(),
                             delta_us: 0,
                             expires_at: u64::MAX,
+                            write_id: 0,
                         })
                     };
                     for _ in 0..3 {
                         let floor = done.load(Ordering::SeqCst);
                         // SAFETY: each reader thread owns its own index.
-                        let hit =
-                            unsafe { tier.with(index, |e| e.current().then_some(e.entry.value)) };
+                        let hit = unsafe { tier.with(index, |e| e.current().then_some(e.value)) };
                         let value = match hit {
                             Some(v) => v,
                             None => {

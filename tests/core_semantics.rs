@@ -144,6 +144,7 @@ fn memoize_with_zero_ttl_is_valid_looks_up_and_never_stores() {
         value: 777,
         delta_us: 1,
         expires_at: u64::MAX,
+        write_id: 0,
     };
     futures::executor::block_on(Store::set(&store, &ns, &3, e, Duration::from_secs(1), None))
         .unwrap();

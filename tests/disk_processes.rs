@@ -146,6 +146,7 @@ fn child() {
                     value: Blob::new(n, 100 + (i as usize * 97) % 20_000),
                     delta_us: 1,
                     expires_at: u64::MAX / 2,
+                    write_id: 0,
                 };
                 futures::executor::block_on(store.set(&ns, &n, e, TTL, None)).expect("set");
                 i += 1;

@@ -23,6 +23,7 @@ fn entry<V>(value: V, ttl: Duration) -> Entry<V> {
         value,
         delta_us: 10,
         expires_at: herdless::SystemClock::new().now() + ttl.as_nanos() as u64,
+        write_id: 0,
     }
 }
 
@@ -314,7 +315,10 @@ fn a_refresher_is_not_taken_over_on_an_earlier_holders_lapsed_lease() {
         &a,
         &ns,
         &1,
-        0,
+        herdless::store::Seen {
+            expires_at: 0,
+            write_id: 0,
+        },
         long,
         long,
         now(),

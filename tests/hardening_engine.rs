@@ -162,13 +162,13 @@ impl Store<u64, u64> for ContendedStore {
         &self,
         ns: &Namespace,
         key: &u64,
-        seen_expires_at: u64,
+        seen: herdless::store::Seen,
         lease: Duration,
         max_hold: Duration,
         now: u64,
     ) -> impl Future<Output = Result<RefreshOutcome<Infallible>, StoreError>> + Send {
         self.inner
-            .try_lock_refresh(ns, key, seen_expires_at, lease, max_hold, now)
+            .try_lock_refresh(ns, key, seen, lease, max_hold, now)
     }
     fn invalidate(
         &self,

@@ -740,13 +740,13 @@ impl Store<u8, Val> for Paused {
         &self,
         ns: &Namespace,
         key: &u8,
-        seen_expires_at: u64,
+        seen: herdless::store::Seen,
         lease: Duration,
         max_hold: Duration,
         now: u64,
     ) -> Result<RefreshOutcome<Infallible>, StoreError> {
         self.inner
-            .try_lock_refresh(ns, key, seen_expires_at, lease, max_hold, now)
+            .try_lock_refresh(ns, key, seen, lease, max_hold, now)
             .await
     }
     async fn invalidate(&self, ns: &Namespace, key: &u8) -> Result<(), StoreError> {

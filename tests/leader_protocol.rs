@@ -152,7 +152,7 @@ impl Store<u8, u64> for Hooked {
         &self,
         _ns: &Namespace,
         _key: &u8,
-        _seen_expires_at: u64,
+        _seen: herdless::store::Seen,
         _lease: Duration,
         _max_hold: Duration,
         _now: u64,

@@ -232,6 +232,7 @@ fn wakeups_and_near_announcements_cross_every_shard() {
                 value: "v".to_string(),
                 delta_us: 1,
                 expires_at: now + 60_000_000_000,
+                write_id: 0,
             };
             // The locked write releases the lock and publishes on the entry's channel.
             Store::<String, String>::set(&a2, &ns_a, &k2, e, Duration::from_secs(60), Some(lock))

@@ -6,7 +6,7 @@
 
 mod support;
 
-use herdless::store::{LockOutcome, RedisStore, Store, Written};
+use herdless::store::{LockOutcome, RedisStore, RefreshOutcome, Seen, Store, Written};
 use herdless::{memoize_stampede, Contention, Entry};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -44,6 +44,7 @@ fn entry(v: &str) -> Entry<String> {
         value: v.to_string(),
         delta_us: 1000,
         expires_at: u64::MAX / 2,
+        write_id: 0,
     }
 }
 
@@ -540,6 +541,94 @@ fn a_user_without_scripting_still_caches_and_locks() {
         assert_eq!(s.stats().scripts_refused.load(Ordering::Relaxed), 1);
         assert!(!s.circuit_open());
         assert_eq!(s.stats().circuit_opens.load(Ordering::Relaxed), 0);
+    }
+}
+
+/// Issue 21 item 6, in plain-command mode: an early refresh decides "replaced since the read"
+/// by the record's write identity, not by remaining times. Before: a reader whose view of the
+/// expiry was a few ms early (a slow read) skipped although nothing replaced the entry, and
+/// one whose view was late refreshed again after a replacement.
+#[test]
+fn without_scripting_a_refresh_is_judged_by_the_write_not_the_clock() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let mut con = server.raw();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("noeval2")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-@scripting")
+        .query(&mut con)
+        .unwrap();
+    let url = format!("redis://noeval2:pw@127.0.0.1:{}/", server.port());
+    let (a, b) = (store(&url), store(&url));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (na, nb) = (
+            Store::<String, String>::namespace(&a, "plainref"),
+            Store::<String, String>::namespace(&b, "plainref"),
+        );
+        let k = "k".to_string();
+        let live = |v: &str| Entry {
+            value: v.to_string(),
+            delta_us: 1000,
+            expires_at: 0,
+            write_id: 0,
+        };
+        // The first refused script switches each store to plain commands (that call fails).
+        for (s, ns) in [(&a, &na), (&b, &nb)] {
+            let warm = "warm".to_string();
+            if s.set(ns, &warm, live("w"), TTL, None).await.is_err() {
+                s.set(ns, &warm, live("w"), TTL, None).await.unwrap();
+            }
+        }
+        let w = a.set(&na, &k, live("v1"), TTL, None).await.unwrap();
+        assert_eq!(w, Written::Stored);
+        let e = Store::<String, String>::get(&b, &nb, &k, 1_000_000_000)
+            .await
+            .unwrap()
+            .expect("v1");
+        assert_ne!(e.write_id, 0);
+        let blurred = Seen {
+            expires_at: e.expires_at - 50_000_000,
+            write_id: e.write_id,
+        };
+        let r = Store::<String, String>::try_lock_refresh(
+            &b,
+            &nb,
+            &k,
+            blurred,
+            TTL,
+            TTL,
+            1_000_000_000,
+        )
+        .await
+        .unwrap();
+        let RefreshOutcome::Acquired(lock) = r else {
+            panic!("not replaced since the read: the refresh must take the lock");
+        };
+        let w = b.set(&nb, &k, live("v2"), TTL, Some(lock)).await.unwrap();
+        assert_eq!(w, Written::Stored);
+        let late = Seen {
+            expires_at: e.expires_at + 50_000_000,
+            write_id: e.write_id,
+        };
+        let r =
+            Store::<String, String>::try_lock_refresh(&a, &na, &k, late, TTL, TTL, 1_000_000_000)
+                .await
+                .unwrap();
+        assert!(
+            matches!(r, RefreshOutcome::Skip),
+            "v1 was replaced: the refresh must skip"
+        );
+    });
+    for s in [&a, &b] {
+        assert_eq!(s.stats().scripts_refused.load(Ordering::Relaxed), 1);
     }
 }
 

@@ -17,7 +17,9 @@
 mod cluster;
 mod support;
 
-use herdless::store::{LockOutcome, Lookup, MemoryStore, RedisStore, RefreshOutcome, Written};
+use herdless::store::{
+    LockOutcome, Lookup, MemoryStore, RedisStore, RefreshOutcome, Seen, Written,
+};
 use herdless::{Clock, Entry, Store, SystemClock, WaitMode};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -73,6 +75,7 @@ fn entry(v: Val, delta_us: u64, ttl: Duration) -> Entry<Val> {
         value: v,
         delta_us,
         expires_at: now() + nanos(ttl),
+        write_id: 0,
     }
 }
 
@@ -584,7 +587,15 @@ async fn get_now_answers_or_defers<H: Harness>(h: &H) {
             "before the write: {}",
             lookup_name(&before)
         );
-        assert_eq!(after, Lookup::Found(written), "after the write");
+        // The store may number the write (`write_id`); the rest is what was written.
+        match after {
+            Lookup::Found(e) => assert_eq!(
+                (e.value, e.delta_us, e.expires_at),
+                (written.value, written.delta_us, written.expires_at),
+                "after the write"
+            ),
+            o => panic!("after the write: {}", lookup_name(&o)),
+        }
     } else {
         assert!(
             matches!(before, Lookup::NotLocal),
@@ -697,12 +708,12 @@ async fn lock_exclusive_and_released<H: Harness>(h: &H) {
         ),
     }
     // The write released the lock: an early refresh of the entry just written may take it.
-    let seen = s
-        .get(&ns, &k, now())
-        .await
-        .expect("get")
-        .expect("the entry")
-        .expires_at;
+    let seen = Seen::of(
+        &s.get(&ns, &k, now())
+            .await
+            .expect("get")
+            .expect("the entry"),
+    );
     let r = peer
         .try_lock_refresh(&pns, &k, seen, LONG_LEASE, LONG_HOLD, now())
         .await
@@ -868,6 +879,65 @@ async fn fenced_writes<H: Harness>(h: &H) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 6b. "Replaced since the read" is decided by the write's identity, not by times.
+// ---------------------------------------------------------------------------------------------
+
+async fn refresh_judged_by_write_id<H: Harness>(h: &H) {
+    let (s, peer) = h.pair();
+    let ns = s.namespace("refresh-id");
+    let pns = peer.namespace("refresh-id");
+    let k = key("blurred");
+    let ttl = Duration::from_secs(20);
+    s.set(&ns, &k, entry(val("v1", 1), 10, ttl), ttl, None)
+        .await
+        .expect("set v1");
+    let e = peer.get(&pns, &k, now()).await.expect("get").expect("v1");
+    if !s.is_shared() {
+        // One process, one clock: the expiry the reader saw is the entry's own, exactly.
+        return;
+    }
+    assert_ne!(e.write_id, 0, "a shared store numbers its writes");
+    // The reader's view of the expiry is 50 ms early (its read was slow, or its estimate of
+    // the server's clock is off), but nothing replaced the entry: the refresh goes ahead.
+    let blurred = Seen {
+        expires_at: e.expires_at.saturating_sub(50_000_000),
+        write_id: e.write_id,
+    };
+    let r = peer
+        .try_lock_refresh(&pns, &k, blurred, LONG_LEASE, LONG_HOLD, now())
+        .await
+        .expect("try with a blurred expiry");
+    let RefreshOutcome::Acquired(lock) = r else {
+        panic!(
+            "not replaced since the read: the refresh must take the lock, got {}",
+            refresh_name(&r)
+        );
+    };
+    // Its write (same TTL, a few ms later) replaces v1 and releases the lock. A reader that saw
+    // v1, even one whose view of the expiry is 50 ms late, must now skip: v1 was replaced.
+    let w = peer
+        .set(&pns, &k, entry(val("v2", 2), 10, ttl), ttl, Some(lock))
+        .await
+        .expect("refresh write");
+    assert_eq!(w, Written::Stored);
+    let late = Seen {
+        expires_at: e.expires_at + 50_000_000,
+        write_id: e.write_id,
+    };
+    let r = s
+        .try_lock_refresh(&ns, &k, late, LONG_LEASE, LONG_HOLD, now())
+        .await
+        .expect("try after the replacement");
+    assert!(
+        matches!(r, RefreshOutcome::Skip),
+        "the entry seen was replaced (same TTL, a few ms later): expected Skip, got {}",
+        refresh_name(&r)
+    );
+    let e2 = s.get(&ns, &k, now()).await.expect("get").expect("v2");
+    assert_ne!(e2.write_id, e.write_id, "another write, another write_id");
+}
+
+// ---------------------------------------------------------------------------------------------
 // 6. try_lock_refresh.
 // ---------------------------------------------------------------------------------------------
 
@@ -883,12 +953,7 @@ async fn try_lock_refresh<H: Harness>(h: &H) {
     s.set(&ns, &k, entry(val("v1", 1), 10, first_ttl), first_ttl, None)
         .await
         .expect("set v1");
-    let seen = s
-        .get(&ns, &k, now())
-        .await
-        .expect("get")
-        .expect("v1")
-        .expires_at;
+    let seen = Seen::of(&s.get(&ns, &k, now()).await.expect("get").expect("v1"));
 
     let first = s
         .try_lock_refresh(&ns, &k, seen, LONG_LEASE, LONG_HOLD, now())
@@ -941,12 +1006,7 @@ async fn try_lock_refresh<H: Harness>(h: &H) {
 
     // A reader that saw the new entry may refresh it (the Skip above was about the old one, and
     // the refresh write released the lock).
-    let seen2 = peer
-        .get(&pns, &k, now())
-        .await
-        .expect("get")
-        .expect("v2")
-        .expires_at;
+    let seen2 = Seen::of(&peer.get(&pns, &k, now()).await.expect("get").expect("v2"));
     let again = peer
         .try_lock_refresh(&pns, &k, seen2, LONG_LEASE, LONG_HOLD, now())
         .await
@@ -1171,7 +1231,10 @@ async fn redis_errors_surface(h: &RedisHarness) {
                 &down,
                 &ns,
                 &k,
-                now(),
+                Seen {
+                    expires_at: now(),
+                    write_id: 0,
+                },
                 LONG_LEASE,
                 LONG_HOLD,
                 now(),
@@ -1261,6 +1324,7 @@ async fn redis_errors_surface(h: &RedisHarness) {
             value: 7u64,
             delta_us: 1,
             expires_at: now() + nanos(LONG_TTL),
+            write_id: 0,
         },
         LONG_TTL,
         None,
@@ -1323,6 +1387,7 @@ contract_tests! {
     lock_exclusive_and_released => memory_lock_exclusive_and_released, redis_lock_exclusive_and_released;
     fenced_writes => memory_fenced_writes, redis_fenced_writes;
     try_lock_refresh => memory_try_lock_refresh, redis_try_lock_refresh;
+    refresh_judged_by_write_id => memory_refresh_judged_by_write_id, redis_refresh_judged_by_write_id;
     waiters_are_woken => memory_waiters_are_woken, redis_waiters_are_woken;
 }
 
@@ -1346,6 +1411,7 @@ mod disk {
         lock_exclusive_and_released => disk_lock_exclusive_and_released;
         fenced_writes => disk_fenced_writes;
         try_lock_refresh => disk_try_lock_refresh;
+        refresh_judged_by_write_id => disk_refresh_judged_by_write_id;
         waiters_are_woken => disk_waiters_are_woken;
     }
 }
@@ -1386,6 +1452,7 @@ fn cluster_contract_suite() {
         lock_exclusive_and_released,
         fenced_writes,
         try_lock_refresh,
+        refresh_judged_by_write_id,
         waiters_are_woken
     );
 }

@@ -144,6 +144,7 @@ where
         // The batch's time: what computing any of its keys took this time.
         delta_us: t1.saturating_sub(t0).div_ceil(1000),
         expires_at: t1.saturating_add(saturating_nanos(eng.cfg.ttl)),
+        write_id: 0,
     };
     // Each key's value (a key the closure left out is that key's error), and what to write.
     let mut outs: Vec<Result<V, Error<E>>> = Vec::with_capacity(jobs.len());

@@ -18,7 +18,7 @@ use crate::flight::{Follower, Joined, Waited};
 use crate::leader::{FlightLeader, OnFailure};
 use crate::miss;
 use crate::stats::bump;
-use crate::store::contract::{LockOutcome, Store};
+use crate::store::contract::{LockOutcome, Seen, Store};
 use crate::wait::{Contention, Patience};
 use crate::xfetch::Decision;
 use std::collections::HashMap;
@@ -104,7 +104,7 @@ where
             }
             Decision::RefreshEarly => {
                 bump!(eng.stats, slow_hits);
-                refreshes.push((uniq[i].clone(), entry.expires_at, entry.delta_us));
+                refreshes.push((uniq[i].clone(), Seen::of(&entry), entry.delta_us));
                 out[i] = Some(Ok(entry.value));
             }
             Decision::Expired => misses.push((i, Some(entry.value))),

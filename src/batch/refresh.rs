@@ -11,17 +11,17 @@ use crate::engine::Engine;
 use crate::flight::{Begin, Joined};
 use crate::leader::OnFailure;
 use crate::stats::bump;
-use crate::store::contract::{RefreshOutcome, Store};
+use crate::store::contract::{RefreshOutcome, Seen, Store};
 use crate::wait::WaitMode;
 use std::hash::Hash;
 use std::sync::Arc;
 
-/// Claims the refresh slot of each `(key, seen_expires_at, delta_us)` without waiting and
+/// Claims the refresh slot of each `(key, seen, delta_us)` without waiting and
 /// refreshes the keys claimed in one background batch.
 pub(crate) fn trigger<K, V, E, S>(
     eng: &Engine<K, V, E, S>,
     batch: &Arc<BatchFn<K, V, E>>,
-    items: Vec<(K, u64, u64)>,
+    items: Vec<(K, Seen, u64)>,
     now: u64,
 ) where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -77,7 +77,7 @@ where
     engine: Arc<Engine<K, V, E, S>>,
     id: u64,
     key: K,
-    seen: u64,
+    seen: Seen,
     delta_us: u64,
     armed: bool,
     started: bool,

@@ -28,6 +28,7 @@ pub fn redis_record_encode<V: Serialize>(value: V, delta_us: u64) -> Result<Vec<
         value,
         delta_us,
         expires_at: 0,
+        write_id: 0,
     };
     store().encode("fuzz", &entry).map_err(|e| e.to_string())
 }

@@ -179,6 +179,43 @@ pub enum LockOutcome<V, L> {
     Local,
 }
 
+/// What the reader of an entry saw, handed to [`Store::try_lock_refresh`] so that the store can
+/// tell whether the entry was replaced since it was read.
+///
+/// A store that numbers its writes compares [`Entry::write_id`] (exact: no clock, no slack);
+/// with `write_id == 0` it falls back to comparing expiries.
+///
+/// ```
+/// use herdless::{store::Seen, Entry};
+/// let e = Entry { value: 1u32, delta_us: 10, expires_at: 5_000, write_id: 42 };
+/// assert_eq!(Seen::of(&e), Seen { expires_at: 5_000, write_id: 42 });
+/// assert!(Seen::NOTHING.expires_at == u64::MAX && Seen::NOTHING.write_id == 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// The entry's expiry on the engine clock ([`Entry::expires_at`]).
+    pub expires_at: u64,
+    /// The entry's [`Entry::write_id`] (`0`: unknown).
+    pub write_id: u64,
+}
+
+impl Seen {
+    /// Nothing was seen: the refresh is unconditional (`refresh()` on a facade), so no entry in
+    /// the store counts as "replaced since".
+    pub const NOTHING: Seen = Seen {
+        expires_at: u64::MAX,
+        write_id: 0,
+    };
+
+    /// What a reader of `entry` saw.
+    pub fn of<V>(entry: &Entry<V>) -> Seen {
+        Seen {
+            expires_at: entry.expires_at,
+            write_id: entry.write_id,
+        }
+    }
+}
+
 /// What a background refresh learns when it tries the lock without waiting.
 #[derive(Debug)]
 pub enum RefreshOutcome<L> {
@@ -209,7 +246,7 @@ pub enum Written {
 /// use herdless::{Entry, MemoryStore, Store};
 /// let store = MemoryStore::<u32, &'static str>::new(10).unwrap();
 /// let ns = store.namespace("greeting");
-/// let e = Entry { value: "hi", delta_us: 1, expires_at: u64::MAX };
+/// let e = Entry { value: "hi", delta_us: 1, expires_at: u64::MAX, write_id: 0 };
 /// futures::executor::block_on(store.set(&ns, &1, e.clone(), std::time::Duration::from_secs(1), None)).unwrap();
 /// assert_eq!(store.get_now(&ns, &1), herdless::store::Lookup::Found(e));
 /// ```
@@ -289,12 +326,14 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<LockOutcome<V, Self::Lock>, StoreError>> + Send;
 
     /// For an early refresh: take the lock without waiting, unless someone replaced the entry
-    /// that expired at `seen_expires_at` or holds the lock.
+    /// the caller read (`seen`) or holds the lock. A store that numbers its writes must decide
+    /// "replaced" by [`Seen::write_id`] when it is non-zero, never by times: a slow read or a
+    /// clock estimate must not make every refresh of a cycle skip.
     fn try_lock_refresh(
         &self,
         ns: &Namespace,
         key: &K,
-        seen_expires_at: u64,
+        seen: Seen,
         lease: Duration,
         max_hold: Duration,
         now: u64,
@@ -349,7 +388,7 @@ pub trait Store<K, V>: Clone + Send + Sync + 'static {
     /// use herdless::{Entry, MemoryStore, Store};
     /// let store = MemoryStore::<u32, u32>::new(10).unwrap();
     /// let ns = store.namespace("f");
-    /// let e = Entry { value: 7, delta_us: 1, expires_at: u64::MAX };
+    /// let e = Entry { value: 7, delta_us: 1, expires_at: u64::MAX, write_id: 0 };
     /// let ttl = std::time::Duration::from_secs(1);
     /// futures::executor::block_on(async {
     ///     store.set_many(&ns, vec![(1, e.clone(), None)], ttl).await;

@@ -7,11 +7,12 @@
 //! decides with XFetch, and an expired entry stays readable so that a "serve stale" policy has
 //! something to serve until the entry is evicted or replaced.
 //!
-//! Memory cost: per entry, the key, the value, 16 bytes of `delta`/`expiry`, a 4-byte namespace
+//! Memory cost: per entry, the key, the value, 24 bytes of `delta`/`expiry`/`write_id`, a 4-byte namespace
 //! id and quick_cache's own overhead (about 2 words per slot).
 
 use super::contract::{
-    LockOutcome, Lookup, Namespace, NamespaceRegistry, RefreshOutcome, Store, StoreError, Written,
+    LockOutcome, Lookup, Namespace, NamespaceRegistry, RefreshOutcome, Seen, Store, StoreError,
+    Written,
 };
 use super::data_arc::DataArc;
 use crate::entry::Entry;
@@ -348,7 +349,7 @@ where
         &self,
         ns: &Namespace,
         key: &K,
-        seen_expires_at: u64,
+        seen: Seen,
         _lease: Duration,
         _max_hold: Duration,
         _now: u64,
@@ -357,7 +358,8 @@ where
         // A newer entry means another refresh (or a hard miss) already replaced the one whose
         // XFetch draw fired: refreshing again would be a second run in the same cycle.
         let out = match self.lookup(ns, key) {
-            Some(e) if e.expires_at != seen_expires_at => RefreshOutcome::Skip,
+            // One process, one clock: the expiry the reader saw identifies the entry exactly.
+            Some(e) if e.expires_at != seen.expires_at => RefreshOutcome::Skip,
             _ => RefreshOutcome::Local,
         };
         std::future::ready(Ok(out))

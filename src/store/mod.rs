@@ -50,7 +50,7 @@ pub use self::redis::{
     ConnectError, HeldLock, RedisGuard, RedisLock, RedisStats, RedisStore, RedisStoreBuilder,
 };
 pub use contract::{
-    LockOutcome, Lookup, Namespace, NamespaceRegistry, RefreshOutcome, Store, StoreError,
+    LockOutcome, Lookup, Namespace, NamespaceRegistry, RefreshOutcome, Seen, Store, StoreError,
     StoreErrorKind, Written,
 };
 #[cfg(feature = "disk")]

@@ -7,7 +7,8 @@ use super::record::{self, Header, RecordKey, HEADER};
 use super::stats::DiskStats;
 use crate::entry::Entry;
 use crate::store::contract::{
-    LockOutcome, Lookup, Namespace, RefreshOutcome, Store, StoreError, StoreErrorKind, Written,
+    LockOutcome, Lookup, Namespace, RefreshOutcome, Seen, Store, StoreError, StoreErrorKind,
+    Written,
 };
 use crate::wait::WaitMode;
 use serde::{de::DeserializeOwned, Serialize};
@@ -52,7 +53,7 @@ impl Drop for DiskPermit {
 }
 
 /// What one read transaction saw of a key.
-struct Seen {
+struct Snapshot {
     header: Option<Header>,
     /// The record's bytes after the header (a live, decodable-looking record only).
     body: Option<Vec<u8>>,
@@ -105,6 +106,7 @@ impl DiskStore {
                     value,
                     delta_us: h.delta_us,
                     expires_at: self.to_engine(h.expiry),
+                    write_id: h.version,
                 }),
                 Err(_) => {
                     self.undecodable(bytes.len());
@@ -130,7 +132,7 @@ impl DiskStore {
     }
 
     /// The record's header (and body if live) and the file's sequence, in one snapshot.
-    fn seen(&self, k: &RecordKey, wall: u64) -> Result<Seen, StoreError> {
+    fn seen(&self, k: &RecordKey, wall: u64) -> Result<Snapshot, StoreError> {
         let inner = &*self.inner;
         let txn = inner.env.read_txn().map_err(|e| io_error("read", e))?;
         DiskStats::inc(&inner.stats.reads);
@@ -144,7 +146,7 @@ impl DiskStore {
             (Some(b), Some(h)) if !h.tombstone && h.expiry > wall => Some(b[HEADER..].to_vec()),
             _ => None,
         };
-        Ok(Seen {
+        Ok(Snapshot {
             foreign: bytes.is_some() && header.is_none(),
             header,
             body,
@@ -164,6 +166,7 @@ impl DiskStore {
                 value,
                 delta_us: h.delta_us,
                 expires_at: rebuild(h.expiry, now, wall),
+                write_id: h.version,
             }),
             Err(_) => {
                 self.undecodable(body.len() + HEADER);
@@ -172,7 +175,7 @@ impl DiskStore {
         }
     }
 
-    fn permit(&self, byte: Option<u64>, seen: &Seen) -> DiskPermit {
+    fn permit(&self, byte: Option<u64>, seen: &Snapshot) -> DiskPermit {
         DiskPermit {
             inner: self.inner.clone(),
             byte,
@@ -573,7 +576,7 @@ where
         &self,
         ns: &Namespace,
         key: &K,
-        seen_expires_at: u64,
+        read: Seen,
         _lease: Duration,
         max_hold: Duration,
         now: u64,
@@ -581,9 +584,16 @@ where
         let k = self.key(ns, key);
         let wall = wall_now();
         let seen = self.seen(&k, wall)?;
-        // A record replaced since the caller's read has a later expiry: someone refreshed.
+        // Replaced since the caller's read: someone refreshed (or inserted). Every write gets
+        // the file's next sequence number, so the version tells it exactly; only an entry of
+        // unknown origin (`write_id` 0) is compared by expiry.
         if let Some(h) = seen.header.filter(|h| !h.tombstone) {
-            if rebuild(h.expiry, now, wall) > seen_expires_at.saturating_add(2_000_000) {
+            let replaced = if read.write_id != 0 {
+                h.version != read.write_id
+            } else {
+                rebuild(h.expiry, now, wall) > read.expires_at.saturating_add(2_000_000)
+            };
+            if replaced {
                 return Ok(RefreshOutcome::Skip);
             }
         }

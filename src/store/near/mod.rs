@@ -67,7 +67,7 @@ mod tier;
 use crate::entry::Entry;
 use crate::error::ConfigError;
 use crate::store::contract::{
-    LockOutcome, Lookup, Namespace, RefreshOutcome, Store, StoreError, Written,
+    LockOutcome, Lookup, Namespace, RefreshOutcome, Seen, Store, StoreError, Written,
 };
 use crate::store::redis::{HeldLock, RedisStore};
 use crate::wait::WaitMode;
@@ -377,21 +377,13 @@ where
         &self,
         ns: &Namespace,
         key: &K,
-        seen_expires_at: u64,
+        seen: Seen,
         lease: Duration,
         max_hold: Duration,
         now: u64,
     ) -> Result<RefreshOutcome<HeldLock>, StoreError> {
-        Store::<K, V>::try_lock_refresh(
-            &self.inner.shared,
-            ns,
-            key,
-            seen_expires_at,
-            lease,
-            max_hold,
-            now,
-        )
-        .await
+        Store::<K, V>::try_lock_refresh(&self.inner.shared, ns, key, seen, lease, max_hold, now)
+            .await
     }
 
     async fn write_ticket(&self, ns: &Namespace, key: &K) -> Result<Option<HeldLock>, StoreError> {

@@ -196,6 +196,10 @@ impl RedisStore {
                     value,
                     delta_us,
                     expires_at,
+                    // The server-clock expiry the write stamped (ms): every write stamps its
+                    // own, so it tells writes apart (two writes of one key would need the same
+                    // millisecond and TTL to collide; the lock serializes locked writers).
+                    write_id: expiry as u64,
                 }))
             }
             None => {

@@ -39,10 +39,13 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function remaining(k)
+local function stamp(k)
   local h = redis.pcall('GETRANGE', k, 0, 18)
   if type(h) ~= 'string' or string.sub(h, 1, 3) ~= 'HL\2' then return nil end
-  local e = tonumber(string.sub(h, 4, 19))
+  return tonumber(string.sub(h, 4, 19))
+end
+local function remaining(k)
+  local e = stamp(k)
   if not e then return nil end
   return e - now_ms()
 end
@@ -107,16 +110,22 @@ return {3}
 });
 
 /// Early refresh: take the lock without waiting unless the value was replaced since it was read
-/// (its remaining logical life now exceeds what the reader saw, plus slack) or someone holds
-/// the lock.
+/// or someone holds the lock. "Replaced" is decided by identity when the reader knows the
+/// record's stamp (its header expiry, unique per write): another stamp is another write. A
+/// missing record (expired, invalidated) is not "replaced": the refresh goes ahead. Without a
+/// stamp, by time: its remaining logical life exceeds what the reader saw, plus slack.
 /// ARGV[1] = token, ARGV[2] = lease ms, ARGV[3] = the remaining ms the reader saw + slack,
-/// ARGV[4] = ms the version key is kept. Returns {1, ticket} acquired, {0} skip. Idempotent for
-/// its own token, like [`LOCK_OR_GET`].
+/// ARGV[4] = ms the version key is kept, ARGV[5] = the stamp the reader saw or ''.
+/// Returns {1, ticket} acquired, {0} skip. Idempotent for its own token, like [`LOCK_OR_GET`].
 pub(crate) static TRY_LOCK_REFRESH: LazyLock<Script> = LazyLock::new(|| {
     with_version(
         r#"
-local left = remaining(KEYS[1]) or -1
-if left > tonumber(ARGV[3]) then return {0} end
+if ARGV[5] ~= '' then
+  local e = stamp(KEYS[1])
+  if e and e ~= tonumber(ARGV[5]) then return {0} end
+elseif (remaining(KEYS[1]) or -1) > tonumber(ARGV[3]) then
+  return {0}
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, version(KEYS[3], ARGV[4])}
 end
@@ -358,6 +367,7 @@ mod tests {
                 .arg(10_000)
                 .arg(u64::MAX / 2)
                 .arg(60_000)
+                .arg("")
                 .invoke(con)
                 .unwrap()
         };

@@ -8,7 +8,7 @@ use super::record::Remaining;
 use super::{plain, scripts, RedisStore};
 use crate::entry::Entry;
 use crate::store::contract::{
-    LockOutcome, Namespace, RefreshOutcome, Store, StoreError, StoreErrorKind, Written,
+    LockOutcome, Namespace, RefreshOutcome, Seen, Store, StoreError, StoreErrorKind, Written,
 };
 use crate::wait::WaitMode;
 use redis::Value;
@@ -294,18 +294,22 @@ where
         &self,
         ns: &Namespace,
         key: &K,
-        seen_expires_at: u64,
+        seen: Seen,
         lease: Duration,
         max_hold: Duration,
         now: u64,
     ) -> Result<RefreshOutcome<HeldLock>, StoreError> {
         let keys = self.entry_keys(ns.name(), key).await?;
         let lease = self.lease(lease);
-        // A replaced value has a remaining life well above what the reader saw; 2 ms absorb
-        // the read's own latency, and the clock's uncertainty what the reader's estimate of
-        // the server's time may have taken off (see `clock`).
+        // Replaced since the read? A record read from Redis names its write exactly (the
+        // server-clock expiry the write stamped, `Entry::write_id`): compare that, no clock
+        // involved. Only an entry of unknown origin is compared by remaining time: a replaced
+        // value has a remaining life well above what the reader saw; 2 ms absorb the read's own
+        // latency, and the clock's uncertainty what the reader's estimate of the server's time
+        // may have taken off (see `clock`).
+        let seen_stamp = (seen.write_id != 0).then_some(seen.write_id as i64);
         let seen_ms =
-            seen_expires_at.saturating_sub(now) / 1_000_000 + 2 + self.inner.clock.uncertainty_ms();
+            seen.expires_at.saturating_sub(now) / 1_000_000 + 2 + self.inner.clock.uncertainty_ms();
         let conn = self.inner.conn.clone();
         let clock = self.inner.clock.clone();
         let held = acquiring(&self.inner.conn, async move {
@@ -317,8 +321,15 @@ where
                 token.clone(),
             );
             let reply: Value = if conn.plain_commands() {
-                let left = plain_remaining(&conn, &clock, keys.value.clone()).await?;
-                let taken = left <= seen_ms as i64
+                let unreplaced = match seen_stamp {
+                    Some(stamp) => plain_stamp(&conn, keys.value.clone())
+                        .await?
+                        .is_none_or(|s| s == stamp),
+                    None => {
+                        plain_remaining(&conn, &clock, keys.value.clone()).await? <= seen_ms as i64
+                    }
+                };
+                let taken = unreplaced
                     && plain::try_lock(&conn, keys.lock.clone(), token.clone(), ms(lease)).await?;
                 Value::Array(vec![
                     Value::Int(taken as i64),
@@ -334,6 +345,7 @@ where
                         .arg(ms(lease))
                         .arg(seen_ms)
                         .arg(keep_ms(max_hold))
+                        .arg(seen_stamp.map_or(String::new(), |s| s.to_string()))
                         .invoke_async(&mut m)
                         .await
                 })
@@ -475,6 +487,20 @@ async fn plain_remaining(
         match plain::get(conn, value_key, super::record::HEADER).await? {
             plain::Got::Record(b) => super::record::expiry(&b).map_or(-1, |e| e - now),
             _ => -1,
+        },
+    )
+}
+
+/// The expiry stamp of the record at `value_key` (its write's identity), `None` when there is
+/// none of this format.
+async fn plain_stamp(
+    conn: &std::sync::Arc<super::conn::Conn>,
+    value_key: Vec<u8>,
+) -> Result<Option<i64>, StoreError> {
+    Ok(
+        match plain::get(conn, value_key, super::record::HEADER).await? {
+            plain::Got::Record(b) => super::record::expiry(&b),
+            _ => None,
         },
     )
 }
