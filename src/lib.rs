@@ -151,6 +151,8 @@ mod memoize;
 mod memoized;
 mod miss;
 mod ops;
+#[cfg(feature = "redis")]
+mod pid;
 mod refresh;
 #[cfg(all(test, shuttle))]
 mod shuttle_tests;

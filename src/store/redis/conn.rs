@@ -404,7 +404,7 @@ impl Conn {
     /// would wait for a task that only this very thread can run: refuse it instead of hanging.
     /// Whoever awaits a task spawned on [`Conn::handle`] checks this first.
     pub(crate) fn would_deadlock(&self) -> Option<StoreError> {
-        if std::process::id() != self.pid {
+        if crate::pid::current() != self.pid {
             // A forked child: the runtime's threads stayed in the parent, so nothing would
             // ever run the request. Fail at once (the engine computes without Redis).
             Stats::inc(&self.stats.forked_calls);

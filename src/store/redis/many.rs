@@ -105,7 +105,7 @@ impl RedisStore {
         // Plain `GETRANGE`s, as `get` reads (see `plain::get`), in both modes.
         let mut calls = Vec::with_capacity(keys.len());
         for key in keys {
-            let k = self.entry_keys(ns.name(), key).await.ok()?.value;
+            let k = self.hit_key(ns.name(), key).await.ok()?;
             let mut cmd = redis::cmd("GETRANGE");
             cmd.arg(&k).arg(0).arg(self.inner.max_value_bytes);
             calls.push(Call { slot_key: k, cmd });

@@ -510,4 +510,18 @@ impl RedisStore {
             .await?;
         self.inner.space.keys(name, generation, key)
     }
+
+    /// Only the value key of [`RedisStore::entry_keys`] (a hit's read).
+    async fn hit_key<K: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        key: &K,
+    ) -> Result<Vec<u8>, StoreError> {
+        let generation = self
+            .inner
+            .generations
+            .current(&self.inner.conn, &self.inner.space, name)
+            .await?;
+        self.inner.space.value_key(name, generation, key)
+    }
 }

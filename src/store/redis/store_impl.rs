@@ -111,7 +111,7 @@ where
     async fn get(&self, ns: &Namespace, key: &K, now: u64) -> Result<Option<Entry<V>>, StoreError> {
         // One plain command in both modes (scripted or not): the record carries its expiry in
         // the server's clock (see `record` and `clock`).
-        let k = self.entry_keys(ns.name(), key).await?.value;
+        let k = self.hit_key(ns.name(), key).await?;
         let server_now = self.inner.clock.server_now_ms(&self.inner.conn).await?;
         match plain::get(&self.inner.conn, k, self.inner.max_value_bytes).await? {
             plain::Got::Record(b) => Ok(self

@@ -49,7 +49,7 @@ impl Conn {
     {
         let direct = tokio::runtime::Handle::try_current().is_ok()
             && !crate::wait::in_block_on()
-            && std::process::id() == self.pid
+            && crate::pid::current() == self.pid
             && !self.breakers.any_open();
         if !direct {
             return self.call(f).await;
