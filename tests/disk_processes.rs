@@ -14,6 +14,7 @@ use herdless::{memoize_stampede, Contention, Store};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::{ChildEnv, ChildProc};
 
@@ -167,6 +168,18 @@ fn child() {
             let v = page.get(&"k".to_string()).expect("get");
             let c = computed.load(std::sync::atomic::Ordering::SeqCst);
             support::report("warm", format!("{c} {v}"));
+        }
+        // Reads (registering this thread as an LMDB reader), then hangs until SIGKILLed.
+        "reader" => {
+            let page = memoize_stampede(&store, TTL)
+                .name("reader")
+                .build_blocking_infallible(|k: &String| format!("v {k}"))
+                .expect("memoize");
+            for _ in 0..3 {
+                page.get(&"k".to_string()).expect("get");
+            }
+            support::report("read", std::process::id());
+            std::thread::sleep(Duration::from_secs(120));
         }
         // Invalidates one key of the `gen` function.
         "invalidate" => {
@@ -340,6 +353,31 @@ fn sigkill_in_the_middle_of_writes_leaves_values_intact_or_absent() {
             "round {round}: nothing was written at all"
         );
     }
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+}
+
+/// Issue 20 item 6: the reader slot of a process SIGKILLed while registered as a reader is
+/// cleared when the file is next opened (it could pin an old snapshot and make the file grow).
+/// Another process keeps the file open meanwhile: the first process to open a file nobody has
+/// open rebuilds the whole reader table anyway.
+#[test]
+fn a_killed_readers_slot_is_cleared_at_open() {
+    let dir = fresh_dir("readers").join("store");
+    let mut alive = spawn("reader", &dir, &[]);
+    alive.wait_report("read", BOUND);
+    let mut reader = spawn("reader", &dir, &[]);
+    reader.wait_report("read", BOUND);
+    reader.kill();
+    // This process has not opened the file yet: its open is the one that checks.
+    let store = DiskStore::open(&dir).expect("open after the kill");
+    let cleared = store.stats().stale_readers_cleared.load(Ordering::Relaxed);
+    assert!(
+        cleared >= 1,
+        "the killed reader's slot must be cleared at open, cleared {cleared}"
+    );
+    println!("reader slots cleared at open after one SIGKILLed reader: {cleared}");
+    drop(store);
+    alive.kill();
     let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
 }
 

@@ -28,6 +28,8 @@ pub(super) struct SharedFile {
     pub(super) records: Db,
     pub(super) meta: Db,
     pub(super) hash_key: HashKey,
+    /// Reader slots of dead processes that opening the file cleared.
+    pub(super) stale_readers_cleared: u64,
 }
 
 pub(super) struct Inner {

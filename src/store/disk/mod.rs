@@ -17,7 +17,8 @@
 //!   between processes) and translated onto this process's [`SystemClock`](crate::SystemClock)
 //!   timeline when read. Engines over a `DiskStore` use the system clock (the default).
 //! - **Crash safety**: LMDB's copy-on-write B-tree: a process killed in the middle of a write
-//!   leaves the last committed state; stale reader slots of dead processes are cleared at open.
+//!   leaves the last committed state; stale reader slots of dead processes are cleared at open
+//!   (`DiskStats::stale_readers_cleared`; `tests/disk_processes.rs`).
 //!   By default commits are not fsynced (a cache: a power cut may lose the last writes, never
 //!   the file's integrity); [`DiskStoreBuilder::durable`] fsyncs each commit.
 //!
@@ -56,7 +57,7 @@ use locks::Locks;
 use record::HashKey;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -253,6 +254,7 @@ impl DiskStoreBuilder {
             records,
             meta,
             hash_key,
+            stale_readers_cleared: dead as u64,
         })
     }
 
@@ -291,6 +293,7 @@ impl DiskStoreBuilder {
             })?;
         let stats = Arc::new(DiskStats {
             path: path.clone(),
+            stale_readers_cleared: AtomicU64::new(file.stale_readers_cleared),
             ..DiskStats::default()
         });
         let locks = Locks::new(lock_file, stats.clone());

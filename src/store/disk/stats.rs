@@ -38,6 +38,10 @@ pub struct DiskStats {
     /// Writes that failed (disk full, permissions, map full after culling): the value was
     /// returned but not stored (fail-open).
     pub write_errors: AtomicU64,
+    /// LMDB reader slots left by processes that died (SIGKILL) while registered as readers,
+    /// cleared when this process opened the file: a dead reader's slot could otherwise pin an
+    /// old snapshot, so that freed pages are never reused and the file grows.
+    pub stale_readers_cleared: AtomicU64,
     pub(super) path: std::path::PathBuf,
 }
 
