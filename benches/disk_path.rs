@@ -1,6 +1,10 @@
 //! The disk store's paths, measured in one run: `cargo bench --features disk --bench disk_path`.
 //!
-//! - `herdless_disk_hit`: a hit of `memoize_stampede` (fixed β) over a `DiskStore`, 1 KiB value;
+//! - `herdless_disk_hit`: a hit of `memoize_stampede` (fixed β) over a `DiskStore`, 1 KiB value
+//!   (default settings: a hot key is served from the thread's own copy, validated by the
+//!   shared version file);
+//! - `herdless_disk_hit_no_tier`: the same with `DiskStoreBuilder::thread_tier(false)`: every
+//!   hit is an LMDB read transaction;
 //! - `heed_raw_get`: the storage engine alone, a read transaction and a get of the same bytes
 //!   (the floor under `herdless_disk_hit`);
 //! - `quick_cache_get`: the in-memory cache a Rust user would pick instead (no processes shared);
@@ -67,6 +71,17 @@ fn disk_path(c: &mut Criterion) {
     f.get(&key).unwrap();
     g.bench_function("herdless_disk_hit", |b| {
         b.iter(|| black_box(f.get(black_box(&key)).unwrap()))
+    });
+    let d2 = dir("hit-no-tier");
+    let plain = DiskStore::builder(&d2).thread_tier(false).build().unwrap();
+    let f2 = memoize_stampede(&plain, ttl)
+        .name("hit")
+        .beta(1.0)
+        .build_blocking_infallible(|_k: &String| value())
+        .unwrap();
+    f2.get(&key).unwrap();
+    g.bench_function("herdless_disk_hit_no_tier", |b| {
+        b.iter(|| black_box(f2.get(black_box(&key)).unwrap()))
     });
 
     // The engine alone, on an environment of its own with the same flags and record size.

@@ -49,21 +49,56 @@ pub(crate) const SLOTS: usize = crate::stats::STRIPES;
 
 /// Write versions of a store's keys, hashed into [`VERSIONS`] counters (equal keys of several
 /// functions share a counter: a write of one costs the others a store probe, never a wrong
-/// answer).
+/// answer). The counters live on this process's heap (the in-memory store) or in memory shared
+/// by the processes of a machine (the disk store's version file, `store::disk::versions`).
 #[doc(hidden)]
 pub struct Versions {
-    counters: Box<[AtomicU64]>,
+    /// [`VERSIONS`] counters, valid while `_owner` lives.
+    counters: NonNull<AtomicU64>,
+    _owner: Box<dyn std::any::Any + Send + Sync>,
 }
+
+// SAFETY: `counters` points into memory owned by `_owner` (Send + Sync) and is only accessed
+// through atomics.
+unsafe impl Send for Versions {}
+unsafe impl Sync for Versions {}
 
 impl Default for Versions {
     fn default() -> Self {
+        let heap: Box<[AtomicU64]> = (0..VERSIONS).map(|_| AtomicU64::new(0)).collect();
+        let counters = NonNull::from(&heap[0]);
         Versions {
-            counters: (0..VERSIONS).map(|_| AtomicU64::new(0)).collect(),
+            counters,
+            _owner: Box::new(heap),
         }
     }
 }
 
 impl Versions {
+    /// Counters that `owner` keeps alive (e.g. a shared memory map).
+    ///
+    /// # Safety
+    /// `counters` points to [`VERSIONS`] properly aligned `AtomicU64`s that stay valid, and are
+    /// only accessed atomically, for as long as `owner` lives.
+    #[cfg(all(feature = "disk", not(shuttle)))]
+    pub(crate) unsafe fn shared(
+        counters: NonNull<AtomicU64>,
+        owner: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Versions {
+        Versions {
+            counters,
+            _owner: owner,
+        }
+    }
+
+    #[inline(always)]
+    fn counter(&self, index: usize) -> &AtomicU64 {
+        debug_assert!(index < VERSIONS);
+        // SAFETY: `index < VERSIONS` (every caller masks or iterates below it); the counters
+        // live as long as `self` (see the field).
+        unsafe { &*self.counters.as_ptr().add(index) }
+    }
+
     /// The index of `key`'s counter (any borrowed form: it hashes as the owned key).
     #[inline]
     fn index_of<Q: Hash + ?Sized>(key: &Q) -> usize {
@@ -76,7 +111,7 @@ impl Versions {
     /// The counter of `key`.
     #[inline]
     pub(crate) fn of<Q: Hash + ?Sized>(&self, key: &Q) -> &AtomicU64 {
-        &self.counters[Self::index_of(key)]
+        self.counter(Self::index_of(key))
     }
 
     /// After a write of `key`: tiers holding an older value of it stop serving it.
@@ -87,8 +122,8 @@ impl Versions {
 
     /// After a write of many keys (`invalidate_all`): every tier entry stops serving.
     pub(crate) fn bump_all(&self) {
-        for c in self.counters.iter() {
-            c.fetch_add(1, Ordering::Release);
+        for i in 0..VERSIONS {
+            self.counter(i).fetch_add(1, Ordering::Release);
         }
     }
 }
@@ -247,7 +282,7 @@ impl<K, V> HotTier<K, V> {
             return None;
         }
         let index_of = Versions::index_of(key);
-        let counter = &versions.counters[index_of];
+        let counter = versions.counter(index_of);
         // 1 + the counter's index: 0 is "no candidate".
         let id = index_of as u32 + 1;
         // SAFETY: not busy, so no borrow of the entry lives; only this thread touches it.
@@ -323,7 +358,7 @@ mod tests {
     fn a_slot_is_one_line_for_small_keys_and_values() {
         assert_eq!(std::mem::size_of::<Slot<u64, u64>>(), 64);
         assert_eq!(std::mem::size_of::<Slot<String, String>>(), 128);
-        assert_eq!(std::mem::size_of::<Versions>(), 16);
+        assert_eq!(std::mem::size_of::<Versions>(), 24);
     }
 
     #[test]

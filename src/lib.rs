@@ -58,7 +58,9 @@
 //!   255th hit of a thread (the coarse-clock check), which keeps a hot key recent in its
 //!   eviction policy. `Memoized::read` / `BlockingMemoized::read` run a closure on the value
 //!   without cloning it: with an `Arc<T>` value that is the only hit that writes no shared
-//!   count. Stores without write versions (`store::NearStore`) are probed on every hit.
+//!   count. The disk store keeps its write versions in a file every process maps, so the tier
+//!   serves its hot keys too, coherent across processes. Stores without write versions
+//!   (`store::NearStore`, Redis) are probed on every hit.
 //! - Memory: per entry, key + value + 24 bytes (`delta`, `expiry`, `write_id`) + a 4-byte namespace id +
 //!   quick_cache's slot overhead. Per memoized function: 2 × 64 small mutex-guarded maps, holding
 //!   only keys being computed or refreshed (and, at most 64 Ki, keys backing off a failed refresh),

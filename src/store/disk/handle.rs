@@ -52,6 +52,11 @@ pub(super) struct Inner {
     /// This handle's presence byte (counted by other processes' `fleet_size`).
     pub(super) presence: Option<u64>,
     pub(super) fleet: Fleet,
+    /// The per-thread tier's write versions, shared by the processes through the version file
+    /// (`versions`); `None` if it could not be mapped: every hit then reads LMDB.
+    pub(super) versions: Option<crate::hot::Versions>,
+    /// Whether engines may serve from the per-thread tier (`DiskStoreBuilder::thread_tier`).
+    pub(super) thread_tier: bool,
 }
 
 /// The number of open stores on the file (processes, in practice), counted from the presence

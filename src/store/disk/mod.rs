@@ -4,6 +4,12 @@
 //! - **Reads** are one LMDB read transaction: no lock, no write, no system call; the record is
 //!   read in place from the shared memory map. A hit answers on the caller's stack
 //!   ([`Store::get_now`](crate::store::Store::get_now)).
+//! - **Hot keys at memory speed, coherent across processes with no message**: the engine's
+//!   per-thread tier serves a hot key from the thread's own copy while the key's write version
+//!   is unchanged; the versions live in `herdless.versions`, an 8 KiB file every process maps
+//!   shared, and every write bumps its key's version before its commit and again before it
+//!   returns (`versions` module; [`DiskStoreBuilder::thread_tier`]). Checked by
+//!   `tests/disk_history.rs`: with the bumps removed it reports hundreds of stale reads.
 //! - **Writes** are one write transaction that checks the record's version against the
 //!   writer's permit (fencing), culls if the file is over its limits, and commits.
 //! - **One computation per key across processes**: an open-file-description byte-range lock
@@ -43,6 +49,8 @@ mod locks;
 mod record;
 mod stats;
 mod store_impl;
+#[cfg(not(shuttle))]
+mod versions;
 
 pub use barrier_lock::{DiskGuard, DiskLock};
 pub use handle::DiskStore;
@@ -127,6 +135,7 @@ pub struct DiskStoreBuilder {
     durable: bool,
     rebuild_if_corrupt: bool,
     max_value_bytes: Option<usize>,
+    thread_tier: bool,
 }
 
 /// The smallest byte limit accepted.
@@ -155,6 +164,26 @@ impl DiskStoreBuilder {
     /// `.corrupt-<unix seconds>` suffix) and a new store is created, instead of failing.
     pub fn rebuild_if_corrupt(mut self, on: bool) -> Self {
         self.rebuild_if_corrupt = on;
+        self
+    }
+    /// Serve hot keys from each thread's own copy, validated by write versions the processes
+    /// share through a memory-mapped file, `herdless.versions` (default on). A hit on a hot key
+    /// then reads no LMDB page: a few nanoseconds instead of a read transaction, and still
+    /// coherent across processes with no message sent: every write bumps its key's shared
+    /// version before it returns. Off: every hit is an LMDB read transaction.
+    ///
+    /// All processes on one store must agree: a process with the tier off still bumps the
+    /// versions (every handle maps the file), so mixing is safe.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use herdless::store::DiskStore;
+    /// let dir = std::env::temp_dir().join(format!("herdless-doc-tier-{}", std::process::id()));
+    /// let store = DiskStore::builder(&dir).thread_tier(false).build()?;
+    /// # drop(store); std::fs::remove_dir_all(&dir).ok(); Ok(()) }
+    /// ```
+    pub fn thread_tier(mut self, on: bool) -> Self {
+        self.thread_tier = on;
         self
     }
     /// Values larger than this are returned but not stored (default 16 MiB, or half of
@@ -298,6 +327,16 @@ impl DiskStoreBuilder {
         });
         let locks = Locks::new(lock_file, stats.clone());
         let presence = locks.take_presence();
+        #[cfg(not(shuttle))]
+        let versions = match versions::open(path) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "the version file cannot be mapped: no per-thread tier, every hit reads LMDB");
+                None
+            }
+        };
+        #[cfg(shuttle)]
+        let versions = None;
         Ok(DiskStore {
             inner: Arc::new(Inner {
                 env: file.env.clone(),
@@ -318,6 +357,8 @@ impl DiskStoreBuilder {
                 warned_decode: AtomicBool::new(false),
                 presence,
                 fleet: Fleet::default(),
+                versions,
+                thread_tier: self.thread_tier,
             }),
         })
     }
@@ -433,6 +474,7 @@ impl DiskStore {
             durable: false,
             rebuild_if_corrupt: false,
             max_value_bytes: None,
+            thread_tier: true,
         }
     }
 }

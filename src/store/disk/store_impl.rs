@@ -397,12 +397,37 @@ fn rebuild(expiry: u64, now: u64, wall: u64) -> u64 {
     }
 }
 
+impl DiskStore {
+    /// Around every write of `key` (before and after its commit): per-thread tiers in every
+    /// process stop serving what they copied (see `versions`).
+    fn bump<Q: Hash + ?Sized>(&self, key: &Q) {
+        if let Some(v) = &self.inner.versions {
+            v.bump(key);
+        }
+    }
+
+    fn bump_all(&self) {
+        if let Some(v) = &self.inner.versions {
+            v.bump_all();
+        }
+    }
+}
+
 impl<K, V> Store<K, V> for DiskStore
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     type Lock = DiskPermit;
+
+    #[inline(always)]
+    fn versions(&self) -> Option<&crate::hot::Versions> {
+        if self.inner.thread_tier {
+            self.inner.versions.as_ref()
+        } else {
+            None
+        }
+    }
 
     fn namespace(&self, name: &str) -> Namespace {
         self.inner.names.namespace(name)
@@ -511,7 +536,9 @@ where
         // An unencodable or oversized value: the permit's drop releases the lock.
         let record = self.encode(ns, &entry, ttl, wall_now())?;
         let permit = lock.as_ref().map(|p| (p.version, p.seq));
+        self.bump(key);
         let out = self.write(&k, record, permit);
+        self.bump(key);
         drop(lock); // after the commit: waiters woken now find the value
         out
     }
@@ -639,7 +666,10 @@ where
                 tombstone: true,
             },
         );
-        self.write(&k, tomb, None)?;
+        self.bump(key);
+        let out = self.write(&k, tomb, None);
+        self.bump(key);
+        out?;
         self.inner.locks.nudge();
         Ok(())
     }
@@ -664,7 +694,10 @@ where
             m.save(inner.meta, &mut txn)?;
             txn.commit()
         };
-        run().map_err(|e| self.write_failed(e))?;
+        self.bump_all();
+        let out = run().map_err(|e| self.write_failed(e));
+        self.bump_all();
+        out?;
         inner.locks.nudge();
         Ok(())
     }
