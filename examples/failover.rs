@@ -281,6 +281,9 @@ struct Outcome {
     runs: [usize; 3],
     slow: [usize; 3],
     failover_s: f64,
+    /// Seconds from the promotion to the last run that started less than `--compute-ms` after
+    /// the one before it (the end of the processes' local computations); 0 if none.
+    burst_end_s: f64,
     store_errors: u64,
 }
 
@@ -393,6 +396,7 @@ fn run_once(args: &Args, n: usize) -> Outcome {
         runs: [0; 3],
         slow: [0; 3],
         failover_s: (promoted_ns - killed_ns) as f64 / 1e9,
+        burst_end_s: 0.0,
         store_errors: raw.store_errors,
     };
     for (i, &(a, b)) in phases.iter().enumerate() {
@@ -402,6 +406,20 @@ fn run_once(args: &Args, n: usize) -> Outcome {
         o.slow[i] = slows.iter().filter(|&&t| a <= t && t < b).count();
         o.rates[i] = o.runs[i] as f64 / ((phases[i].1.max(a + 1) - a) as f64 / 1e9);
     }
+    let mut sorted = starts.clone();
+    sorted.sort_unstable();
+    let close = args.compute_ms * 1_000_000;
+    if let Some(w) = sorted
+        .windows(2)
+        .filter(|w| w[1] >= promoted_ns && w[1] - w[0] < close)
+        .last()
+    {
+        o.burst_end_s = (w[1] - promoted_ns) as f64 / 1e9;
+    }
+    println!(
+        "  local runs (< {} ms apart) end {:.2} s after the promotion",
+        args.compute_ms, o.burst_end_s
+    );
     println!(
         "  runs/s: before the kill {:.2} ({} runs, {} slow); kill to promotion {:.2} ({} runs, {} slow); after promotion {:.2} ({} runs, {} slow)",
         o.rates[0], o.runs[0], o.slow[0], o.rates[1], o.runs[1], o.slow[1], o.rates[2], o.runs[2], o.slow[2]
@@ -424,16 +442,17 @@ fn main() {
         args.node_timeout_ms
     );
     let outcomes: Vec<Outcome> = (0..args.repeat).map(|n| run_once(&args, n)).collect();
-    println!("| run | failover s | runs/s before | runs/s during | runs/s after | runs (before/during/after) | slow (before/during/after) | store errors |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| run | failover s | runs/s before | runs/s during | runs/s after | local runs end, s after promotion | runs (before/during/after) | slow (before/during/after) | store errors |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (i, o) in outcomes.iter().enumerate() {
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {}/{}/{} | {}/{}/{} | {} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {}/{}/{} | {}/{}/{} | {} |",
             i + 1,
             o.failover_s,
             o.rates[0],
             o.rates[1],
             o.rates[2],
+            o.burst_end_s,
             o.runs[0],
             o.runs[1],
             o.runs[2],

@@ -184,6 +184,7 @@ impl RedisStoreBuilder {
             self.max_call(),
             breakers,
             pattern,
+            &self.prefix,
             missed_key,
             self.runtime,
         )
