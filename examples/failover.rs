@@ -207,7 +207,10 @@ impl Cluster {
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         while !c.ready() {
-            assert!(Instant::now() < deadline, "the cluster did not form in 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not form in 60 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         c
@@ -308,7 +311,9 @@ fn run_once(args: &Args, n: usize) -> Outcome {
             .query(&mut con)
             .expect("CLUSTER KEYSLOT")
     };
-    let victim = cluster.master_of(slot).expect("a master serves the hot slot");
+    let victim = cluster
+        .master_of(slot)
+        .expect("a master serves the hot slot");
     let spawned = Instant::now();
     let kids: Vec<Child> = (0..args.procs)
         .map(|_| {
@@ -388,9 +393,17 @@ fn run_once(args: &Args, n: usize) -> Outcome {
         } else {
             ""
         };
-        println!("  {i:>6} {:>5} {:>5}{mark}", within(&starts), within(&slows));
+        println!(
+            "  {i:>6} {:>5} {:>5}{mark}",
+            within(&starts),
+            within(&slows)
+        );
     }
-    let phases = [(t0, killed_ns), (killed_ns, promoted_ns), (promoted_ns, end)];
+    let phases = [
+        (t0, killed_ns),
+        (killed_ns, promoted_ns),
+        (promoted_ns, end),
+    ];
     let mut o = Outcome {
         rates: [0.0; 3],
         runs: [0; 3],
