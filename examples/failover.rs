@@ -424,8 +424,7 @@ fn run_once(args: &Args, n: usize) -> Outcome {
     let close = args.compute_ms * 1_000_000;
     if let Some(w) = sorted
         .windows(2)
-        .filter(|w| w[1] >= promoted_ns && w[1] - w[0] < close)
-        .last()
+        .rfind(|w| w[1] >= promoted_ns && w[1] - w[0] < close)
     {
         o.burst_end_s = (w[1] - promoted_ns) as f64 / 1e9;
     }

@@ -160,8 +160,7 @@ impl Conn {
         max_call: Duration,
         breakers: Breakers,
         pattern: Vec<u8>,
-        prefix: &str,
-        missed_key: Vec<u8>,
+        space: &super::keys::KeySpace,
         runtime: Option<tokio::runtime::Handle>,
     ) -> std::io::Result<Arc<Self>> {
         // Redis I/O runs on the caller's runtime when one is given (no thread hop between the
@@ -221,8 +220,8 @@ impl Conn {
             warned_blocking: AtomicBool::new(false),
             scripts_refused,
             pid: std::process::id(),
-            missed: super::missed::Missed::new(missed_key),
-            probe_prefix: prefix.as_bytes().to_vec(),
+            missed: super::missed::Missed::new(space.missed_key()),
+            probe_prefix: space.prefix.as_bytes().to_vec(),
         });
         conn.handle.spawn(subscriber::subscriber(
             subscribe_to,

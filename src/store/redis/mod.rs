@@ -174,27 +174,23 @@ impl RedisStoreBuilder {
             #[cfg(not(feature = "cluster"))]
             Some(_) => unreachable!("cluster builders exist only with the `cluster` feature"),
         };
-        let missed_key = keys::KeySpace {
+        let space = KeySpace {
             prefix: self.prefix.clone(),
-        }
-        .missed_key();
+        };
         let conn = Conn::new(
             target,
             self.op_timeout,
             self.max_call(),
             breakers,
             pattern,
-            &self.prefix,
-            missed_key,
+            &space,
             self.runtime,
         )
         .map_err(|e| ConfigError::new("runtime", e.to_string()))?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
-                space: KeySpace {
-                    prefix: self.prefix,
-                },
+                space,
                 max_value_bytes: self.max_value_bytes,
                 names: NamespaceRegistry::default(),
                 warnings: record::Warnings::new(),
