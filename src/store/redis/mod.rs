@@ -128,7 +128,9 @@ impl RedisStoreBuilder {
         self
     }
     /// Consecutive failures that open the circuit (default 3) and how long it stays open before
-    /// one probe (default 1 s).
+    /// one probe (default 1 s). On a cluster store an open slot range is also probed in the
+    /// background (one `EXISTS` every 50 ms) and closes as soon as its master answers, so
+    /// after a failover the promoted replica is used at once, whatever the cooldown.
     pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = threshold;
         self.breaker_cooldown = cooldown;
