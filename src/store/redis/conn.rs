@@ -107,6 +107,9 @@ pub(crate) struct Conn {
     pid: u32,
     /// The fleet's "announcements missed" marker and its poller (see the `missed` module).
     pub(crate) missed: super::missed::Missed,
+    /// The store's key prefix, under which a cluster store's breaker probes pick their keys.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    probe_prefix: Vec<u8>,
 }
 
 impl Drop for Conn {
@@ -157,7 +160,7 @@ impl Conn {
         max_call: Duration,
         breakers: Breakers,
         pattern: Vec<u8>,
-        missed_key: Vec<u8>,
+        space: &super::keys::KeySpace,
         runtime: Option<tokio::runtime::Handle>,
     ) -> std::io::Result<Arc<Self>> {
         // Redis I/O runs on the caller's runtime when one is given (no thread hop between the
@@ -217,7 +220,8 @@ impl Conn {
             warned_blocking: AtomicBool::new(false),
             scripts_refused,
             pid: std::process::id(),
-            missed: super::missed::Missed::new(missed_key),
+            missed: super::missed::Missed::new(space.missed_key()),
+            probe_prefix: space.prefix.as_bytes().to_vec(),
         });
         conn.handle.spawn(subscriber::subscriber(
             subscribe_to,
@@ -265,6 +269,10 @@ impl Conn {
             let touch = Arc::new(Touch::default());
             let out = this.run(f, deadline, &touch).await;
             this.book(&out, &touch);
+            #[cfg(feature = "cluster")]
+            if let (true, Some(range)) = (this.cluster, touch.range()) {
+                this.watch(range);
+            }
             out.map_err(|(e, _)| e)
         });
         Stats::inc(&self.stats.round_trips);
@@ -540,6 +548,65 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+/// How often a background prober asks an open slot range's master (see [`Conn::watch`]).
+#[cfg(feature = "cluster")]
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+
+#[cfg(feature = "cluster")]
+impl Conn {
+    /// Watches the breaker of slot range `range` while it is open (one prober per range): every
+    /// [`PROBE_EVERY`] one `EXISTS` of a key in the range, sent past the breaker and bounded by
+    /// `op_timeout`, and the breaker closes as soon as one succeeds. Without it an open range
+    /// waited out its cooldown before a caller's half-open probe, so after a failover the
+    /// promoted replica went unused for up to a cooldown and every process kept computing
+    /// locally (issue 21, item 4).
+    fn watch(self: &Arc<Self>, range: usize) {
+        if !self.breakers.get(range).claim_watch() {
+            return;
+        }
+        let Some(key) = self.probe_key(range) else {
+            // The prefix fixes the hash tag: no key of ours lies in this range.
+            self.breakers.get(range).end_watch();
+            return;
+        };
+        let conn = Arc::downgrade(self);
+        self.handle.spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let Some(this) = conn.upgrade() else { return };
+                let breaker = this.breakers.get(range);
+                if !breaker.is_open() {
+                    if breaker.end_watch() {
+                        continue;
+                    }
+                    return;
+                }
+                let deadline = tokio::time::Instant::now() + this.op_timeout;
+                let Ok((slot::Ready::Cluster(mut con), _)) =
+                    this.slot.get(deadline, this.op_timeout).await
+                else {
+                    continue;
+                };
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(&key);
+                let asked = exists.query_async::<i64>(&mut con);
+                if let Ok(Ok(_)) = tokio::time::timeout_at(deadline, asked).await {
+                    breaker.success();
+                }
+            }
+        });
+    }
+
+    /// A key under the store's prefix whose hash slot lies in breaker range `range`.
+    fn probe_key(&self, range: usize) -> Option<Vec<u8>> {
+        (0..100_000u32).find_map(|n| {
+            let mut k = self.probe_prefix.clone();
+            k.extend_from_slice(format!(":{{~probe{n}}}").as_bytes());
+            (Breakers::range_of(cluster::slot_of(&k)) == range).then_some(k)
+        })
     }
 }
 

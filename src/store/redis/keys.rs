@@ -5,6 +5,7 @@
 //! its lock, its version and its channel share a Cluster slot. Per function,
 //! `<prefix>:{<hex(name)>}:g` holds the generation (bumped by `invalidate_all`) and
 //! `<prefix>:{<hex(name)>}:c` announces it. Barrier locks live under `{!<hex(name)>.<hex(key)>}`.
+//! A cluster store's breaker probes read (`EXISTS`, never write) `<prefix>:{~probe<n>}`.
 //! Hex has no `.`, `{` or `}`, so no user key or name can collide with another's or with a lock.
 
 use crate::store::contract::{StoreError, StoreErrorKind};

@@ -128,7 +128,9 @@ impl RedisStoreBuilder {
         self
     }
     /// Consecutive failures that open the circuit (default 3) and how long it stays open before
-    /// one probe (default 1 s).
+    /// one probe (default 1 s). On a cluster store an open slot range is also probed in the
+    /// background (one `EXISTS` every 50 ms) and closes as soon as its master answers, so
+    /// after a failover the promoted replica is used at once, whatever the cooldown.
     pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = threshold;
         self.breaker_cooldown = cooldown;
@@ -174,26 +176,23 @@ impl RedisStoreBuilder {
             #[cfg(not(feature = "cluster"))]
             Some(_) => unreachable!("cluster builders exist only with the `cluster` feature"),
         };
-        let missed_key = keys::KeySpace {
+        let space = KeySpace {
             prefix: self.prefix.clone(),
-        }
-        .missed_key();
+        };
         let conn = Conn::new(
             target,
             self.op_timeout,
             self.max_call(),
             breakers,
             pattern,
-            missed_key,
+            &space,
             self.runtime,
         )
         .map_err(|e| ConfigError::new("runtime", e.to_string()))?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
-                space: KeySpace {
-                    prefix: self.prefix,
-                },
+                space,
                 max_value_bytes: self.max_value_bytes,
                 names: NamespaceRegistry::default(),
                 warnings: record::Warnings::new(),

@@ -18,7 +18,8 @@ pub(crate) const SLOTS_PER_RANGE: u16 = 256;
 
 /// Trips after `threshold` consecutive failures; while open, calls fail at once instead of
 /// paying a timeout each. After `cooldown` one probe is let through (half-open); its success
-/// closes the circuit, its failure re-opens it.
+/// closes the circuit, its failure re-opens it. A cluster store also probes an open range in
+/// the background (see `Conn::watch`), closing it as soon as the range's master answers.
 pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
@@ -27,6 +28,8 @@ pub(crate) struct Breaker {
     /// Nanoseconds since `origin` until which the circuit is open; 0 = closed.
     open_until: AtomicU64,
     probing: AtomicBool,
+    /// A background prober watches this (open) breaker.
+    watched: AtomicBool,
 }
 
 impl Breaker {
@@ -38,6 +41,7 @@ impl Breaker {
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
         }
     }
     fn now(&self) -> u64 {
@@ -75,6 +79,21 @@ impl Breaker {
     }
     pub(crate) fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Acquire) != 0
+    }
+    /// Claims the watch of this breaker for one background prober: true when open and nobody
+    /// else watches it.
+    pub(crate) fn claim_watch(&self) -> bool {
+        self.is_open()
+            && self
+                .watched
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+    /// Ends the watch; true when the breaker is open again and this prober took it back (a
+    /// failure that opened it meanwhile found it still watched and spawned no prober).
+    pub(crate) fn end_watch(&self) -> bool {
+        self.watched.store(false, Ordering::Release);
+        self.claim_watch()
     }
 }
 
