@@ -213,6 +213,7 @@ impl ConnectError {
     }
 
     /// A request of a built store failed while checking it (`url` is redacted here).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn from_store(url: &str, e: &StoreError) -> Self {
         ConnectError::new(e.kind(), redact_url(url), e.message().to_string(), None)
     }

@@ -17,12 +17,14 @@ use crate::entry::Entry;
 use crate::store::contract::{StoreError, StoreErrorKind, Written};
 use redis::Value;
 use serde::{de::DeserializeOwned, Serialize};
+#[cfg(feature = "cluster")]
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// One command of a pipeline, and the key that routes it.
 struct Call {
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     slot_key: Vec<u8>,
     cmd: redis::Cmd,
 }
