@@ -23,8 +23,12 @@
 //!   apart are a duplicate. None is allowed while the network is healthy (before the fault and
 //!   from [`RECOVERY_BOUND`] after it ends), nor during the fault where the fault leaves Redis
 //!   reachable (latency; a black-holed subscription; the processes a partition does not cut
-//!   off), and every hot key must be recomputed at least once per cycle after recovery. The
-//!   recovery time (last duplicate after the fault ended) is printed.
+//!   off); after such a fault the fleet settles with at most one extra computation per key
+//!   (no refresh stampede when the fault ends); duplicates stop within [`RECOVERY_BOUND`] of
+//!   the fault's end (the printed recovery time), and every hot key is recomputed at least once
+//!   per cycle after that. A duplicate right after a store error of one of its two processes
+//!   (within [`RECOVER`]) outside an injected fault is fail-open at work (a timeout the
+//!   machine's load caused), counted and printed, not a failure.
 //! - **staleness**: a writer in process 0 bumps a ground-truth counter and then calls
 //!   `invalidate`; the computation returns the counter. A read called more than its allowance
 //!   after an `invalidate` returned must not return a value older than that invalidation. The
@@ -37,6 +41,10 @@
 //!   differ by at most [`RSS_GROWTH`]; the near tiers hold at most their capacity; each proxy
 //!   ends with a bounded number of live connections (no connection leak behind the reconnects)
 //!   and the server with a bounded number of clients.
+//!
+//! Time bounds are stretched by the time this process was not scheduled meanwhile, as a 5 ms
+//! sleeper thread measures it (the machine is shared: a 1.6 s stall of the whole process was
+//! seen here); the figures print that time.
 //!
 //! The "processes" are separate `RedisStore` instances in this test process, each with its own
 //! private runtime, connections, subscription, circuit breaker and near tier, each connected
@@ -112,6 +120,11 @@ const BEFORE: Duration = Duration::from_millis(3000);
 const FAULT: Duration = Duration::from_millis(3000);
 const AFTER: Duration = Duration::from_millis(3000);
 
+/// The monitor's sleep, and the lateness of it worth noting as time this process was not
+/// scheduled.
+const TICK: Duration = Duration::from_millis(5);
+const LAG_NOTED: Duration = Duration::from_millis(20);
+
 /// Events each reader thread may record (preallocated: the history must not grow RSS).
 const CAP: usize = 40_000;
 
@@ -167,6 +180,8 @@ struct Comp {
     proc: usize,
     key: u32,
     start: u64,
+    /// Run by a reader thread (a hard miss), not in the background (a refresh).
+    by_reader: bool,
 }
 
 struct Truth {
@@ -210,12 +225,18 @@ fn process(i: usize, upstream: u16, truth: &Arc<Truth>) -> Process {
         .lease_bounds(LEASE_MIN, Duration::from_secs(60))
         .build_blocking_infallible(move |k: &u32| {
             let start = t.now();
-            let v = t.counters[*k as usize].load(Ordering::SeqCst);
-            t.per_key[*k as usize].fetch_add(1, Ordering::Relaxed);
+            let truth = t.counters[*k as usize].load(Ordering::SeqCst);
+            // A hot key's value is its computation's sequence number (its truth never moves),
+            // an invalidated key's the ground truth.
+            let seq = t.per_key[*k as usize].fetch_add(1, Ordering::Relaxed) + 1;
+            let v = if *k < HOT { seq } else { truth };
             t.computations.lock().unwrap().push(Comp {
                 proc: i,
                 key: *k,
                 start,
+                by_reader: std::thread::current()
+                    .name()
+                    .is_some_and(|n| n.starts_with("reader")),
             });
             std::thread::sleep(COMPUTE);
             v
@@ -309,7 +330,7 @@ fn run_case(fault: Fault) {
         .collect();
     // Connected and subscribed: one call each, then a subscriber connection on each proxy.
     for p in &procs {
-        assert_eq!(p.f.get(&HOT).unwrap(), 0);
+        assert_eq!(p.f.get(&HOT).unwrap(), 0); // an invalidated key: its truth
     }
     wait_until("every process subscribed", BOUND, || {
         procs
@@ -324,31 +345,36 @@ fn run_case(fault: Fault) {
         for _ in 0..READERS {
             let (f, stop, truth) = (p.f.clone(), stop.clone(), truth.clone());
             let mut hist = vec![Rec::default(); CAP]; // touched now, before the baseline
-            readers.push(std::thread::spawn(move || {
-                let mut n = 0;
-                let mut k = rand::random_range(0..KEYS);
-                while !stop.load(Ordering::Relaxed) && n < CAP {
-                    k = (k + 1) % KEYS;
-                    let start = truth.now();
-                    let r = f.get(&k);
-                    let end = truth.now();
-                    hist[n] = Rec {
-                        proc: i as u8,
-                        key: k,
-                        value: *r.as_ref().unwrap_or(&u64::MAX),
-                        start,
-                        end,
-                        ok: r.is_ok(),
-                    };
-                    n += 1;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                hist.truncate(n);
-                hist
-            }));
+            readers.push(
+                std::thread::Builder::new()
+                    .name(format!("reader-{i}"))
+                    .spawn(move || {
+                        let mut n = 0;
+                        let mut k = rand::random_range(0..KEYS);
+                        while !stop.load(Ordering::Relaxed) && n < CAP {
+                            k = (k + 1) % KEYS;
+                            let start = truth.now();
+                            let r = f.get(&k);
+                            let end = truth.now();
+                            hist[n] = Rec {
+                                proc: i as u8,
+                                key: k,
+                                value: *r.as_ref().unwrap_or(&u64::MAX),
+                                start,
+                                end,
+                                ok: r.is_ok(),
+                            };
+                            n += 1;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        hist.truncate(n);
+                        hist
+                    })
+                    .unwrap(),
+            );
         }
     }
-    // The writer (process 0): bump the truth, then invalidate; every 40-80 ms.
+    // The writer (process 0): bump the truth, then invalidate; every 100-200 ms.
     let writer = {
         let (f, stop, truth) = (procs[0].f.clone(), stop.clone(), truth.clone());
         let mut hist = vec![Rec::default(); CAP];
@@ -369,13 +395,41 @@ fn run_case(fault: Fault) {
                     ok,
                 };
                 n += 1;
-                std::thread::sleep(Duration::from_millis(rand::random_range(40..80)));
+                std::thread::sleep(Duration::from_millis(rand::random_range(100..200)));
             }
             hist.truncate(n);
             hist
         })
     };
 
+    // Store errors per process over time: a duplicate that follows one is fail-open at work
+    // (a timeout the machine's load caused, outside any injected fault), not a broken promise.
+    let monitor = {
+        let stop = stop.clone();
+        let truth = truth.clone();
+        let stores: Vec<RedisStore> = procs.iter().map(|p| p.shared.clone()).collect();
+        std::thread::spawn(move || {
+            let mut seen = vec![0u64; stores.len()];
+            let mut events: Vec<(u64, usize)> = Vec::new();
+            let mut lags: Vec<(u64, u64)> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for (i, s) in stores.iter().enumerate() {
+                    let n = s.stats().errors.load(Ordering::Relaxed);
+                    if n > seen[i] {
+                        seen[i] = n;
+                        events.push((truth.now(), i));
+                    }
+                }
+                let before = truth.now();
+                std::thread::sleep(TICK);
+                let late = (truth.now() - before).saturating_sub(ns(TICK));
+                if late > ns(LAG_NOTED) {
+                    lags.push((truth.now(), late));
+                }
+            }
+            (events, lags)
+        })
+    };
     std::thread::sleep(WARM);
     let warm_end = truth.now();
     let (rss_before, threads_before) = (rss(), threads());
@@ -449,6 +503,22 @@ fn run_case(fault: Fault) {
         .flat_map(|t| t.join().expect("reader thread"))
         .collect();
     let writes = writer.join().expect("writer thread");
+    let (store_errors, lags) = monitor.join().expect("monitor thread");
+    // How long this process was not scheduled between `from` and `to`, as a 5 ms sleeper saw
+    // it (other jobs on a shared 2-core machine): time bounds are stretched by that much, so
+    // they assert behaviour, not the machine's speed.
+    let lag = |from: u64, to: u64| -> u64 {
+        lags.iter()
+            .filter(|&&(at, late)| at + late >= from && at <= to + ns(TICK))
+            .map(|&(_, late)| late)
+            .sum()
+    };
+    // Process `p` saw a store error within RECOVER before `t`.
+    let erred = |p: usize, t: u64| {
+        store_errors.iter().any(|&(at, q)| {
+            q == p && at <= t + ns(Duration::from_millis(10)) && t < at + ns(RECOVER)
+        })
+    };
     let (rss_after, threads_after) = (rss(), threads());
     let clients = connected_clients(&mut server.raw());
     let live: Vec<usize> = procs.iter().map(|p| p.proxy.connections().len()).collect();
@@ -465,7 +535,7 @@ fn run_case(fault: Fault) {
     let worst_wait = worst.end - worst.start;
     let over = reads
         .iter()
-        .filter(|r| r.end - r.start > ns(max_call()))
+        .filter(|r| r.end - r.start > ns(max_call()) + lag(r.start, r.end))
         .count();
     if over > 0 {
         broken.push(format!(
@@ -485,11 +555,29 @@ fn run_case(fault: Fault) {
             .max()
             .unwrap_or(0)
     };
+    // Calls over the literal `op_timeout + computation` (a figure: several round trips of a
+    // slow network add up within one call, each below `op_timeout`).
+    let literal = ns(OP_TIMEOUT + COMPUTE);
+    let over_literal = |hot: bool| {
+        reads
+            .iter()
+            .filter(|r| (r.key < HOT) == hot && r.end - r.start > literal)
+            .count()
+    };
+    let hot_worst = reads
+        .iter()
+        .filter(|r| r.key < HOT)
+        .map(|r| r.end - r.start)
+        .max()
+        .unwrap_or(0);
 
     // 2. Computations per hot key per cycle.
     let comps = truth.computations.lock().unwrap().clone();
-    let mut duplicates: Vec<Comp> = Vec::new(); // the later one of each close pair
+    // The later one of each close pair, and whether a process of the pair had just seen a
+    // store error.
+    let mut duplicates: Vec<(Comp, bool)> = Vec::new();
     let mut healthy_dups = Vec::new();
+    let mut excused = 0;
     for k in 0..HOT {
         // Counted for the processes the fault leaves healthy, plus the others outside it.
         let mut starts: Vec<&Comp> = comps.iter().filter(|c| c.key == k).collect();
@@ -497,14 +585,17 @@ fn run_case(fault: Fault) {
         for pair in starts.windows(2) {
             if pair[1].start - pair[0].start < ns(DUPLICATE_GAP) {
                 let c = *pair[1];
-                duplicates.push(c);
                 let t = c.start;
+                let after_error = pair.iter().any(|c| erred(c.proc, t));
+                duplicates.push((c, after_error));
                 let in_fault = t >= start && t < end;
                 let by_hit = pair.iter().any(|c| fault.hits(c.proc));
                 let healthy = t >= warm_end && t < start
                     || t >= after_start
                     || in_fault && (fault.keeps_redis() || !by_hit);
-                if healthy {
+                if healthy && after_error {
+                    excused += 1;
+                } else if healthy {
                     healthy_dups.push(c);
                 }
             }
@@ -556,16 +647,55 @@ fn run_case(fault: Fault) {
             ));
         }
     }
+    // A fault that leaves Redis reachable must not set off a stampede of refreshes when it
+    // ends: at most one extra computation per key while the fleet settles.
+    if fault.keeps_redis() {
+        for k in 0..HOT {
+            let settling: Vec<&Comp> = duplicates
+                .iter()
+                .filter(|(c, erred)| {
+                    !erred && c.key == k && c.start >= end && c.start < after_start
+                })
+                .map(|(c, _)| c)
+                .collect();
+            if settling.len() > 1 {
+                let shown: Vec<String> = settling
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} by process {} at {:.0} ms",
+                            if c.by_reader { "hard miss" } else { "refresh" },
+                            c.proc,
+                            ms(c.start)
+                        )
+                    })
+                    .collect();
+                broken.push(format!(
+                    "hot key {k}: {} extra computations after the fault ended ({})",
+                    settling.len(),
+                    shown.join(", ")
+                ));
+            }
+        }
+    }
     let dup_during = duplicates
         .iter()
-        .filter(|c| c.start >= start && c.start < end)
+        .filter(|(c, _)| c.start >= start && c.start < end)
         .count();
+    // Back to one computation per key per cycle: the last duplicate of any kind (store errors
+    // included: a process that never recovered would go on computing locally).
     let recovery = duplicates
         .iter()
-        .filter(|c| c.start >= end)
-        .map(|c| c.start - end)
+        .filter(|(c, _)| c.start >= end)
+        .map(|(c, _)| c.start - end)
         .max()
         .unwrap_or(0);
+    if recovery > ns(RECOVERY_BOUND) + lag(end, end + recovery) {
+        broken.push(format!(
+            "duplicate computations went on until {:.0} ms after the fault (bound {RECOVERY_BOUND:?})",
+            ms(recovery)
+        ));
+    }
 
     // 3. Staleness after invalidations.
     let mut ok_writes: Vec<&Rec> = writes.iter().filter(|w| w.ok).collect();
@@ -575,10 +705,11 @@ fn run_case(fault: Fault) {
     for r in reads.iter().filter(|r| r.ok && r.key >= HOT) {
         checked += 1;
         let allowed = allowance(&window, r.proc as usize, r.start);
-        // The newest invalidation of the key that returned more than `allowed` before the call.
+        // The newest invalidation of the key that returned more than `allowed` before the call
+        // (plus the time this process was not scheduled in between).
         let due = ok_writes
             .iter()
-            .filter(|w| w.key == r.key && w.end + allowed < r.start)
+            .filter(|w| w.key == r.key && w.end + allowed + lag(w.end, r.start) < r.start)
             .map(|w| w.value)
             .max();
         if let Some(v) = due {
@@ -635,21 +766,27 @@ fn run_case(fault: Fault) {
     let st = &procs[VICTIM].shared.stats();
     let nst = procs[VICTIM].near.stats();
     say(&format!(
-        "network {}: max call wait {:.1} ms (before {:.1}, fault {:.1}, after {:.1}; bound {:.0} ms); \
+        "network {}: max call wait {:.1} ms (before {:.1}, fault {:.1}, after {:.1}; hot keys {:.1}; bound {:.0} ms); \
+         calls over op_timeout + computation: {} of hot keys, {} of invalidated keys; \
          computations per hot key per cycle before {before_rate:.2}, during {fault_rate:.2}, after {after_rate:.2}; \
-         duplicates during the fault {dup_during}, recovery {:.0} ms after the fault (bound {:.0} ms); \
+         duplicates during the fault {dup_during}, outside it after a store error {excused}, recovery {:.0} ms after the fault (bound {:.0} ms); \
          {checked} reads of invalidated keys checked against {writes_ok} invalidations, {} stale past the bound; \
-         RSS {} -> {} KiB, threads {threads_before} -> {threads_after}, live connections {live:?}, server clients {clients}, near entries {near_len:?}; \
+         machine stalls {:.0} ms in all (longest {:.0} ms); RSS {} -> {} KiB, threads {threads_before} -> {threads_after}, live connections {live:?}, server clients {clients}, near entries {near_len:?}; \
          victim: timeouts {}, circuit opens {}, connects {}, stale revalidations {}, resyncs {}{}",
         fault.name(),
         ms(worst_wait),
         ms(worst_in(warm_end, start)),
         ms(worst_in(start, end + ns(RECOVER))),
         ms(worst_in(after_start, case_end)),
+        ms(hot_worst),
         max_call().as_secs_f64() * 1e3,
+        over_literal(true),
+        over_literal(false),
         ms(recovery),
         RECOVERY_BOUND.as_secs_f64() * 1e3,
         stale.len(),
+        ms(lags.iter().map(|l| l.1).sum()),
+        ms(lags.iter().map(|l| l.1).max().unwrap_or(0)),
         rss_before >> 10,
         rss_after >> 10,
         st.timeouts.load(Ordering::Relaxed),
