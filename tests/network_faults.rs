@@ -523,9 +523,12 @@ fn run_case(fault: Fault) {
             .sum()
     };
     // Process `p` saw a store error within RECOVER before `t`.
+    // Errors of a process the fault hits, from its start until RECOVER after its end, are the
+    // fault's: they excuse nothing.
     let erred = |p: usize, t: u64| {
         store_errors.iter().any(|&(at, q)| {
-            q == p && at <= t + ns(Duration::from_millis(10)) && t < at + ns(RECOVER)
+            let the_faults = fault.hits(q) && at >= start && at <= end + ns(RECOVER);
+            q == p && !the_faults && at <= t + ns(Duration::from_millis(10)) && t < at + ns(RECOVER)
         })
     };
     let (rss_after, threads_after) = (rss(), threads());
