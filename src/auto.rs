@@ -35,6 +35,10 @@ const SHARDS: usize = 16;
 const SHARD_CAP: usize = 512;
 /// A rate window closes after this long (or sooner once it holds enough samples).
 const WINDOW_NS: u64 = 250_000_000;
+/// A window still open after this long was stretched by a quiet spell (too few calls to
+/// close it): it closes at the first calls after the spell, and its average is the spell's,
+/// not the traffic's now.
+const STRETCHED_NS: u64 = 4 * WINDOW_NS;
 
 /// The lead time [`beta_auto`](crate::Builder::beta_auto) aims for.
 ///
@@ -73,6 +77,8 @@ struct Meter {
     count: AtomicU64,
     /// Calls per second measured over the last closed window (f64 bits); 0 = not yet known.
     rate: AtomicU64,
+    /// The last window was stretched and measured less than `rate`, which was kept.
+    kept: AtomicBool,
     /// The β solved for `rate` and `cached_delta_us` (f64 bits): solving costs ~1 µs, so it is
     /// redone only when the rate window closes or delta changes.
     cached_beta: AtomicU64,
@@ -110,6 +116,7 @@ impl Meter {
             window_start: AtomicU64::new(now),
             count: AtomicU64::new(0),
             rate: AtomicU64::new(0),
+            kept: AtomicBool::new(false),
             cached_beta: AtomicU64::new(0),
             cached_rate: AtomicU64::new(0),
             cached_delta_us: AtomicU64::new(0),
@@ -211,6 +218,18 @@ impl<K: Hash + Eq + Clone> RateMeters<K> {
         {
             let counted = meter.count.swap(0, Ordering::Relaxed);
             let rate = counted as f64 / (elapsed as f64 / 1e9);
+            // A stretched window that measured less than the last rate keeps that rate for one
+            // more window: published, the spell's low average would give the key the large β
+            // of a slow key just as its traffic returns, and XFetch would then trigger a
+            // refresh on nearly every hit, one right after another, until the next window
+            // closed (`tests/network_faults.rs`, when 50 ms of latency ends). The next window
+            // publishes whatever it measures, so a key that did slow down shows it one window
+            // later.
+            let last = f64::from_bits(meter.rate.load(Ordering::Relaxed));
+            if elapsed > STRETCHED_NS && rate < last && !meter.kept.swap(true, Ordering::Relaxed) {
+                return;
+            }
+            meter.kept.store(false, Ordering::Relaxed);
             meter.rate.store(rate.to_bits(), Ordering::Relaxed);
         }
     }
@@ -390,6 +409,50 @@ mod tests {
         }
         let r = m.rate(&7, 500_000_000).unwrap();
         assert!((r - 2000.0).abs() / 2000.0 < 0.05, "rate {r}");
+    }
+
+    /// A window stretched by a quiet spell closes at the first calls after it with the spell's
+    /// low average: the rate measured before the spell is kept for one more window (else the
+    /// large β of a slow key would refresh on nearly every hit as traffic returns), and a key
+    /// that did slow down shows its new rate one window later.
+    #[test]
+    fn a_quiet_spell_does_not_lower_the_rate_as_traffic_returns() {
+        let m = RateMeters::<u32>::new();
+        let mut t = 0u64;
+        let mut sample = |m: &RateMeters<u32>, t: &mut u64, gap: u64| {
+            *t += gap;
+            m.record(&7, *t, SAMPLE as u64);
+        };
+        // 2000 calls/s for 1 s.
+        for _ in 0..250 {
+            sample(&m, &mut t, 4_000_000);
+        }
+        let busy = m.rate(&7, t).unwrap();
+        assert!((busy - 2000.0).abs() / 2000.0 < 0.05, "rate {busy}");
+        // 3 s with one sample a second, then traffic returns: the window that spans the spell
+        // closes on the fourth sample, 3 s long, at about 10 calls/s. Kept: still busy.
+        for _ in 0..3 {
+            sample(&m, &mut t, 1_000_000_000);
+        }
+        sample(&m, &mut t, 4_000_000);
+        assert_eq!(
+            m.rate(&7, t),
+            Some(busy),
+            "the spell's average was published"
+        );
+        // The next window measures the traffic as it is.
+        for _ in 0..70 {
+            sample(&m, &mut t, 4_000_000);
+        }
+        let back = m.rate(&7, t).unwrap();
+        assert!((back - 2000.0).abs() / 2000.0 < 0.05, "rate {back}");
+        // A key that slows down for good (one sample every 0.8 s: 10 calls/s) shows it after a
+        // window that mixes both rates, one kept back, and one published.
+        for _ in 0..16 {
+            sample(&m, &mut t, 800_000_000);
+        }
+        let slow = m.rate(&7, t).unwrap();
+        assert!((slow - 10.0).abs() / 10.0 < 0.05, "rate {slow}");
     }
 
     /// A flood of one-off keys (each sampled once) interleaved with a hot key: the meters stay

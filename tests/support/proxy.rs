@@ -8,6 +8,8 @@
 //!   before it is forwarded, in both directions;
 //! - **stall** ([`Proxy::stall`]): stop reading for a while, so bytes queue in the kernel and
 //!   arrive late, as TCP retransmission after packet loss looks to the application;
+//! - **random stalls** ([`Proxy::set_stall_chance`]): each chunk, with probability `1/n`,
+//!   holds its connection for a while before it is forwarded (the same effect, at random);
 //! - **black-hole** ([`Proxy::blackhole`]): read and discard everything, keep the sockets open
 //!   (a middlebox that dropped the flow's state silently);
 //! - **reset** ([`Proxy::reset`]): close the client side with `SO_LINGER 0`, so it gets a RST;
@@ -99,6 +101,9 @@ struct Shared {
     /// Latency and jitter in microseconds.
     latency_us: AtomicU64,
     jitter_us: AtomicU64,
+    /// Random stalls: one chunk in `stall_one_in` (0: none) waits `stall_us` first.
+    stall_one_in: AtomicU64,
+    stall_us: AtomicU64,
     next_id: AtomicU64,
     conns: Mutex<Vec<Arc<Conn>>>,
 }
@@ -124,6 +129,8 @@ impl Proxy {
             partitioned: AtomicBool::new(false),
             latency_us: AtomicU64::new(0),
             jitter_us: AtomicU64::new(0),
+            stall_one_in: AtomicU64::new(0),
+            stall_us: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             conns: Mutex::new(Vec::new()),
         });
@@ -156,6 +163,15 @@ impl Proxy {
         self.shared
             .jitter_us
             .store(jitter.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// One chunk in `one_in` (either direction, every connection) holds its connection for `d`
+    /// before it is forwarded, so the bytes behind it wait too; `one_in == 0` turns this off.
+    pub fn set_stall_chance(&self, one_in: u64, d: Duration) {
+        self.shared
+            .stall_us
+            .store(d.as_micros() as u64, Ordering::Relaxed);
+        self.shared.stall_one_in.store(one_in, Ordering::Relaxed);
     }
 
     /// Connections open now.
@@ -380,6 +396,14 @@ fn pump(c: &Conn, s: &Shared, mut from: TcpStream, mut to: TcpStream, upward: bo
                 0
             };
             nap(c, s, Duration::from_micros(base + extra));
+        }
+        let one_in = s.stall_one_in.load(Ordering::Relaxed);
+        if one_in > 0 && rand::random_range(0..one_in) == 0 {
+            nap(
+                c,
+                s,
+                Duration::from_micros(s.stall_us.load(Ordering::Relaxed)),
+            );
         }
         // Looked at again after the read and the delay: a black hole that started meanwhile
         // swallows the chunk, a stall or partition holds it back.
