@@ -419,7 +419,7 @@ mod tests {
     fn a_quiet_spell_does_not_lower_the_rate_as_traffic_returns() {
         let m = RateMeters::<u32>::new();
         let mut t = 0u64;
-        let mut sample = |m: &RateMeters<u32>, t: &mut u64, gap: u64| {
+        let sample = |m: &RateMeters<u32>, t: &mut u64, gap: u64| {
             *t += gap;
             m.record(&7, *t, SAMPLE as u64);
         };
