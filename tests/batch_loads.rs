@@ -188,6 +188,58 @@ fn xfetch_triggers_among_hits_are_refreshed_in_one_background_batch() {
     assert_eq!(s.computations, 8);
 }
 
+#[test]
+fn a_failed_or_panicking_batch_refresh_counts_each_key_as_failed_and_backs_off() {
+    let store = MemoryStore::<u32, u32>::new(1000).unwrap();
+    let clock = ManualClock::new();
+    let calls = Arc::new(Calls::default());
+    // 0: answer, 1: fail, 2: panic.
+    let mode = Arc::new(AtomicU64::new(0));
+    let (c, ck, m) = (calls.clone(), clock.clone(), mode.clone());
+    let f = memoize_stampede(&store, MIN)
+        .clock(clock.clone())
+        // β = ∞: every hit triggers an early refresh.
+        .beta(f64::INFINITY)
+        .refresh_backoff(Duration::from_secs(5))
+        .build_batch_blocking(move |ks: &[u32]| {
+            c.record(ks);
+            ck.advance(Duration::from_millis(1)); // a measurable δ
+            match m.load(Ordering::SeqCst) {
+                1 => Err("down".to_string()),
+                2 => panic!("the batch closure panics (expected by this test)"),
+                _ => Ok(ks.iter().map(|&k| (k, k)).collect()),
+            }
+        })
+        .unwrap();
+    assert_eq!(f.get_many(&[1, 2]).unwrap(), [1, 2]);
+    for (round, failing) in [(1, 1), (2, 2)] {
+        mode.store(failing, Ordering::SeqCst);
+        // Past any backoff, well within the TTL.
+        clock.advance(Duration::from_secs(10));
+        // Both are hits (served) and both trigger one refresh batch, which fails.
+        assert_eq!(f.get_many(&[1, 2]).unwrap(), [1, 2]);
+        wait_until("the failed refresh", || {
+            f.stats().early_refreshes_failed == 2 * round
+        });
+        // Within the backoff the values are still served and neither key refreshes again.
+        let skipped = f.stats().early_refreshes_skipped;
+        assert_eq!(f.get_many(&[1, 2]).unwrap(), [1, 2]);
+        assert_eq!(f.stats().early_refreshes_skipped, skipped + 2);
+        assert_eq!(calls.all().len(), 1 + round as usize);
+    }
+    // After the backoff a trigger refreshes both again, and this time it succeeds.
+    mode.store(0, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(f.get_many(&[1, 2]).unwrap(), [1, 2]);
+    wait_until("the refresh", || f.stats().early_refreshes_completed == 2);
+    let s = f.stats();
+    assert_eq!(
+        (s.early_refreshes_started, s.early_refreshes_failed),
+        (6, 4)
+    );
+    assert_eq!(calls.all(), vec![vec![1, 2]; 4]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_get_many_mixes_hits_and_misses_in_one_call() {
     let store = MemoryStore::<u32, String>::new(1000).unwrap();
