@@ -12,11 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::redis_or_skip;
+use support::{redis_or_skip, wait_until, BOUND};
 
 const MIN: Duration = Duration::from_secs(60);
-/// Every wait in these tests is bounded by this: a bug fails instead of hanging.
-const BOUND: Duration = Duration::from_secs(20);
 
 /// What the batch closure was called with, call by call.
 #[derive(Default)]
@@ -38,14 +36,6 @@ impl Calls {
             *n.entry(k).or_default() += 1;
         }
         n
-    }
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < BOUND, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -179,7 +169,7 @@ fn xfetch_triggers_among_hits_are_refreshed_in_one_background_batch() {
     clock.advance(Duration::from_secs(1));
     // All four are hits (served at once) and all four trigger: one refresh batch.
     assert_eq!(f.get_many(&[1, 2, 3, 4]).unwrap(), [1, 2, 3, 4]);
-    wait_until("the refresh batch", || {
+    wait_until("the refresh batch", BOUND, || {
         f.stats().early_refreshes_completed == 4
     });
     assert_eq!(calls.all(), vec![vec![1, 2, 3, 4], vec![1, 2, 3, 4]]);
@@ -218,7 +208,7 @@ fn a_failed_or_panicking_batch_refresh_counts_each_key_as_failed_and_backs_off()
         clock.advance(Duration::from_secs(10));
         // Both are hits (served) and both trigger one refresh batch, which fails.
         assert_eq!(f.get_many(&[1, 2]).unwrap(), [1, 2]);
-        wait_until("the failed refresh", || {
+        wait_until("the failed refresh", BOUND, || {
             f.stats().early_refreshes_failed == 2 * round
         });
         // Within the backoff the values are still served and neither key refreshes again.
@@ -231,7 +221,9 @@ fn a_failed_or_panicking_batch_refresh_counts_each_key_as_failed_and_backs_off()
     mode.store(0, Ordering::SeqCst);
     clock.advance(Duration::from_secs(10));
     assert_eq!(f.get_many(&[1, 2]).unwrap(), [1, 2]);
-    wait_until("the refresh", || f.stats().early_refreshes_completed == 2);
+    wait_until("the refresh", BOUND, || {
+        f.stats().early_refreshes_completed == 2
+    });
     let s = f.stats();
     assert_eq!(
         (s.early_refreshes_started, s.early_refreshes_failed),
@@ -354,7 +346,9 @@ fn on_redis_keys_another_process_computes_are_joined_through_its_lock() {
         std::thread::spawn(move || b.get_many(&[2, 3, 4]).unwrap())
     };
     // B computes 4 itself and waits for A's 2 and 3.
-    wait_until("B computes its own key", || !b_calls.all().is_empty());
+    wait_until("B computes its own key", BOUND, || {
+        !b_calls.all().is_empty()
+    });
     gate_tx.send(()).unwrap();
     assert_eq!(a_run.join().unwrap(), ["v1", "v2", "v3"]);
     assert_eq!(b_run.join().unwrap(), ["v2", "v3", "v4"]);
