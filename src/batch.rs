@@ -117,8 +117,8 @@ where
 /// # }
 /// ```
 pub struct BatchMemoized<K, V, E, S> {
+    /// The single-key facade, and through it the engine.
     one: Memoized<K, V, E, S>,
-    engine: Arc<Engine<K, V, E, S>>,
     batch: Arc<BatchFn<K, V, E>>,
 }
 
@@ -126,7 +126,6 @@ impl<K, V, E, S> Clone for BatchMemoized<K, V, E, S> {
     fn clone(&self) -> Self {
         BatchMemoized {
             one: self.one.clone(),
-            engine: self.engine.clone(),
             batch: self.batch.clone(),
         }
     }
@@ -134,7 +133,7 @@ impl<K, V, E, S> Clone for BatchMemoized<K, V, E, S> {
 
 impl<K, V, E, S> std::fmt::Debug for BatchMemoized<K, V, E, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.engine.describe(f, "BatchMemoized")
+        self.one.engine().describe(f, "BatchMemoized")
     }
 }
 
@@ -147,8 +146,7 @@ where
 {
     pub(crate) fn new(engine: Arc<Engine<K, V, E, S>>, batch: Arc<BatchFn<K, V, E>>) -> Self {
         BatchMemoized {
-            one: Memoized::new(engine.clone()),
-            engine,
+            one: Memoized::new(engine),
             batch,
         }
     }
@@ -184,7 +182,7 @@ where
     /// # }
     /// ```
     pub async fn get_many_each(&self, keys: &[K]) -> Vec<Result<V, Error<E>>> {
-        self.get_many_each_with(keys, self.engine.cfg.contention)
+        self.get_many_each_with(keys, self.one.engine().cfg.contention)
             .await
     }
 
@@ -195,7 +193,7 @@ where
         keys: &[K],
         contention: Contention,
     ) -> Vec<Result<V, Error<E>>> {
-        load::load_many(&self.engine, &self.batch, keys, contention).await
+        load::load_many(self.one.engine(), &self.batch, keys, contention).await
     }
 
     /// The value of one key: a batch of one (the hit path of [`Memoized::get`]).
@@ -217,7 +215,7 @@ where
     /// A snapshot of this function's counters (`computations` counts keys computed, so a batch
     /// of 10 counts 10).
     pub fn stats(&self) -> StatsSnapshot {
-        self.engine.stats.snapshot()
+        self.one.engine().stats.snapshot()
     }
 }
 
@@ -238,8 +236,8 @@ where
 /// assert_eq!(squares.stats().computations, 2);
 /// ```
 pub struct BlockingBatchMemoized<K, V, E, S> {
+    /// The single-key facade, and through it the engine.
     one: crate::BlockingMemoized<K, V, E, S>,
-    engine: Arc<Engine<K, V, E, S>>,
     batch: Arc<BatchFn<K, V, E>>,
 }
 
@@ -247,7 +245,6 @@ impl<K, V, E, S> Clone for BlockingBatchMemoized<K, V, E, S> {
     fn clone(&self) -> Self {
         BlockingBatchMemoized {
             one: self.one.clone(),
-            engine: self.engine.clone(),
             batch: self.batch.clone(),
         }
     }
@@ -255,7 +252,7 @@ impl<K, V, E, S> Clone for BlockingBatchMemoized<K, V, E, S> {
 
 impl<K, V, E, S> std::fmt::Debug for BlockingBatchMemoized<K, V, E, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.engine.describe(f, "BlockingBatchMemoized")
+        self.one.engine().describe(f, "BlockingBatchMemoized")
     }
 }
 
@@ -268,8 +265,7 @@ where
 {
     pub(crate) fn new(engine: Arc<Engine<K, V, E, S>>, batch: Arc<BatchFn<K, V, E>>) -> Self {
         BlockingBatchMemoized {
-            one: crate::BlockingMemoized::new(engine.clone()),
-            engine,
+            one: crate::BlockingMemoized::new(engine),
             batch,
         }
     }
@@ -281,7 +277,7 @@ where
 
     /// Each key's own outcome; see [`BatchMemoized::get_many_each`].
     pub fn get_many_each(&self, keys: &[K]) -> Vec<Result<V, Error<E>>> {
-        self.get_many_each_with(keys, self.engine.cfg.contention)
+        self.get_many_each_with(keys, self.one.engine().cfg.contention)
     }
 
     /// [`get_many_each`](Self::get_many_each) under this call's own contention policy.
@@ -290,8 +286,13 @@ where
         keys: &[K],
         contention: Contention,
     ) -> Vec<Result<V, Error<E>>> {
-        let out = block_on(load::load_many(&self.engine, &self.batch, keys, contention));
-        self.engine.yield_if_handing_off();
+        let out = block_on(load::load_many(
+            self.one.engine(),
+            &self.batch,
+            keys,
+            contention,
+        ));
+        self.one.engine().yield_if_handing_off();
         out
     }
 
@@ -313,6 +314,6 @@ where
 
     /// A snapshot of this function's counters (`computations` counts keys computed).
     pub fn stats(&self) -> StatsSnapshot {
-        self.engine.stats.snapshot()
+        self.one.engine().stats.snapshot()
     }
 }

@@ -48,6 +48,13 @@ impl<K, V, E, S> std::fmt::Debug for BlockingMemoized<K, V, E, S> {
     }
 }
 
+impl<K, V, E, S> BlockingMemoized<K, V, E, S> {
+    /// The engine this facade calls (shared with the batch facade built on it).
+    pub(crate) fn engine(&self) -> &Arc<Engine<K, V, E, S>> {
+        &self.engine
+    }
+}
+
 impl<K, V, E, S> Clone for BlockingMemoized<K, V, E, S> {
     fn clone(&self) -> Self {
         BlockingMemoized {
@@ -65,11 +72,6 @@ where
 {
     pub(crate) fn new(engine: Arc<Engine<K, V, E, S>>) -> Self {
         BlockingMemoized { engine }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn engine(&self) -> &Engine<K, V, E, S> {
-        &self.engine
     }
 
     /// The value for `key`, under the function's contention policy.

@@ -33,7 +33,7 @@
 
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::flight::{JoinMark, Leader};
+use crate::flight::{FlightId, JoinMark, Leader};
 use crate::stats::bump;
 use crate::store::contract::Store;
 use crate::wait::WaitMode;
@@ -108,9 +108,25 @@ where
             out.map(|(v, _)| v)
         }
     };
-    // A call inside the closure that joins this flight would wait for itself (`miss`).
-    let job = crate::flight::leading([me], job);
-    let out = match (eng.compute.mode(), tokio::runtime::Handle::try_current()) {
+    run_job(eng.compute.mode(), [me], job).await
+}
+
+/// Runs a leader's `job` (a computation wrapped in `catch_unwind`) while it leads the flights
+/// `led`: on a Tokio runtime, for an async closure, as its own task (see [`compute`]); else in
+/// this caller. `None`: the task was cancelled by its runtime shutting down. A panic, caught
+/// by the job or by the task, is resumed in this caller.
+pub(crate) async fn run_job<T, F>(
+    mode: WaitMode,
+    led: impl IntoIterator<Item = FlightId> + 'static,
+    job: F,
+) -> Option<T>
+where
+    F: std::future::Future<Output = std::thread::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    // A call inside the closure that joins one of these flights would wait for itself (`miss`).
+    let job = crate::flight::leading(led, job);
+    let out = match (mode, tokio::runtime::Handle::try_current()) {
         (WaitMode::Async, Ok(rt)) => match rt.spawn(job).await {
             Ok(out) => out,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -50,6 +50,13 @@ impl<K, V, E, S> std::fmt::Debug for Memoized<K, V, E, S> {
     }
 }
 
+impl<K, V, E, S> Memoized<K, V, E, S> {
+    /// The engine this facade calls (shared with the batch facade built on it).
+    pub(crate) fn engine(&self) -> &Arc<Engine<K, V, E, S>> {
+        &self.engine
+    }
+}
+
 impl<K, V, E, S> Clone for Memoized<K, V, E, S> {
     fn clone(&self) -> Self {
         Memoized {

@@ -29,34 +29,16 @@ pub(crate) fn trigger<K, V, E, S>(
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
-    // Past its lease (`Engine::lease`, the bound a distributed lock trusts a holder of this δ
-    // for) a refresh counts as hung: it no longer blocks the key nor holds a place in
-    // `max_refreshes`, and the next trigger may start another.
-    let hung_at = now.saturating_add(saturating_nanos(eng.lease(Some(delta_us))));
-    let id = match eng.refreshes.try_claim(key, now, hung_at) {
-        Ok(id) => id,
-        Err(Begin::Started) => unreachable!("a claim is Ok"),
-        Err(Begin::Busy) => {
-            bump!(eng.stats, early_refreshes_skipped);
-            return;
-        }
-        Err(Begin::Full) => {
-            // As many refreshes run as the function allows: skip. The value is still served,
-            // and XFetch triggers again on a later call (ever more likely as expiry nears).
-            bump!(eng.stats, early_refreshes_throttled);
-            return;
-        }
+    let Some(claim) = RefreshClaim::try_new(eng, key, delta_us, now) else {
+        return;
     };
-    let claim = RefreshClaim {
-        engine: eng.arc(),
-        id,
-        key: key.clone(),
-        armed: true,
-        started: false,
-        failure_counted: false,
-    };
-    let task = claim.run(seen, delta_us);
-    match eng.compute.mode() {
+    spawn(eng.compute.mode(), claim.run(seen, delta_us));
+}
+
+/// Runs a background refresh off the caller's path: on a Tokio task (async callers on a
+/// runtime), else on a worker thread.
+pub(crate) fn spawn(mode: WaitMode, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    match mode {
         WaitMode::Async => match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(task);
@@ -67,9 +49,10 @@ pub(crate) fn trigger<K, V, E, S>(
     }
 }
 
-/// A claimed refresh slot. It is released when the refresh ends; if the task panics, is dropped
-/// or never runs, dropping the claim releases the slot with a backoff, like a failure.
-struct RefreshClaim<K, V, E, S>
+/// A claimed refresh slot (of a single refresh, or of one key of a batch refresh). It is
+/// released when the refresh ends; if the task panics, is dropped or never runs, dropping the
+/// claim releases the slot with a backoff, like a failure.
+pub(crate) struct RefreshClaim<K, V, E, S>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -115,7 +98,55 @@ where
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
-    fn release(mut self) {
+    /// Claims `key`'s refresh slot without waiting; `None` (counted as skipped or throttled)
+    /// when another refresh holds it or `max_refreshes` already run.
+    pub(crate) fn try_new(
+        eng: &Engine<K, V, E, S>,
+        key: &K,
+        delta_us: u64,
+        now: u64,
+    ) -> Option<Self> {
+        // Past its lease (`Engine::lease`, the bound a distributed lock trusts a holder of this δ
+        // for) a refresh counts as hung: it no longer blocks the key nor holds a place in
+        // `max_refreshes`, and the next trigger may start another.
+        let hung_at = now.saturating_add(saturating_nanos(eng.lease(Some(delta_us))));
+        let id = match eng.refreshes.try_claim(key, now, hung_at) {
+            Ok(id) => id,
+            Err(Begin::Started) => unreachable!("a claim is Ok"),
+            Err(Begin::Busy) => {
+                bump!(eng.stats, early_refreshes_skipped);
+                return None;
+            }
+            Err(Begin::Full) => {
+                // As many refreshes run as the function allows: skip. The value is still served,
+                // and XFetch triggers again on a later call (ever more likely as expiry nears).
+                bump!(eng.stats, early_refreshes_throttled);
+                return None;
+            }
+        };
+        Some(RefreshClaim {
+            engine: eng.arc(),
+            id,
+            key: key.clone(),
+            armed: true,
+            started: false,
+            failure_counted: false,
+        })
+    }
+
+    /// The key this claim refreshes.
+    pub(crate) fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// The computation begins: from now on, a claim dropped unreleased counts as a failed
+    /// refresh.
+    pub(crate) fn start(&mut self) {
+        self.started = true;
+    }
+
+    /// The refresh ended (or was skipped): frees the slot, without a backoff.
+    pub(crate) fn release(mut self) {
         self.armed = false;
         self.engine.refreshes.end(&self.key, self.id);
     }
@@ -160,7 +191,7 @@ where
                 return self.release();
             }
         };
-        self.started = true;
+        self.start();
         bump!(e.stats, early_refreshes_started);
         tracing::debug!(name = %e.ns.name, "early refresh started");
         // Hard misses that join this flight once the value has expired wait for it at most as

@@ -12,11 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::redis_or_skip;
+use support::{redis_or_skip, wait_until, BOUND};
 
 const MIN: Duration = Duration::from_secs(60);
-/// Every wait in these tests is bounded by this: a bug fails instead of hanging.
-const BOUND: Duration = Duration::from_secs(20);
 
 /// What the batch closure was called with, call by call.
 #[derive(Default)]
@@ -38,14 +36,6 @@ impl Calls {
             *n.entry(k).or_default() += 1;
         }
         n
-    }
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < BOUND, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -179,13 +169,67 @@ fn xfetch_triggers_among_hits_are_refreshed_in_one_background_batch() {
     clock.advance(Duration::from_secs(1));
     // All four are hits (served at once) and all four trigger: one refresh batch.
     assert_eq!(f.get_many(&[1, 2, 3, 4]).unwrap(), [1, 2, 3, 4]);
-    wait_until("the refresh batch", || {
+    wait_until("the refresh batch", BOUND, || {
         f.stats().early_refreshes_completed == 4
     });
     assert_eq!(calls.all(), vec![vec![1, 2, 3, 4], vec![1, 2, 3, 4]]);
     let s = f.stats();
     assert_eq!(s.early_refreshes_started, 4);
     assert_eq!(s.computations, 8);
+}
+
+#[test]
+fn a_failed_or_panicking_batch_refresh_counts_each_key_as_failed_and_backs_off() {
+    let store = MemoryStore::<u32, u32>::new(1000).unwrap();
+    let clock = ManualClock::new();
+    let calls = Arc::new(Calls::default());
+    // 0: answer, 1: fail, 2: panic.
+    let mode = Arc::new(AtomicU64::new(0));
+    let (c, ck, m) = (calls.clone(), clock.clone(), mode.clone());
+    let f = memoize_stampede(&store, MIN)
+        .clock(clock.clone())
+        // β = ∞: every hit triggers an early refresh.
+        .beta(f64::INFINITY)
+        .refresh_backoff(Duration::from_secs(5))
+        .build_batch_blocking(move |ks: &[u32]| {
+            c.record(ks);
+            ck.advance(Duration::from_millis(1)); // a measurable δ
+            match m.load(Ordering::SeqCst) {
+                1 => Err("down".to_string()),
+                2 => panic!("the batch closure panics (expected by this test)"),
+                _ => Ok(ks.iter().map(|&k| (k, k)).collect()),
+            }
+        })
+        .unwrap();
+    assert_eq!(f.get_many(&[1, 2]).unwrap(), [1, 2]);
+    for (round, failing) in [(1, 1), (2, 2)] {
+        mode.store(failing, Ordering::SeqCst);
+        // Past any backoff, well within the TTL.
+        clock.advance(Duration::from_secs(10));
+        // Both are hits (served) and both trigger one refresh batch, which fails.
+        assert_eq!(f.get_many(&[1, 2]).unwrap(), [1, 2]);
+        wait_until("the failed refresh", BOUND, || {
+            f.stats().early_refreshes_failed == 2 * round
+        });
+        // Within the backoff the values are still served and neither key refreshes again.
+        let skipped = f.stats().early_refreshes_skipped;
+        assert_eq!(f.get_many(&[1, 2]).unwrap(), [1, 2]);
+        assert_eq!(f.stats().early_refreshes_skipped, skipped + 2);
+        assert_eq!(calls.all().len(), 1 + round as usize);
+    }
+    // After the backoff a trigger refreshes both again, and this time it succeeds.
+    mode.store(0, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(f.get_many(&[1, 2]).unwrap(), [1, 2]);
+    wait_until("the refresh", BOUND, || {
+        f.stats().early_refreshes_completed == 2
+    });
+    let s = f.stats();
+    assert_eq!(
+        (s.early_refreshes_started, s.early_refreshes_failed),
+        (6, 4)
+    );
+    assert_eq!(calls.all(), vec![vec![1, 2]; 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,7 +346,9 @@ fn on_redis_keys_another_process_computes_are_joined_through_its_lock() {
         std::thread::spawn(move || b.get_many(&[2, 3, 4]).unwrap())
     };
     // B computes 4 itself and waits for A's 2 and 3.
-    wait_until("B computes its own key", || !b_calls.all().is_empty());
+    wait_until("B computes its own key", BOUND, || {
+        !b_calls.all().is_empty()
+    });
     gate_tx.send(()).unwrap();
     assert_eq!(a_run.join().unwrap(), ["v1", "v2", "v3"]);
     assert_eq!(b_run.join().unwrap(), ["v2", "v3", "v4"]);

@@ -14,13 +14,14 @@
 
 mod support;
 
-use herdless::store::{NearStore, RedisStore};
-use herdless::{memoize_stampede, BlockingMemoized, Store};
+use herdless::store::RedisStore;
+use herdless::{BlockingMemoized, Store};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::common::{self, acl, load, near_tier, set_truth};
 use support::*;
 
 const TTL: Duration = Duration::from_secs(60);
@@ -31,39 +32,11 @@ fn truth_fn<S: Store<String, String>>(
     s: &S,
     truth_url: &str,
 ) -> BlockingMemoized<String, String, String, S> {
-    let client = redis::Client::open(truth_url).unwrap();
-    memoize_stampede(s, TTL)
-        .name("page")
-        .beta(0.0)
-        .build_blocking(move |_k: &String| {
-            let mut con = client.get_connection().map_err(|e| e.to_string())?;
-            let v: Option<String> = redis::cmd("GET")
-                .arg("truth")
-                .query(&mut con)
-                .map_err(|e| e.to_string())?;
-            Ok(v.unwrap_or_else(|| "none".into()))
-        })
-        .unwrap()
-}
-
-fn set_truth(con: &mut redis::Connection, v: &str) {
-    let _: () = redis::cmd("SET").arg("truth").arg(v).query(con).unwrap();
+    common::truth_fn(s, truth_url, TTL, || {})
 }
 
 fn store(url: &str) -> RedisStore {
     RedisStore::builder(url).prefix("coh").build().unwrap()
-}
-
-fn near(shared: &RedisStore, max_stale: Duration) -> NearStore<String, String> {
-    NearStore::builder(shared)
-        .capacity(1000)
-        .max_stale(max_stale)
-        .build()
-        .unwrap()
-}
-
-fn stat(c: &std::sync::atomic::AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,7 +90,7 @@ fn lost_generation(restart: bool) {
         before,
         "a kept the lost generation"
     );
-    assert!(stat(&c.stats().generation_reseeds) + stat(&a.stats().generation_reseeds) >= 1);
+    assert!(load(&c.stats().generation_reseeds) + load(&a.stats().generation_reseeds) >= 1);
 
     // An invalidation from an old process reaches the new one, and the other way round.
     set_truth(&mut con, "v2");
@@ -154,26 +127,16 @@ fn a_writer_refused_channels_still_reaches_other_near_tiers() {
     };
     let url = server.url();
     let mut con = server.raw();
-    let _: () = redis::cmd("ACL")
-        .arg(
-            &[
-                "SETUSER",
-                "nochan",
-                "on",
-                ">pw",
-                "~*",
-                "resetchannels",
-                "+@all",
-            ][..],
-        )
-        .query(&mut con)
-        .unwrap();
+    acl(
+        &mut con,
+        &["nochan", "on", ">pw", "~*", "resetchannels", "+@all"],
+    );
     let writer_url = format!("redis://nochan:pw@127.0.0.1:{}/", server.port());
     let k = "home".to_string();
     set_truth(&mut con, "v1");
 
     let shared = store(&url);
-    let tier = near(&shared, Duration::from_secs(60));
+    let tier = near_tier(&shared, Duration::from_secs(60));
     let fr = truth_fn(&tier, &url);
     wait_until("the value is near", Duration::from_secs(5), || {
         let _ = fr.get(&k);
@@ -205,10 +168,10 @@ fn a_writer_refused_channels_still_reaches_other_near_tiers() {
         || fr.get(&k).ok().as_deref() == Some("v3"),
     );
     assert!(
-        stat(&w.stats().publish_refused) >= 2,
+        load(&w.stats().publish_refused) >= 2,
         "refusals not counted"
     );
-    assert!(stat(&shared.stats().announcements_missed) >= 1);
+    assert!(load(&shared.stats().announcements_missed) >= 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,7 +265,7 @@ fn a_black_holed_subscription_is_detected_and_max_stale_applies() {
     let k = "home".to_string();
 
     let shared = store(&proxy.url());
-    let tier = near(&shared, Duration::from_millis(200));
+    let tier = near_tier(&shared, Duration::from_millis(200));
     let fr = truth_fn(&tier, &url);
     wait_until(
         "subscribed through the proxy",
@@ -330,7 +293,7 @@ fn a_black_holed_subscription_is_detected_and_max_stale_applies() {
     );
     // And the silent subscription is given up (then re-made).
     wait_until("the heartbeat gives up", Duration::from_secs(10), || {
-        stat(&shared.stats().pubsub_heartbeat_failures) >= 1
+        load(&shared.stats().pubsub_heartbeat_failures) >= 1
     });
 }
 
@@ -347,7 +310,7 @@ fn invalidate_all_with_a_hot_near_key_never_keeps_the_old_generation() {
     set_truth(&mut con, "r0");
     let k = "home".to_string();
     let shared = store(&url);
-    let tier = near(&shared, Duration::from_secs(60));
+    let tier = near_tier(&shared, Duration::from_secs(60));
     let fr = Arc::new(truth_fn(&tier, &url));
     let w = store(&url);
     let fw = truth_fn(&w, &url);
@@ -465,7 +428,7 @@ fn a_flood_of_announcements_does_not_hold_back_an_invalidation() {
     // Many tiers on one store: each message costs the dispatcher one decode per tier, so a flood
     // outruns it and redis-rs's queue grows.
     let tiers: Vec<_> = (0..100)
-        .map(|_| near(&shared, Duration::from_millis(200)))
+        .map(|_| near_tier(&shared, Duration::from_millis(200)))
         .collect();
     let fns: Vec<_> = tiers.iter().map(|t| truth_fn(t, &url)).collect();
     let (tier, fr) = (&tiers[0], &fns[0]);

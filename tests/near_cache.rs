@@ -9,17 +9,14 @@ use herdless::{memoize_stampede, BlockingMemoized};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::common::{self, acl, near_tier, set_truth};
 use support::*;
 
 const TTL: Duration = Duration::from_secs(60);
 
 fn near(url: &str, max_stale: Duration) -> NearStore<String, String> {
     let shared = RedisStore::builder(url).prefix("near").build().unwrap();
-    NearStore::builder(&shared)
-        .capacity(1000)
-        .max_stale(max_stale)
-        .build()
-        .unwrap()
+    near_tier(&shared, max_stale)
 }
 
 /// A function whose closure returns the Redis key `truth` (or "none") and counts its runs.
@@ -28,24 +25,9 @@ fn truth_fn<S: herdless::Store<String, String>>(
     url: &str,
     runs: Arc<AtomicUsize>,
 ) -> BlockingMemoized<String, String, String, S> {
-    let client = redis::Client::open(url).unwrap();
-    memoize_stampede(s, TTL)
-        .name("page")
-        .beta(0.0)
-        .build_blocking(move |_k: &String| {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let mut con = client.get_connection().map_err(|e| e.to_string())?;
-            let v: Option<String> = redis::cmd("GET")
-                .arg("truth")
-                .query(&mut con)
-                .map_err(|e| e.to_string())?;
-            Ok(v.unwrap_or_else(|| "none".into()))
-        })
-        .unwrap()
-}
-
-fn set_truth(con: &mut redis::Connection, v: &str) {
-    let _: () = redis::cmd("SET").arg("truth").arg(v).query(con).unwrap();
+    common::truth_fn(s, url, TTL, move || {
+        runs.fetch_add(1, Ordering::SeqCst);
+    })
 }
 
 #[test]
@@ -139,16 +121,7 @@ fn a_lost_channel_bounds_staleness() {
     };
     let url = server.url();
     let mut con = server.raw();
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("nearb")
-        .arg("on")
-        .arg(">pw")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .query(&mut con)
-        .unwrap();
+    acl(&mut con, &["nearb", "on", ">pw", "~*", "&*", "+@all"]);
     let b_url = format!("redis://nearb:pw@127.0.0.1:{}/", server.port());
     set_truth(&mut con, "v1");
     let max_stale = Duration::from_millis(300);
@@ -164,12 +137,7 @@ fn a_lost_channel_bounds_staleness() {
         let _ = b.get(&k);
         !sb.is_empty()
     });
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("nearb")
-        .arg("resetchannels")
-        .query(&mut con)
-        .unwrap();
+    acl(&mut con, &["nearb", "resetchannels"]);
     wait_until("B's channel is down", Duration::from_secs(10), || {
         sb.shared().stats().pubsub_refused.load(Ordering::Relaxed) == 1
     });

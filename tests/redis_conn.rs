@@ -10,11 +10,8 @@ use herdless::{memoize_stampede, Contention};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::common::{self, acl, load, set_truth};
 use support::{redis_or_skip, BOUND};
-
-fn load(c: &AtomicU64) -> u64 {
-    c.load(Ordering::SeqCst)
-}
 
 /// A 20 MiB hot value read by 4 threads for 3 s: every read is a hit (one computation in all),
 /// and the shared connection is never torn down. Before issue 21 each call had to receive its
@@ -94,34 +91,15 @@ fn a_multi_megabyte_hot_value_read_by_four_threads_stays_a_hit_without_reconnect
     assert_eq!(load(&st.circuit_opens), 0);
 }
 
-fn acl(con: &mut redis::Connection, args: &[&str]) {
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg(args)
-        .query::<()>(con)
-        .unwrap();
-}
-
 /// A function reading the Redis key `truth` (or "none"), counting its runs.
 fn truth_fn<S: herdless::Store<String, String>>(
     s: &S,
     url: &str,
     runs: Arc<AtomicU64>,
 ) -> herdless::BlockingMemoized<String, String, String, S> {
-    let client = redis::Client::open(url).unwrap();
-    memoize_stampede(s, Duration::from_secs(600))
-        .name("page")
-        .beta(0.0)
-        .build_blocking(move |_k: &String| {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let mut con = client.get_connection().map_err(|e| e.to_string())?;
-            let v: Option<String> = redis::cmd("GET")
-                .arg("truth")
-                .query(&mut con)
-                .map_err(|e| e.to_string())?;
-            Ok(v.unwrap_or_else(|| "none".into()))
-        })
-        .unwrap()
+    common::truth_fn(s, url, Duration::from_secs(600), move || {
+        runs.fetch_add(1, Ordering::SeqCst);
+    })
 }
 
 /// Refused scripting and channels switch the store to plain commands and polling; once an
@@ -159,11 +137,7 @@ fn permission_refusals_are_rechecked_and_the_store_switches_back() {
     let a = truth_fn(&sa, &url, runs.clone());
     let b = truth_fn(&sb, &b_url, runs.clone());
     let k = "home".to_string();
-    let _: () = redis::cmd("SET")
-        .arg("truth")
-        .arg("v1")
-        .query(&mut con)
-        .unwrap();
+    set_truth(&mut con, "v1");
     assert_eq!(b.get(&k).unwrap(), "v1");
     let st = sb.shared().stats();
     support::wait_until("both refusals noticed", BOUND, || {
@@ -180,11 +154,7 @@ fn permission_refusals_are_rechecked_and_the_store_switches_back() {
     assert_eq!(load(&st.pubsub_restored), 1);
     // Invalidations are heard again: B's near copy (kept up to 600 s without messages) is
     // replaced as soon as A writes.
-    let _: () = redis::cmd("SET")
-        .arg("truth")
-        .arg("v2")
-        .query(&mut con)
-        .unwrap();
+    set_truth(&mut con, "v2");
     support::wait_until("B holds the value near", Duration::from_secs(5), || {
         let _ = b.get(&k);
         !sb.is_empty()
@@ -224,11 +194,7 @@ fn scripting_revoked_mid_run_switches_to_plain_commands_and_back() {
     let store = RedisStore::builder(&url).prefix("mid").build().unwrap();
     let runs = Arc::new(AtomicU64::new(0));
     let f = truth_fn(&store, &server.url(), runs.clone());
-    let _: () = redis::cmd("SET")
-        .arg("truth")
-        .arg("v1")
-        .query(&mut con)
-        .unwrap();
+    set_truth(&mut con, "v1");
     assert_eq!(f.get(&"a".to_string()).unwrap(), "v1");
     let st = store.stats();
     assert_eq!(load(&st.scripts_refused), 0);
@@ -266,11 +232,7 @@ fn a_stall_that_ends_times_calls_out_without_a_reconnect() {
     let runs = Arc::new(AtomicU64::new(0));
     let f = truth_fn(&store, &server.url(), runs.clone());
     let mut con = server.raw();
-    let _: () = redis::cmd("SET")
-        .arg("truth")
-        .arg("v1")
-        .query(&mut con)
-        .unwrap();
+    set_truth(&mut con, "v1");
     assert_eq!(f.get(&"warm".to_string()).unwrap(), "v1");
     let st = store.stats();
     assert_eq!(load(&st.connects), 1);

@@ -12,6 +12,7 @@
 //! bounded so that a bug fails the test instead of hanging it.
 
 mod support;
+use support::common::load;
 
 use herdless::store::RedisStore;
 use herdless::{barrier, memoize, memoize_stampede, Clock, Contention, Error, SystemClock};
@@ -34,10 +35,6 @@ fn store(url: &str) -> RedisStore {
         .op_timeout(Duration::from_secs(2))
         .build()
         .unwrap()
-}
-
-fn load(c: &AtomicU64) -> u64 {
-    c.load(Ordering::SeqCst)
 }
 
 // =============================================================================================

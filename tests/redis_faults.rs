@@ -9,6 +9,7 @@
 //! they are not a well-formed record of ours, never a panic. Every wait is bounded.
 
 mod support;
+use support::common::load;
 
 use herdless::store::RedisStore;
 use herdless::{memoize_stampede, BlockingMemoized, Contention};
@@ -19,10 +20,6 @@ use std::time::Duration;
 use support::{bounded, exists, redis_or_skip, wait_until, warm_up, BOUND};
 
 const MAGIC: &[u8] = b"HL\x02";
-
-fn load(c: &AtomicU64) -> u64 {
-    c.load(Ordering::SeqCst)
-}
 
 /// A store that gives up quickly: short timeouts, a breaker that trips fast and re-probes soon.
 fn impatient_store(url: &str) -> RedisStore {

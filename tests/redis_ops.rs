@@ -7,6 +7,7 @@ mod support;
 use herdless::store::{LockOutcome, RedisStore, Store};
 use herdless::{memoize_stampede, Contention, Lock, WaitMode};
 use std::time::Duration;
+use support::common::acl;
 use support::{redis_or_skip, wait_until};
 
 const MIN: Duration = Duration::from_secs(60);
@@ -142,18 +143,10 @@ fn a_user_without_channel_permission_still_caches_and_locks() {
         return;
     };
     let mut con = server.raw();
-    redis::cmd("ACL")
-        .arg(&[
-            "SETUSER",
-            "nochan",
-            "on",
-            ">pw",
-            "~*",
-            "resetchannels",
-            "+@all",
-        ])
-        .query::<()>(&mut con)
-        .unwrap();
+    acl(
+        &mut con,
+        &["nochan", "on", ">pw", "~*", "resetchannels", "+@all"],
+    );
     let url = format!("redis://nochan:pw@127.0.0.1:{}/", server.port());
     let s = store(&url, "acl");
     let f = counted(&s, &server.url());

@@ -20,6 +20,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::common::acl;
 use support::{bounded, exists, free_port, redis_or_skip, wait_until, warm_up, BOUND};
 
 /// Scheduling slack allowed on top of `op_timeout` and the computation (2 shared cores).
@@ -552,12 +553,10 @@ fn remote_lock_waiter_computes_when_its_wait_fails() {
     };
     let port = server.port();
     let mut con = server.raw();
-    redis::cmd("ACL")
-        .arg(&[
-            "SETUSER", "noexists", "on", ">pw", "~*", "&*", "+@all", "-exists",
-        ])
-        .query::<()>(&mut con)
-        .unwrap();
+    acl(
+        &mut con,
+        &["noexists", "on", ">pw", "~*", "&*", "+@all", "-exists"],
+    );
     let s = RedisStore::builder(&format!("redis://noexists:pw@127.0.0.1:{port}/"))
         .op_timeout(Duration::from_secs(2))
         .build()

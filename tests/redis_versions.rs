@@ -11,6 +11,7 @@ use herdless::{memoize_stampede, Contention, Entry};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::common::acl;
 use support::*;
 
 const TTL: Duration = Duration::from_secs(60);
@@ -490,17 +491,10 @@ fn a_user_without_scripting_still_caches_and_locks() {
         return;
     };
     let mut con = server.raw();
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("noeval")
-        .arg("on")
-        .arg(">pw")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .arg("-@scripting")
-        .query(&mut con)
-        .unwrap();
+    acl(
+        &mut con,
+        &["noeval", "on", ">pw", "~*", "&*", "+@all", "-@scripting"],
+    );
     let url = format!("redis://noeval:pw@127.0.0.1:{}/", server.port());
     let runs = Arc::new(AtomicUsize::new(0));
     let stores: Vec<RedisStore> = (0..3).map(|_| store(&url)).collect();
@@ -554,17 +548,10 @@ fn without_scripting_a_refresh_is_judged_by_the_write_not_the_clock() {
         return;
     };
     let mut con = server.raw();
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("noeval2")
-        .arg("on")
-        .arg(">pw")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .arg("-@scripting")
-        .query(&mut con)
-        .unwrap();
+    acl(
+        &mut con,
+        &["noeval2", "on", ">pw", "~*", "&*", "+@all", "-@scripting"],
+    );
     let url = format!("redis://noeval2:pw@127.0.0.1:{}/", server.port());
     let (a, b) = (store(&url), store(&url));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -672,16 +659,10 @@ fn invalidate_all_is_one_command_and_reaches_other_processes() {
     );
 
     // Without pub/sub (an ACL refusing channels), within the re-check bound (1 s).
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("nochan")
-        .arg("on")
-        .arg(">pw")
-        .arg("~*")
-        .arg("resetchannels")
-        .arg("+@all")
-        .query(&mut con)
-        .unwrap();
+    acl(
+        &mut con,
+        &["nochan", "on", ">pw", "~*", "resetchannels", "+@all"],
+    );
     let nochan = format!("redis://nochan:pw@127.0.0.1:{}/", server.port());
     let c_store = store(&nochan);
     let c = slow_fn(&c_store, "all", Duration::ZERO, "v", runs.clone());

@@ -10,11 +10,11 @@ use herdless::store::RedisStore;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::common::acl;
 use support::*;
 
 const TTL: Duration = Duration::from_millis(300);
 const GRACE: Duration = Duration::from_secs(4);
-const BOUND: Duration = Duration::from_secs(20);
 
 type Fn = herdless::BlockingMemoized<String, String, String, RedisStore>;
 
@@ -123,17 +123,10 @@ fn plain_command_mode_keeps_the_grace() {
         return;
     };
     let mut con = server.raw();
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("noscript")
-        .arg("on")
-        .arg(">pw")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .arg("-@scripting")
-        .query(&mut con)
-        .unwrap();
+    acl(
+        &mut con,
+        &["noscript", "on", ">pw", "~*", "&*", "+@all", "-@scripting"],
+    );
     let url = format!("redis://noscript:pw@127.0.0.1:{}/", server.port());
     let s = RedisStore::new(&url).unwrap();
     let down = Arc::new(AtomicBool::new(false));

@@ -8,10 +8,9 @@ use crate::clock::saturating_nanos;
 use crate::engine::Engine;
 use crate::entry::Entry;
 use crate::error::Error;
-use crate::leader::{FlightLeader, OnFailure};
+use crate::leader::{self, FlightLeader, OnFailure};
 use crate::stats::bump;
 use crate::store::contract::{Store, Written};
-use crate::wait::WaitMode;
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -56,17 +55,7 @@ where
                 .await
         }
     };
-    // A call inside the closure that joins one of these flights would wait for itself.
-    let job = crate::flight::leading(led, job);
-    let out = match (eng.compute.mode(), tokio::runtime::Handle::try_current()) {
-        (WaitMode::Async, Ok(rt)) => match rt.spawn(job).await {
-            Ok(out) => out,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => return None,
-        },
-        _ => job.await,
-    };
-    Some(out.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    leader::run_job(eng.compute.mode(), led, job).await
 }
 
 /// The body of [`compute_many`], on whichever task runs it.

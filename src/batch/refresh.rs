@@ -6,13 +6,12 @@
 
 use super::compute::{compute_many, Job};
 use super::BatchFn;
-use crate::clock::saturating_nanos;
 use crate::engine::Engine;
-use crate::flight::{Begin, Joined};
+use crate::flight::Joined;
 use crate::leader::OnFailure;
+use crate::refresh::{self, RefreshClaim};
 use crate::stats::bump;
 use crate::store::contract::{RefreshOutcome, Seen, Store};
-use crate::wait::WaitMode;
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -29,98 +28,26 @@ pub(crate) fn trigger<K, V, E, S>(
     E: Send + Sync + 'static,
     S: Store<K, V>,
 {
-    let mut claims = Vec::new();
-    for (key, seen, delta_us) in items {
-        let hung_at = now.saturating_add(saturating_nanos(eng.lease(Some(delta_us))));
-        match eng.refreshes.try_claim(&key, now, hung_at) {
-            Ok(id) => claims.push(Claim {
-                engine: eng.arc(),
-                id,
-                key,
-                seen,
-                delta_us,
-                armed: true,
-                started: false,
-            }),
-            Err(Begin::Full) => bump!(eng.stats, early_refreshes_throttled),
-            Err(_) => bump!(eng.stats, early_refreshes_skipped),
-        }
-    }
+    let claims: Vec<_> = items
+        .into_iter()
+        .filter_map(|(key, seen, delta_us)| {
+            let claim = RefreshClaim::try_new(eng, &key, delta_us, now)?;
+            Some((claim, seen, delta_us))
+        })
+        .collect();
     if claims.is_empty() {
         return;
     }
-    let task = run(eng.arc(), batch.clone(), claims);
-    match (eng.compute.mode(), tokio::runtime::Handle::try_current()) {
-        (WaitMode::Async, Ok(rt)) => {
-            rt.spawn(task);
-        }
-        _ => {
-            let spawned = std::thread::Builder::new()
-                .name("herdless-refresh".into())
-                .spawn(move || crate::wait::block_on(task));
-            if let Err(err) = spawned {
-                tracing::warn!(error = %err, "could not spawn a refresh thread");
-            }
-        }
-    }
+    refresh::spawn(eng.compute.mode(), run(eng.arc(), batch.clone(), claims));
 }
 
-/// One claimed refresh slot; dropped unreleased (a failure, a panic, a task that never ran) it
-/// backs off, like a single refresh's claim.
-struct Claim<K, V, E, S>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: Store<K, V>,
-{
-    engine: Arc<Engine<K, V, E, S>>,
-    id: u64,
-    key: K,
-    seen: Seen,
-    delta_us: u64,
-    armed: bool,
-    started: bool,
-}
-
-impl<K, V, E, S> Claim<K, V, E, S>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: Store<K, V>,
-{
-    fn release(mut self) {
-        self.armed = false;
-        self.engine.refreshes.end(&self.key, self.id);
-    }
-}
-
-impl<K, V, E, S> Drop for Claim<K, V, E, S>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    E: Send + Sync + 'static,
-    S: Store<K, V>,
-{
-    fn drop(&mut self) {
-        if self.armed {
-            if self.started {
-                bump!(self.engine.stats, early_refreshes_failed);
-            }
-            let now = self.engine.clock.now();
-            let until = now.saturating_add(saturating_nanos(self.engine.cfg.refresh_backoff));
-            self.engine
-                .refreshes
-                .back_off_claim(&self.key, self.id, now, until);
-        }
-    }
-}
+/// A claimed key of the batch: its claim, the version its read saw and its δ.
+type Claimed<K, V, E, S> = (RefreshClaim<K, V, E, S>, Seen, u64);
 
 async fn run<K, V, E, S>(
     e: Arc<Engine<K, V, E, S>>,
     batch: Arc<BatchFn<K, V, E>>,
-    claims: Vec<Claim<K, V, E, S>>,
+    claims: Vec<Claimed<K, V, E, S>>,
 ) where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -128,12 +55,12 @@ async fn run<K, V, E, S>(
     S: Store<K, V>,
 {
     let now = e.clock.now();
-    let locks = futures::future::join_all(claims.iter().map(|c| {
+    let locks = futures::future::join_all(claims.iter().map(|(c, seen, delta_us)| {
         e.store.try_lock_refresh(
             &e.ns,
-            &c.key,
-            c.seen,
-            e.lease(Some(c.delta_us)),
+            c.key(),
+            *seen,
+            e.lease(Some(*delta_us)),
             e.cfg.lease_max,
             now,
         )
@@ -141,7 +68,7 @@ async fn run<K, V, E, S>(
     .await;
     let mut jobs = Vec::new();
     let mut running = Vec::new();
-    for (mut claim, lock) in claims.into_iter().zip(locks) {
+    for ((mut claim, _, delta_us), lock) in claims.into_iter().zip(locks) {
         let lock = match lock {
             Ok(RefreshOutcome::Acquired(l)) => Some(l),
             Ok(RefreshOutcome::Local) => None,
@@ -156,7 +83,7 @@ async fn run<K, V, E, S>(
                 continue; // the claim backs off as it drops
             }
         };
-        let leader = match e.flights.join(&claim.key) {
+        let leader = match e.flights.join(claim.key()) {
             Joined::Leader(l) => l,
             Joined::Follower(_) => {
                 // A hard miss already computes it: that is the refresh.
@@ -166,11 +93,11 @@ async fn run<K, V, E, S>(
                 continue;
             }
         };
-        claim.started = true;
+        claim.start();
         bump!(e.stats, early_refreshes_started);
-        leader.give_up_after(std::time::Instant::now() + e.lease(Some(claim.delta_us)));
+        leader.give_up_after(std::time::Instant::now() + e.lease(Some(delta_us)));
         jobs.push(Job {
-            key: claim.key.clone(),
+            key: claim.key().clone(),
             leader: Some(leader),
             lock,
         });

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+pub mod common;
 
 /// How long a server may take to answer its first PING.
 pub const READY_BOUND: Duration = Duration::from_secs(5);
