@@ -4,6 +4,8 @@
 //! calls/s; the README reports the ratios.
 //!
 //! - `raw_get/N`: `GET` on one `MultiplexedConnection`, from N tasks;
+//! - `raw_get_pttl/N`: `GET` and `PTTL` pipelined, the same way: what a hit would cost without
+//!   the expiry in the record (issue 23's alternative), measured beside the chosen design;
 //! - `herdless_redis_hit/N`: `get` of a memoized function (default settings, β automatic) over
 //!   one `RedisStore` whose I/O runs on the bench's runtime (`RedisStoreBuilder::runtime`), as
 //!   the raw connection's does, from N tasks;
@@ -107,6 +109,34 @@ fn raw<C>(
     });
 }
 
+/// `GET` + `PTTL` of `raw:{i}` pipelined in one round trip on `conn` (keys written by [`raw`]).
+fn raw_get_pttl<C>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    conn: C,
+) where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("raw:{{{i}}}")).collect());
+    run(g, rt, name, move |i| {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        async move {
+            let (v, ttl): (Vec<u8>, i64) = redis::pipe()
+                .cmd("GET")
+                .arg(&keys[i])
+                .cmd("PTTL")
+                .arg(&keys[i])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(v.len(), VALUE_BYTES);
+            black_box((v, ttl));
+        }
+    });
+}
+
 /// Memoized hits through `store` (all keys warmed first).
 fn hits(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -145,7 +175,8 @@ pub fn redis_throughput(c: &mut Criterion) {
         let conn = rt
             .block_on(client.get_multiplexed_async_connection())
             .unwrap();
-        raw(&mut g, &rt, "raw_get", conn);
+        raw(&mut g, &rt, "raw_get", conn.clone());
+        raw_get_pttl(&mut g, &rt, "raw_get_pttl", conn);
         let store = RedisStore::builder(&url)
             .prefix("tp")
             .runtime(rt.handle().clone())
