@@ -72,6 +72,11 @@ fn run<F, Fut>(
     }
 }
 
+/// The keys of the raw ids, `raw:{i}`.
+fn raw_keys() -> Arc<Vec<String>> {
+    Arc::new((0..KEYS).map(|i| format!("raw:{{{i}}}")).collect())
+}
+
 /// Raw `GET`s of `raw:{i}` on `conn` (written first).
 fn raw<C>(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -81,7 +86,7 @@ fn raw<C>(
 ) where
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("raw:{{{i}}}")).collect());
+    let keys = raw_keys();
     let mut c = conn.clone();
     let ks = keys.clone();
     rt.block_on(async move {
@@ -118,7 +123,7 @@ fn raw_get_pttl<C>(
 ) where
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("raw:{{{i}}}")).collect());
+    let keys = raw_keys();
     run(g, rt, name, move |i| {
         let mut conn = conn.clone();
         let keys = keys.clone();

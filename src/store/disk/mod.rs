@@ -172,9 +172,6 @@ impl DiskStoreBuilder {
     /// coherent across processes with no message sent: every write bumps its key's shared
     /// version before it returns. Off: every hit is an LMDB read transaction.
     ///
-    /// All processes on one store must agree: a process with the tier off still bumps the
-    /// versions (every handle maps the file), so mixing is safe.
-    ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use herdless::store::DiskStore;
