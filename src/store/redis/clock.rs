@@ -53,10 +53,15 @@ impl ServerClock {
 
     /// The server's time now in ms since the epoch, if measured at least once.
     pub(super) fn now_ms(&self) -> Option<i64> {
+        self.now_ms_at(self.local_us())
+    }
+
+    /// [`ServerClock::now_ms`] at local time `local_us` (µs since `origin`).
+    fn now_ms_at(&self, local_us: i64) -> Option<i64> {
         if self.measured.load(Ordering::Acquire) == 0 {
             return None;
         }
-        Some((self.local_us() + self.offset_us.load(Ordering::Relaxed)).div_euclid(1000))
+        Some((local_us + self.offset_us.load(Ordering::Relaxed)).div_euclid(1000))
     }
 
     /// How far ahead of the server's clock the estimate may be (ms, rounded up).
@@ -65,9 +70,9 @@ impl ServerClock {
     }
 
     /// True when the last measurement is older than [`REFRESH`].
-    fn stale(&self) -> bool {
+    fn stale(&self, local_us: i64) -> bool {
         let m = self.measured.load(Ordering::Relaxed);
-        m == 0 || (self.local_us() as u64 + 1).saturating_sub(m) > REFRESH.as_micros() as u64
+        m == 0 || (local_us as u64 + 1).saturating_sub(m) > REFRESH.as_micros() as u64
     }
 
     /// The server's time now: measured first when never measured (one round trip), else the
@@ -76,9 +81,11 @@ impl ServerClock {
         self: &Arc<Self>,
         conn: &Arc<Conn>,
     ) -> Result<i64, StoreError> {
-        match self.now_ms() {
+        // One clock read for both the estimate and the staleness check (a hit's path).
+        let local_us = self.local_us();
+        match self.now_ms_at(local_us) {
             Some(t) => {
-                if self.stale() && !self.refreshing.swap(true, Ordering::AcqRel) {
+                if self.stale(local_us) && !self.refreshing.swap(true, Ordering::AcqRel) {
                     let (this, conn2) = (self.clone(), conn.clone());
                     conn.handle.spawn(async move {
                         let _ = this.measure(&conn2).await;

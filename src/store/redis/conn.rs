@@ -112,6 +112,8 @@ pub(crate) struct Conn {
     /// The store's key prefix, under which a cluster store's breaker probes pick their keys.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     probe_prefix: Vec<u8>,
+    /// Hits in flight and the batch they share (see `coalesce`).
+    pub(crate) coalesce: super::coalesce::Coalesce,
 }
 
 impl Drop for Conn {
@@ -224,6 +226,7 @@ impl Conn {
             pid: std::process::id(),
             missed: super::missed::Missed::new(space.missed_key()),
             probe_prefix: space.prefix.as_bytes().to_vec(),
+            coalesce: Default::default(),
         });
         conn.handle.spawn(subscriber::subscriber(
             subscribe_to,
@@ -304,7 +307,8 @@ impl Conn {
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let (raw, generation) = match self.slot.get(deadline, self.op_timeout).await {
+        let (raw, generation, silent) = match self.slot.get_checked(deadline, self.op_timeout).await
+        {
             Ok(c) => c,
             Err(Unavailable::Down(e)) => return Err((e, Cause::Unavailable)),
             Err(Unavailable::TimedOut(e)) => return Err((e, Cause::TimedOut)),
@@ -321,7 +325,7 @@ impl Conn {
                 None,
             ),
         };
-        if self.slot.silent(generation, progress.as_ref()) {
+        if silent {
             let err = StoreError::new(
                 StoreErrorKind::Timeout,
                 format!(

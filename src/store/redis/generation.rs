@@ -235,8 +235,21 @@ impl Generations {
         space: &KeySpace,
         name: &str,
     ) -> Result<u64, StoreError> {
-        let copy = self.copy(conn, space, name);
         let now = self.now_ms();
+        {
+            // A hit's path: the copy is current and no re-check is due. Answered under the
+            // lock, without cloning the copy's `Arc` (a shared count every core would write).
+            let copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(copy) = copies.get(name) {
+                if copy.valid_for.load(Ordering::Acquire) == copy.marks.load(Ordering::Acquire) + 1
+                    && now.saturating_sub(copy.checked.load(Ordering::Acquire))
+                        < RECHECK_LIVE.min(RECHECK).as_millis() as u64
+                {
+                    return Ok(copy.generation.load(Ordering::Acquire));
+                }
+            }
+        }
+        let copy = self.copy(conn, space, name);
         if copy.valid_for.load(Ordering::Acquire) == copy.marks.load(Ordering::Acquire) + 1 {
             let limit = if conn.wakeups.live.load(Ordering::Acquire) {
                 RECHECK_LIVE

@@ -114,14 +114,27 @@ impl KeySpace {
         key: &K,
         spare: usize,
     ) -> Result<Vec<u8>, StoreError> {
-        // Room for a typical key up front: `to_vec` would grow (and copy) its buffer.
-        let mut encoded = Vec::with_capacity(64);
-        rmp_serde::encode::write(&mut encoded, key).map_err(|e| {
-            StoreError::new(
-                StoreErrorKind::Encode,
-                format!("the key cannot be encoded: {e}"),
-            )
-        })?;
+        // A typical key encodes into a buffer on the stack (no allocation on a hit's path); a
+        // longer one, or one that fails, is encoded again into a `Vec` (whose error is the one
+        // reported).
+        let mut stack = [0u8; 96];
+        let mut heap = Vec::new();
+        let encoded: &[u8] = {
+            let mut rest: &mut [u8] = &mut stack;
+            let fits = rmp_serde::encode::write(&mut rest, key).is_ok();
+            let used = 96 - rest.len();
+            if fits {
+                &stack[..used]
+            } else {
+                rmp_serde::encode::write(&mut heap, key).map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Encode,
+                        format!("the key cannot be encoded: {e}"),
+                    )
+                })?;
+                &heap
+            }
+        };
         let mut base =
             Vec::with_capacity(self.prefix.len() + 26 + spare + 2 * (name.len() + encoded.len()));
         base.extend_from_slice(self.prefix.as_bytes());
@@ -144,7 +157,7 @@ impl KeySpace {
             base.extend_from_slice(&digits[at..]);
             base.push(b'.');
         }
-        hex(&encoded, &mut base);
+        hex(encoded, &mut base);
         base.push(b'}');
         Ok(base)
     }

@@ -27,6 +27,7 @@ mod announce;
 mod clock;
 #[cfg(feature = "cluster")]
 mod cluster;
+mod coalesce;
 mod conn;
 mod connect;
 mod fleet;

@@ -43,10 +43,11 @@ pub(super) fn expiry(record: &[u8]) -> Option<i64> {
     if record.len() <= HEADER || !record.starts_with(&MAGIC) {
         return None;
     }
-    std::str::from_utf8(&record[MAGIC.len()..HEADER])
-        .ok()?
-        .parse()
-        .ok()
+    // Sixteen ASCII digits, parsed by hand: `from_utf8` + `parse` cost a hit ~400
+    // instructions (issue 23's profile). 16 digits fit an i64 without overflow.
+    record[MAGIC.len()..HEADER].iter().try_fold(0i64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+    })
 }
 
 /// How a read learns a record's remaining logical life.

@@ -113,7 +113,7 @@ where
         // the server's clock (see `record` and `clock`).
         let k = self.hit_key(ns.name(), key).await?;
         let server_now = self.inner.clock.server_now_ms(&self.inner.conn).await?;
-        match plain::get(&self.inner.conn, k, self.inner.max_value_bytes).await? {
+        match super::coalesce::get(&self.inner.conn, k, self.inner.max_value_bytes).await? {
             plain::Got::Record(b) => Ok(self
                 .decode(&b, Remaining::ServerNow(server_now), now)
                 .unwrap_or(None)

@@ -139,6 +139,11 @@ impl Breakers {
     }
 }
 
+/// The `Touch` of every single-node direct call: nothing routes, claims or rejects through
+/// it (only a cluster's routed connection does), so one shared value serves them all.
+pub(crate) static UNTOUCHED: std::sync::LazyLock<std::sync::Arc<Touch>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// What one call touched: the breaker range of its first keyed command, and whether that
 /// breaker refused it. Read by the caller after the request to book the outcome.
 #[derive(Default)]

@@ -39,6 +39,25 @@ impl Drop for Unbooked<'_> {
 }
 
 impl Conn {
+    /// A call may skip the task hop: the caller runs on a Tokio runtime (and not inside a
+    /// blocking call), in the process that made the store, and no breaker is open.
+    fn direct_ok(&self) -> bool {
+        tokio::runtime::Handle::try_current().is_ok()
+            && !crate::wait::in_block_on()
+            && crate::pid::current() == self.pid
+            && !self.breakers.any_open()
+    }
+
+    /// A hit may join a batch (see `coalesce`): a single node's direct call.
+    pub(crate) fn may_coalesce(&self) -> bool {
+        !self.cluster && self.direct_ok()
+    }
+
+    /// `e` as this store reports it.
+    pub(crate) fn error(&self, e: &redis::RedisError) -> StoreError {
+        crate::store::redis::connect::store_error(&self.slot.url, e)
+    }
+
     /// [`Conn::call`] without the task hop when the caller runs on a Tokio runtime (and not
     /// inside a blocking call) and no breaker is open; [`Conn::call`] otherwise.
     pub(crate) async fn call_direct<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
@@ -47,11 +66,7 @@ impl Conn {
         F: FnOnce(Connection) -> Fut + Send + 'static,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
     {
-        let direct = tokio::runtime::Handle::try_current().is_ok()
-            && !crate::wait::in_block_on()
-            && crate::pid::current() == self.pid
-            && !self.breakers.any_open();
-        if !direct {
+        if !self.direct_ok() {
             return self.call(f).await;
         }
         // A single node's breaker is asked here; a cluster's when the key is known (`Routed`).
@@ -61,20 +76,28 @@ impl Conn {
         }
         let deadline = tokio::time::Instant::now() + self.op_timeout;
         Stats::inc(&self.stats.round_trips);
-        let touch = Arc::new(Touch::default());
+        // Only a cluster's calls record their range in a `Touch` (its routed connection holds
+        // a clone); a single node's share one that nothing writes, saving an allocation a hit.
+        let own;
+        let touch: &Arc<Touch> = if self.cluster {
+            own = Arc::new(Touch::default());
+            &own
+        } else {
+            &super::breaker::UNTOUCHED
+        };
         let mut guard = Unbooked {
             conn: self,
-            touch: &touch,
+            touch,
             booked: false,
         };
-        let run = self.run(f, deadline, &touch);
+        let run = self.run(f, deadline, touch);
         let mut run = std::pin::pin!(run);
         let out: Result<T, (StoreError, Cause)> = std::future::poll_fn(|cx| {
             let _in_store_runtime = self.handle.enter();
             run.as_mut().poll(cx)
         })
         .await;
-        self.book(&out, &touch);
+        self.book(&out, touch);
         guard.booked = true;
         out.map_err(|(e, _)| e)
     }

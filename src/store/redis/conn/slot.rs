@@ -253,13 +253,45 @@ impl Slot {
     /// paying its timeout (a paused server), as they would on a dropped connection; the first
     /// byte that arrives (a large reply after all) ends this.
     pub(crate) fn silent(&self, generation: u64, progress: Option<&Progress>) -> bool {
-        let inner = self.lock();
+        Self::silent_in(&self.lock(), generation, progress)
+    }
+
+    fn silent_in(inner: &Inner, generation: u64, progress: Option<&Progress>) -> bool {
         match inner.probing {
             Some(since) if inner.generation == generation => {
                 progress.is_none_or(|p| p.last() <= since)
             }
             _ => false,
         }
+    }
+
+    /// [`Slot::get`] and [`Slot::silent`] of its connection: one lock when the connection is
+    /// up (a hit's path), and no `Notify` registration, which only a wait for it needs.
+    pub(crate) async fn get_checked(
+        self: &Arc<Self>,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<(Ready, u64, bool), Unavailable> {
+        {
+            let inner = self.lock();
+            if let State::Ready(conn) = &inner.state {
+                let progress = match conn {
+                    Ready::Single(_, p) => p.as_ref(),
+                    #[cfg(feature = "cluster")]
+                    Ready::Cluster(_) => None,
+                };
+                let silent = Self::silent_in(&inner, inner.generation, progress);
+                return Ok((conn.clone(), inner.generation, silent));
+            }
+        }
+        let (conn, generation) = self.get(deadline, budget).await?;
+        let progress = match &conn {
+            Ready::Single(_, p) => p.as_ref(),
+            #[cfg(feature = "cluster")]
+            Ready::Cluster(_) => None,
+        };
+        let silent = self.silent(generation, progress);
+        Ok((conn, generation, silent))
     }
 
     /// Loads the scripts again on the current connection (a store in plain-command mode asks

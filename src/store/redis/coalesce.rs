@@ -1,0 +1,148 @@
+//! Hits in flight together share one pipeline (issue 23).
+//!
+//! On a multi-threaded Tokio runtime every request a task hands to redis-rs's multiplexed
+//! connection wakes the connection's task at once (the scheduler's LIFO slot), so each request
+//! goes out in its own `writev`, and each may have to wake a sleeping server: under concurrency
+//! that per-request cost, more than the commands themselves, capped herdless's hits (0.3 × a
+//! raw `GET` at 50 tasks). So a hit that starts while another hit of the same store awaits its
+//! reply does not send its `GETRANGE` itself: it joins the open batch, and one task, spawned by
+//! the batch's first member onto the caller's runtime (yielding once, so that the tasks already
+//! ready to run may join meanwhile), sends the batch as one pipeline and hands each member its
+//! reply. A hit with no other in flight (one task, a quiet service) is sent at once, exactly as
+//! before: no wait is added where there is nothing to share.
+//!
+//! Only a single node's hits coalesce (a cluster pipeline would have to be split by slot). The
+//! batch is one call of [`Conn::call_direct`]: one timeout, one breaker booking, the same
+//! fail-open errors, handed to every member. A member that gives up (its caller dropped the
+//! future) leaves its command in the batch if it was already taken, and its reply is dropped.
+
+use super::conn::Conn;
+use super::plain::{self, Got};
+use crate::store::contract::{StoreError, StoreErrorKind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// One hit waiting in the open batch.
+struct Member {
+    key: Vec<u8>,
+    max: usize,
+    reply: oneshot::Sender<Result<Got, StoreError>>,
+}
+
+/// A store's hits in flight and the batch not yet sent.
+#[derive(Default)]
+pub(crate) struct Coalesce {
+    in_flight: AtomicUsize,
+    /// The open batch; a flush task is scheduled while it is not empty.
+    open: Mutex<Vec<Member>>,
+}
+
+/// Counts a hit in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The read of a hit: sent at once when no other hit is in flight, else batched (see the
+/// module). `Err` when the batch could not be sent or its task was dropped (a runtime
+/// shutting down), like any failed read.
+pub(super) async fn get(
+    conn: &Arc<Conn>,
+    value_key: Vec<u8>,
+    max: usize,
+) -> Result<Got, StoreError> {
+    let state = &conn.coalesce;
+    let others = state.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight(&state.in_flight);
+    if others == 0 || !conn.may_coalesce() {
+        return plain::get(conn, value_key, max).await;
+    }
+    let (reply, answer) = oneshot::channel();
+    let first = {
+        let mut open = state.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.push(Member {
+            key: value_key,
+            max,
+            reply,
+        });
+        open.len() == 1
+    };
+    if first {
+        let conn = conn.clone();
+        tokio::spawn(async move { flush(&conn).await });
+    }
+    answer.await.unwrap_or_else(|_| {
+        Err(StoreError::new(
+            StoreErrorKind::Other,
+            "the batched read was dropped before its reply (runtime shutting down)",
+        ))
+    })
+}
+
+/// Sends the open batch as one pipeline and answers its members.
+async fn flush(conn: &Arc<Conn>) {
+    // A task spawned from a worker runs next (the LIFO slot), before the tasks already ready
+    // could join; yielding defers it until they have run.
+    tokio::task::yield_now().await;
+    let mut batch =
+        std::mem::take(&mut *conn.coalesce.open.lock().unwrap_or_else(|p| p.into_inner()));
+    batch.retain(|m| !m.reply.is_closed());
+    if batch.len() <= 1 {
+        if let Some(m) = batch.pop() {
+            let got = plain::get(conn, m.key, m.max).await;
+            let _ = m.reply.send(got);
+        }
+        return;
+    }
+    // Each command sized up front: growing buffers arg by arg showed in the profile.
+    let mut pipe = redis::Pipeline::with_capacity(batch.len());
+    for m in &batch {
+        let mut cmd = redis::Cmd::with_capacity(4, m.key.len() + 30);
+        cmd.arg("GETRANGE").arg(&m.key).arg(0).arg(m.max);
+        pipe.add_command(cmd);
+    }
+    let count = batch.len();
+    let replies = conn
+        .call_direct(move |mut c| async move {
+            redis::aio::ConnectionLike::req_packed_commands(&mut c, &pipe, 0, count).await
+        })
+        .await;
+    match replies {
+        Ok(values) if values.len() == count => {
+            for (m, v) in batch.into_iter().zip(values) {
+                let _ = m.reply.send(got(conn, v));
+            }
+        }
+        Ok(values) => {
+            let e = StoreError::new(
+                StoreErrorKind::Protocol,
+                format!("{} replies to a pipeline of {count} reads", values.len()),
+            );
+            batch
+                .into_iter()
+                .for_each(|m| drop(m.reply.send(Err(e.clone()))));
+        }
+        Err(e) => batch
+            .into_iter()
+            .for_each(|m| drop(m.reply.send(Err(e.clone())))),
+    }
+}
+
+/// One member's reply, read as [`plain::get`] reads its own.
+fn got(conn: &Conn, v: redis::Value) -> Result<Got, StoreError> {
+    match v {
+        redis::Value::BulkString(b) if b.is_empty() => Ok(Got::Missing),
+        redis::Value::BulkString(b) => Ok(Got::Record(b)),
+        redis::Value::Nil => Ok(Got::Missing),
+        redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Got::WrongType),
+        redis::Value::ServerError(e) => Err(conn.error(&redis::RedisError::from(e))),
+        other => Err(StoreError::new(
+            StoreErrorKind::Protocol,
+            format!("GETRANGE answered {other:?}"),
+        )),
+    }
+}
