@@ -95,7 +95,8 @@ impl ServerClock {
                 Ok(t)
             }
             None => {
-                self.measure(conn).await?;
+                // Boxed: once per store, and its state would otherwise grow every hit's future.
+                Box::pin(self.measure(conn)).await?;
                 Ok(self.now_ms().expect("just measured"))
             }
         }

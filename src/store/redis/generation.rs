@@ -270,7 +270,9 @@ impl Generations {
             }
             return Ok(copy.generation.load(Ordering::Acquire));
         }
-        if let Err(e) = reread(conn, space, name, &copy, now).await {
+        // Boxed: rare (a function's first read, an announced change), and its state would
+        // otherwise grow every hit's future (issue 23's profile).
+        if let Err(e) = Box::pin(reread(conn, space, name, &copy, now)).await {
             // The generation's shard cannot answer (paused, failing over, breaker open). A copy
             // this process already holds keeps the function's other shards serving: while that
             // shard is down nobody can `invalidate_all` it either, and single-key `invalidate`

@@ -284,7 +284,9 @@ impl Slot {
                 return Ok((conn.clone(), inner.generation, silent));
             }
         }
-        let (conn, generation) = self.get(deadline, budget).await?;
+        // Boxed: waiting for a connection is rare, and its state (a `Notified`, a timer) would
+        // otherwise grow every call's future.
+        let (conn, generation) = Box::pin(self.get(deadline, budget)).await?;
         let progress = match &conn {
             Ready::Single(_, p) => p.as_ref(),
             #[cfg(feature = "cluster")]
