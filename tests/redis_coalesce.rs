@@ -1,7 +1,13 @@
-//! Hits in flight together share one pipeline (issue 23, `src/store/redis/coalesce.rs`),
-//! against a private `redis-server`: every caller still gets its own key's value, every hit is
-//! still one `GETRANGE` on the server, concurrent hits take fewer round trips than hits, a hit
-//! alone is sent at once, and a foreign record in a batch is a miss for its own caller only.
+//! Redis hits at the server's limit (issue 23), against a private `redis-server`.
+//!
+//! Hits in flight together share one pipeline (`src/store/redis/coalesce.rs`): every caller
+//! still gets its own key's value, every hit is still one `GETRANGE` on the server, concurrent
+//! hits take fewer round trips than hits, a hit alone is sent at once, and a foreign record in
+//! a batch is a miss for its own caller only.
+//!
+//! A runtime calling a store that runs its own gets a connection of its own for its hits
+//! (`src/store/redis/conn/local.rs`): it appears after the runtime's first calls, goes away
+//! with the runtime, and a killed one is replaced while the hits keep being answered.
 
 mod support;
 
@@ -10,7 +16,7 @@ use herdless::store::RedisStore;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{commandstats, commandstats_delta, redis_or_skip, BOUND};
+use support::{commandstats, commandstats_delta, redis_or_skip, wait_until, warm_up, BOUND};
 
 const KEYS: usize = 200;
 const TASKS: usize = 50;
@@ -170,4 +176,101 @@ async fn a_foreign_record_in_a_batch_is_a_miss_for_its_caller_only() {
         "only the foreign key was recomputed"
     );
     assert!(s.stats().decode_errors.load(Ordering::SeqCst) > errors_before);
+}
+
+fn connected_clients(con: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("clients").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO clients has connected_clients")
+}
+
+/// The id of the newest client connection (the highest `id=` in `CLIENT LIST`).
+fn newest_client(con: &mut redis::Connection) -> u64 {
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(con).unwrap();
+    list.lines()
+        .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .max()
+        .expect("CLIENT LIST lists clients")
+}
+
+fn one_worker() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The default store runs its own runtime; a service's runtime calling it gets one connection
+/// of its own for its hits, which ends with that runtime, and a killed one is replaced.
+#[test]
+fn a_runtime_calling_the_store_gets_a_connection_of_its_own() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let mut con = server.raw();
+    let s = RedisStore::builder(&server.url())
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    warm_up(&s, &mut con, 1); // the store's own connection and its subscriber
+    let base = connected_clients(&mut con);
+    let f = memoize_stampede(&s, Duration::from_secs(3600))
+        .name("local")
+        .beta(1.0)
+        .build_infallible(|k: String| std::future::ready(format!("value of {k}")))
+        .unwrap();
+    let hit = |rt: &tokio::runtime::Runtime, n: usize| {
+        let k = key(n % 10);
+        let v = rt.block_on(f.get(&k)).unwrap();
+        assert_eq!(v, format!("value of {k}"));
+    };
+
+    let rt = one_worker();
+    let mut n = 0;
+    wait_until("the runtime's own connection", BOUND, || {
+        n += 1;
+        hit(&rt, n);
+        connected_clients(&mut con) == base + 1
+    });
+    // Hits now go over it: the store's connection sees none of them.
+    let local_id = newest_client(&mut con);
+    for i in 0..20 {
+        hit(&rt, i);
+    }
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&format!("id={local_id} ")))
+        .expect("the runtime's connection is listed");
+    assert!(line.contains("cmd=getrange"), "{line}");
+
+    // Killed behind the store's back: hits keep being answered (fail-open, or over the
+    // store's connection), and the runtime gets a new connection of its own.
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(local_id)
+        .query(&mut con)
+        .unwrap();
+    wait_until("a new connection of the runtime's own", BOUND, || {
+        n += 1;
+        hit(&rt, n);
+        connected_clients(&mut con) == base + 1 && newest_client(&mut con) > local_id
+    });
+
+    // The connection's task lives on the runtime: it ends with it.
+    drop(rt);
+    wait_until("the runtime's connection to close with it", BOUND, || {
+        connected_clients(&mut con) == base
+    });
+    // Another runtime gets its own.
+    let rt2 = one_worker();
+    wait_until("the second runtime's own connection", BOUND, || {
+        n += 1;
+        hit(&rt2, n);
+        connected_clients(&mut con) == base + 1
+    });
 }

@@ -6,6 +6,7 @@ mod breaker;
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
 mod direct;
+mod local;
 mod permissions;
 #[cfg(feature = "cluster")]
 mod probe;
@@ -272,7 +273,7 @@ impl Conn {
         let this = self.clone();
         let task = self.handle.spawn(async move {
             let touch = Arc::new(Touch::default());
-            let out = this.run(f, deadline, &touch).await;
+            let out = this.run(f, deadline, &touch, None).await;
             this.book(&out, &touch);
             #[cfg(feature = "cluster")]
             if let (true, Some(range)) = (this.cluster, touch.range()) {
@@ -302,17 +303,27 @@ impl Conn {
         f: F,
         deadline: tokio::time::Instant,
         touch: &Arc<Touch>,
+        caller: Option<&tokio::runtime::Handle>,
     ) -> Result<T, (StoreError, Cause)>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let (raw, generation, silent) = match self.slot.get_checked(deadline, self.op_timeout).await
+        let checked = match self
+            .slot
+            .get_checked(deadline, self.op_timeout, caller)
+            .await
         {
             Ok(c) => c,
             Err(Unavailable::Down(e)) => return Err((e, Cause::Unavailable)),
             Err(Unavailable::TimedOut(e)) => return Err((e, Cause::TimedOut)),
         };
+        let slot::Checked {
+            ready: raw,
+            generation,
+            silent,
+            local,
+        } = checked;
         let (con, progress) = match raw {
             slot::Ready::Single(c, p) => (Connection::Single(c), p),
             #[cfg(feature = "cluster")]
@@ -378,7 +389,10 @@ impl Conn {
                 let err = store_error(&self.slot.url, &e);
                 // redis-rs repairs a cluster connection node by node: one failed request (a
                 // dead master) must not cut the store off from the other shards.
-                if !self.cluster && breaks_connection(&e) {
+                if let Some(runtime) = local.filter(|_| breaks_connection(&e)) {
+                    // A runtime's own connection: only it is given up (see `local`).
+                    self.slot.locals().failed(runtime);
+                } else if !self.cluster && breaks_connection(&e) {
                     self.slot.broken(generation, err.clone());
                 } else if !self.cluster && e.is_timeout() {
                     self.slot.suspect(generation);

@@ -90,7 +90,12 @@ impl Conn {
             touch,
             booked: false,
         };
-        let run = self.run(f, deadline, touch);
+        // A hit from another runtime than the store's may use that runtime's own connection
+        // (see `local`); read before the store's context is entered below.
+        let caller = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|h| !self.cluster && h.id() != self.handle.id());
+        let run = self.run(f, deadline, touch, caller.as_ref());
         let mut run = std::pin::pin!(run);
         let out: Result<T, (StoreError, Cause)> = std::future::poll_fn(|cx| {
             let _in_store_runtime = self.handle.enter();

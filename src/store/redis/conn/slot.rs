@@ -11,6 +11,7 @@
 //! its `max_delay` says, inside the caller's call, so a refused port or a wrong password was
 //! reported after ~1.5 s, and as a timeout.
 
+use super::local::{self, Found, Locals, Target};
 use super::progress::{Progress, Tracked};
 use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::store::redis::connect::{classify, connect_error};
@@ -105,6 +106,20 @@ pub(crate) struct Slot {
     inner: Mutex<Inner>,
     changed: Notify,
     report: Report,
+    /// Connections of other runtimes, for their hits (see `local`), and where they connect
+    /// (`None`: not over TCP, or a cluster; no such connections).
+    locals: Locals,
+    local_target: Option<Target>,
+}
+
+/// A connection handed to a call, with what the call needs to know about it.
+pub(crate) struct Checked {
+    pub(crate) ready: Ready,
+    pub(crate) generation: u64,
+    /// See [`Slot::silent`].
+    pub(crate) silent: bool,
+    /// The runtime whose own connection this is (see `local`); `None`: the store's.
+    pub(crate) local: Option<tokio::runtime::Id>,
 }
 
 impl Slot {
@@ -115,7 +130,21 @@ impl Slot {
         handle: tokio::runtime::Handle,
         report: Report,
     ) -> Arc<Self> {
+        let local_target = match &client {
+            Raw::Single(c) => match &c.get_connection_info().addr {
+                redis::ConnectionAddr::Tcp(host, port) => Some(Target {
+                    host: host.clone(),
+                    port: *port,
+                    info: c.get_connection_info().redis.clone(),
+                }),
+                _ => None,
+            },
+            #[cfg(feature = "cluster")]
+            Raw::Cluster(_) => None,
+        };
         Arc::new(Slot {
+            locals: Locals::default(),
+            local_target,
             client,
             url,
             attempt_bound,
@@ -271,17 +300,34 @@ impl Slot {
         self: &Arc<Self>,
         deadline: Instant,
         budget: Duration,
-    ) -> Result<(Ready, u64, bool), Unavailable> {
+        caller: Option<&tokio::runtime::Handle>,
+    ) -> Result<Checked, Unavailable> {
         {
             let inner = self.lock();
             if let State::Ready(conn) = &inner.state {
+                if let Some(rt) = caller {
+                    if let Some((con, progress, runtime)) = self.local(rt, inner.generation) {
+                        let silent = Self::silent_in(&inner, inner.generation, Some(&progress));
+                        return Ok(Checked {
+                            ready: Ready::Single(con, Some(progress)),
+                            generation: inner.generation,
+                            silent,
+                            local: Some(runtime),
+                        });
+                    }
+                }
                 let progress = match conn {
                     Ready::Single(_, p) => p.as_ref(),
                     #[cfg(feature = "cluster")]
                     Ready::Cluster(_) => None,
                 };
                 let silent = Self::silent_in(&inner, inner.generation, progress);
-                return Ok((conn.clone(), inner.generation, silent));
+                return Ok(Checked {
+                    ready: conn.clone(),
+                    generation: inner.generation,
+                    silent,
+                    local: None,
+                });
             }
         }
         // Boxed: waiting for a connection is rare, and its state (a `Notified`, a timer) would
@@ -293,7 +339,44 @@ impl Slot {
             Ready::Cluster(_) => None,
         };
         let silent = self.silent(generation, progress);
-        Ok((conn, generation, silent))
+        Ok(Checked {
+            ready: conn,
+            generation,
+            silent,
+            local: None,
+        })
+    }
+
+    /// Runtime `rt`'s own connection under `generation`, if it has one up; starts opening one
+    /// there if it has none (see `local`). `None` for the store's own runtime, or without a TCP
+    /// target.
+    fn local(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Handle,
+        generation: u64,
+    ) -> Option<(MultiplexedConnection, Progress, tokio::runtime::Id)> {
+        let target = self.local_target.as_ref()?;
+        if rt.id() == self.handle.id() {
+            return None;
+        }
+        match self.locals.get(rt.id(), generation) {
+            Found::Ready(con, progress) => Some((con, progress, rt.id())),
+            Found::Open => {
+                rt.spawn(local::open(
+                    Arc::downgrade(self),
+                    target.clone(),
+                    generation,
+                    self.attempt_bound,
+                ));
+                None
+            }
+            Found::None => None,
+        }
+    }
+
+    /// The runtimes' own connections (see `local`).
+    pub(crate) fn locals(&self) -> &Locals {
+        &self.locals
     }
 
     /// Loads the scripts again on the current connection (a store in plain-command mode asks
