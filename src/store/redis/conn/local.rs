@@ -160,7 +160,10 @@ pub(crate) async fn open(
         let driver = tokio::spawn(driver);
         Ok::<_, redis::RedisError>((con, progress, driver))
     };
-    let out = tokio::time::timeout(bound, attempt).await.ok().and_then(Result::ok);
+    let out = tokio::time::timeout(bound, attempt)
+        .await
+        .ok()
+        .and_then(Result::ok);
     if let Some(slot) = locals.upgrade() {
         slot.locals().opened(runtime, generation, out);
     }
