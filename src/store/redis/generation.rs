@@ -236,6 +236,11 @@ impl Generations {
         name: &str,
     ) -> Result<u64, StoreError> {
         let now = self.now_ms();
+        let limit = if conn.wakeups.live.load(Ordering::Acquire) {
+            RECHECK_LIVE
+        } else {
+            RECHECK
+        };
         {
             // A hit's path: the copy is current and no re-check is due. Answered under the
             // lock, without cloning the copy's `Arc` (a shared count every core would write).
@@ -243,7 +248,7 @@ impl Generations {
             if let Some(copy) = copies.get(name) {
                 if copy.valid_for.load(Ordering::Acquire) == copy.marks.load(Ordering::Acquire) + 1
                     && now.saturating_sub(copy.checked.load(Ordering::Acquire))
-                        < RECHECK_LIVE.min(RECHECK).as_millis() as u64
+                        < limit.as_millis() as u64
                 {
                     return Ok(copy.generation.load(Ordering::Acquire));
                 }
@@ -251,11 +256,6 @@ impl Generations {
         }
         let copy = self.copy(conn, space, name);
         if copy.valid_for.load(Ordering::Acquire) == copy.marks.load(Ordering::Acquire) + 1 {
-            let limit = if conn.wakeups.live.load(Ordering::Acquire) {
-                RECHECK_LIVE
-            } else {
-                RECHECK
-            };
             let checked = copy.checked.load(Ordering::Acquire);
             if now.saturating_sub(checked) >= limit.as_millis() as u64
                 && !copy.rereading.swap(true, Ordering::AcqRel)
