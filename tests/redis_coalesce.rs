@@ -98,6 +98,11 @@ async fn concurrent_hits_share_pipelines_and_each_gets_its_own_value() {
         trips < hits / 2,
         "{hits} concurrent hits took {trips} round trips: they did not share pipelines"
     );
+    // A pipeline carries at most 16 hits (`coalesce::BATCH`).
+    assert!(
+        trips >= hits / 16,
+        "{hits} hits in {trips} round trips: some pipeline carried more than 16"
+    );
 }
 
 /// Sequential hits have nothing to share: each is its own round trip, sent at once.
