@@ -12,7 +12,9 @@
 //!
 //! Modes: `raw` (redis-rs `GET` on one multiplexed connection), `caller` (a `RedisStore` whose
 //! I/O runs on the program's runtime, `RedisStoreBuilder::runtime`), `default` (the default
-//! store, with a runtime of its own). Use a server of its own: the program writes 2 000 keys.
+//! store, with a runtime of its own); with the `cluster` feature, `cluster-raw` and `cluster`
+//! (the store on the program's runtime), `--url` then listing seed nodes separated by commas.
+//! Use a server of its own: the program writes 2 000 keys.
 
 use herdless::{memoize_stampede, store::RedisStore};
 use std::sync::Arc;
@@ -134,7 +136,61 @@ fn main() {
                 .await
             })
         }
-        other => panic!("unknown mode {other} (raw, caller, default)"),
+        #[cfg(feature = "cluster")]
+        "cluster-raw" => rt.block_on(async {
+            let seeds: Vec<&str> = a.url.split(',').collect();
+            let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+            let mut c = client.get_async_connection().await.unwrap();
+            let keys: Arc<Vec<String>> =
+                Arc::new((0..KEYS).map(|i| format!("raw:{{{i}}}")).collect());
+            for k in keys.iter() {
+                redis::cmd("SET")
+                    .arg(k)
+                    .arg("v".repeat(VALUE_BYTES))
+                    .query_async::<()>(&mut c)
+                    .await
+                    .unwrap();
+            }
+            drive(a.calls, a.tasks, move |i| {
+                let (keys, mut c) = (keys.clone(), c.clone());
+                async move {
+                    let v: Vec<u8> = redis::cmd("GET")
+                        .arg(&keys[i])
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                    std::hint::black_box(v);
+                }
+            })
+            .await
+        }),
+        #[cfg(feature = "cluster")]
+        "cluster" => {
+            let seeds: Vec<&str> = a.url.split(',').collect();
+            let store = RedisStore::cluster_builder(&seeds)
+                .prefix("load")
+                .runtime(rt.handle().clone())
+                .build()
+                .unwrap();
+            let f = memoize_stampede(&store, Duration::from_secs(3600))
+                .name("load")
+                .build_infallible(|_k: String| std::future::ready("v".repeat(VALUE_BYTES)))
+                .unwrap();
+            let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
+            rt.block_on(async {
+                for k in keys.iter() {
+                    f.get(k).await.unwrap();
+                }
+                drive(a.calls, a.tasks, move |i| {
+                    let (f, keys) = (f.clone(), keys.clone());
+                    async move {
+                        std::hint::black_box(f.get(&keys[i]).await.unwrap());
+                    }
+                })
+                .await
+            })
+        }
+        other => panic!("unknown mode {other} (raw, caller, default, cluster-raw, cluster)"),
     };
     println!("{} {} tasks: {:.0} calls/s", a.mode, a.tasks, rate);
 }
