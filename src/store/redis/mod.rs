@@ -3,7 +3,9 @@
 //! - **Reads** are one plain command (`GETRANGE` of a record that carries its expiry in the
 //!   server's clock, see `record`), awaited without a task hop from a Tokio caller. The remaining
 //!   TTL uses this process's estimate of the server's clock (see `clock`), rebuilt on the
-//!   reader's own monotonic clock, so clock skew between hosts cannot matter.
+//!   reader's own monotonic clock, so clock skew between hosts cannot matter. Hits in flight
+//!   together share a pipeline (see `coalesce`), and a runtime other than the store's reads
+//!   over a connection of its own (see `conn::local`).
 //! - **Locks** are `SET lock token NX PX lease` with a random 128-bit owner token, renewed while
 //!   the holder computes (bounded by the maximum lease), released only by the owner.
 //! - **Writes** with the lock are one script: write if still the owner, release, publish. A
@@ -138,8 +140,9 @@ impl RedisStoreBuilder {
         self
     }
     /// Runs this store's Redis I/O (connection, scripts, pub/sub) on the given Tokio runtime
-    /// instead of a private one-thread runtime. Async applications save a thread hop per round
-    /// trip; the runtime must outlive every call, blocking callers included. Blocking callers
+    /// instead of a private one-thread runtime. (Without it, hits from a Tokio runtime already
+    /// avoid the hop: they get a connection driven on their own runtime.) The runtime must
+    /// outlive every call, blocking callers included. Blocking callers
     /// must not run on that runtime's worker threads (a blocked worker cannot drive its I/O):
     /// such a call gets a store error instead of hanging (it computes without Redis), counted in
     /// [`RedisStats::blocking_on_store_runtime`] and warned about once; make it from
