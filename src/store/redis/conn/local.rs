@@ -168,3 +168,51 @@ pub(crate) async fn open(
         slot.locals().opened(runtime, generation, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime_ids(n: usize) -> Vec<Id> {
+        (0..n)
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+                    .handle()
+                    .id()
+            })
+            .collect()
+    }
+
+    /// One open per runtime and generation; a new generation of the store's connection opens
+    /// anew; a failure waits out `RETRY`; at most `MAX` runtimes get one.
+    #[test]
+    fn one_connection_per_runtime_and_generation_at_most_max_runtimes() {
+        let locals = Locals::default();
+        let ids = runtime_ids(MAX + 1);
+        assert!(matches!(locals.get(ids[0], 1), Found::Open));
+        assert!(
+            matches!(locals.get(ids[0], 1), Found::None),
+            "opening already"
+        );
+        assert!(
+            matches!(locals.get(ids[0], 2), Found::Open),
+            "the store reconnected"
+        );
+        locals.opened(ids[0], 2, None);
+        assert!(
+            matches!(locals.get(ids[0], 2), Found::None),
+            "failed just now"
+        );
+        locals.failed(ids[0]);
+        assert!(matches!(locals.get(ids[0], 2), Found::None));
+        for id in &ids[1..MAX] {
+            assert!(matches!(locals.get(*id, 2), Found::Open));
+        }
+        assert!(
+            matches!(locals.get(ids[MAX], 2), Found::None),
+            "a table of {MAX} runtimes is full"
+        );
+    }
+}
