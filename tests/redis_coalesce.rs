@@ -16,7 +16,9 @@ use herdless::store::RedisStore;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{commandstats, commandstats_delta, redis_or_skip, wait_until, warm_up, BOUND};
+use support::{
+    bounded, commandstats, commandstats_delta, redis_or_skip, wait_until, warm_up, BOUND,
+};
 
 const KEYS: usize = 200;
 const TASKS: usize = 50;
@@ -227,10 +229,14 @@ fn a_runtime_calling_the_store_gets_a_connection_of_its_own() {
         .beta(1.0)
         .build_infallible(|k: String| std::future::ready(format!("value of {k}")))
         .unwrap();
+    // From a task of the runtime, as a service's handlers call it.
     let hit = |rt: &tokio::runtime::Runtime, n: usize| {
-        let k = key(n % 10);
-        let v = rt.block_on(f.get(&k)).unwrap();
-        assert_eq!(v, format!("value of {k}"));
+        let (k, f) = (key(n % 10), f.clone());
+        let v = rt
+            .block_on(async move { tokio::spawn(async move { f.get(&k).await }).await })
+            .unwrap()
+            .unwrap();
+        assert_eq!(v, format!("value of {}", key(n % 10)));
     };
 
     let rt = one_worker();
@@ -278,4 +284,50 @@ fn a_runtime_calling_the_store_gets_a_connection_of_its_own() {
         hit(&rt2, n);
         connected_clients(&mut con) == base + 1
     });
+}
+
+/// Hits made outside any task (here `Handle::block_on` from two threads, on a current-thread
+/// runtime that nobody drives) never wait for a batch task that could not run there: each is
+/// sent on its own, and all of them are answered.
+#[test]
+fn hits_outside_a_task_do_not_wait_for_a_batch() {
+    let Some(server) = redis_or_skip() else {
+        return;
+    };
+    let s = store(&server.url());
+    let f = memoize_stampede(&s, Duration::from_secs(3600))
+        .name("outside")
+        .beta(1.0)
+        .build_infallible(|k: String| std::future::ready(format!("value of {k}")))
+        .unwrap();
+    // Warmed on a runtime that runs: a miss's waits use the caller's timers, which a runtime
+    // nobody drives never fires (tokio's rule, not herdless's); the threads below only hit.
+    let warm = one_worker();
+    for i in 0..20 {
+        warm.block_on(f.get(&key(i))).unwrap();
+    }
+    drop(warm);
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = idle.handle().clone();
+    bounded("hits from two threads outside a task", BOUND, move || {
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let (f, handle) = (f.clone(), handle.clone());
+                std::thread::spawn(move || {
+                    for n in 0..300 {
+                        let k = key((t * 7 + n) % 20);
+                        let v = handle.block_on(f.get(&k)).unwrap();
+                        assert_eq!(v, format!("value of {k}"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+    drop(idle);
 }

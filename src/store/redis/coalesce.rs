@@ -65,7 +65,10 @@ pub(super) async fn get(
     let state = &conn.coalesce;
     let others = state.in_flight.fetch_add(1, Ordering::Relaxed);
     let _in_flight = InFlight(&state.in_flight);
-    if others == 0 || !conn.may_coalesce() {
+    // Only a hit made from inside a task joins a batch: the batch's task is spawned on the
+    // caller's runtime, which then surely runs it. A `block_on` future (`Handle::block_on` on
+    // a current-thread runtime nobody drives, say) sends its own.
+    if others == 0 || tokio::task::try_id().is_none() || !conn.may_coalesce() {
         return plain::get(conn, value_key, max).await;
     }
     let (reply, answer) = oneshot::channel();

@@ -90,11 +90,13 @@ impl Conn {
             touch,
             booked: false,
         };
-        // A hit from another runtime than the store's may use that runtime's own connection
-        // (see `local`); read before the store's context is entered below.
-        let caller = tokio::runtime::Handle::try_current()
-            .ok()
-            .filter(|h| !self.cluster && h.id() != self.handle.id());
+        // A hit from a task of another runtime than the store's may use that runtime's own
+        // connection (see `local`); read before the store's context is entered below. From a
+        // task only: its runtime surely drives that connection's task, which a current-thread
+        // runtime reached through `Handle::block_on` from another thread would not.
+        let caller = tokio::runtime::Handle::try_current().ok().filter(|h| {
+            !self.cluster && h.id() != self.handle.id() && tokio::task::try_id().is_some()
+        });
         let run = self.run(f, deadline, touch, caller.as_ref());
         let mut run = std::pin::pin!(run);
         let out: Result<T, (StoreError, Cause)> = std::future::poll_fn(|cx| {

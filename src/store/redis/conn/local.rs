@@ -9,8 +9,9 @@
 //! first call (which, like every call until it is up, uses the store's connection), dropped
 //! when it fails (the next call retries after [`RETRY`]) or when the store's connection is
 //! replaced (it is tied to that connection's generation: a reconnect of the store reconnects
-//! these too). Only hits use it (`Conn::call_direct`); locks, writes, scripts and background
-//! work stay on the store's connection. Over TCP only (a connection's silence is told by its
+//! these too). Only hits made from a task use it (`Conn::call_direct`: a task's runtime drives
+//! the connection's task for sure); locks, writes, scripts and background work stay on the
+//! store's connection. Over TCP only (a connection's silence is told by its
 //! `Progress`); at most [`MAX`] runtimes per store; an entry whose runtime shut down (its driver
 //! task is gone) is pruned when another runtime asks.
 
