@@ -9,8 +9,9 @@
 //! the batch's first member onto the caller's runtime (yielding once, so that the tasks already
 //! ready to run may join meanwhile), sends the batch as one pipeline and hands each member its
 //! reply. A batch that reaches [`BATCH`] members is sent at once by a task of its own, and the
-//! next hit opens a new one. A hit with no other in flight (one task, a quiet service) is sent at once, exactly as
-//! before: no wait is added where there is nothing to share.
+//! next hit opens a new one. A hit with no other in flight (one task, a quiet service) is sent
+//! at once, exactly as before: no wait is added where there is nothing to share. So is a hit
+//! made outside a task (a `block_on` future): its runtime might not run the batch's task.
 //!
 //! Only a single node's hits coalesce (a cluster pipeline would have to be split by slot). The
 //! batch is one call of [`Conn::call_direct`]: one timeout, one breaker booking, the same
