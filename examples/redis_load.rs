@@ -79,6 +79,56 @@ where
     (per * tasks) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Raw `GET`s of `raw:{i}` (written first) on `c`: calls per second.
+async fn raw_gets<C>(mut c: C, a: &Args) -> f64
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    // Hash-tagged, so that the same names spread over a cluster's slots.
+    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("raw:{{{i}}}")).collect());
+    for k in keys.iter() {
+        redis::cmd("SET")
+            .arg(k)
+            .arg("v".repeat(VALUE_BYTES))
+            .query_async::<()>(&mut c)
+            .await
+            .unwrap();
+    }
+    drive(a.calls, a.tasks, move |i| {
+        let (keys, mut c) = (keys.clone(), c.clone());
+        async move {
+            let v: Vec<u8> = redis::cmd("GET")
+                .arg(&keys[i])
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            std::hint::black_box(v);
+        }
+    })
+    .await
+}
+
+/// Hits of a memoized function over `store` (every key warmed first): calls per second.
+fn hits(rt: &tokio::runtime::Runtime, store: &RedisStore, a: &Args) -> f64 {
+    let f = memoize_stampede(store, Duration::from_secs(3600))
+        .name("load")
+        .build_infallible(|_k: String| std::future::ready("v".repeat(VALUE_BYTES)))
+        .unwrap();
+    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
+    rt.block_on(async {
+        for k in keys.iter() {
+            f.get(k).await.unwrap();
+        }
+        drive(a.calls, a.tasks, move |i| {
+            let (f, keys) = (f.clone(), keys.clone());
+            async move {
+                std::hint::black_box(f.get(&keys[i]).await.unwrap());
+            }
+        })
+        .await
+    })
+}
+
 fn main() {
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -89,80 +139,26 @@ fn main() {
     let rate = match a.mode.as_str() {
         "raw" => rt.block_on(async {
             let client = redis::Client::open(a.url.as_str()).unwrap();
-            let mut c = client.get_multiplexed_async_connection().await.unwrap();
-            let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("raw:{i}")).collect());
-            for k in keys.iter() {
-                redis::cmd("SET")
-                    .arg(k)
-                    .arg("v".repeat(VALUE_BYTES))
-                    .query_async::<()>(&mut c)
-                    .await
-                    .unwrap();
-            }
-            drive(a.calls, a.tasks, move |i| {
-                let (keys, mut c) = (keys.clone(), c.clone());
-                async move {
-                    let v: Vec<u8> = redis::cmd("GET")
-                        .arg(&keys[i])
-                        .query_async(&mut c)
-                        .await
-                        .unwrap();
-                    std::hint::black_box(v);
-                }
-            })
-            .await
+            raw_gets(client.get_multiplexed_async_connection().await.unwrap(), &a).await
         }),
-        "caller" | "default" => {
-            let mut builder = RedisStore::builder(&a.url).prefix("load");
-            if a.mode == "caller" {
-                builder = builder.runtime(rt.handle().clone());
-            }
-            let store = builder.build().unwrap();
-            let f = memoize_stampede(&store, Duration::from_secs(3600))
-                .name("load")
-                .build_infallible(|_k: String| std::future::ready("v".repeat(VALUE_BYTES)))
-                .unwrap();
-            let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
-            rt.block_on(async {
-                for k in keys.iter() {
-                    f.get(k).await.unwrap();
-                }
-                drive(a.calls, a.tasks, move |i| {
-                    let (f, keys) = (f.clone(), keys.clone());
-                    async move {
-                        std::hint::black_box(f.get(&keys[i]).await.unwrap());
-                    }
-                })
-                .await
-            })
+        "caller" => {
+            let builder = RedisStore::builder(&a.url).prefix("load");
+            hits(
+                &rt,
+                &builder.runtime(rt.handle().clone()).build().unwrap(),
+                &a,
+            )
         }
+        "default" => hits(
+            &rt,
+            &RedisStore::builder(&a.url).prefix("load").build().unwrap(),
+            &a,
+        ),
         #[cfg(feature = "cluster")]
         "cluster-raw" => rt.block_on(async {
             let seeds: Vec<&str> = a.url.split(',').collect();
             let client = redis::cluster::ClusterClient::new(seeds).unwrap();
-            let mut c = client.get_async_connection().await.unwrap();
-            let keys: Arc<Vec<String>> =
-                Arc::new((0..KEYS).map(|i| format!("raw:{{{i}}}")).collect());
-            for k in keys.iter() {
-                redis::cmd("SET")
-                    .arg(k)
-                    .arg("v".repeat(VALUE_BYTES))
-                    .query_async::<()>(&mut c)
-                    .await
-                    .unwrap();
-            }
-            drive(a.calls, a.tasks, move |i| {
-                let (keys, mut c) = (keys.clone(), c.clone());
-                async move {
-                    let v: Vec<u8> = redis::cmd("GET")
-                        .arg(&keys[i])
-                        .query_async(&mut c)
-                        .await
-                        .unwrap();
-                    std::hint::black_box(v);
-                }
-            })
-            .await
+            raw_gets(client.get_async_connection().await.unwrap(), &a).await
         }),
         #[cfg(feature = "cluster")]
         "cluster" => {
@@ -172,23 +168,7 @@ fn main() {
                 .runtime(rt.handle().clone())
                 .build()
                 .unwrap();
-            let f = memoize_stampede(&store, Duration::from_secs(3600))
-                .name("load")
-                .build_infallible(|_k: String| std::future::ready("v".repeat(VALUE_BYTES)))
-                .unwrap();
-            let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("k{i}")).collect());
-            rt.block_on(async {
-                for k in keys.iter() {
-                    f.get(k).await.unwrap();
-                }
-                drive(a.calls, a.tasks, move |i| {
-                    let (f, keys) = (f.clone(), keys.clone());
-                    async move {
-                        std::hint::black_box(f.get(&keys[i]).await.unwrap());
-                    }
-                })
-                .await
-            })
+            hits(&rt, &store, &a)
         }
         other => panic!("unknown mode {other} (raw, caller, default, cluster-raw, cluster)"),
     };

@@ -7,7 +7,8 @@
 //!
 //! A runtime calling a store that runs its own gets a connection of its own for its hits
 //! (`src/store/redis/conn/local.rs`): it appears after the runtime's first calls, goes away
-//! with the runtime, and a killed one is replaced while the hits keep being answered.
+//! with the runtime (making room for others past the table's 8), and a killed one is replaced
+//! while the hits keep being answered.
 
 mod support;
 
@@ -35,6 +36,27 @@ fn key(i: usize) -> String {
     format!("k{i}")
 }
 
+/// A memoized function `name` over `s` answering "value of <key>", and its count of runs.
+fn counted(
+    s: &RedisStore,
+    name: &str,
+) -> (
+    herdless::Memoized<String, String, std::convert::Infallible, RedisStore>,
+    Arc<AtomicU64>,
+) {
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let f = memoize_stampede(s, Duration::from_secs(3600))
+        .name(name)
+        .beta(1.0)
+        .build_infallible(move |k: String| {
+            r.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(format!("value of {k}"))
+        })
+        .unwrap();
+    (f, runs)
+}
+
 /// One worker thread: the tasks that are ready when a batch opens run before it is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn concurrent_hits_share_pipelines_and_each_gets_its_own_value() {
@@ -43,16 +65,7 @@ async fn concurrent_hits_share_pipelines_and_each_gets_its_own_value() {
     };
     let mut con = server.raw();
     let s = store(&server.url());
-    let runs = Arc::new(AtomicU64::new(0));
-    let r = runs.clone();
-    let f = memoize_stampede(&s, Duration::from_secs(3600))
-        .name("coalesce")
-        .beta(1.0)
-        .build_infallible(move |k: String| {
-            r.fetch_add(1, Ordering::SeqCst);
-            std::future::ready(format!("value of {k}"))
-        })
-        .unwrap();
+    let (f, runs) = counted(&s, "coalesce");
     for i in 0..KEYS {
         f.get(&key(i)).await.unwrap();
     }
@@ -138,16 +151,7 @@ async fn a_foreign_record_in_a_batch_is_a_miss_for_its_caller_only() {
     };
     let mut con = server.raw();
     let s = store(&server.url());
-    let runs = Arc::new(AtomicU64::new(0));
-    let r = runs.clone();
-    let f = memoize_stampede(&s, Duration::from_secs(3600))
-        .name("foreign")
-        .beta(1.0)
-        .build_infallible(move |k: String| {
-            r.fetch_add(1, Ordering::SeqCst);
-            std::future::ready(format!("value of {k}"))
-        })
-        .unwrap();
+    let (f, runs) = counted(&s, "foreign");
     for i in 0..TASKS {
         f.get(&key(i)).await.unwrap();
     }
@@ -277,13 +281,20 @@ fn a_runtime_calling_the_store_gets_a_connection_of_its_own() {
     wait_until("the runtime's connection to close with it", BOUND, || {
         connected_clients(&mut con) == base
     });
-    // Another runtime gets its own.
-    let rt2 = one_worker();
-    wait_until("the second runtime's own connection", BOUND, || {
-        n += 1;
-        hit(&rt2, n);
-        connected_clients(&mut con) == base + 1
-    });
+    // Other runtimes get their own, one after another, past the table's 8: the entries of
+    // runtimes that shut down make room.
+    for _ in 0..9 {
+        let next = one_worker();
+        wait_until("the next runtime's own connection", BOUND, || {
+            n += 1;
+            hit(&next, n);
+            connected_clients(&mut con) == base + 1
+        });
+        drop(next);
+        wait_until("that runtime's connection to close with it", BOUND, || {
+            connected_clients(&mut con) == base
+        });
+    }
 }
 
 /// Hits made outside any task (here `Handle::block_on` from two threads, on a current-thread

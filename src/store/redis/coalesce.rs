@@ -15,8 +15,7 @@
 //!
 //! Only a single node's hits coalesce (a cluster pipeline would have to be split by slot). The
 //! batch is one call of [`Conn::call_direct`]: one timeout, one breaker booking, the same
-//! fail-open errors, handed to every member. A member that gives up (its caller dropped the
-//! future) leaves its command in the batch if it was already taken, and its reply is dropped.
+//! fail-open errors, handed to every member.
 
 use super::conn::Conn;
 use super::plain::{self, Got};
@@ -119,12 +118,9 @@ async fn send(conn: &Arc<Conn>, mut batch: Vec<Member>) {
         }
         return;
     }
-    // Each command sized up front: growing buffers arg by arg showed in the profile.
     let mut pipe = redis::Pipeline::with_capacity(batch.len());
     for m in &batch {
-        let mut cmd = redis::Cmd::with_capacity(4, m.key.len() + 30);
-        cmd.arg("GETRANGE").arg(&m.key).arg(0).arg(m.max);
-        pipe.add_command(cmd);
+        pipe.add_command(plain::getrange(&m.key, m.max));
     }
     let count = batch.len();
     let replies = conn
@@ -135,7 +131,7 @@ async fn send(conn: &Arc<Conn>, mut batch: Vec<Member>) {
     match replies {
         Ok(values) if values.len() == count => {
             for (m, v) in batch.into_iter().zip(values) {
-                let _ = m.reply.send(got(conn, v));
+                let _ = m.reply.send(Got::from_reply(conn, v));
             }
         }
         Ok(values) => {
@@ -150,20 +146,5 @@ async fn send(conn: &Arc<Conn>, mut batch: Vec<Member>) {
         Err(e) => batch
             .into_iter()
             .for_each(|m| drop(m.reply.send(Err(e.clone())))),
-    }
-}
-
-/// One member's reply, read as [`plain::get`] reads its own.
-fn got(conn: &Conn, v: redis::Value) -> Result<Got, StoreError> {
-    match v {
-        redis::Value::BulkString(b) if b.is_empty() => Ok(Got::Missing),
-        redis::Value::BulkString(b) => Ok(Got::Record(b)),
-        redis::Value::Nil => Ok(Got::Missing),
-        redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Got::WrongType),
-        redis::Value::ServerError(e) => Err(conn.error(&redis::RedisError::from(e))),
-        other => Err(StoreError::new(
-            StoreErrorKind::Protocol,
-            format!("GETRANGE answered {other:?}"),
-        )),
     }
 }

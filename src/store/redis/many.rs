@@ -108,8 +108,7 @@ impl RedisStore {
         let mut calls = Vec::with_capacity(keys.len());
         for key in keys {
             let k = self.hit_key(ns.name(), key).await.ok()?;
-            let mut cmd = redis::cmd("GETRANGE");
-            cmd.arg(&k).arg(0).arg(self.inner.max_value_bytes);
+            let cmd = super::plain::getrange(&k, self.inner.max_value_bytes);
             calls.push(Call { slot_key: k, cmd });
         }
         let server_now = self.inner.clock.server_now_ms(conn).await.ok()?;

@@ -140,8 +140,8 @@ impl RedisStoreBuilder {
         self
     }
     /// Runs this store's Redis I/O (connection, scripts, pub/sub) on the given Tokio runtime
-    /// instead of a private one-thread runtime. (Without it, hits from a Tokio runtime already
-    /// avoid the hop: they get a connection driven on their own runtime.) The runtime must
+    /// instead of a private one-thread runtime. (Without it, hits made from tasks of another
+    /// Tokio runtime already avoid the hop: they get a connection driven on their runtime.) The runtime must
     /// outlive every call, blocking callers included. Blocking callers
     /// must not run on that runtime's worker threads (a blocked worker cannot drive its I/O):
     /// such a call gets a store error instead of hanging (it computes without Redis), counted in

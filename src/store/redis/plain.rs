@@ -37,10 +37,10 @@ pub(super) async fn get(
     max: usize,
 ) -> Result<Got, StoreError> {
     conn.call_direct(move |mut m| async move {
-        // Sized up front: growing the command's buffers arg by arg cost three reallocations.
-        let mut cmd = redis::Cmd::with_capacity(4, value_key.len() + 30);
-        cmd.arg("GETRANGE").arg(&value_key).arg(0).arg(max);
-        match cmd.query_async::<Vec<u8>>(&mut m).await {
+        match getrange(&value_key, max)
+            .query_async::<Vec<u8>>(&mut m)
+            .await
+        {
             Ok(b) if b.is_empty() => Ok(Got::Missing),
             Ok(b) => Ok(Got::Record(b)),
             Err(e) if e.code() == Some("WRONGTYPE") => Ok(Got::WrongType),
@@ -48,6 +48,32 @@ pub(super) async fn get(
         }
     })
     .await
+}
+
+/// `GETRANGE key 0 max`, the read of [`get`] (alone or in a pipeline). Sized up front: growing
+/// the command's buffers arg by arg cost three reallocations a hit.
+pub(super) fn getrange(key: &[u8], max: usize) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(4, key.len() + 30);
+    cmd.arg("GETRANGE").arg(key).arg(0).arg(max);
+    cmd
+}
+
+impl Got {
+    /// A [`getrange`] reply met inside a pipeline (where a server error is a value), read as
+    /// [`get`] reads its own; `Err` for any other server error or reply.
+    pub(super) fn from_reply(conn: &Conn, v: redis::Value) -> Result<Got, StoreError> {
+        match v {
+            redis::Value::BulkString(b) if b.is_empty() => Ok(Got::Missing),
+            redis::Value::BulkString(b) => Ok(Got::Record(b)),
+            redis::Value::Nil => Ok(Got::Missing),
+            redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Got::WrongType),
+            redis::Value::ServerError(e) => Err(conn.error(&redis::RedisError::from(e))),
+            other => Err(StoreError::new(
+                crate::store::contract::StoreErrorKind::Protocol,
+                format!("GETRANGE answered {other:?}"),
+            )),
+        }
+    }
 }
 
 /// `SET lock token NX PX lease`: true if taken.

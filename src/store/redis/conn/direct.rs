@@ -39,18 +39,20 @@ impl Drop for Unbooked<'_> {
 }
 
 impl Conn {
-    /// A call may skip the task hop: the caller runs on a Tokio runtime (and not inside a
-    /// blocking call), in the process that made the store, and no breaker is open.
-    fn direct_ok(&self) -> bool {
-        tokio::runtime::Handle::try_current().is_ok()
-            && !crate::wait::in_block_on()
+    /// The caller's runtime, if the call may skip the task hop: the caller runs on a Tokio
+    /// runtime (and not inside a blocking call), in the process that made the store, and no
+    /// breaker is open.
+    fn direct_runtime(&self) -> Option<tokio::runtime::Handle> {
+        let current = tokio::runtime::Handle::try_current().ok()?;
+        (!crate::wait::in_block_on()
             && crate::pid::current() == self.pid
-            && !self.breakers.any_open()
+            && !self.breakers.any_open())
+        .then_some(current)
     }
 
     /// A hit may join a batch (see `coalesce`): a single node's direct call.
     pub(crate) fn may_coalesce(&self) -> bool {
-        !self.cluster && self.direct_ok()
+        !self.cluster && self.direct_runtime().is_some()
     }
 
     /// `e` as this store reports it.
@@ -66,9 +68,9 @@ impl Conn {
         F: FnOnce(Connection) -> Fut + Send + 'static,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
     {
-        if !self.direct_ok() {
+        let Some(current) = self.direct_runtime() else {
             return self.call(f).await;
-        }
+        };
         // A single node's breaker is asked here; a cluster's when the key is known (`Routed`).
         if !self.cluster && !self.breakers.get(0).allow() {
             Stats::inc(&self.stats.rejected_open);
@@ -94,7 +96,7 @@ impl Conn {
         // connection (see `local`); read before the store's context is entered below. From a
         // task only: its runtime surely drives that connection's task, which a current-thread
         // runtime reached through `Handle::block_on` from another thread would not.
-        let caller = tokio::runtime::Handle::try_current().ok().filter(|h| {
+        let caller = Some(current).filter(|h| {
             !self.cluster && h.id() != self.handle.id() && tokio::task::try_id().is_some()
         });
         let run = self.run(f, deadline, touch, caller.as_ref());

@@ -139,6 +139,30 @@ impl Locals {
     }
 }
 
+/// A multiplexed connection to `target` over a TCP stream that notes its [`Progress`], and
+/// its driver, for the caller to spawn where the connection's I/O should run (the store's and
+/// every runtime's own connection alike). No response timeout of redis-rs's own: each call
+/// has its deadline (`Conn::run`).
+pub(crate) async fn open_tracked(
+    target: &Target,
+) -> Result<
+    (
+        MultiplexedConnection,
+        Progress,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ),
+    redis::RedisError,
+> {
+    let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+    stream.set_nodelay(true)?;
+    super::subscriber::keepalive(&stream);
+    let progress = Progress::new();
+    let stream = Tracked::new(stream, progress.clone());
+    let cfg = redis::AsyncConnectionConfig::new();
+    let (con, driver) = MultiplexedConnection::new_with_config(&target.info, stream, cfg).await?;
+    Ok((con, progress, driver))
+}
+
 /// Opens `runtime`'s connection (run as a task on that runtime; bounded by `bound`).
 pub(crate) async fn open(
     locals: std::sync::Weak<super::slot::Slot>,
@@ -148,18 +172,9 @@ pub(crate) async fn open(
 ) {
     let runtime = Handle::current().id();
     let attempt = async {
-        let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
-        stream.set_nodelay(true)?;
-        super::subscriber::keepalive(&stream);
-        let progress = Progress::new();
-        let stream = Tracked::new(stream, progress.clone());
-        // No response timeout of redis-rs's own: each call has its deadline (`Conn::run`).
-        let cfg = redis::AsyncConnectionConfig::new();
-        let (con, driver) =
-            MultiplexedConnection::new_with_config(&target.info, stream, cfg).await?;
+        let (con, progress, driver) = open_tracked(&target).await?;
         // On this runtime: that is the point. It ends when every clone of `con` is gone.
-        let driver = tokio::spawn(driver);
-        Ok::<_, redis::RedisError>((con, progress, driver))
+        Ok::<_, redis::RedisError>((con, progress, tokio::spawn(driver)))
     };
     let out = tokio::time::timeout(bound, attempt)
         .await

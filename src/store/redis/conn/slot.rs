@@ -12,7 +12,7 @@
 //! reported after ~1.5 s, and as a timeout.
 
 use super::local::{self, Found, Locals, Target};
-use super::progress::{Progress, Tracked};
+use super::progress::Progress;
 use crate::store::contract::{StoreError, StoreErrorKind};
 use crate::store::redis::connect::{classify, connect_error};
 use crate::store::redis::scripts;
@@ -71,6 +71,17 @@ pub(crate) enum Ready {
     Cluster(ClusterConnection),
 }
 
+impl Ready {
+    /// The connection's [`Progress`], if it keeps one.
+    fn progress(&self) -> Option<&Progress> {
+        match self {
+            Ready::Single(_, p) => p.as_ref(),
+            #[cfg(feature = "cluster")]
+            Ready::Cluster(_) => None,
+        }
+    }
+}
+
 enum State {
     /// Nothing asked for a connection yet (the store is lazy: building it does no I/O).
     Idle,
@@ -106,8 +117,8 @@ pub(crate) struct Slot {
     inner: Mutex<Inner>,
     changed: Notify,
     report: Report,
-    /// Connections of other runtimes, for their hits (see `local`), and where they connect
-    /// (`None`: not over TCP, or a cluster; no such connections).
+    /// Connections of other runtimes, for their hits (see `local`), and the TCP address that
+    /// they and the store's own connection open (`None`: not over TCP, or a cluster).
     locals: Locals,
     local_target: Option<Target>,
 }
@@ -316,12 +327,7 @@ impl Slot {
                         });
                     }
                 }
-                let progress = match conn {
-                    Ready::Single(_, p) => p.as_ref(),
-                    #[cfg(feature = "cluster")]
-                    Ready::Cluster(_) => None,
-                };
-                let silent = Self::silent_in(&inner, inner.generation, progress);
+                let silent = Self::silent_in(&inner, inner.generation, conn.progress());
                 return Ok(Checked {
                     ready: conn.clone(),
                     generation: inner.generation,
@@ -333,12 +339,7 @@ impl Slot {
         // Boxed: waiting for a connection is rare, and its state (a `Notified`, a timer) would
         // otherwise grow every call's future.
         let (conn, generation) = Box::pin(self.get(deadline, budget)).await?;
-        let progress = match &conn {
-            Ready::Single(_, p) => p.as_ref(),
-            #[cfg(feature = "cluster")]
-            Ready::Cluster(_) => None,
-        };
-        let silent = self.silent(generation, progress);
+        let silent = self.silent(generation, conn.progress());
         Ok(Checked {
             ready: conn,
             generation,
@@ -408,21 +409,11 @@ impl Slot {
     async fn open(&self) -> Result<Ready, StoreError> {
         match &self.client {
             Raw::Single(client) => {
-                let info = client.get_connection_info();
-                if let redis::ConnectionAddr::Tcp(host, port) = &info.addr {
-                    // Over TCP the stream notes when bytes arrive (see `Progress`).
-                    let progress = Progress::new();
-                    // No response timeout of redis-rs's own: each call has its deadline (see
-                    // `Conn::run`), the connection attempt is bounded as a whole.
-                    let cfg = redis::AsyncConnectionConfig::new();
+                if let Some(target) = &self.local_target {
+                    // Over TCP the stream notes when bytes arrive (see `Progress`). The attempt
+                    // is bounded as a whole.
                     let open = async {
-                        let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                        stream.set_nodelay(true)?;
-                        super::subscriber::keepalive(&stream);
-                        let stream = Tracked::new(stream, progress.clone());
-                        let (mut con, driver) =
-                            MultiplexedConnection::new_with_config(&info.redis, stream, cfg)
-                                .await?;
+                        let (mut con, progress, driver) = local::open_tracked(target).await?;
                         // Ends when every clone of the connection is gone.
                         self.handle.spawn(driver);
                         self.load_scripts(&mut con).await?;
