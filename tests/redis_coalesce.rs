@@ -342,3 +342,50 @@ fn hits_outside_a_task_do_not_wait_for_a_batch() {
     });
     drop(idle);
 }
+
+/// A batch that fails (here: the server paused, so it times out) answers every member with a
+/// store error, and each caller fails open: it computes its own value, within the bound, none
+/// left waiting for a reply that will not come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_failed_batch_fails_open_for_every_member() {
+    let Some(mut server) = redis_or_skip() else {
+        return;
+    };
+    let s = RedisStore::builder(&server.url())
+        .op_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let (f, runs) = counted(&s, "failing");
+    for i in 0..TASKS {
+        f.get(&key(i)).await.unwrap();
+    }
+    server.pause();
+    let trips_before = s.stats().round_trips.load(Ordering::SeqCst);
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let f = f.clone();
+            tokio::spawn(async move {
+                let v = f.get(&key(i)).await.unwrap();
+                assert_eq!(v, format!("value of {}", key(i)));
+            })
+        })
+        .collect();
+    let done = tokio::time::timeout(BOUND, async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
+    server.resume();
+    done.expect("every member of the failed batches was answered within the bound");
+    let trips = s.stats().round_trips.load(Ordering::SeqCst) - trips_before;
+    assert!(
+        trips < TASKS as u64,
+        "the {TASKS} reads did not share pipelines ({trips} round trips)"
+    );
+    assert!(
+        runs.load(Ordering::SeqCst) >= 2 * TASKS as u64,
+        "every caller computed its value itself (fail-open)"
+    );
+    assert!(s.stats().errors.load(Ordering::SeqCst) > 0);
+}
